@@ -1,0 +1,210 @@
+"""The `ipilab` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ipilab import __version__
+from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
+from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
+from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
+
+console = Console()
+
+
+def fail(message: str) -> None:
+    """A user error: one line on stderr, exit code 2, no traceback."""
+    click.echo(f"ipilab: error: {message}", err=True)
+    sys.exit(2)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ipilab")
+def main() -> None:
+    """Model, measure and verify the Linux kernel's cross-CPU function calls and the IPIs they send.
+
+    Start with `ipilab reproduce seed` (the 2017 patch that stopped needless IPIs), or simulate your own
+    question with `ipilab simulate`. `ipilab kernels` and `ipilab machines` list what the model knows.
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def kernels(as_json: bool) -> None:
+    """Kernel versions the model knows, as sets of behaviours with the commits that introduced them.
+
+    Compose a what-if kernel with +/-: `--kernel v4.12+coalesce_many`, or a TOML file with
+    `base`, `add`, `remove`.
+    """
+    if as_json:
+        emit_json({
+            "features": {f.name: {"summary": f.summary, "commit": f.commit, "release": f.release}
+                         for f in FEATURES.values()},
+            "versions": {v.name: {"description": v.description, "features": sorted(v.features)}
+                         for v in VERSIONS.values()},
+        })
+        return
+    table = Table(title="kernel versions (x = has the behaviour)")
+    table.add_column("behaviour")
+    table.add_column("since")
+    for v in VERSIONS.values():
+        table.add_column(v.name, justify="center")
+    for f in FEATURES.values():
+        table.add_row(f.name, f.release, *("x" if f.name in v.features else "" for v in VERSIONS.values()))
+    console.print(table)
+    for f in FEATURES.values():
+        console.print(f"[bold]{f.name}[/bold] ({f.release}, {f.commit}): {f.summary}", highlight=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def machines(as_json: bool) -> None:
+    """Machine presets: topology and the cost of every operation, each with its source."""
+    loaded = [load_machine(name) for name in preset_names()]
+    if as_json:
+        emit_json({m.name: {**m.model_dump(), "ncpus": m.ncpus, "cost_meanings": COST_FIELDS}
+                   for m in loaded})
+        return
+    for m in loaded:
+        t = m.topology
+        console.print(f"[bold]{m.name}[/bold]: {m.description}", highlight=False)
+        console.print(f"  {t.sockets} socket(s) x {t.cores_per_socket} cores x {t.threads_per_core} threads "
+                      f"= {m.ncpus} CPUs, {t.numa_nodes} NUMA node(s), LLC {t.llc_mb_per_socket:g} MB/socket, "
+                      f"APIC {t.apic_mode}, halt-poll {t.halt_poll_ns} ns; {t.cpu_model}", highlight=False)
+        table = Table(show_header=True, expand=True)
+        table.add_column("cost", no_wrap=True)
+        table.add_column("ns", justify="right")
+        table.add_column("source", ratio=1)
+        for key, cost in m.costs.items():
+            table.add_row(key, str(cost.ns), cost.source)
+        console.print(table)
+
+
+def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@main.command()
+@click.option("--machine", "-m", default="vm-2cpu", show_default=True,
+              help="A preset (`ipilab machines`) or a machine TOML file.")
+@click.option("--kernel", "-k", default="v6.18", show_default=True,
+              help="A version (`ipilab kernels`), a what-if like v4.12+coalesce_many, or a TOML file.")
+@click.option("--workload", "-w", default="synthetic", show_default=True,
+              type=click.Choice(sorted(WORKLOADS)), help="What drives the calls.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A workload parameter (repeatable); see the list below.")
+@click.option("--cost", "costs", multiple=True, metavar="NAME=NS",
+              help="Override one machine cost in nanoseconds (repeatable).")
+@click.option("--seconds", "-s", type=float, default=0.01, show_default=True,
+              help=f"Simulated window in seconds (up to {MAX_SECONDS:g}).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
+              help="Random seed: the same seed gives the same result, bit for bit.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the simulated run as ftrace text (the kernel's own format).")
+def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
+                 seconds: float, seed: int, as_json: bool, trace_out: Path | None) -> None:
+    """Run one simulation of a machine, a kernel and a workload.
+
+    \b
+    Workload parameters (--set):
+    """
+    try:
+        m = load_machine(machine)
+        if costs:
+            overrides = parse_settings(costs)
+            try:
+                m = m.with_costs(**{k: int(v) for k, v in overrides.items()})
+            except KeyError as e:
+                fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
+            except ValueError:
+                fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
+        k = resolve_kernel(kernel)
+        w = workload_from_settings(workload, parse_settings(settings))
+        if not 0 < seconds <= MAX_SECONDS:
+            fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+        if trace_out is not None and not trace_out.resolve().parent.is_dir():
+            fail(f"--trace-out: folder {trace_out.parent} does not exist")
+        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out)
+    except (MachineError, KernelSpecError, WorkloadError) as e:
+        fail(str(e))
+    if as_json:
+        emit_json(result)
+    else:
+        print_result(result)
+
+
+simulate_cmd.name = "simulate"
+simulate_cmd.help = (simulate_cmd.help or "") + "\n".join(
+    f"\b\n  {w.name}: {w.summary}\n" + "\n".join(
+        f"    {name} (default {f.default!r}): {f.description}" for name, f in w.model_fields.items())
+    for w in WORKLOADS.values())
+
+
+def print_result(r: dict[str, Any]) -> None:
+    console.print(f"[bold]{r['workload']['name']}[/bold] on [bold]{r['machine']}[/bold] under kernel "
+                  f"[bold]{r['kernel']}[/bold]: {r['sim_seconds'] * 1e3:g} ms simulated in "
+                  f"{r['wall_seconds']:.2f} s (seed {r['seed']})", highlight=False)
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("per sim. second", justify="right")
+    table.add_column("what it counts")
+    for key, doc in METRIC_DOCS.items():
+        value = r[key]
+        if value is None:
+            text, rate = "-", ""
+        elif isinstance(value, float):
+            text, rate = f"{value:.2f}", ""
+        else:
+            text, rate = f"{value:,}", f"{value / r['sim_seconds']:,.0f}"
+        table.add_row(key, text, rate, doc)
+    console.print(table)
+    lat = r["wait_latency_ns"]
+    if lat["count"]:
+        console.print(f"sender wait latency (call entry to return, ns): p50 {lat['p50']:,}  p90 {lat['p90']:,}  "
+                      f"p99 {lat['p99']:,}  max {lat['max']:,}  over {lat['count']:,} calls", highlight=False)
+    busiest = sorted(r["per_cpu"], key=lambda c: -c["irq_ns"])[:8]
+    console.print("time in function-call interrupt handlers, busiest CPUs: " + ", ".join(
+        f"cpu{c['cpu']} {c['irq_fraction'] * 100:.2f}%" for c in busiest), highlight=False)
+    console.print("costs: `ipilab machines` lists every machine cost with its source.", highlight=False)
+    if r["trace_out"]:
+        console.print(f"trace written to {r['trace_out']}", highlight=False)
+
+
+@main.group()
+def reproduce() -> None:
+    """Reproduce a published result with the model."""
+
+
+@reproduce.command()
+def seed() -> None:
+    """The seed patch (2017): -88% IPIs, +15% throughput on a 2-socket Broadwell-EP. Not built yet."""
+    click.echo("ipilab reproduce seed: not there yet. The model it needs (kernels v4.12/v4.13, the "
+               "broadwell-ep-2s-88t machine, the simulator) is in place; the swap-w-seq-mt workload is "
+               "tracked as issue 3. Meanwhile, for a TLB-shootdown storm on that machine, try:\n"
+               "  ipilab simulate -m broadwell-ep-2s-88t -k v4.12 -w tlbstorm -s 0.002\n"
+               "  ipilab simulate -m broadwell-ep-2s-88t -k v4.13 -w tlbstorm -s 0.002")
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

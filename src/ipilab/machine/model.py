@@ -1,0 +1,168 @@
+"""A machine: its topology and what each operation on it costs, every cost with its source."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ipilab.kernel.x86 import APIC_MODES, Apic
+
+# Costs every preset must give (nanoseconds), with what they mean.
+COST_FIELDS: dict[str, str] = {
+    "icr_write": "sender time for one ICR write (WRMSR with its fence) or one PV-IPI hypercall",
+    "ipi_latency_same_socket": "ICR write done -> interrupt pending in a target on the same socket",
+    "ipi_latency_cross_socket": "ICR write done -> interrupt pending in a target on the other socket",
+    "irq_entry": "interrupt acceptance to the handler's first instruction (entry code, irq_enter)",
+    "irq_exit": "handler's last instruction to the interrupted code (irq_exit, IRET)",
+    "idle_exit": "extra latency when the interrupt finds the CPU halted in its idle state",
+    "poll_notice": "a polling idle CPU notices NEED_RESCHED and leaves its poll loop",
+    "cacheline_smt": "cache-line transfer between SMT siblings",
+    "cacheline_same_socket": "cache-line transfer between cores of one socket",
+    "cacheline_cross_socket": "cache-line transfer between sockets",
+    "invlpg": "one INVLPG: flushing one page from the TLB",
+    "tlb_flush_full": "a full TLB flush (CR3 reload) including the refills it causes soon after",
+    "page_fault": "anonymous page fault on a dropped page: entry, allocation, zeroing, PTE set, return",
+    "madvise_syscall": "madvise(MADV_DONTNEED) without its TLB flush: syscall, page-table walk, zap",
+}
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ns: int = Field(ge=0, le=10_000_000)
+    source: str = Field(min_length=3)
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sockets: int = Field(ge=1, le=16)
+    cores_per_socket: int = Field(ge=1, le=512)
+    threads_per_core: int = Field(ge=1, le=8)
+    llc_mb_per_socket: float = Field(gt=0)
+    numa_nodes: int = Field(ge=1, le=64)
+    apic_mode: str
+    cpu_model: str
+    halt_poll_ns: int = Field(0, ge=0, description="guest halt-poll window: idle CPUs poll this long first")
+
+    @model_validator(mode="after")
+    def _known_apic_mode(self) -> Topology:
+        if self.apic_mode not in APIC_MODES:
+            raise ValueError(f"apic_mode must be one of {', '.join(APIC_MODES)}, got {self.apic_mode!r}")
+        return self
+
+    @property
+    def ncpus(self) -> int:
+        return self.sockets * self.cores_per_socket * self.threads_per_core
+
+
+class Machine(BaseModel):
+    """A machine preset. CPUs are numbered as Linux numbers them on Intel servers: the first thread of
+    every core, socket by socket, then the second threads in the same order."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str
+    topology: Topology
+    costs: dict[str, Cost]
+
+    @model_validator(mode="after")
+    def _all_costs_given(self) -> Machine:
+        missing = sorted(set(COST_FIELDS) - self.costs.keys())
+        unknown = sorted(self.costs.keys() - set(COST_FIELDS))
+        if missing or unknown:
+            raise ValueError(f"costs: missing {missing}, unknown {unknown}; allowed: {sorted(COST_FIELDS)}")
+        return self
+
+    @property
+    def ncpus(self) -> int:
+        return self.topology.ncpus
+
+    def socket_of(self, cpu: int) -> int:
+        return self._placement[cpu][0]
+
+    def core_of(self, cpu: int) -> tuple[int, int]:
+        socket, core, _ = self._placement[cpu]
+        return socket, core
+
+    @cached_property
+    def _placement(self) -> list[tuple[int, int, int]]:
+        t = self.topology
+        out = []
+        for thread in range(t.threads_per_core):
+            for socket in range(t.sockets):
+                for core in range(t.cores_per_socket):
+                    out.append((socket, core, thread))
+        return out
+
+    @cached_property
+    def _cacheline_ns(self) -> dict[int, int]:
+        return {0: self.costs["cacheline_smt"].ns, 1: self.costs["cacheline_same_socket"].ns,
+                2: self.costs["cacheline_cross_socket"].ns}
+
+    def distance(self, a: int, b: int) -> int:
+        """0: same core (or same CPU), 1: same socket, 2: across sockets."""
+        sa, ca, _ = self._placement[a]
+        sb, cb, _ = self._placement[b]
+        if sa != sb:
+            return 2
+        return 0 if ca == cb else 1
+
+    def cacheline_ns(self, a: int, b: int) -> int:
+        return self._cacheline_ns[self.distance(a, b)]
+
+    def ipi_latency_ns(self, src: int, dst: int) -> int:
+        key = "ipi_latency_cross_socket" if self.distance(src, dst) == 2 else "ipi_latency_same_socket"
+        return self.costs[key].ns
+
+    def apic(self, use_shorthand: bool) -> Apic:
+        # x2APIC logical cluster = APIC ID >> 4; APIC IDs are (socket, core, thread) packed, so a
+        # cluster holds 8 cores' two threads (or 16 cores without SMT).
+        t = self.topology
+        per_cluster = 16 // t.threads_per_core if t.threads_per_core <= 16 else 1
+        clusters = tuple(s * 1000 + c // per_cluster for s, c, _ in self._placement)
+        return Apic(t.apic_mode, clusters, use_shorthand)
+
+    def with_costs(self, **ns: int) -> Machine:
+        """A copy with some costs changed (the sensitivity and sweep tools use this)."""
+        costs = dict(self.costs)
+        for key, value in ns.items():
+            if key not in COST_FIELDS:
+                raise KeyError(key)
+            costs[key] = Cost(ns=value, source=f"set by the user (preset: {costs[key].ns} ns)")
+        return self.model_copy(update={"costs": costs})
+
+
+class MachineError(ValueError):
+    pass
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("ipilab.machine").joinpath("presets")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_machine(name_or_path: str) -> Machine:
+    """A preset name (`ipilab machines`) or the path of a TOML file of the same shape."""
+    if name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise MachineError(f"{path}: {e.strerror}") from None
+    else:
+        if name_or_path not in preset_names():
+            raise MachineError(f"unknown machine {name_or_path!r}; known: {', '.join(preset_names())}")
+        where = f"preset {name_or_path}"
+        text = resources.files("ipilab.machine").joinpath("presets").joinpath(f"{name_or_path}.toml").read_text()
+    try:
+        return Machine.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise MachineError(f"{where}: {e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise MachineError(f"{where}: field {field or '(top)'}: {first['msg']}") from None

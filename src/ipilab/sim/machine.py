@@ -1,0 +1,294 @@
+"""CPUs that run the kernel model in simulated time, and the APICs and wires between them.
+
+Each CPU runs a stack of contexts: its task (a workload thread, or the idle loop) and, on top, an
+interrupt handler while one runs. A context is kernel-model code (a generator of steps). A CPU is
+always either executing a `Busy` step, spinning in a `SpinUntil`, or halted; an interrupt that
+arrives while the running context has interrupts enabled preempts that step at once and the step
+resumes, with its remaining time, when the handler returns. IPIs travel with the machine's delivery
+latency, and a vector already pending in the target's IRR absorbs a second one (APIC merging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, Event
+from ipilab.kernel.features import Kernel
+from ipilab.kernel.idle import IdleState, do_idle
+from ipilab.kernel.smp import Smp
+from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
+from ipilab.machine.model import Machine
+from ipilab.sim.engine import Engine
+
+
+@dataclass(eq=False)
+class Context:
+    code: KernelCode
+    kind: str  # "task", "idle" or "irq"
+    irqs_on: bool
+    started: int = 0
+    saved: tuple | None = None  # what the context was doing when an interrupt preempted it
+
+
+@dataclass(eq=False)
+class SimCpu:
+    id: int
+    comm: str = "<idle>"
+    pid: int = 0
+    stack: list[Context] = field(default_factory=list)
+    irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
+    idle: IdleState = field(default_factory=IdleState)
+    wait: tuple | None = None  # ("busy", end, timer) | ("spin", step, deadline, timer) | ("halt",)
+    wait_gen: int = 0
+    irq_ns: int = 0
+    interrupts: int = 0
+    apic_merged: int = 0
+    user_mm: bool = False  # runs a user task's mm (not lazy-TLB)
+
+
+@dataclass
+class MachineStats:
+    apic_merged: int = 0  # IPIs absorbed by a same vector already pending in the target's IRR
+    ipis_delivered: int = 0
+
+
+class SimMachine:
+    """Implements `ipilab.kernel.steps.Platform` on simulated hardware."""
+
+    def __init__(self, machine: Machine, kernel: Kernel, engine: Engine | None = None,
+                 tracer: Callable[[Event], None] | None = None) -> None:
+        self.machine = machine
+        self.kernel = kernel
+        self.engine = engine or Engine()
+        self.tracer = tracer
+        self.ncpus = machine.ncpus
+        self.cpus = [SimCpu(i) for i in range(self.ncpus)]
+        self.smp = Smp(kernel, self.ncpus, machine.apic(kernel.has("ipi_shorthand")), self)
+        self.stats = MachineStats()
+        self._watchers: dict[int, tuple[object, list[tuple[SimCpu, int]]]] = {}
+        c = machine.costs
+        self._fixed = {k: v.ns for k, v in c.items()}
+        self._fixed["llist_del_all"] = 0
+        self._halt_poll_ns = machine.topology.halt_poll_ns
+
+    # --- starting work -----------------------------------------------------------------------------
+
+    def start(self, cpu: int, code: KernelCode | None, comm: str = "<idle>", pid: int = 0) -> None:
+        """Give `cpu` its task (None: idle from the start) and begin running it now."""
+        c = self.cpus[cpu]
+        c.stack = [Context(self._idle_code(c), "idle", True)]
+        if code is not None:
+            c.stack.append(Context(code, "task", True))
+            c.comm, c.pid, c.user_mm = comm, pid, True
+        self.engine.at(self.engine.now, lambda: self._run(c, None))
+
+    def _idle_code(self, c: SimCpu) -> KernelCode:
+        return do_idle(self.smp, c.id, c.idle, self._halt_poll_ns)
+
+    @property
+    def now(self) -> int:
+        return self.engine.now
+
+    # --- Platform ----------------------------------------------------------------------------------
+
+    def cost(self, what: str, cpu: int, other: int | None = None) -> int:
+        if what in ("cacheline", "llist_add", "csd_unlock"):
+            return self.machine.cacheline_ns(cpu, cpu if other is None else other)
+        return self._fixed[what]
+
+    def raise_ipi(self, src: int, dst: int, vector: int) -> None:
+        latency = self.machine.ipi_latency_ns(src, dst)
+        self.engine.at(self.engine.now + latency, lambda: self._ipi_arrives(self.cpus[dst], vector))
+
+    def notify(self, watch: object) -> None:
+        entry = self._watchers.pop(id(watch), None)
+        if entry is None:
+            return
+        for c, gen in entry[1]:
+            self.engine.at(self.engine.now, lambda c=c, gen=gen: self._spin_check(c, gen))
+
+    def trace(self, cpu: int, name: str, /, **fields: object) -> None:
+        if self.tracer is None:
+            return
+        c = self.cpus[cpu]
+        top = c.stack[-1]
+        in_irq = any(ctx.kind == "irq" for ctx in c.stack)
+        flags = ("." if top.irqs_on else "d") + ("N" if c.idle.need_resched else ".") + \
+                ("h" if in_irq else ".") + "1."
+        comm, pid = (c.comm, c.pid) if c.stack[1:2] and c.stack[1].kind == "task" else ("<idle>", 0)
+        self.tracer(Event(self.engine.now, cpu, name, comm, pid, flags, fields))
+
+    def set_nr_if_polling(self, cpu: int) -> bool:
+        c = self.cpus[cpu]
+        if c.idle.set_nr_if_polling():
+            self.notify(c.idle)
+            return True
+        return False
+
+    def is_lazy_tlb(self, cpu: int) -> bool:
+        c = self.cpus[cpu]
+        return not (c.user_mm and c.stack[1:2] and c.stack[1].kind == "task")
+
+    # --- running contexts --------------------------------------------------------------------------
+
+    def _block(self, c: SimCpu, wait: tuple) -> None:
+        c.wait_gen += 1
+        c.wait = wait
+
+    def _run(self, c: SimCpu, value: Any) -> None:
+        """Run `c`'s top context until it blocks on a Busy, a spin or a halt."""
+        now = self.engine.now
+        while True:
+            top = c.stack[-1]
+            if c.irr and top.irqs_on:
+                self._take_interrupt(c, from_halt=False)
+                value = None
+                continue
+            try:
+                step = top.code.send(value)
+            except StopIteration as stop:
+                c.stack.pop()
+                if top.kind == "irq":
+                    c.irq_ns += now - top.started
+                    done, value = self._resume(c)
+                    if not done:
+                        return
+                elif top.kind == "task":
+                    c.comm, c.pid, c.user_mm = "<idle>", 0, False
+                    value = None
+                else:
+                    raise RuntimeError("the idle loop returned") from None
+                if top.kind == "task":
+                    value = stop.value
+                continue
+            value = None
+            if type(step) is Busy:
+                if step.ns > 0:
+                    end = now + step.ns
+                    gen = c.wait_gen + 1
+                    timer = self.engine.at(end, lambda gen=gen: self._busy_done(c, gen))
+                    self._block(c, ("busy", end, timer))
+                    return
+            elif type(step) is SpinUntil:
+                if step.cond():
+                    value = True
+                    continue
+                deadline = None if step.timeout_ns is None else now + step.timeout_ns
+                if not self._spin(c, step, deadline):
+                    value = False
+                    continue
+                return
+            elif type(step) is LocalIrq:
+                top.irqs_on = step.enable
+            elif type(step) is Halt:
+                self._block(c, ("halt",))
+                return
+            else:
+                raise TypeError(f"kernel code yielded {step!r}")
+
+    def _spin(self, c: SimCpu, step: SpinUntil, deadline: int | None) -> bool:
+        """Start (or resume) spinning; False if the deadline has already passed."""
+        now = self.engine.now
+        if deadline is not None and deadline <= now:
+            return False
+        gen = c.wait_gen + 1
+        timer = None
+        if deadline is not None:
+            timer = self.engine.at(deadline, lambda: self._spin_timeout(c, gen))
+        self._block(c, ("spin", step, deadline, timer))
+        self._watchers.setdefault(id(step.watch), (step.watch, []))[1].append((c, gen))
+        return True
+
+    def _busy_done(self, c: SimCpu, gen: int) -> None:
+        if c.wait_gen == gen:
+            c.wait = None
+            self._run(c, None)
+
+    def _spin_check(self, c: SimCpu, gen: int) -> None:
+        if c.wait_gen != gen:
+            return
+        _, step, _deadline, timer = c.wait
+        if step.cond():
+            if timer is not None:
+                timer.cancel()
+            c.wait = None
+            self._run(c, True)
+        else:
+            self._watchers.setdefault(id(step.watch), (step.watch, []))[1].append((c, gen))
+
+    def _spin_timeout(self, c: SimCpu, gen: int) -> None:
+        if c.wait_gen == gen:
+            c.wait = None
+            self._run(c, False)
+
+    # --- interrupts --------------------------------------------------------------------------------
+
+    def _ipi_arrives(self, c: SimCpu, vector: int) -> None:
+        self.stats.ipis_delivered += 1
+        if vector in c.irr:
+            self.stats.apic_merged += 1
+            c.apic_merged += 1
+            return
+        c.irr.add(vector)
+        if c.wait is not None and c.stack[-1].irqs_on:
+            self._preempt(c)
+
+    def _preempt(self, c: SimCpu) -> None:
+        """An interrupt arrives while `c` waits with interrupts on: park the wait and take it."""
+        wait, top = c.wait, c.stack[-1]
+        c.wait_gen += 1
+        c.wait = None
+        now = self.engine.now
+        from_halt = False
+        if wait[0] == "busy":
+            wait[2].cancel()
+            top.saved = ("busy", wait[1] - now)
+        elif wait[0] == "spin":
+            if wait[3] is not None:
+                wait[3].cancel()
+            top.saved = ("spin", wait[1], wait[2])
+        else:
+            top.saved = ("halt",)
+            from_halt = True
+        self._take_interrupt(c, from_halt)
+        self._run(c, None)
+
+    def _take_interrupt(self, c: SimCpu, from_halt: bool) -> None:
+        vector = max(c.irr)  # the APIC delivers the highest pending vector first
+        c.irr.discard(vector)
+        c.interrupts += 1
+        c.stack.append(Context(self._handler(c, vector, from_halt), "irq", False, self.engine.now))
+
+    def _handler(self, c: SimCpu, vector: int, from_halt: bool) -> KernelCode:
+        if from_halt:
+            yield Busy(self._fixed["idle_exit"], "idle_exit")
+        if vector in (CALL_FUNCTION_VECTOR, CALL_FUNCTION_SINGLE_VECTOR):
+            yield from self.smp.sysvec_call_function(c.id, vector)
+        else:
+            raise ValueError(f"no handler for vector {vector}")
+
+    def _resume(self, c: SimCpu) -> tuple[bool, Any]:
+        """After a handler: continue what the interrupted context was doing. (False,_) if it blocks."""
+        top = c.stack[-1]
+        saved, top.saved = top.saved, None
+        if saved is None:  # the interrupt was taken at a step boundary
+            return True, None
+        if c.irr and top.irqs_on:
+            top.saved = saved  # another interrupt first; _run takes it and comes back here
+            self._take_interrupt(c, from_halt=False)
+            return True, None
+        if saved[0] == "busy":
+            gen = c.wait_gen + 1
+            end = self.engine.now + saved[1]
+            timer = self.engine.at(end, lambda: self._busy_done(c, gen))
+            self._block(c, ("busy", end, timer))
+            return False, None
+        if saved[0] == "spin":
+            step, deadline = saved[1], saved[2]
+            if step.cond():
+                return True, True
+            return (False, None) if self._spin(c, step, deadline) else (True, False)
+        return True, None  # HLT returns once the interrupt is handled
+

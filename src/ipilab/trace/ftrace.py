@@ -1,0 +1,143 @@
+"""ftrace `trace` text: writing events in the kernel's own line format, and reading them back.
+
+A line looks like
+    `          <idle>-0       [001] d.h1.   897.028268: call_function_single_entry: vector=251`
+task-pid (task right-aligned in 16 columns, pid left-aligned in 7), CPU, the five flag columns,
+timestamp in seconds with microseconds (the default `local` clock), event name, fields.
+The simulator's nanoseconds are printed with 6 decimals like the kernel, so a written trace parses back
+to the same events with timestamps truncated to the microsecond.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from ipilab.events import FORMATS, Event, Kind
+
+
+class TraceFormatError(ValueError):
+    """A line that is not what its format promises; the message names the file and line."""
+
+
+def format_cpumask(cpus: tuple[int, ...]) -> str:
+    """The kernel's %*pb: hex bitmap, most significant 32-bit word first, comma-separated."""
+    bits = 0
+    for c in cpus:
+        bits |= 1 << c
+    words = max(1, (max(cpus, default=0) // 32) + 1)
+    # The kernel prints as many words as nr_cpu_ids needs; two words covers 64 CPUs as in our traces.
+    words = max(words, 2)
+    return ",".join(f"{(bits >> (32 * w)) & 0xFFFFFFFF:08x}" for w in reversed(range(words)))
+
+
+def parse_cpumask(text: str) -> tuple[int, ...]:
+    bits = int(text.replace(",", ""), 16)
+    return tuple(i for i in range(bits.bit_length()) if bits >> i & 1)
+
+
+def format_fields(name: str, fields: dict[str, object]) -> str:
+    fmt = FORMATS[name]
+    parts = []
+    for key, kind in fmt.fields:
+        value = fields[key]
+        if kind is Kind.MASK:
+            value = format_cpumask(value)  # type: ignore[arg-type]
+        parts.append(f"{key}={value}")
+    return fmt.separator.join(parts)
+
+
+def format_event(ev: Event) -> str:
+    secs, ns = divmod(ev.ts, 1_000_000_000)
+    return (f"{ev.task:>16}-{ev.pid:<7} [{ev.cpu:03d}] {ev.flags} {secs:5d}.{ns // 1000:06d}: "
+            f"{ev.name}: {format_fields(ev.name, ev.fields)}")
+
+
+HEADER = """# tracer: nop
+#
+# entries-in-buffer/entries-written: {n}/{n}   #P:{ncpus}
+#
+#                                _-----=> irqs-off/BH-disabled
+#                               / _----=> need-resched
+#                              | / _---=> hardirq/softirq
+#                              || / _--=> preempt-depth
+#                              ||| / _-=> migrate-disable
+#                              |||| /     delay
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |   |||||     |         |
+"""
+
+
+class FtraceWriter:
+    """Streams events to a file as ftrace text; the file appears (atomically) only when closed."""
+
+    def __init__(self, path: Path, ncpus: int) -> None:
+        self.path = Path(path)
+        self.ncpus = ncpus
+        self.count = 0
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        self._tmp = Path(tmp)
+        self._body: TextIO = os.fdopen(fd, "w")
+
+    def __call__(self, ev: Event) -> None:
+        self._body.write(format_event(ev))
+        self._body.write("\n")
+        self.count += 1
+
+    def close(self) -> None:
+        # The header carries the event count, so it is written last in front of the body.
+        self._body.close()
+        fd, final_tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        with os.fdopen(fd, "w") as out, open(self._tmp) as body:
+            out.write(HEADER.format(n=self.count, ncpus=self.ncpus))
+            while chunk := body.read(1 << 20):
+                out.write(chunk)
+        os.replace(final_tmp, self.path)
+        self._tmp.unlink()
+
+    def abort(self) -> None:
+        self._body.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+                  r"(?P<flags>\S{4,5})\s+(?P<secs>\d+)\.(?P<usecs>\d{6}):\s+(?P<name>\w+):\s?(?P<rest>.*)$")
+
+
+def parse_fields(name: str, rest: str) -> dict[str, object]:
+    fmt = FORMATS[name]
+    out: dict[str, object] = {}
+    for chunk in rest.split(fmt.separator) if fmt.separator != " " else rest.split():
+        key, _, value = chunk.partition("=")
+        kind = dict(fmt.fields).get(key)
+        if kind is None:
+            raise ValueError(f"unexpected field {key!r}")
+        out[key] = int(value) if kind is Kind.INT else parse_cpumask(value) if kind is Kind.MASK else value
+    missing = [k for k, _ in fmt.fields if k not in out]
+    if missing:
+        raise ValueError(f"missing fields {missing}")
+    return out
+
+
+def read_ftrace(path: Path) -> Iterator[Event]:
+    """The events of the tracepoints ipilab knows, in file order; other events are skipped."""
+    with open(path, errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.startswith("#") or not line.strip():
+                continue
+            m = LINE.match(line.rstrip("\n"))
+            if m is None:
+                raise TraceFormatError(f"{path}:{lineno}: not an ftrace event line: {line.strip()[:80]!r}")
+            name = m["name"]
+            if name not in FORMATS:
+                continue
+            try:
+                fields = parse_fields(name, m["rest"])
+            except ValueError as e:
+                raise TraceFormatError(f"{path}:{lineno}: {name}: {e}") from None
+            ts = int(m["secs"]) * 1_000_000_000 + int(m["usecs"]) * 1000
+            yield Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), m["flags"], fields)
