@@ -42,7 +42,7 @@ def do_idle(smp: Smp, cpu: int, idle: IdleState, halt_poll_ns: int) -> KernelCod
             yield Halt()
         p.trace(cpu, "cpu_idle", state=CPU_IDLE_EXIT, cpu_id=cpu)
         if idle.need_resched:
-            idle.need_resched = False
             yield Busy(p.cost("poll_notice", cpu), "poll_notice")
-            # What flush_smp_call_function_queue() does from do_idle(): no interrupt taken.
+            # do_idle() flushes the queue itself (no interrupt), then schedule_idle() clears NEED_RESCHED.
             yield from smp.flush_smp_call_function_queue(cpu, from_irq=False)
+            idle.need_resched = False

@@ -38,8 +38,12 @@ class Engine:
         heapq.heappush(self._queue, (when, self._seq, timer))
         return timer
 
-    def run(self, until: int) -> None:
-        """Process every event due at or before `until`, then leave the clock at `until`."""
+    def run(self, until: int, check: Callable[[], None] | None = None) -> None:
+        """Process every event due at or before `until`, then leave the clock at `until`.
+
+        `check`, if given, is called after every event: tests use it to assert invariants in every
+        state the run passes through.
+        """
         queue = self._queue
         while queue and queue[0][0] <= until:
             when, _, timer = heapq.heappop(queue)
@@ -48,4 +52,6 @@ class Engine:
             self.now = when
             self.events_processed += 1
             timer.fn()
+            if check is not None:
+                check()
         self.now = max(self.now, until)

@@ -45,6 +45,7 @@ class SimCpu:
     irq_ns: int = 0
     interrupts: int = 0
     apic_merged: int = 0
+    ipis_in_flight: int = 0  # sent to this CPU, not yet arrived at its APIC
     user_mm: bool = False  # runs a user task's mm (not lazy-TLB)
 
 
@@ -100,6 +101,7 @@ class SimMachine:
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
         latency = self.machine.ipi_latency_ns(src, dst)
+        self.cpus[dst].ipis_in_flight += 1
         self.engine.at(self.engine.now + latency, lambda: self._ipi_arrives(self.cpus[dst], vector))
 
     def notify(self, watch: object) -> None:
@@ -227,6 +229,7 @@ class SimMachine:
 
     def _ipi_arrives(self, c: SimCpu, vector: int) -> None:
         self.stats.ipis_delivered += 1
+        c.ipis_in_flight -= 1
         if vector in c.irr:
             self.stats.apic_merged += 1
             c.apic_merged += 1

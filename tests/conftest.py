@@ -1,0 +1,19 @@
+"""Small machines with round-number costs, so that tests can work out the timing by hand."""
+
+from __future__ import annotations
+
+from ipilab.machine.model import COST_FIELDS, Machine
+
+
+def tiny_machine(ncpus: int = 3, apic_mode: str = "x2apic_phys", **costs: int) -> Machine:
+    """One socket of `ncpus` cores; every cost 0 unless given, so only the named costs take time."""
+    values = dict.fromkeys(COST_FIELDS, 0)
+    values.update(costs)
+    return Machine.model_validate({
+        "name": f"tiny-{ncpus}",
+        "description": "test machine with hand-picked costs",
+        "topology": {"sockets": 1, "cores_per_socket": ncpus, "threads_per_core": 1,
+                     "llc_mb_per_socket": 1.0, "numa_nodes": 1, "apic_mode": apic_mode,
+                     "cpu_model": "test", "halt_poll_ns": 0},
+        "costs": {k: {"ns": v, "source": "test value"} for k, v in values.items()},
+    })
