@@ -49,8 +49,9 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *words: str) -> st
     (["--seconds", "0"], ["--seconds"]),
     (["--seconds", "1000"], ["--seconds"]),
     (["--cost", "nope=5"], ["nope"]),
+    (["--cost", "icr_write=-5"], ["--cost", "greater than or equal to 0"]),
 ], ids=["unknown-machine", "negative-rate", "targets-outside-machine", "unknown-kernel", "unknown-feature",
-        "unknown-workload-field", "seconds-zero", "seconds-too-long", "unknown-cost"])
+        "unknown-workload-field", "seconds-zero", "seconds-too-long", "unknown-cost", "negative-cost"])
 def test_bad_simulate_input_is_one_clear_error_line(args: list[str], words: list[str]) -> None:
     """Each bad simulate input exits 2 with one `ipilab: error:` line naming the culprit, no traceback."""
     assert_user_error(ipilab("simulate", *SMALL, *args), *words)
@@ -139,7 +140,9 @@ def test_simulate_counters_are_consistent(kernel: str) -> None:
     r = simulate_json(*SMALL, "-k", kernel)
     assert r["cal_interrupts"] <= r["ipis_sent"]
     assert r["ipis_to_nonempty_queue"] <= r["ipis_sent"]
-    assert r["ipis_sent"] + r["csd_no_ipi_queued"] + r["csd_no_ipi_polling"] == r["csd_enqueues"]
+    assert (r["ipis_sent"] + r["csd_no_ipi_queued"] + r["csd_no_ipi_polling"] + r["csds_undecided_at_end"]
+            == r["csd_enqueues"])
+    assert r["csds_undecided_at_end"] >= 0
 
 
 def test_same_seed_same_result_other_seed_differs(default_run: dict) -> None:

@@ -39,7 +39,7 @@ def scenarios(draw):
         "poll_notice": draw(st.integers(0, 300)),
     }
     poll = draw(st.sampled_from([0, 3000]))
-    kernel = draw(st.sampled_from(sorted(VERSIONS) + ["v4.12+coalesce_many", "v6.18-sync_first_flush"]))
+    kernel = draw(st.sampled_from([*sorted(VERSIONS), "v4.12+coalesce_many", "v6.18-sync_first_flush"]))
     cpus = list(range(n))
     call = st.tuples(
         st.integers(0, 4000),  # gap before the call

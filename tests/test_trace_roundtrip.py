@@ -89,12 +89,10 @@ def test_written_trace_round_trips_and_matches_the_simulator(tmp_path: Path) -> 
     ("vm-2cpu", "v6.18", "synthetic", {"others": "idle"}, 0.003),
     ("broadwell-ep-2s-88t", "v4.12", "tlbstorm", {"cpus": "0-15"}, 0.0003),
     ("broadwell-ep-2s-88t", "v4.13", "tlbstorm", {"cpus": "0-15"}, 0.0003),
-    # A window that closes while CPUs are inside llist_add(): 16 csd_queue_cpu lines, 8 of them stamped
-    # exactly at the window end, have no matching csd_enqueues count.
-    pytest.param("broadwell-ep-2s-88t", "v4.13", "tlbstorm", {"cpus": "0-15"}, 0.000333, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: Smp.__smp_call_single_queue traces csd_queue_cpu before yield Busy(llist_add) "
-        "but counts csd_enqueues after it, so a window ending mid-llist_add has more csd_queue_cpu lines "
-        "than csd_enqueues (2432 vs 2416 here)"), id="window-ends-inside-llist_add"),
+    # A window that closes while CPUs are inside llist_add(): csd_queue_cpu lines stamped exactly at the
+    # window end must still be counted in csd_enqueues (they once were not).
+    pytest.param("broadwell-ep-2s-88t", "v4.13", "tlbstorm", {"cpus": "0-15"}, 0.000333,
+                 id="window-ends-inside-llist_add"),
 ])
 def test_trace_counts_agree_with_result(tmp_path: Path, machine: str, kernel: str, workload: str,
                                         settings: dict[str, str], seconds: float) -> None:

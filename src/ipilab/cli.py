@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -132,11 +133,15 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         if costs:
             overrides = parse_settings(costs)
             try:
-                m = m.with_costs(**{k: int(v) for k, v in overrides.items()})
-            except KeyError as e:
-                fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
+                ns = {k: int(v) for k, v in overrides.items()}
             except ValueError:
                 fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
+            try:
+                m = m.with_costs(**ns)
+            except KeyError as e:
+                fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
+            except ValidationError as e:
+                fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
         k = resolve_kernel(kernel)
         w = workload_from_settings(workload, parse_settings(settings))
         if not 0 < seconds <= MAX_SECONDS:

@@ -132,8 +132,8 @@ class Smp:
         """Queue `csd` on its target; return whether the queue was empty (the caller owes an IPI)."""
         self.p.trace(cpu, "csd_queue_cpu", cpu=csd.dst, callsite=callsite, func=csd.func.name,
                      csd=csd.pointer)
+        self.stats.csd_enqueues += 1  # counted where traced, so a trace and the counters agree
         yield Busy(self.p.cost("llist_add", cpu, csd.dst), "llist_add")
-        self.stats.csd_enqueues += 1
         return self.call_single_queue[csd.dst].llist_add(csd)
 
     def send_call_function_single_ipi(self, cpu: int, target: int, callsite: str) -> KernelCode:

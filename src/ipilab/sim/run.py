@@ -34,6 +34,8 @@ METRIC_DOCS: dict[str, str] = {
     "empty_interrupts": "function-call interrupts that found the queue already emptied",
     "calls": "cross-CPU calls made (smp_call_function_many_cond / _single)",
     "ipis_in_flight_at_end": "IPIs sent but not yet handled when the window closed (pending or travelling)",
+    "csds_undecided_at_end": "CSDs queued whose sender had not yet sent (or decided not to send) an IPI "
+                             "when the window closed",
 }
 
 
@@ -43,19 +45,19 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
     writer = FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else None
-    sim = SimMachine(machine, kernel, Engine(), tracer=writer)
     wall0 = time.perf_counter()
     try:
+        sim = SimMachine(machine, kernel, Engine(), tracer=writer)
         workload.start(sim, seed)
         window_ns = round(seconds * 1e9)
         sim.engine.run(window_ns)
+        wall = time.perf_counter() - wall0
+        if writer is not None:
+            writer.close()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    wall = time.perf_counter() - wall0
-    if writer is not None:
-        writer.close()
     return _results(sim, machine, kernel, workload, window_ns, seed, wall, trace_out)
 
 
@@ -100,6 +102,7 @@ def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Worklo
         "calls": s.calls,
         "local_calls": s.local_calls,
         "ipis_in_flight_at_end": in_flight,
+        "csds_undecided_at_end": s.csd_enqueues - s.csd_ipis - s.csd_no_ipi_queued - s.csd_no_ipi_polling,
         "counts": counts,
         "wait_latency_ns": _percentiles(s.call_latencies_ns),
         "per_cpu": per_cpu,

@@ -92,16 +92,23 @@ class FtraceWriter:
         # The header carries the event count, so it is written last in front of the body.
         self._body.close()
         fd, final_tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        self._final_tmp = Path(final_tmp)
         with os.fdopen(fd, "w") as out, open(self._tmp) as body:
             out.write(HEADER.format(n=self.count, ncpus=self.ncpus))
             while chunk := body.read(1 << 20):
                 out.write(chunk)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(final_tmp, 0o666 & ~umask)  # mkstemp makes 0600; a trace is an ordinary file
         os.replace(final_tmp, self.path)
         self._tmp.unlink()
 
     def abort(self) -> None:
+        """Drop everything written so far: the target path is left as it was."""
         self._body.close()
         self._tmp.unlink(missing_ok=True)
+        if getattr(self, "_final_tmp", None) is not None:
+            self._final_tmp.unlink(missing_ok=True)
 
 
 LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
