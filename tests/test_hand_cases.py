@@ -210,3 +210,16 @@ def test_async_csd_reuse_waits_for_unlock():
     assert sim.smp.stats.csd_ipis == 2
     runs = [e.ts for e in events if e.name == "csd_function_entry" and e.cpu == 1]
     assert runs == [1100, 2200]
+
+
+def test_what_if_kernel_composes_behaviours(tmp_path):
+    """v4.12 plus the seed's one behaviour, as an expression or as a TOML file, acts as v4.13 here."""
+    toml = tmp_path / "seed.toml"
+    toml.write_text('name = "v4.12 with the seed"\nbase = "v4.12"\nadd = ["coalesce_many"]\n')
+    expected = run_two_senders("v4.13")
+    for spec in ("v4.12+coalesce_many", str(toml)):
+        sim, returned, _ = run_two_senders(spec)
+        assert (sim.smp.stats.csd_ipis, sim.smp.stats.cal_interrupts) == (3, 3), spec
+        assert returned == expected[1]
+    sim, _, _ = run_two_senders("v4.13-coalesce_many")
+    assert sim.smp.stats.csd_ipis == 4

@@ -174,6 +174,10 @@ class Smp:
         if target == cpu:
             yield from self.run_local(cpu, func, info)
             return
+        yield from self._call_single_remote(cpu, target, func, info, wait, callsite)
+
+    def _call_single_remote(self, cpu: int, target: int, func: SmpFunc, info: Any, wait: bool,
+                            callsite: str) -> KernelCode:
         # A waiting caller uses a CSD on its stack; an async one reuses its per-CPU csd_data.
         csd = self._new_csd(cpu, target) if wait else self.csd_data[cpu]
         csd.dst = target
@@ -196,13 +200,7 @@ class Smp:
         if k.has("many_single_shortcut") and len(targets) == 1:
             # Pre-5.13: one remote target goes the smp_call_function_single() way.
             if cond_func is None or cond_func(targets[0], info):
-                csd = self._new_csd(cpu, targets[0]) if wait else self.csd_data[cpu]
-                csd.dst = targets[0]
-                yield from self.csd_lock(cpu, csd)
-                csd.func, csd.info, csd.sync = func, info, wait
-                yield from self.generic_exec_single(cpu, targets[0], csd, callsite)
-                if wait:
-                    yield from self.csd_lock_wait(cpu, csd)
+                yield from self._call_single_remote(cpu, targets[0], func, info, wait, callsite)
             if run_local:
                 yield from self.run_local(cpu, func, info)
             return
