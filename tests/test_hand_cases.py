@@ -43,8 +43,9 @@ def user_loop():
         yield Busy(1_000_000, "user")
 
 
-def run_two_senders(kernel: str, target_code=None, until: int = 100_000):
-    m = tiny_machine(3, icr_write=100, ipi_latency_same_socket=1000, ipi_latency_cross_socket=1000)
+def run_two_senders(kernel: str, target_code=None, until: int = 100_000, idle_exit: int = 0):
+    m = tiny_machine(3, icr_write=100, ipi_latency_same_socket=1000, ipi_latency_cross_socket=1000,
+                     idle_exit=idle_exit)
     events: list[Event] = []
     sim = SimMachine(m, resolve_kernel(kernel), tracer=events.append)
     returned: dict[int, int] = {}
@@ -56,7 +57,7 @@ def run_two_senders(kernel: str, target_code=None, until: int = 100_000):
 
     sim.start(0, sender(0, [1, 2]), "s0", 10)
     sim.start(1, sender(1, [0, 2]), "s1", 11)
-    sim.start(2, target_code if target_code is not None else user_loop(), "t2", 12)
+    sim.start(2, None if target_code == "idle" else target_code or user_loop(), "t2", 12)
     sim.engine.run(until)
     return sim, returned, events
 
@@ -223,3 +224,14 @@ def test_what_if_kernel_composes_behaviours(tmp_path):
         assert returned == expected[1]
     sim, _, _ = run_two_senders("v4.13-coalesce_many")
     assert sim.smp.stats.csd_ipis == 4
+
+
+def test_halted_cpu_merges_ipis_while_waking():
+    """CPU2 is halted and needs 5000 ns to wake (idle_exit). Under v4.12 both IPIs reach it at 1200:
+    the first starts the wake-up, the second finds the vector still pending in IRR and merges. CPU2
+    takes one interrupt at 6200 and runs both CSDs (6200..6700, 6700..7200)."""
+    sim, returned, _ = run_two_senders("v4.12", "idle", idle_exit=5000)
+    assert sim.smp.stats.csd_ipis == 4
+    assert sim.stats.apic_merged == 1
+    assert sim.cpus[2].interrupts == 1
+    assert returned == {0: 6700, 1: 7200}

@@ -40,7 +40,7 @@ class SimCpu:
     stack: list[Context] = field(default_factory=list)
     irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
     idle: IdleState = field(default_factory=IdleState)
-    wait: tuple | None = None  # ("busy", end, timer) | ("spin", step, deadline, timer) | ("halt",)
+    wait: tuple | None = None  # ("busy", end, timer) | ("spin", step, deadline, timer) | ("halt",) | ("waking",)
     wait_gen: int = 0
     irq_ns: int = 0
     interrupts: int = 0
@@ -145,7 +145,7 @@ class SimMachine:
         while True:
             top = c.stack[-1]
             if c.irr and top.irqs_on:
-                self._take_interrupt(c, from_halt=False)
+                self._take_interrupt(c)
                 value = None
                 continue
             try:
@@ -235,7 +235,7 @@ class SimMachine:
             c.apic_merged += 1
             return
         c.irr.add(vector)
-        if c.wait is not None and c.stack[-1].irqs_on:
+        if c.wait is not None and c.wait[0] != "waking" and c.stack[-1].irqs_on:
             self._preempt(c)
 
     def _preempt(self, c: SimCpu) -> None:
@@ -244,7 +244,6 @@ class SimMachine:
         c.wait_gen += 1
         c.wait = None
         now = self.engine.now
-        from_halt = False
         if wait[0] == "busy":
             wait[2].cancel()
             top.saved = ("busy", wait[1] - now)
@@ -253,20 +252,28 @@ class SimMachine:
                 wait[3].cancel()
             top.saved = ("spin", wait[1], wait[2])
         else:
+            # A halted CPU accepts the interrupt only once awake: until then the vector stays in IRR,
+            # where a second IPI of the same vector merges with it.
             top.saved = ("halt",)
-            from_halt = True
-        self._take_interrupt(c, from_halt)
+            self._block(c, ("waking",))
+            gen = c.wait_gen
+            self.engine.at(now + self._fixed["idle_exit"], lambda: self._woken(c, gen))
+            return
+        self._take_interrupt(c)
         self._run(c, None)
 
-    def _take_interrupt(self, c: SimCpu, from_halt: bool) -> None:
+    def _woken(self, c: SimCpu, gen: int) -> None:
+        if c.wait_gen == gen:
+            c.wait = None
+            self._run(c, None)  # interrupts are on in the idle context: the pending one is taken first
+
+    def _take_interrupt(self, c: SimCpu) -> None:
         vector = max(c.irr)  # the APIC delivers the highest pending vector first
         c.irr.discard(vector)
         c.interrupts += 1
-        c.stack.append(Context(self._handler(c, vector, from_halt), "irq", False, self.engine.now))
+        c.stack.append(Context(self._handler(c, vector), "irq", False, self.engine.now))
 
-    def _handler(self, c: SimCpu, vector: int, from_halt: bool) -> KernelCode:
-        if from_halt:
-            yield Busy(self._fixed["idle_exit"], "idle_exit")
+    def _handler(self, c: SimCpu, vector: int) -> KernelCode:
         if vector in (CALL_FUNCTION_VECTOR, CALL_FUNCTION_SINGLE_VECTOR):
             yield from self.smp.sysvec_call_function(c.id, vector)
         else:
@@ -280,7 +287,7 @@ class SimMachine:
             return True, None
         if c.irr and top.irqs_on:
             top.saved = saved  # another interrupt first; _run takes it and comes back here
-            self._take_interrupt(c, from_halt=False)
+            self._take_interrupt(c)
             return True, None
         if saved[0] == "busy":
             gen = c.wait_gen + 1
