@@ -142,7 +142,7 @@ class Smp:
             self.stats.csd_no_ipi_polling += 1
             return
         self.p.trace(cpu, "ipi_send_cpu", cpu=target, callsite=callsite, callback=FUNCTION_CALL_CALLBACK)
-        self._count_ipis([target])
+        self.stats.csd_ipis += 1
         # Count after the writes: other CPUs update the counters while this one is inside them.
         writes = yield from send_IPI(self.apic, self.p, cpu, target, CALL_FUNCTION_SINGLE_VECTOR)
         self.stats.icr_writes += writes
@@ -150,12 +150,9 @@ class Smp:
     def send_call_function_ipi_mask(self, cpu: int, mask: list[int], callsite: str) -> KernelCode:
         self.p.trace(cpu, "ipi_send_cpumask", cpumask=tuple(mask), callsite=callsite,
                      callback=FUNCTION_CALL_CALLBACK)
-        self._count_ipis(mask)
+        self.stats.csd_ipis += len(mask)
         writes = yield from send_IPI_mask(self.apic, self.p, cpu, mask, CALL_FUNCTION_VECTOR, self.ncpus)
         self.stats.icr_writes += writes
-
-    def _count_ipis(self, targets: list[int]) -> None:
-        self.stats.csd_ipis += len(targets)
 
     # --- the calls ---------------------------------------------------------------------------------
 

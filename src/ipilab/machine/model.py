@@ -80,13 +80,6 @@ class Machine(BaseModel):
     def ncpus(self) -> int:
         return self.topology.ncpus
 
-    def socket_of(self, cpu: int) -> int:
-        return self._placement[cpu][0]
-
-    def core_of(self, cpu: int) -> tuple[int, int]:
-        socket, core, _ = self._placement[cpu]
-        return socket, core
-
     @cached_property
     def _placement(self) -> list[tuple[int, int, int]]:
         t = self.topology
