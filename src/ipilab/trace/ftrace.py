@@ -81,6 +81,7 @@ class FtraceWriter:
         self.count = 0
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
         self._tmp = Path(tmp)
+        self._final_tmp: Path | None = None  # the header+body copy close() renames into place
         self._body: TextIO = os.fdopen(fd, "w")
 
     def __call__(self, ev: Event) -> None:
@@ -107,7 +108,7 @@ class FtraceWriter:
         """Drop everything written so far: the target path is left as it was."""
         self._body.close()
         self._tmp.unlink(missing_ok=True)
-        if getattr(self, "_final_tmp", None) is not None:
+        if self._final_tmp is not None:
             self._final_tmp.unlink(missing_ok=True)
 
 
