@@ -88,6 +88,8 @@ class SmpStats:
     empty_interrupts: int = 0  # handlers that found the queue already emptied
     local_calls: int = 0
     calls: int = 0
+    queue_windows: int = 0  # times a queue went from empty to detached (one window of coalescing each)
+    queue_nonempty_ns: int = 0  # summed over those windows: first llist_add to llist_del_all
     call_latencies_ns: list[int] = field(default_factory=list)  # wait=1 calls: entry to return
 
 
@@ -105,6 +107,7 @@ class Smp:
         self.cfd_csd = [[self._new_csd(src, dst) for dst in range(ncpus)] for src in range(ncpus)]
         self.csd_data = [self._new_csd(src, src) for src in range(ncpus)]
         self.stats = SmpStats()
+        self._nonempty_since = [0] * ncpus  # statistics only
 
     def _new_csd(self, src: int, dst: int) -> Csd:
         self._next_csd += 1
@@ -134,7 +137,10 @@ class Smp:
                      csd=csd.pointer)
         self.stats.csd_enqueues += 1  # counted where traced, so a trace and the counters agree
         yield Busy(self.p.cost("llist_add", cpu, csd.dst), "llist_add")
-        return self.call_single_queue[csd.dst].llist_add(csd)
+        was_empty = self.call_single_queue[csd.dst].llist_add(csd)
+        if was_empty:
+            self._nonempty_since[csd.dst] = self.p.now
+        return was_empty
 
     def send_call_function_single_ipi(self, cpu: int, target: int, callsite: str) -> KernelCode:
         if self.kernel.has("skip_polling_idle") and self.p.set_nr_if_polling(target):
@@ -253,6 +259,9 @@ class Smp:
         """Detach the whole queue and run every entry; return how many ran."""
         yield Busy(self.p.cost("llist_del_all", cpu), "llist_del_all")
         entries = self.call_single_queue[cpu].llist_del_all()
+        if entries:
+            self.stats.queue_windows += 1
+            self.stats.queue_nonempty_ns += self.p.now - self._nonempty_since[cpu]
         if self.kernel.has("sync_first_flush"):
             # SYNC entries first: their senders are spinning. The rest keep their order.
             entries = [c for c in entries if c.sync] + [c for c in entries if not c.sync]

@@ -55,6 +55,11 @@ IRQS_ON = LocalIrq(True)
 class Platform(Protocol):
     """What the kernel model needs from the machine it runs on (simulated, replayed or model-checked)."""
 
+    @property
+    def now(self) -> int:
+        """The current time in nanoseconds (for statistics only: the model's behaviour never reads it)."""
+        ...
+
     def cost(self, what: str, cpu: int, other: int | None = None) -> int:
         """Nanoseconds that operation `what` takes on `cpu` (with `other` the CPU whose line it touches)."""
         ...

@@ -37,20 +37,31 @@ flush_tlb_func = SmpFunc("flush_tlb_func", _flush_tlb_func)
 
 def flush_tlb_mm_range(smp: Smp, cpu: int, mm_cpumask: list[int], pages: int) -> KernelCode:
     """Flush `pages` pages (or TLB_FLUSH_ALL) of an mm active on `mm_cpumask`, waiting for all CPUs."""
+    yield from _flush_tlb_on(smp, cpu, mm_cpumask, pages)
+
+
+def arch_tlbbatch_flush(smp: Smp, cpu: int, cpumask: list[int]) -> KernelCode:
+    """Reclaim's batched flush (try_to_unmap_flush): a full flush on every CPU of the gathered mask."""
+    yield from _flush_tlb_on(smp, cpu, cpumask, TLB_FLUSH_ALL)
+
+
+def _flush_tlb_on(smp: Smp, cpu: int, cpumask: list[int], pages: int) -> KernelCode:
     k = smp.kernel
     info = FlushTlbInfo(pages)
     not_lazy = (lambda c, _info: not smp.p.is_lazy_tlb(c)) if k.has("tlb_skip_lazy") else None
-    others = any(c != cpu for c in mm_cpumask)
+    local = cpu in cpumask
+    others = any(c != cpu for c in cpumask)
     if k.has("local_after_send"):
         if others:
             yield from smp.smp_call_function_many_cond(
-                cpu, mm_cpumask, flush_tlb_func, info, wait=True, run_local=cpu in mm_cpumask,
+                cpu, cpumask, flush_tlb_func, info, wait=True, run_local=local,
                 cond_func=not_lazy, callsite="on_each_cpu_cond_mask+0x20/0x60")
-        else:
+        elif local:
             yield from smp.run_local(cpu, flush_tlb_func, info)
         return
-    yield from smp.run_local(cpu, flush_tlb_func, info)
+    if local:
+        yield from smp.run_local(cpu, flush_tlb_func, info)
     if others:
         yield from smp.smp_call_function_many_cond(
-            cpu, [c for c in mm_cpumask if c != cpu], flush_tlb_func, info, wait=True,
+            cpu, [c for c in cpumask if c != cpu], flush_tlb_func, info, wait=True,
             cond_func=not_lazy, callsite="native_flush_tlb_others+0x0/0x0")

@@ -29,6 +29,20 @@ COST_FIELDS: dict[str, str] = {
     "madvise_syscall": "madvise(MADV_DONTNEED) without its TLB flush: syscall, page-table walk, zap",
 }
 
+# Costs of the reclaim path (the swap-w-seq-mt workload); a preset may leave them out if no workload
+# it runs needs them.
+RECLAIM_COST_FIELDS: dict[str, str] = {
+    "user_write_page": "the workload's own write of one 4 KB page (usemem's store loop)",
+    "lru_page": "moving one page on or off an LRU list while holding lru_lock",
+    "page_referenced": "trylock_page and the rmap walk that tests and clears a page's accessed bits",
+    "add_to_swap": "a swap slot from the per-CPU cache and the page's insertion into the swap cache",
+    "try_to_unmap": "the rmap walk that clears the page's PTE and records the batched flush",
+    "swap_writepage": "writing one 4 KB page to the swap device (pmem: a synchronous copy)",
+    "remove_mapping": "__remove_mapping: dropping the page from the swap cache, interrupts off",
+    "free_page": "returning one reclaimed page to the page allocator",
+}
+ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS}
+
 
 class Cost(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -71,9 +85,9 @@ class Machine(BaseModel):
     @model_validator(mode="after")
     def _all_costs_given(self) -> Machine:
         missing = sorted(set(COST_FIELDS) - self.costs.keys())
-        unknown = sorted(self.costs.keys() - set(COST_FIELDS))
+        unknown = sorted(self.costs.keys() - set(ALL_COST_FIELDS))
         if missing or unknown:
-            raise ValueError(f"costs: missing {missing}, unknown {unknown}; allowed: {sorted(COST_FIELDS)}")
+            raise ValueError(f"costs: missing {missing}, unknown {unknown}; allowed: {sorted(ALL_COST_FIELDS)}")
         return self
 
     @property
@@ -94,6 +108,20 @@ class Machine(BaseModel):
     def _cacheline_ns(self) -> dict[int, int]:
         return {0: self.costs["cacheline_smt"].ns, 1: self.costs["cacheline_same_socket"].ns,
                 2: self.costs["cacheline_cross_socket"].ns}
+
+    def socket_of(self, cpu: int) -> int:
+        return self._placement[cpu][0]
+
+    def core_of(self, cpu: int) -> int:
+        return self._placement[cpu][1]
+
+    def thread_of(self, cpu: int) -> int:
+        return self._placement[cpu][2]
+
+    def node_of(self, cpu: int) -> int:
+        """NUMA node: sockets split evenly into `numa_nodes` (one node per socket on the presets)."""
+        t = self.topology
+        return self.socket_of(cpu) * t.numa_nodes // t.sockets
 
     def distance(self, a: int, b: int) -> int:
         """0: same core (or same CPU), 1: same socket, 2: across sockets."""
@@ -122,9 +150,10 @@ class Machine(BaseModel):
         """A copy with some costs changed (the sensitivity and sweep tools use this)."""
         costs = dict(self.costs)
         for key, value in ns.items():
-            if key not in COST_FIELDS:
+            if key not in ALL_COST_FIELDS:
                 raise KeyError(key)
-            costs[key] = Cost(ns=value, source=f"set by the user (preset: {costs[key].ns} ns)")
+            was = f"preset: {costs[key].ns} ns" if key in costs else "not in the preset"
+            costs[key] = Cost(ns=value, source=f"set by the user ({was})")
         return self.model_copy(update={"costs": costs})
 
 

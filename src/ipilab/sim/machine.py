@@ -76,13 +76,15 @@ class SimMachine:
 
     # --- starting work -----------------------------------------------------------------------------
 
-    def start(self, cpu: int, code: KernelCode | None, comm: str = "<idle>", pid: int = 0) -> None:
-        """Give `cpu` its task (None: idle from the start) and begin running it now."""
+    def start(self, cpu: int, code: KernelCode | None, comm: str = "<idle>", pid: int = 0,
+              user_mm: bool = True) -> None:
+        """Give `cpu` its task (None: idle from the start) and begin running it now. A kernel thread
+        (`user_mm=False`) borrows the previous mm lazily, as idle does."""
         c = self.cpus[cpu]
         c.stack = [Context(self._idle_code(c), "idle", True)]
         if code is not None:
             c.stack.append(Context(code, "task", True))
-            c.comm, c.pid, c.user_mm = comm, pid, True
+            c.comm, c.pid, c.user_mm = comm, pid, user_mm
         self.engine.at(self.engine.now, lambda: self._run(c, None))
 
     def _idle_code(self, c: SimCpu) -> KernelCode:
@@ -91,6 +93,10 @@ class SimMachine:
     @property
     def now(self) -> int:
         return self.engine.now
+
+    def set_cost(self, what: str, ns: int) -> None:
+        """Override one cost for this run (a workload parameter such as the swap device's speed)."""
+        self._fixed[what] = ns
 
     # --- Platform ----------------------------------------------------------------------------------
 

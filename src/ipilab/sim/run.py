@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from ipilab import __version__
 from ipilab.kernel.features import Kernel
@@ -15,7 +17,7 @@ from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
 from ipilab.sim.machine import SimMachine
 from ipilab.trace.ftrace import FtraceWriter
-from ipilab.workloads.base import Workload
+from ipilab.workloads.base import Workload, WorkloadError
 
 MAX_SECONDS = 60.0
 
@@ -40,17 +42,33 @@ METRIC_DOCS: dict[str, str] = {
 
 
 def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: float, seed: int,
-             trace_out: Path | None = None) -> dict[str, Any]:
-    """Run and return the results as plain data (see METRIC_DOCS). Times are integer nanoseconds."""
+             trace_out: Path | None = None, warmup: float = 0.0, intervals: int = 0) -> dict[str, Any]:
+    """Run for `warmup` + `seconds` simulated seconds and return the results as plain data (see
+    METRIC_DOCS). Counts cover the `seconds` after the warm-up. With `intervals` >= 2 that window is cut
+    into equal parts whose rates give each rate its 95% confidence interval (batch means) and the
+    per-CPU timeline. Times are integer nanoseconds."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    if not 0 <= warmup <= MAX_SECONDS:
+        raise ValueError(f"warm-up must be in [0, {MAX_SECONDS:g}] seconds, got {warmup:g}")
+    missing = [c for c in workload.costs_needed if c not in machine.costs]
+    if missing:
+        raise WorkloadError(f"workload {workload.name} needs machine costs {', '.join(missing)}, which machine "
+                            f"{machine.name} does not give (add [costs.NAME] with ns and source)")
     writer = FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else None
     wall0 = time.perf_counter()
     try:
         sim = SimMachine(machine, kernel, Engine(), tracer=writer)
         workload.start(sim, seed)
+        warmup_ns = round(warmup * 1e9)
         window_ns = round(seconds * 1e9)
-        sim.engine.run(window_ns)
+        sim.engine.run(warmup_ns)
+        sim.smp.stats.call_latencies_ns.clear()
+        parts = max(intervals, 1)
+        snaps = [_snapshot(sim, workload)]
+        for i in range(1, parts + 1):
+            sim.engine.run(warmup_ns + window_ns * i // parts)
+            snaps.append(_snapshot(sim, workload))
         wall = time.perf_counter() - wall0
         if writer is not None:
             writer.close()
@@ -58,7 +76,35 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
         if writer is not None:
             writer.abort()
         raise
-    return _results(sim, machine, kernel, workload, window_ns, seed, wall, trace_out)
+    return _results(sim, machine, kernel, workload, snaps, warmup_ns, window_ns, seed, wall, trace_out)
+
+
+def _snapshot(sim: SimMachine, workload: Workload) -> dict[str, Any]:
+    """Every monotone counter of the run so far."""
+    s = sim.smp.stats
+    counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
+    counts["apic_merged"] = sim.stats.apic_merged
+    counts.update(workload.counters())
+    return {"now": sim.engine.now, "counts": counts,
+            "cpu_interrupts": [c.interrupts for c in sim.cpus], "cpu_irq_ns": [c.irq_ns for c in sim.cpus],
+            "cpu_apic_merged": [c.apic_merged for c in sim.cpus]}
+
+
+def _rates(snaps: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per-second rate of every counter over the window, with a 95% CI from the intervals' rates."""
+    out: dict[str, dict[str, float | None]] = {}
+    span = (snaps[-1]["now"] - snaps[0]["now"]) / 1e9
+    n = len(snaps) - 1
+    t = float(scipy.stats.t.ppf(0.975, n - 1)) if n >= 2 else None
+    for key in snaps[0]["counts"]:
+        total = snaps[-1]["counts"][key] - snaps[0]["counts"][key]
+        entry: dict[str, float | None] = {"per_second": total / span, "ci95": None}
+        if t is not None:
+            parts = np.array([(b["counts"][key] - a["counts"][key]) / ((b["now"] - a["now"]) / 1e9)
+                              for a, b in itertools.pairwise(snaps)])
+            entry["ci95"] = float(t * parts.std(ddof=1) / np.sqrt(n))
+        out[key] = entry
+    return out
 
 
 def _percentiles(samples: list[int]) -> dict[str, int | None]:
@@ -69,13 +115,21 @@ def _percentiles(samples: list[int]) -> dict[str, int | None]:
     return {"count": len(samples), "p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(a.max())}
 
 
-def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Workload, window_ns: int,
-             seed: int, wall: float, trace_out: Path | None) -> dict[str, Any]:
+def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Workload,
+             snaps: list[dict[str, Any]], warmup_ns: int, window_ns: int, seed: int, wall: float,
+             trace_out: Path | None) -> dict[str, Any]:
+    first, last = snaps[0], snaps[-1]
+    d = {k: last["counts"][k] - first["counts"][k] for k in last["counts"]}
     s = sim.smp.stats
     in_flight = s.csd_ipis - sim.stats.apic_merged - s.cal_interrupts
-    per_cpu = [{"cpu": c.id, "interrupts": c.interrupts, "irq_ns": c.irq_ns,
-                "irq_fraction": c.irq_ns / window_ns, "apic_merged": c.apic_merged} for c in sim.cpus]
-    counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
+    per_cpu = []
+    for c in sim.cpus:
+        irq_ns = last["cpu_irq_ns"][c.id] - first["cpu_irq_ns"][c.id]
+        per_cpu.append({"cpu": c.id, "comm": c.comm,
+                        "interrupts": last["cpu_interrupts"][c.id] - first["cpu_interrupts"][c.id],
+                        "irq_ns": irq_ns, "irq_fraction": irq_ns / window_ns,
+                        "apic_merged": last["cpu_apic_merged"][c.id] - first["cpu_apic_merged"][c.id]})
+    workload_counts = {k: d[k] for k in workload.counters()}
     return {
         "ipilab_version": __version__,
         "machine": machine.name,
@@ -83,33 +137,44 @@ def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Worklo
         "kernel_features": sorted(kernel.features),
         "workload": {"name": workload.name, **workload.model_dump()},
         "seed": seed,
+        "warmup_seconds": warmup_ns / 1e9,
         "sim_seconds": window_ns / 1e9,
         "sim_ns": window_ns,
         "wall_seconds": round(wall, 3),
         "engine_events": sim.engine.events_processed,
-        "csd_enqueues": s.csd_enqueues,
-        "ipis_sent": s.csd_ipis,
-        "cal_interrupts": s.cal_interrupts,
-        "apic_merged": sim.stats.apic_merged,
-        "csds_per_interrupt": s.csds_run_in_irq / s.cal_interrupts if s.cal_interrupts else None,
-        "csd_no_ipi_queued": s.csd_no_ipi_queued,
-        "csd_no_ipi_polling": s.csd_no_ipi_polling,
-        "ipis_to_nonempty_queue": s.ipis_to_nonempty_queue,
-        "icr_writes": s.icr_writes,
-        "csds_run_in_irq": s.csds_run_in_irq,
-        "csds_run_from_idle": s.csds_run_from_idle,
-        "empty_interrupts": s.empty_interrupts,
-        "calls": s.calls,
-        "local_calls": s.local_calls,
+        "csd_enqueues": d["csd_enqueues"],
+        "ipis_sent": d["csd_ipis"],
+        "cal_interrupts": d["cal_interrupts"],
+        "apic_merged": d["apic_merged"],
+        "csds_per_interrupt": d["csds_run_in_irq"] / d["cal_interrupts"] if d["cal_interrupts"] else None,
+        "csd_no_ipi_queued": d["csd_no_ipi_queued"],
+        "csd_no_ipi_polling": d["csd_no_ipi_polling"],
+        "ipis_to_nonempty_queue": d["ipis_to_nonempty_queue"],
+        "icr_writes": d["icr_writes"],
+        "csds_run_in_irq": d["csds_run_in_irq"],
+        "csds_run_from_idle": d["csds_run_from_idle"],
+        "empty_interrupts": d["empty_interrupts"],
+        "calls": d["calls"],
+        "local_calls": d["local_calls"],
         "ipis_in_flight_at_end": in_flight,
         "csds_undecided_at_end": s.csd_enqueues - s.csd_ipis - s.csd_no_ipi_queued - s.csd_no_ipi_polling,
-        "counts": counts,
+        "counts": {k: v for k, v in d.items() if k not in workload_counts},
+        "workload_counts": workload_counts,
+        "rates": _rates(snaps),
+        "timeline": {"interval_ns": [b["now"] - a["now"] for a, b in itertools.pairwise(snaps)],
+                     "cpu_interrupts": [[y - x for x, y in zip(a["cpu_interrupts"], b["cpu_interrupts"],
+                                                               strict=True)]
+                                        for a, b in itertools.pairwise(snaps)]},
         "wait_latency_ns": _percentiles(s.call_latencies_ns),
         "per_cpu": per_cpu,
-        "irq_ns_total": sum(c.irq_ns for c in sim.cpus),
+        "irq_ns_total": sum(c["irq_ns"] for c in per_cpu),
         "trace_out": str(trace_out) if trace_out else None,
-        "units": {"*_ns": "nanoseconds of simulated time", "sim_seconds": "simulated seconds",
-                  "wall_seconds": "host seconds", "irq_fraction": "share of the window in interrupt handlers"},
+        "units": {"*_ns": "nanoseconds of simulated time", "sim_seconds": "simulated seconds measured, after "
+                  "warmup_seconds", "wall_seconds": "host seconds", "irq_fraction": "share of the window in "
+                  "interrupt handlers", "rates": "per simulated second, with the half-width of a 95% confidence "
+                  "interval (t-distribution over the intervals; null with fewer than 2)"},
         "metrics": METRIC_DOCS,
-        "costs": {k: {"ns": v.ns, "source": v.source} for k, v in machine.costs.items()},
+        "costs": {k: {"ns": sim._fixed[k], "source": v.source if sim._fixed[k] == v.ns else
+                      f"set by the workload ({sim._fixed[k]} ns; preset {v.ns} ns)"}
+                  for k, v in machine.costs.items()},
     }

@@ -19,9 +19,14 @@ class Workload(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     name: ClassVar[str]
     summary: ClassVar[str]
+    costs_needed: ClassVar[tuple[str, ...]] = ()  # machine costs beyond the required ones
 
     def start(self, sim: SimMachine, seed: int) -> None:
         raise NotImplementedError
+
+    def counters(self) -> dict[str, int]:
+        """Monotone counters of the workload's own progress, sampled during the run."""
+        return {}
 
 
 def parse_cpulist(text: str, ncpus: int, field: str) -> list[int]:

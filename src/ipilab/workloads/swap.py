@@ -1,0 +1,166 @@
+"""vm-scalability's case-swap-w-seq-mt: `usemem -t N` writing more anonymous memory than the machine has.
+
+N threads of one process each write their own region sequentially, one new page after another: a
+page fault, a zeroed page, the thread's 4 KB write. Once RAM is full (`phase="reclaim"`, the steady
+state this models), every allocation below the node's min watermark reclaims first, and kswapd (one
+per node) reclaims in the background: pages are deactivated, added to swap, unmapped with a TLB
+shootdown to every CPU the process runs on, written to the swap device and freed. `phase="fill"`
+models the run's start, while free memory lasts: the same threads without reclaim.
+
+Threads are placed as the scheduler spreads them: one per core first, alternating sockets, then on
+the second hyperthreads; each node's kswapd runs on an idle CPU of that node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, PrivateAttr, model_validator
+
+from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, MmStruct, PgData, do_anonymous_page
+from ipilab.kernel.steps import Busy, KernelCode
+from ipilab.kernel.vmscan import Reclaim
+from ipilab.machine.model import RECLAIM_COST_FIELDS, Machine
+from ipilab.sim.machine import SimMachine
+from ipilab.workloads.base import Workload, WorkloadError
+
+PAGE_SIZE = 4096
+STAGGER_NS = 100_000  # thread start offsets are drawn from [0, this)
+
+
+def min_free_kbytes(ram_kb: int) -> int:
+    """mm/page_alloc.c init_per_zone_wmark_min() (4.12): sqrt(lowmem_kbytes * 16), within [128, 65536]."""
+    return max(128, min(65536, math.isqrt(ram_kb * 16)))
+
+
+def watermarks(ram_kb: int, nodes: int) -> tuple[int, int, int]:
+    """Per-node (min, low, high) in pages, as __setup_per_zone_wmarks() (4.12) sets them for one zone
+    per node: min is the node's share of min_free_kbytes; low and high add the larger of min/4 and
+    watermark_scale_factor (10 = 0.1%) of the node's memory, once and twice."""
+    node_pages = ram_kb // 4 // nodes
+    wmin = min_free_kbytes(ram_kb) // 4 // nodes
+    step = max(wmin // 4, node_pages * 10 // 10000)
+    return wmin, wmin + step, wmin + 2 * step
+
+
+@dataclass(eq=False)
+class SwapRun:
+    """The state of one run: memory, the reclaim code, and what each thread has written."""
+
+    mem: Memory
+    reclaim: Reclaim
+    written: list[int]
+    usemem_cpus: list[int]
+    kswapd_cpus: list[int]
+
+
+class SwapWSeqMt(Workload):
+    name = "swap-w-seq-mt"
+    summary = "usemem -t N: threads of one process writing anonymous memory past RAM into swap (the seed)"
+    costs_needed = tuple(RECLAIM_COST_FIELDS)
+
+    threads: int = Field(80, ge=1, le=4096, description="usemem threads (one process, one CPU each)")
+    memory_gb: float = Field(100.0, gt=0, le=1e6, description="GB written in all, over all threads")
+    ram_gb: float = Field(32.0, gt=0, le=1e5, description="RAM of the machine in GB")
+    swap_gb_s: float | None = Field(None, gt=0, le=1000, description="swap device write speed in GB/s per "
+                                    "writer (default: the machine's swap_writepage cost)")
+    batch: int = Field(SWAP_CLUSTER_MAX, ge=1, le=512, description="pages per reclaim pass "
+                       "(SWAP_CLUSTER_MAX)")
+    flush: Literal["per-page", "per-batch"] = Field("per-page", description="per-page: a dirty page is "
+                                                    "flushed before it is written (the kernel); per-batch: "
+                                                    "one flush per batch (a what-if)")
+    thp: Literal["never"] = Field("never", description="transparent huge pages (only 'never' is modelled)")
+    phase: Literal["reclaim", "fill"] = Field("reclaim", description="reclaim: RAM is full (steady state); "
+                                              "fill: memory still free, no reclaim")
+
+    _run: SwapRun | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _ram_below_memory(self) -> SwapWSeqMt:
+        if self.phase == "reclaim" and self.memory_gb <= self.ram_gb:
+            raise ValueError(f"memory_gb ({self.memory_gb:g}) must exceed ram_gb ({self.ram_gb:g}) for reclaim")
+        return self
+
+    # --- placement -------------------------------------------------------------------------------
+
+    @staticmethod
+    def placement(m: Machine, threads: int) -> tuple[list[int], list[int]]:
+        """CPUs of the usemem threads, and of each node's kswapd."""
+        t = m.topology
+        order = sorted(range(m.ncpus), key=lambda c: (m.thread_of(c), m.core_of(c), m.socket_of(c)))
+        nodes = t.numa_nodes
+        room = m.ncpus - nodes
+        if threads > room:
+            raise WorkloadError(f"workload swap-w-seq-mt: field threads: {threads} is more than {room} "
+                                f"(the machine's {m.ncpus} CPUs, less one per node for kswapd)")
+        usemem = sorted(order[:threads])
+        idle = [c for c in order[threads:]]
+        kswapd = []
+        for node in range(nodes):
+            mine = [c for c in idle if m.node_of(c) == node and c not in kswapd]
+            kswapd.append(mine[0] if mine else next(c for c in idle if c not in kswapd))
+        return usemem, kswapd
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def start(self, sim: SimMachine, seed: int) -> None:
+        m = sim.machine
+        usemem, kswapd = self.placement(m, self.threads)
+        nodes = m.topology.numa_nodes
+        wmin, wlow, whigh = watermarks(int(self.ram_gb * 1024 * 1024), nodes)
+        pfn = iter(range(1, 1 << 62))
+        fill = self.phase == "fill"
+        mem = Memory([PgData(n, min_wmark=wmin, low_wmark=wlow, high_wmark=whigh,
+                             free_pages=0 if fill else wlow, unlimited=fill, new_pfn=pfn.__next__)
+                      for n in range(nodes)], MmStruct(usemem))
+        run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch),
+                                  [0] * len(usemem), usemem, kswapd)
+        if self.swap_gb_s is not None:
+            sim.set_cost("swap_writepage", round(PAGE_SIZE / self.swap_gb_s))
+        # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
+        rng = np.random.default_rng(seed)
+        stagger = rng.integers(0, STAGGER_NS, size=len(usemem))
+        for cpu in range(m.ncpus):
+            if cpu in usemem:
+                i = usemem.index(cpu)
+                sim.start(cpu, self._usemem(sim, run, cpu, i, int(stagger[i])), "usemem", 5000 + i)
+            elif cpu in kswapd and not fill:
+                node = kswapd.index(cpu)
+                sim.start(cpu, run.reclaim.kswapd(cpu, mem.nodes[node]), f"kswapd{node}", 90 + node,
+                          user_mm=False)
+            else:
+                sim.start(cpu, None)
+
+    @staticmethod
+    def _usemem(sim: SimMachine, run: SwapRun, cpu: int, i: int, start_ns: int) -> KernelCode:
+        yield Busy(start_ns, "usemem start")
+        pgdat = run.mem.nodes[sim.machine.node_of(cpu)]
+        write = sim.cost("user_write_page", cpu)
+        direct = run.reclaim.try_to_free_pages
+        while True:
+            yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct)
+            yield Busy(write, "usemem write")
+            run.written[i] += 1
+
+    def counters(self) -> dict[str, int]:
+        if self._run is None:
+            return {}
+        run = self._run
+        s = run.mem.stats
+        locks = [n.lru_lock for n in run.mem.nodes]
+        return {
+            "pages_written": sum(run.written),
+            "faults": s.faults,
+            "pages_reclaimed": s.pages_reclaimed,
+            "reclaimed_by_kswapd": s.reclaimed_by_kswapd,
+            "alloc_direct_reclaim": s.alloc_direct_reclaim,
+            "tlb_flushes": s.tlb_flushes,
+            "flush_wait_ns": s.flush_wait_ns,
+            "lru_lock_acquisitions": sum(lk.acquisitions for lk in locks),
+            "lru_lock_contended": sum(lk.contended for lk in locks),
+            "lru_lock_spin_ns": sum(lk.spin_ns for lk in locks),
+            "pages_reused_before_flush": s.pages_reused_before_flush,
+        }
