@@ -163,15 +163,3 @@ def test_simulate_human_output_names_the_metrics() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "csd_enqueues" in proc.stdout
     assert "cal_interrupts" in proc.stdout
-
-
-# --- reproduce ------------------------------------------------------------------------------------------
-
-def test_reproduce_seed_is_a_placeholder() -> None:
-    """`reproduce seed` is not built yet: it says so, points at issue 3 and exits 3."""
-    proc = ipilab("reproduce", "seed")
-    assert proc.returncode == 3
-    out = proc.stdout + proc.stderr
-    assert "not there yet" in out
-    assert "issue 3" in out
-    assert "Traceback" not in out

@@ -226,9 +226,15 @@ def reproduce() -> None:
               help="Write the comparison and the per-CPU interrupt timelines as a PNG.")
 @click.option("--explain", is_flag=True,
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
-                   f"x0.5 and x1.5 ({seed_exp.SENSITIVITY_SECONDS * 1e3:g} ms windows; several minutes).")
+                   "x0.5 and x1.5 (72 more simulations: about 8 minutes on 2 cores at the default "
+                   "--sensitivity-seconds).")
+@click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
+              default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
+              help="Window of each sensitivity simulation (after a warm-up of "
+                   f"{seed_exp.SENSITIVITY_WARMUP * 1e3:g} ms).")
 def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals: int, rng_seed: int,
-             workers: int | None, as_json: bool, plot: Path | None, explain: bool) -> None:
+             workers: int | None, as_json: bool, plot: Path | None, explain: bool,
+             sensitivity_seconds: float) -> None:
     """The seed patch (2017): -88% IPIs, +15% throughput on a 2-socket Broadwell-EP, predicted by the model.
 
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
@@ -246,9 +252,12 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
                                        progress=step("simulating v4.12 and v4.13"))
             rows = None
             if explain:
-                rows = seed_exp.sensitivity(parse_settings(settings), result, seed=rng_seed, workers=workers,
-                                            progress=step("sensitivity runs"))
+                rows = seed_exp.sensitivity(parse_settings(settings), result, seconds=sensitivity_seconds,
+                                            seed=rng_seed, workers=workers, progress=step("sensitivity runs"))
                 result["sensitivity"] = rows
+                result["sensitivity_window"] = {"sim_seconds": sensitivity_seconds,
+                                                "warmup_seconds": seed_exp.SENSITIVITY_WARMUP,
+                                                "intervals": seed_exp.SENSITIVITY_INTERVALS}
     except (MachineError, KernelSpecError, WorkloadError, seed_exp.SeedError) as e:
         fail(str(e))
     if plot is not None:
@@ -259,7 +268,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     print_seed(result, console)
     if explain:
         print_costs(result, console)
-        print_sensitivity(rows or [], console)
+        print_sensitivity(rows or [], result["sensitivity_window"], console)
     if plot is not None:
         console.print(f"plot written to {plot}", highlight=False)
 

@@ -65,6 +65,9 @@ class Topology(BaseModel):
     def _known_apic_mode(self) -> Topology:
         if self.apic_mode not in APIC_MODES:
             raise ValueError(f"apic_mode must be one of {', '.join(APIC_MODES)}, got {self.apic_mode!r}")
+        if self.sockets % self.numa_nodes:
+            raise ValueError(f"numa_nodes ({self.numa_nodes}) must divide sockets ({self.sockets}): nodes are "
+                             "whole sockets here")
         return self
 
     @property

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ipilab.reproduce.seed import KERNELS, SENSITIVITY_SECONDS, SENSITIVITY_WARMUP
+from ipilab.reproduce.seed import KERNELS
 
 
 def _pm(value: float, ci: float | None, fmt: str = ",.0f") -> str:
@@ -145,10 +145,10 @@ def print_costs(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
 
-def print_sensitivity(rows: list[dict[str, Any]], console: Console) -> None:
+def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], console: Console) -> None:
     ref = rows[0]["reference"] if rows else None
-    title = (f"sensitivity: the headline ratios with one cost at x0.5 and x1.5 ({SENSITIVITY_SECONDS * 1e3:g} ms "
-             f"windows after {SENSITIVITY_WARMUP * 1e3:g} ms warm-up")
+    title = (f"sensitivity: the headline ratios with one cost at x0.5 and x1.5 ({window['sim_seconds'] * 1e3:g} ms "
+             f"windows after {window['warmup_seconds'] * 1e3:g} ms warm-up")
     if ref:
         title += (f"; at the preset's costs on this window: IPIs {_pct(-ref['ipi_reduction'])}, "
                   f"throughput {_pct(ref['throughput_gain'])}")
@@ -164,5 +164,9 @@ def print_sensitivity(rows: list[dict[str, Any]], console: Console) -> None:
         lo, hi = row["x0.5"], row["x1.5"]
         kind = "assumption" if "assumption" in row["source"] else row["source"].split(":")[0]
         t.add_row(row["cost"], str(row["ns"]), _pct(-lo["ipi_reduction"]), _pct(-hi["ipi_reduction"]),
-                  _pct(lo["throughput_gain"]), _pct(hi["throughput_gain"]), kind[:24])
+                  _pct(lo["throughput_gain"], lo["throughput_gain_ci95"]),
+                  _pct(hi["throughput_gain"], hi["throughput_gain_ci95"]), kind[:24])
     console.print(t)
+    console.print("  The ± is the 95% interval of each throughput ratio on these short windows: where it is wider than "
+                  "the change, the window cannot tell the change from the run-to-run swing (all reclaimers "
+                  "entering direct reclaim together); lengthen it with --sensitivity-seconds.", highlight=False)

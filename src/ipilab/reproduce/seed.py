@@ -47,8 +47,10 @@ FILL_SECONDS = 0.002
 FILL_WARMUP = 0.0005
 SENSITIVITY_SECONDS = 0.005
 SENSITIVITY_WARMUP = 0.002
+SENSITIVITY_INTERVALS = 5
 SENSITIVITY_FACTORS = (0.5, 1.5)
 TOPOLOGY_KEYS = tuple(k for k in Topology.model_fields if k not in ("cpu_model",))
+SEED_WORKLOAD_KEYS = tuple(k for k in SwapWSeqMt.model_fields if k != "phase")  # both phases always run
 
 
 class SeedError(ValueError):
@@ -59,7 +61,7 @@ def split_settings(settings: dict[str, str]) -> tuple[dict[str, str], dict[str, 
     """--set pairs into workload fields, machine topology fields and machine costs."""
     workload, topology, costs = {}, {}, {}
     for key, value in settings.items():
-        if key in SwapWSeqMt.model_fields:
+        if key in SEED_WORKLOAD_KEYS:
             workload[key] = value
         elif key in TOPOLOGY_KEYS:
             topology[key] = value
@@ -69,7 +71,7 @@ def split_settings(settings: dict[str, str]) -> tuple[dict[str, str], dict[str, 
             except ValueError:
                 raise SeedError(f"--set {key}: a cost is whole nanoseconds, got {value!r}") from None
         else:
-            raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(SwapWSeqMt.model_fields)}; "
+            raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(SEED_WORKLOAD_KEYS)}; "
                             f"machine: {', '.join(TOPOLOGY_KEYS)}; or a cost name (`ipilab machines`)")
     return workload, topology, costs
 
@@ -83,7 +85,8 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
             m = Machine.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            raise MachineError(f"--set {'.'.join(str(x) for x in err['loc'][1:])}: {err['msg']}") from None
+            where = ".".join(str(x) for x in err["loc"][1:]) or "(topology)"
+            raise MachineError(f"--set {where}: {err['msg']}") from None
     if costs:
         try:
             m = m.with_costs(**costs)
@@ -267,13 +270,15 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
     }
 
 
-def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seed: int = 1, workers: int | None = None,
-                machine: str = MACHINE, progress: Callable[[int, int], None] | None = None
-                ) -> list[dict[str, Any]]:
+def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: float = SENSITIVITY_SECONDS,
+                warmup: float = SENSITIVITY_WARMUP, intervals: int = SENSITIVITY_INTERVALS, seed: int = 1,
+                workers: int | None = None, machine: str = MACHINE,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """How the two headline ratios move when each cost the workload uses moves by -50% and +50%.
 
-    Runs on a shorter window (SENSITIVITY_SECONDS) than the main result; the fill phase is taken from
-    the main result except for the costs the fill phase itself pays."""
+    Runs on a shorter window than the main result, against a reference run at the preset's costs on
+    that same window; the fill phase is taken from the main result except for the costs the fill phase
+    itself pays."""
     workload_set, topology, costs = split_settings(settings)
     workload = workload_from_settings("swap-w-seq-mt", workload_set)
     m = build_machine(machine, topology, costs)
@@ -282,10 +287,9 @@ def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seed: int = 1
     for name in names:
         for f in SENSITIVITY_FACTORS:
             c = {**costs, name: max(0, round(m.costs[name].ns * f))}
-            jobs += jobs_for(KERNELS, machine, workload_set, topology, c, SENSITIVITY_SECONDS, SENSITIVITY_WARMUP,
-                             INTERVALS, seed, fill=name in FILL_COSTS)
-    jobs += jobs_for(KERNELS, machine, workload_set, topology, costs, SENSITIVITY_SECONDS, SENSITIVITY_WARMUP,
-                     INTERVALS, seed, fill=False)
+            jobs += jobs_for(KERNELS, machine, workload_set, topology, c, seconds, warmup, intervals, seed,
+                             fill=name in FILL_COSTS)
+    jobs += jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed, fill=False)
     results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
     fake_fill = {k: {"rates": {"pages_written": {"per_second": base["runs"][k]["fill_throughput_kb_s"] * 1024
                                                  / PAGE_SIZE, "ci95": 0.0}}, "wall_seconds": 0.0}

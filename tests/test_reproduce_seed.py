@@ -1,0 +1,94 @@
+"""`ipilab reproduce seed`: its JSON is complete and agrees with itself, its plot is a real PNG, and bad
+settings fail before any run. A short window and 16 threads keep it fast; the numbers are not the
+default run's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_cli import assert_user_error, ipilab
+
+SHORT = ["-s", "0.001", "--warmup", "0.0005", "--intervals", "4", "--set", "threads=16", "-j", "2"]
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, bytes]:
+    png = tmp_path_factory.mktemp("seed") / "seed.png"
+    proc = ipilab("reproduce", "seed", "--json", "--plot", str(png), *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), png.read_bytes()
+
+
+def test_json_has_each_kernels_counts_and_the_papers_values(seed_run: tuple[dict, bytes]) -> None:
+    r, _ = seed_run
+    assert set(r["runs"]) == {"v4.12", "v4.13"}
+    for run in r["runs"].values():
+        for key in ("csd_enqueues", "ipis_sent", "cal_interrupts", "throughput_kb_s"):
+            assert run[key] > 0, key
+        assert run["pages_reused_before_flush"] == 0
+    assert r["paper"]["ipi_reduction"] == 0.88 and r["paper"]["throughput_gain"] == 0.15
+    assert r["wall_seconds"] > 0 and r["csds_per_second"] > 0
+    assert r["workload"]["threads"] == 16
+    assert all("source" in c and c["ns"] >= 0 for c in r["costs"].values())
+
+
+def test_headline_ratios_follow_from_the_runs(seed_run: tuple[dict, bytes]) -> None:
+    """Recompute both ratios from the per-kernel rates with the formulas stated in the docs."""
+    r, _ = seed_run
+    w = r["workload"]
+    before, after = r["runs"]["v4.12"], r["runs"]["v4.13"]
+
+    def cal_per_page(run: dict) -> float:
+        return run["rates"]["cal_interrupts"]["per_second"] / run["rates"]["pages_written"]["per_second"]
+
+    def whole_run_kb_s(run: dict) -> float:
+        total_kb, ram_kb = w["memory_gb"] * 2**20, w["ram_gb"] * 2**20
+        seconds = ram_kb / run["fill_throughput_kb_s"] + (total_kb - ram_kb) / run["reclaim_throughput_kb_s"]
+        return total_kb / seconds
+
+    assert math.isclose(r["ipi_reduction"], 1 - cal_per_page(after) / cal_per_page(before), rel_tol=1e-9)
+    for run in (before, after):
+        assert math.isclose(run["throughput_kb_s"], whole_run_kb_s(run), rel_tol=1e-9)
+        assert math.isclose(run["reclaim_throughput_kb_s"],
+                            run["rates"]["pages_written"]["per_second"] * 4, rel_tol=1e-9)
+        # Counts and rates describe the same window.
+        assert math.isclose(run["rates"]["cal_interrupts"]["per_second"] * run["sim_seconds"],
+                            run["cal_interrupts"], rel_tol=1e-9)
+    assert math.isclose(r["throughput_gain"], after["throughput_kb_s"] / before["throughput_kb_s"] - 1,
+                        rel_tol=1e-9)
+    # Before the patch every CSD sends an IPI; after it, far fewer IPIs than CSDs.
+    assert before["ipis_sent"] >= 0.99 * before["csd_enqueues"]
+    assert after["ipis_sent"] < 0.5 * after["csd_enqueues"]
+    assert before["cal_interrupts"] + before["apic_merged"] <= before["ipis_sent"]
+
+
+def test_plot_is_a_png(seed_run: tuple[dict, bytes]) -> None:
+    _, png = seed_run
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) > 20_000  # four panels, not an empty canvas
+
+
+def test_human_output_shows_both_kernels_and_the_paper() -> None:
+    proc = ipilab("reproduce", "seed", *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for text in ("v4.12", "v4.13", "CAL interrupts", "paper -88%", "paper +15%", "Where the saving comes from"):
+        assert text in out, text
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("threads=87", ["threads", "87"]),
+    ("bogus=1", ["bogus", "unknown"]),
+    ("sockets=0", ["sockets"]),
+    ("flush=sometimes", ["flush"]),
+    ("icr_write=fast", ["icr_write", "nanoseconds"]),
+    ("memory_gb=10", ["memory_gb", "ram_gb"]),
+])
+def test_bad_settings_fail_in_one_line(setting: str, words: list[str]) -> None:
+    assert_user_error(ipilab("reproduce", "seed", "--set", setting), *words)
+
+
+def test_plot_into_a_missing_folder_fails_before_running(tmp_path) -> None:
+    assert_user_error(ipilab("reproduce", "seed", "--plot", str(tmp_path / "no" / "x.png")), "--plot")
