@@ -92,3 +92,23 @@ def test_bad_settings_fail_in_one_line(setting: str, words: list[str]) -> None:
 
 def test_plot_into_a_missing_folder_fails_before_running(tmp_path) -> None:
     assert_user_error(ipilab("reproduce", "seed", "--plot", str(tmp_path / "no" / "x.png")), "--plot")
+
+
+def test_same_seed_same_numbers_and_explain_lists_every_cost(seed_run: tuple[dict, bytes]) -> None:
+    """A second run with --explain reproduces the first bit for bit, then adds the sensitivity rows."""
+    r, _ = seed_run
+    proc = ipilab("reproduce", "seed", "--json", "--explain", "--sensitivity-seconds", "0.0005", *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)
+    for k in ("v4.12", "v4.13"):
+        assert e["runs"][k]["rates"] == r["runs"][k]["rates"]
+    assert e["ipi_reduction"] == r["ipi_reduction"]
+    rows = {row["cost"]: row for row in e["sensitivity"]}
+    # Every cost the workload pays is swept; the ones it never pays on this machine are not.
+    assert set(rows) == set(r["costs"]) - {"invlpg", "madvise_syscall", "poll_notice", "idle_exit"}
+    for row in rows.values():
+        assert row["ns"] == r["costs"][row["cost"]]["ns"] and row["source"]
+        for factor in ("x0.5", "x1.5"):
+            assert 0 < row[factor]["ipi_reduction"] < 1
+    # Halving the interrupt entry cost changes the v4.12 run: the sweep really moves the cost.
+    assert rows["irq_entry"]["x0.5"] != rows["irq_entry"]["x1.5"]

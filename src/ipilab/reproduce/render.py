@@ -38,8 +38,8 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
         f"Simulated: the reclaim phase (RAM full) for {win['sim_seconds'] * 1e3:g} ms after a "
         f"{win['warmup_seconds'] * 1e3:g} ms warm-up, cut into {win['intervals']} intervals for the 95% "
         f"confidence intervals (±); the fill phase (RAM free) for {win['fill_sim_seconds'] * 1e3:g} ms. "
-        f"Seed {r['seed']}; {r['wall_seconds']:.0f} s of host time, {r['csds_per_second']:,.0f} simulated "
-        f"CSDs per host second.", highlight=False)
+        f"Seed {r['seed']}; {r['wall_seconds']:.0f} s wall time in {r['workers']} processes, "
+        f"{r['csds_per_second_per_worker']:,.0f} simulated CSDs per second per process.", highlight=False)
     t = Table(title="reclaim phase, per simulated second unless stated", title_justify="left")
     t.add_column("metric")
     for k in KERNELS:
@@ -99,7 +99,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
         f"predicted, paper +{r['paper']['throughput_gain'] * 100:.0f}% (reclaim phase alone: "
         f"{_pct(r['reclaim_throughput_gain'], r['reclaim_throughput_gain_ci95'])})", highlight=False)
     print_why(r, console)
-    n_assumed = sum(1 for c in r["costs"].values() if "assumption" in c["source"])
+    n_assumed = sum(1 for c in r["costs"].values() if source_kind(c["source"]) == "assumption")
     console.print(f"Machine costs: {len(r['costs'])} in all, {n_assumed} of them assumptions (the rest measured or "
                   f"derived from cited measurements); `--explain` lists each with its source and how the "
                   f"headline moves when it moves.", highlight=False)
@@ -145,6 +145,19 @@ def print_costs(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
 
+def source_kind(source: str) -> str:
+    """One word for a cost's source: measured, derived, assumption, or cited (a published figure)."""
+    for kind in ("measured", "derived", "assumption"):
+        if source.startswith(kind):
+            return kind
+    return "cited"
+
+
+def _gain(ratios: dict[str, Any]) -> str:
+    ci = ratios["throughput_gain_ci95"]
+    return f"{ratios['throughput_gain'] * 100:+.1f}" + (f"±{ci * 100:.0f}" if ci is not None else "")
+
+
 def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], console: Console) -> None:
     ref = rows[0]["reference"] if rows else None
     title = (f"sensitivity: the headline ratios with one cost at x0.5 and x1.5 ({window['sim_seconds'] * 1e3:g} ms "
@@ -153,19 +166,17 @@ def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], cons
         title += (f"; at the preset's costs on this window: IPIs {_pct(-ref['ipi_reduction'])}, "
                   f"throughput {_pct(ref['throughput_gain'])}")
     t = Table(title=title + ")", title_justify="left")
-    t.add_column("cost")
+    t.add_column("cost", no_wrap=True)
     t.add_column("ns", justify="right")
     t.add_column("IPIs x0.5", justify="right")
     t.add_column("IPIs x1.5", justify="right")
-    t.add_column("throughput x0.5", justify="right")
-    t.add_column("throughput x1.5", justify="right")
-    t.add_column("kind")
+    t.add_column("thr. x0.5", justify="right")
+    t.add_column("thr. x1.5", justify="right")
+    t.add_column("source")
     for row in rows:
         lo, hi = row["x0.5"], row["x1.5"]
-        kind = "assumption" if "assumption" in row["source"] else row["source"].split(":")[0]
         t.add_row(row["cost"], str(row["ns"]), _pct(-lo["ipi_reduction"]), _pct(-hi["ipi_reduction"]),
-                  _pct(lo["throughput_gain"], lo["throughput_gain_ci95"]),
-                  _pct(hi["throughput_gain"], hi["throughput_gain_ci95"]), kind[:24])
+                  _gain(lo), _gain(hi), source_kind(row["source"]))
     console.print(t)
     console.print("  The ± is the 95% interval of each throughput ratio on these short windows: where it is wider than "
                   "the change, the window cannot tell the change from the run-to-run swing (all reclaimers "

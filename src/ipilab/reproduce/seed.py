@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -186,7 +187,7 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
         "irq_fraction_usemem": sum(c["irq_fraction"] for c in usemem) / max(threads, 1),
         "flush_wait_fraction": wc["flush_wait_ns"] / (window_ns * (threads + len(kswapd_cpus(reclaim)))),
         "flush_wait_us_mean": wc["flush_wait_ns"] / wc["tlb_flushes"] / 1e3 if wc["tlb_flushes"] else None,
-        "flush_wait_ns": reclaim["wait_latency_ns"],
+        "shootdown_wait_ns": reclaim["wait_latency_ns"],
         "concurrent_shootdowns": wc["flush_wait_ns"] / window_ns,
         "lru_lock_spin_fraction": wc["lru_lock_spin_ns"] / (window_ns * max(threads, 1)),
         "lru_lock_contended_share": wc["lru_lock_contended"] / wc["lru_lock_acquisitions"]
@@ -245,10 +246,12 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
     SwapWSeqMt.placement(m, workload.threads)  # too many threads fails here, before any run
     workers = workers or os.cpu_count() or 1
     jobs = jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed)
+    t0 = time.perf_counter()
     results = run_jobs(jobs, workers, progress)
+    wall = time.perf_counter() - t0
     n = len(KERNELS)
     runs = {k: summarize(results[i], results[n + i], workload) for i, k in enumerate(KERNELS)}
-    wall = sum(r["wall_seconds"] for r in results)
+    busy = sum(r["wall_seconds"] for r in results)
     csds = sum(r["csd_enqueues"] for r in results)
     return {
         "ipilab_version": __version__,
@@ -265,7 +268,9 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
         "paper": PAPER,
         "costs": results[0]["costs"],
         "wall_seconds": round(wall, 3),
+        "workers": min(workers, len(jobs)),
         "csds_per_second": csds / wall if wall else None,
+        "csds_per_second_per_worker": csds / busy if busy else None,
         "units": UNITS,
     }
 
@@ -344,6 +349,7 @@ UNITS = {
                   "flush_wait_fraction: of reclaiming tasks' time inside shootdowns; lru_lock_spin_fraction: of "
                   "usemem CPUs' time spinning on lru_lock with interrupts off)",
     "*_us_*": "microseconds",
-    "wall_seconds": "host seconds for all simulations",
-    "csds_per_second": "simulated CSDs per host second, over all simulations",
+    "wall_seconds": "host seconds from the first simulation's start to the last one's end (warm-ups included)",
+    "csds_per_second": "simulated CSDs (counted windows) per host second of wall_seconds",
+    "csds_per_second_per_worker": "the same per worker process: CSDs over the summed run times",
 }
