@@ -155,7 +155,7 @@ def source_kind(source: str) -> str:
 
 def _gain(ratios: dict[str, Any]) -> str:
     ci = ratios["throughput_gain_ci95"]
-    return f"{ratios['throughput_gain'] * 100:+.1f}" + (f"±{ci * 100:.0f}" if ci is not None else "")
+    return f"{ratios['throughput_gain'] * 100:+.1f}" + (f" ±{ci * 100:.0f}" if ci is not None else "")
 
 
 def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], console: Console) -> None:
