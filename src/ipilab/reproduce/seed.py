@@ -41,8 +41,8 @@ PAPER = {
 }
 MACHINE = "broadwell-ep-2s-88t"
 KERNELS = ("v4.12", "v4.13")
-SECONDS = 0.06
-WARMUP = 0.005
+SECONDS = 0.05
+WARMUP = 0.025  # the first ~25 ms are a transient while the threads fall out of step
 INTERVALS = 10
 FILL_SECONDS = 0.002
 FILL_WARMUP = 0.0005
