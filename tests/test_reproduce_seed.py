@@ -112,3 +112,8 @@ def test_same_seed_same_numbers_and_explain_lists_every_cost(seed_run: tuple[dic
             assert 0 < row[factor]["ipi_reduction"] < 1
     # Halving the interrupt entry cost changes the v4.12 run: the sweep really moves the cost.
     assert rows["irq_entry"]["x0.5"] != rows["irq_entry"]["x1.5"]
+
+
+def test_a_window_too_short_to_write_a_page_says_so() -> None:
+    proc = ipilab("reproduce", "seed", "-s", "0.0005", "--warmup", "0", "-j", "1")
+    assert_user_error(proc, "no page was written", "--seconds")

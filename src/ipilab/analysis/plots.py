@@ -52,8 +52,8 @@ def plot_seed(r: dict[str, Any], path: Path) -> None:
         ax.bar(x + (i - 0.5) * width, vals, width, yerr=errs, capsize=3, label=k)
     ax.set_xticks(x, [label for _, label in metrics])
     ax.set_ylabel("millions per simulated second")
-    ax.set_title(f"IPIs: {-r['ipi_reduction'] * 100:+.1f}% CAL over the run "
-                 f"(paper {-r['paper']['ipi_reduction'] * 100:.0f}%)")
+    change = "n/a" if r["ipi_reduction"] is None else f"{-r['ipi_reduction'] * 100:+.1f}%"
+    ax.set_title(f"IPIs: {change} CAL over the run (paper {-r['paper']['ipi_reduction'] * 100:.0f}%)")
     ax.legend()
 
     ax = fig.add_subplot(grid[0, 1])

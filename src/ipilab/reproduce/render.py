@@ -21,6 +21,10 @@ def _pct(x: float | None, ci: float | None = None, sign: bool = True) -> str:
     return s + (f" ± {ci * 100:.1f}" if ci is not None else "")
 
 
+def _neg(x: float | None) -> float | None:
+    return None if x is None else -x
+
+
 def _change(a: float | None, b: float | None) -> str:
     if a is None or b is None or a == 0:
         return ""
@@ -92,7 +96,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
     for label, doc in legend:
         console.print(f"  [dim]{label}:[/dim] {doc}", highlight=False)
     console.print(
-        f"[bold]IPIs[/bold] (CAL interrupts over the run): {_pct(-r['ipi_reduction'], r['ipi_reduction_ci95'])} "
+        f"[bold]IPIs[/bold] (CAL interrupts over the run): {_pct(_neg(r['ipi_reduction']), r['ipi_reduction_ci95'])} "
         f"predicted, paper {-r['paper']['ipi_reduction'] * 100:.0f}%", highlight=False)
     console.print(
         f"[bold]Throughput[/bold] (usemem KB/s, whole run): {_pct(r['throughput_gain'], r['throughput_gain_ci95'])} "
@@ -163,7 +167,7 @@ def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], cons
     title = (f"sensitivity: the headline ratios with one cost at x0.5 and x1.5 ({window['sim_seconds'] * 1e3:g} ms "
              f"windows after {window['warmup_seconds'] * 1e3:g} ms warm-up")
     if ref:
-        title += (f"; at the preset's costs on this window: IPIs {_pct(-ref['ipi_reduction'])}, "
+        title += (f"; at the preset's costs on this window: IPIs {_pct(_neg(ref['ipi_reduction']))}, "
                   f"throughput {_pct(ref['throughput_gain'])}")
     t = Table(title=title + ")", title_justify="left")
     t.add_column("cost", no_wrap=True)
@@ -175,7 +179,7 @@ def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], cons
     t.add_column("source")
     for row in rows:
         lo, hi = row["x0.5"], row["x1.5"]
-        t.add_row(row["cost"], str(row["ns"]), _pct(-lo["ipi_reduction"]), _pct(-hi["ipi_reduction"]),
+        t.add_row(row["cost"], str(row["ns"]), _pct(_neg(lo["ipi_reduction"])), _pct(_neg(hi["ipi_reduction"])),
                   _gain(lo), _gain(hi), source_kind(row["source"]))
     console.print(t)
     console.print("  The ± is the 95% interval of each throughput ratio on these short windows: where it is wider than "

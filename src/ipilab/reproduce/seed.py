@@ -129,8 +129,10 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, progress: Callable[[int, 
         return out
 
 
-def _ratio(a: float, a_ci: float | None, b: float, b_ci: float | None) -> tuple[float, float | None]:
-    """a / b with the delta-method half-width of its 95% interval (independent errors)."""
+def _ratio(a: float, a_ci: float | None, b: float, b_ci: float | None) -> tuple[float | None, float | None]:
+    """a / b with the delta-method half-width of its 95% interval (independent errors); None if b is 0."""
+    if b == 0:
+        return None, None
     r = a / b
     if a_ci is None or b_ci is None or a == 0:
         return r, None
@@ -144,6 +146,11 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
     window_ns = reclaim["sim_seconds"] * 1e9
     written = rates["pages_written"]
     fill_rate = fill["rates"]["pages_written"]
+    if not written["per_second"] or not fill_rate["per_second"]:
+        phase = "reclaim" if not written["per_second"] else "fill"
+        raise SeedError(f"{reclaim['kernel']}: no page was written in the {phase} window "
+                        f"({reclaim['sim_seconds'] * 1e3:g} ms after a {reclaim['warmup_seconds'] * 1e3:g} ms "
+                        "warm-up): lengthen --seconds or --warmup (a reclaim pass of 32 pages takes about 2 ms)")
     total_pages = workload.memory_gb * 2**30 / PAGE_SIZE
     fill_pages = min(total_pages, workload.ram_gb * 2**30 / PAGE_SIZE)
     t_fill = fill_pages / fill_rate["per_second"]
@@ -219,7 +226,7 @@ def headline(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
                      before["throughput_kb_s"], before["throughput_kb_s_ci95"])
     s, s_ci = _ratio(after["reclaim_throughput_kb_s"], after["reclaim_throughput_kb_s_ci95"],
                      before["reclaim_throughput_kb_s"], before["reclaim_throughput_kb_s_ci95"])
-    return {"ipi_reduction": 1 - q, "ipi_reduction_ci95": q_ci,
+    return {"ipi_reduction": None if q is None else 1 - q, "ipi_reduction_ci95": q_ci,
             "throughput_gain": g - 1, "throughput_gain_ci95": g_ci,
             "reclaim_throughput_gain": s - 1, "reclaim_throughput_gain_ci95": s_ci}
 
