@@ -115,5 +115,7 @@ def test_same_seed_same_numbers_and_explain_lists_every_cost(seed_run: tuple[dic
 
 
 def test_a_window_too_short_to_write_a_page_says_so() -> None:
-    proc = ipilab("reproduce", "seed", "-s", "0.0005", "--warmup", "0", "-j", "1")
+    # 160 threads on four sockets are all still in their first reclaim pass after 1 ms.
+    proc = ipilab("reproduce", "seed", "--set", "sockets=4", "--set", "numa_nodes=4", "--set", "threads=160",
+                  "-s", "0.0005", "--warmup", "0.0005", "-j", "2")
     assert_user_error(proc, "no page was written", "--seconds")

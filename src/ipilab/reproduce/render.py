@@ -42,7 +42,8 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
         f"Simulated: the reclaim phase (RAM full) for {win['sim_seconds'] * 1e3:g} ms after a "
         f"{win['warmup_seconds'] * 1e3:g} ms warm-up, cut into {win['intervals']} intervals for the 95% "
         f"confidence intervals (±); the fill phase (RAM free) for {win['fill_sim_seconds'] * 1e3:g} ms. "
-        f"Seed {r['seed']}; {r['wall_seconds']:.0f} s wall time in {r['workers']} processes, "
+        f"Seed {r['seed']}; {r['wall_seconds']:.0f} s wall time in {r['workers']} "
+        f"process{'es' if r['workers'] != 1 else ''}, "
         f"{r['csds_per_second_per_worker']:,.0f} simulated CSDs per second per process.", highlight=False)
     t = Table(title="reclaim phase, per simulated second unless stated", title_justify="left")
     t.add_column("metric")
