@@ -17,7 +17,8 @@ from ipilab.machine.model import load_machine
 from ipilab.sim.engine import Engine
 from ipilab.sim.machine import SimMachine
 from ipilab.sim.run import simulate
-from ipilab.trace.ftrace import TraceFormatError, format_cpumask, format_event, parse_cpumask, read_ftrace
+from ipilab.trace.ftrace import format_cpumask, format_event, parse_cpumask
+from ipilab.trace.read import ReadStats, read_trace
 from ipilab.workloads import workload_from_settings
 from ipilab.workloads.synthetic import Synthetic
 
@@ -68,7 +69,7 @@ def test_written_trace_round_trips_and_matches_the_simulator(tmp_path: Path) -> 
     result, path = run(tmp_path, "vm-2cpu", "v6.18", "synthetic", settings, seconds, seed)
 
     lines = body_lines(path)
-    events = list(read_ftrace(path))
+    events = list(read_trace(path))
     assert len(events) == len(lines) > 0
     assert [format_event(ev) for ev in events] == lines
     assert f"entries-in-buffer/entries-written: {len(lines)}/{len(lines)}   #P:2" in path.read_text()
@@ -133,7 +134,7 @@ def test_read_real_kernel_trace(tmp_path: Path) -> None:
     with lzma.open(xz, "rt") as src:
         path.write_text(src.read())
     grep_count = sum(" csd_queue_cpu: " in line for line in path.read_text().splitlines())
-    events = list(read_ftrace(path))
+    events = list(read_trace(path))
     assert grep_count > 0
     assert sum(ev.name == "csd_queue_cpu" for ev in events) == grep_count
 
@@ -143,18 +144,18 @@ def test_read_real_kernel_trace(tmp_path: Path) -> None:
     "         python3-1000    [001] d..1.     0.000200: csd_queue_cpu: cpu=one callsite=x+0x0/0x0 func=f "
     "csd=ffff888100000040",
 ], ids=["garbage", "bad-field-value"])
-def test_malformed_line_names_file_and_line(tmp_path: Path, bad: str) -> None:
-    """A malformed line in the middle of a trace raises TraceFormatError naming the file and line number."""
+def test_malformed_line_is_a_warning_naming_file_and_line(tmp_path: Path, bad: str) -> None:
+    """A malformed line in the middle of a trace is reported with its file and line; the rest is read."""
     good = [format_event(Event(1000 * i, 0, "call_function_single_entry", fields={"vector": 251}))
             for i in range(1, 6)]
     path = tmp_path / "broken.trace"
     path.write_text("# tracer: nop\n#\n" + "\n".join([*good[:3], bad, *good[3:]]) + "\n")
     bad_lineno = 2 + 3 + 1  # two header lines, three good events, then the bad one
-    with pytest.raises(TraceFormatError) as excinfo:
-        list(read_ftrace(path))
-    message = str(excinfo.value)
-    assert "broken.trace" in message
-    assert f":{bad_lineno}:" in message
+    stats = ReadStats()
+    events = list(read_trace(path, stats))
+    assert len(events) == 5
+    assert [str(w) for w in stats.warnings] == [f"{path}:{bad_lineno}: {stats.warnings[0].message}"]
+    assert stats.bad_lines == 1
 
 
 # --- atomic writing -------------------------------------------------------------------------------------

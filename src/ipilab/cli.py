@@ -16,13 +16,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ipilab import __version__
+from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
+from ipilab.analysis.render import print_audit
 from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
 from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.trace.read import TraceFormatError
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
+from ipilab.workloads.base import parse_cpulist
 
 console = Console()
 
@@ -199,6 +203,58 @@ def print_result(r: dict[str, Any]) -> None:
     console.print("costs: `ipilab machines` lists every machine cost with its source.", highlight=False)
     if r["trace_out"]:
         console.print(f"trace written to {r['trace_out']}", highlight=False)
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--by", type=click.Choice(GROUP_KEYS), default="callsite", show_default=True,
+              help="Group the queued calls by this in the table (--json has every grouping).")
+@click.option("--cpus", "cpus_text", metavar="LIST",
+              help="Only calls to these target CPUs (a cpulist such as 2-3,6): the isolated-CPU question.")
+@click.option("--parquet", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the events read as a Parquet table (one trace only).")
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Senders listed per target CPU.")
+def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | None, parquet: Path | None,
+            top: int) -> None:
+    """Audit the IPIs in real (or simulated) traces: who queues calls on which CPU, which IPIs were needed.
+
+    Reads ftrace `trace` text, `perf script` text and `trace-cmd report` text, recognised by their lines,
+    plain or compressed (.xz, .gz, .zst). It streams: memory stays flat however long the trace. Bad lines
+    are reported with file and line and skipped. A sidecar NAME.meta beside the trace (as `ipilab
+    capture` writes) adds a reconciliation with /proc/interrupts.
+    """
+    cpus = None
+    if cpus_text is not None:
+        try:
+            cpus = set(parse_cpulist(cpus_text, 1 << 16, "--cpus"))
+        except WorkloadError:
+            fail(f"--cpus: {cpus_text!r} is not a CPU list like 0-3,8")
+    if parquet is not None and len(traces) > 1:
+        fail("--parquet takes one trace at a time")
+    if parquet is not None and not parquet.resolve().parent.is_dir():
+        fail(f"--parquet: folder {parquet.parent} does not exist")
+    results = []
+    for path in traces:
+        if not path.exists():
+            fail(f"{path}: no such file")
+        try:
+            with _progress(as_json) as step:
+                results.append(audit_trace(path, cpus=cpus, parquet=parquet,
+                                           progress=step(f"reading {path.name}")))
+        except TraceFormatError as e:
+            fail(str(e))
+        r = results[-1]
+        for w in r["warnings"]:
+            click.echo(f"ipilab: warning: {w}", err=True)
+        if r["bad_lines"] > len(r["warnings"]):
+            click.echo(f"ipilab: warning: {path}: {r['bad_lines'] - len(r['warnings']):,} more bad lines", err=True)
+    if as_json:
+        emit_json(results[0] if len(results) == 1 else {"traces": results})
+        return
+    for r in results:
+        print_audit(r, console, by=by, top=top)
 
 
 @main.group()

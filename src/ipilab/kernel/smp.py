@@ -267,6 +267,11 @@ class Smp:
             entries = [c for c in entries if c.sync] + [c for c in entries if not c.sync]
         for csd in entries:
             func, info = csd.func, csd.info
+            # Counted as each runs (where csd_function_entry is traced), so a trace and the counters agree.
+            if from_irq:
+                self.stats.csds_run_in_irq += 1
+            else:
+                self.stats.csds_run_from_idle += 1
             if csd.sync:
                 yield from self.csd_do_func(cpu, csd, func, info)
                 yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock")
@@ -276,10 +281,6 @@ class Smp:
                 yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock")
                 self.csd_unlock(csd)
                 yield from self.csd_do_func(cpu, csd, func, info)
-        if from_irq:
-            self.stats.csds_run_in_irq += len(entries)
-        else:
-            self.stats.csds_run_from_idle += len(entries)
         return len(entries)
 
     def sysvec_call_function(self, cpu: int, vector: int) -> KernelCode:

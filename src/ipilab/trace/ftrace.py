@@ -1,4 +1,4 @@
-"""ftrace `trace` text: writing events in the kernel's own line format, and reading them back.
+"""ftrace `trace` text: writing events in the kernel's own line format (read.py reads them back).
 
 A line looks like
     `          <idle>-0       [001] d.h1.   897.028268: call_function_single_entry: vector=251`
@@ -11,17 +11,11 @@ to the same events with timestamps truncated to the microsecond.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from ipilab.events import FORMATS, Event, Kind
-
-
-class TraceFormatError(ValueError):
-    """A line that is not what its format promises; the message names the file and line."""
 
 
 def format_cpumask(cpus: tuple[int, ...]) -> str:
@@ -110,42 +104,3 @@ class FtraceWriter:
         self._tmp.unlink(missing_ok=True)
         if self._final_tmp is not None:
             self._final_tmp.unlink(missing_ok=True)
-
-
-LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                  r"(?P<flags>\S{4,5})\s+(?P<secs>\d+)\.(?P<usecs>\d{6}):\s+(?P<name>\w+):\s?(?P<rest>.*)$")
-
-
-def parse_fields(name: str, rest: str) -> dict[str, object]:
-    fmt = FORMATS[name]
-    out: dict[str, object] = {}
-    for chunk in rest.split(fmt.separator) if fmt.separator != " " else rest.split():
-        key, _, value = chunk.partition("=")
-        kind = dict(fmt.fields).get(key)
-        if kind is None:
-            raise ValueError(f"unexpected field {key!r}")
-        out[key] = int(value) if kind is Kind.INT else parse_cpumask(value) if kind is Kind.MASK else value
-    missing = [k for k, _ in fmt.fields if k not in out]
-    if missing:
-        raise ValueError(f"missing fields {missing}")
-    return out
-
-
-def read_ftrace(path: Path) -> Iterator[Event]:
-    """The events of the tracepoints ipilab knows, in file order; other events are skipped."""
-    with open(path, errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.startswith("#") or not line.strip():
-                continue
-            m = LINE.match(line.rstrip("\n"))
-            if m is None:
-                raise TraceFormatError(f"{path}:{lineno}: not an ftrace event line: {line.strip()[:80]!r}")
-            name = m["name"]
-            if name not in FORMATS:
-                continue
-            try:
-                fields = parse_fields(name, m["rest"])
-            except ValueError as e:
-                raise TraceFormatError(f"{path}:{lineno}: {name}: {e}") from None
-            ts = int(m["secs"]) * 1_000_000_000 + int(m["usecs"]) * 1000
-            yield Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), m["flags"], fields)

@@ -1,0 +1,87 @@
+"""The IPI audit, for people: what was counted, per CPU, by group, who sends to whom, how long calls wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ipilab.analysis.audit import AUDIT_DOCS
+
+
+def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: int = 5) -> None:
+    """The audit as tables (the caller reports bad lines on stderr)."""
+    secs = r["duration_ns"] / 1e9
+    console.print(f"[bold]{r['trace']}[/bold]: {r['format']} text, {r['lines']:,} event lines over {secs:.3f} s, "
+                  f"{r['events_read']:,} of them IPI-related"
+                  + (f"; targets limited to CPUs {_cpulist(r['cpus'])}" if r["cpus"] is not None else ""),
+                  highlight=False)
+    t = Table(title="IPI audit", title_justify="left")
+    t.add_column("count")
+    t.add_column("value", justify="right")
+    t.add_column("per second", justify="right")
+    t.add_column("what it counts")
+    for key, doc in AUDIT_DOCS.items():
+        value = r[key]
+        if value is None:
+            t.add_row(key, "-", "", doc)
+        elif isinstance(value, float):
+            t.add_row(key, f"{value:.2f}", "", doc)
+        else:
+            t.add_row(key, f"{value:,}", f"{value / secs:,.0f}" if secs > 0 else "", doc)
+    console.print(t)
+    if not r["decisions_known"]:
+        console.print("The trace has no ipi_send events: which queued calls needed an IPI is not shown by it "
+                      "(`ipilab replay` predicts it).", highlight=False)
+
+    per_cpu = Table(title="per CPU (as target)", title_justify="left")
+    for col in ("cpu", "CAL interrupts", "calls run in them", "run elsewhere", "IPIs matched", "RES", "TLB"):
+        per_cpu.add_column(col, justify="right")
+    for cpu, c in r["per_cpu"].items():
+        per_cpu.add_row(cpu, f"{c.get('cal_interrupts', 0):,}", f"{c.get('csds_run_in_irq', 0):,}",
+                        f"{c.get('csds_run_elsewhere', 0):,}", f"{c.get('ipis_received', 0):,}",
+                        f"{c.get('reschedule_interrupts', 0):,}", f"{c.get('tlb_flushes_received', 0):,}")
+    console.print(per_cpu)
+
+    groups = r["by"][by]
+    g = Table(title=f"by {by}", title_justify="left")
+    for col in (by, "queued", "IPIs", "no IPI: queue busy", "no IPI: polling"):
+        g.add_column(col, justify="left" if col == by else "right")
+    for name, tally in list(groups.items())[:20]:
+        g.add_row(name, f"{tally['enqueues']:,}", f"{tally['ipis']:,}", f"{tally['no_ipi_queued']:,}",
+                  f"{tally['no_ipi_polling']:,}")
+    console.print(g)
+
+    s = Table(title=f"top senders per target CPU (task, callsite: calls queued), top {top}", title_justify="left")
+    s.add_column("target")
+    s.add_column("senders")
+    for target, senders in r["top_senders"].items():
+        s.add_row(target, "; ".join(f"{x['task']} {x['callsite']}: {x['enqueues']:,}" for x in senders[:top]))
+    console.print(s)
+
+    lat = Table(title="per function: queued -> run (latency) and run time, ns", title_justify="left")
+    for col in ("function", "calls", "wait p50", "wait p90", "wait p99", "run p50", "run p99"):
+        lat.add_column(col, justify="left" if col == "function" else "right")
+    for func in sorted(set(r["latency_ns"]) | set(r["function_ns"])):
+        a, b = r["latency_ns"].get(func), r["function_ns"].get(func)
+        lat.add_row(func, f"{(b or a)['count']:,}", *(f"{a[p]:,}" if a else "-" for p in ("p50", "p90", "p99")),
+                    *(f"{b[p]:,}" if b else "-" for p in ("p50", "p99")))
+    console.print(lat)
+
+    rec = r["reconciliation"]
+    if rec:
+        rt = Table(title=f"against /proc/interrupts ({rec['sidecar']})", title_justify="left")
+        for col in ("row", "/proc/interrupts", "trace", "difference", "trace count"):
+            rt.add_column(col, justify="right" if col not in ("row", "trace count") else "left")
+        for row, v in rec["rows"].items():
+            rt.add_row(row, f"{v['proc_interrupts']:,}", f"{v['trace']:,}", f"{v['trace'] - v['proc_interrupts']:+,}",
+                       v["trace_counts"])
+        console.print(rt)
+        lost = rec["lost_events"]
+        console.print(f"  lost events: {'not recorded' if lost is None else f'{lost:,}'}. Why they can differ: "
+                      f"{rec['why_they_differ']}.", highlight=False)
+
+
+def _cpulist(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))

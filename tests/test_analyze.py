@@ -1,0 +1,262 @@
+"""`ipilab analyze`: exact counts on the real traces against tallies written here, hand-built litmus
+traces, the simulator's own counts, the /proc/interrupts sidecar, and bad input of every kind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import assert_user_error, ipilab
+
+from ipilab.events import Event
+from ipilab.trace.ftrace import format_event
+from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+REAL = sorted(TRACES.glob("*.xz"))
+needs_traces = pytest.mark.skipif(not REAL, reason=f"no real traces in {TRACES}")
+
+
+def analyze_json(*args: str) -> dict:
+    proc = ipilab("analyze", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# --- an independent tally: one regex per quantity over the decompressed text ----------------------------
+
+EVENT = re.compile(r"\[(\d+)\][^:]*\d+\.\d+:\s+(?:\w+:)?(\w+):\s*(.*)$")
+
+
+def tally(path: Path) -> Counter:
+    out: Counter = Counter()
+    for line in lzma.open(path, "rt"):
+        m = EVENT.search(line)
+        if not m:
+            continue
+        cpu, name, rest = int(m[1]), m[2], m[3]
+        if name == "csd_queue_cpu":
+            out["csd_enqueues"] += 1
+        elif name in ("ipi_send_cpu", "ipi_send_cpumask"):
+            callback = re.search(r"callback=(\S+)", rest)[1]
+            if name == "ipi_send_cpu":
+                n = 1
+            else:
+                mask = re.search(r"cpumask=(\S+)", rest)[1]
+                if re.fullmatch(r"[0-9a-f]{8}(,[0-9a-f]{8})*", mask):
+                    n = bin(int(mask.replace(",", ""), 16)).count("1")
+                else:  # trace-cmd prints a CPU list
+                    n = sum(int(b) - int(a) + 1 if b else 1
+                            for a, _, b in (p.partition("-") for p in mask.split(",")))
+            out["reschedule_ipis" if callback == "0x0" else "csd_ipis"] += n
+        elif name in ("call_function_entry", "call_function_single_entry"):
+            out["cal_interrupts"] += 1
+            out[f"cal/{cpu}"] += 1
+        elif name == "reschedule_entry":
+            out["reschedule_interrupts"] += 1
+        elif name == "csd_function_entry" and re.search(r"csd=(\(nil\)|0+)$", rest.strip()):
+            out["local_runs"] += 1
+    return out
+
+
+@needs_traces
+@pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
+def test_counts_equal_an_independent_tally(path: Path) -> None:
+    r = analyze_json(str(path))
+    t = tally(path)
+    for key in ("csd_enqueues", "csd_ipis", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts",
+                "local_runs"):
+        assert r[key] == t[key], key
+    for cpu, c in r["per_cpu"].items():
+        assert c.get("cal_interrupts", 0) == t[f"cal/{cpu}"]
+    # Every queued call is decided exactly once (or left undecided at the end).
+    matched = r["csd_ipis"] - r["ipis_unmatched"]
+    assert matched + r["csd_no_ipi_queued"] + r["csd_no_ipi_polling"] + r["csds_undecided"] == r["csd_enqueues"]
+    assert sum(v["enqueues"] for v in r["by_callsite"].values()) == r["csd_enqueues"]
+    assert sum(v["ipis"] for v in r["by_callsite"].values()) == matched
+    assert r["bad_lines"] == 0
+
+
+@needs_traces
+def test_proc_interrupts_agree_where_the_capture_brackets_the_trace() -> None:
+    """reclaim-usemem-4x96 lost no events: its CAL and RES rows equal the trace's interrupts, per CPU."""
+    r = analyze_json(str(TRACES / "reclaim-usemem-4x96.trace.xz"))
+    rec = r["reconciliation"]
+    assert rec is not None and rec["lost_events"] == 0
+    for row in ("CAL", "RES"):
+        assert rec["rows"][row]["per_cpu_proc"] == rec["rows"][row]["per_cpu_trace"], row
+    # The TLB row also counts remote flushes outside the traced flush_tlb_func calls: never fewer.
+    assert rec["rows"]["TLB"]["proc_interrupts"] >= rec["rows"]["TLB"]["trace"]
+
+
+@needs_traces
+def test_cpus_limits_the_audit_to_calls_aimed_at_those_cpus() -> None:
+    path = str(TRACES / "qemu4-tlbstorm-4x200.trace.xz")
+    whole = analyze_json(path)
+    parts = [analyze_json(path, "--cpus", str(cpu)) for cpu in range(4)]
+    for key in ("csd_enqueues", "csd_ipis", "cal_interrupts", "csd_no_ipi_queued"):
+        assert sum(p[key] for p in parts) == whole[key], key
+    assert set(parts[1]["top_senders"]) == {"1"}
+
+
+# --- hand-built litmus traces ----------------------------------------------------------------------------
+
+def line(ts_us: int, on: int, name: str, task: str = "sender", flags: str = "...1.", **fields: object) -> str:
+    return format_event(Event(ts_us * 1000, on, name, task, 100 + on, flags, fields))
+
+
+def queue(ts: int, cpu: int, target: int, csd: int) -> str:
+    return line(ts, cpu, "csd_queue_cpu", cpu=target, callsite="smp_call_function_many_cond+0x1/0x2",
+                func="flush_tlb_func", csd=f"{csd:016x}")
+
+
+def send(ts: int, cpu: int, mask: tuple[int, ...]) -> str:
+    return line(ts, cpu, "ipi_send_cpumask", cpumask=mask, callsite="smp_call_function_many_cond+0x1/0x2",
+                callback="generic_smp_call_function_single_interrupt+0x0/0x10")
+
+
+def run(ts: int, cpu: int, csd: int) -> list[str]:
+    return [line(ts, cpu, "csd_function_entry", task="<idle>", flags="d.h1.", func="flush_tlb_func",
+                 csd=f"{csd:016x}"),
+            line(ts + 1, cpu, "csd_function_exit", task="<idle>", flags="d.h1.", func="flush_tlb_func",
+                 csd=f"{csd:016x}")]
+
+
+def test_three_calls_queued_before_the_flush_need_one_ipi(tmp_path: Path) -> None:
+    """CPUs 0, 1 and 3 each queue a call on CPU 2 (and on another CPU) before CPU 2's handler runs.
+    Only the first finds CPU 2's queue empty: one IPI to CPU 2, two calls queued behind it, and one
+    interrupt that runs all three, each having waited from its own enqueue."""
+    lines = [
+        queue(10, 0, 2, 1), queue(11, 0, 1, 2), send(12, 0, (1, 2)),
+        queue(20, 1, 2, 3), queue(21, 1, 3, 4), send(22, 1, (3,)),
+        queue(30, 3, 2, 5), queue(31, 3, 0, 6), send(32, 3, (0,)),
+        line(40, 2, "call_function_entry", task="<idle>", flags="d.h1.", vector=252),
+        *run(41, 2, 1), *run(43, 2, 3), *run(45, 2, 5),
+        line(47, 2, "call_function_exit", task="<idle>", flags="d.h1.", vector=252),
+    ]
+    path = tmp_path / "litmus.trace"
+    path.write_text("\n".join(lines) + "\n")
+    r = analyze_json(str(path), "--cpus", "2")
+    assert (r["csd_enqueues"], r["csd_ipis"], r["csd_no_ipi_queued"]) == (3, 1, 2)
+    assert (r["cal_interrupts"], r["csds_run_in_irq"], r["csds_per_interrupt"]) == (1, 3, 3.0)
+    # Waits: 41-10, 43-20, 45-30 microseconds.
+    lat = r["latency_ns"]["flush_tlb_func"]
+    assert lat["count"] == 3 and lat["max"] == pytest.approx(31_000, rel=1e-3)
+    assert lat["p50"] == pytest.approx(23_000, rel=1e-3)
+    senders = {s["task"]: s["enqueues"] for s in r["top_senders"]["2"]}
+    assert senders == {"sender": 3}
+    everyone = analyze_json(str(path))
+    assert (everyone["csd_enqueues"], everyone["csd_ipis"], everyone["csd_no_ipi_queued"]) == (6, 4, 2)
+
+
+# --- the simulator's traces analyze like real ones -------------------------------------------------------
+
+def test_a_simulated_trace_audits_to_the_simulators_own_counts(tmp_path: Path) -> None:
+    out = tmp_path / "sim.trace"
+    proc = ipilab("simulate", "--json", "-m", "broadwell-ep-2s-88t", "-k", "v4.13", "-w", "tlbstorm",
+                  "--set", "cpus=0-11", "-s", "0.0005", "--trace-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    sim = json.loads(proc.stdout)
+    r = analyze_json(str(out))
+    assert r["csd_enqueues"] == sim["csd_enqueues"]
+    assert r["csd_ipis"] == sim["ipis_sent"]
+    assert r["cal_interrupts"] == sim["cal_interrupts"]
+    assert r["csd_no_ipi_queued"] + r["csds_undecided"] == sim["csd_no_ipi_queued"] + sim["csds_undecided_at_end"]
+    assert r["csds_run_in_irq"] == sim["csds_run_in_irq"]
+
+
+@needs_traces
+def test_parsed_trace_written_back_parses_to_the_same_events(tmp_path: Path) -> None:
+    for name in ("madvise-threads.trace.xz", "python-mmap-threads.trace-cmd-report.txt.xz",
+                 "reclaim-usemem-3x100.perf-script.txt.xz"):
+        events = list(read_trace(TRACES / name))
+        out = tmp_path / f"{name}.trace"
+        out.write_text("".join(format_event(e) + "\n" for e in events))
+        again = list(read_trace(out))
+        # ftrace text keeps microseconds; perf and trace-cmd have no flags column.
+        strip = [(e.ts // 1000, e.cpu, e.name, e.task, e.pid, e.fields) for e in events]
+        assert [(e.ts // 1000, e.cpu, e.name, e.task, e.pid, e.fields) for e in again] == strip, name
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+GOOD = [line(10 + i, 0, "call_function_single_entry", task="<idle>", vector=251) for i in range(5)]
+
+
+def test_truncated_last_line_is_a_warning_and_the_rest_counts(tmp_path: Path) -> None:
+    path = tmp_path / "cut.trace"
+    path.write_text("\n".join(GOOD) + "\n" + GOOD[0][:30])
+    proc = ipilab("analyze", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cal_interrupts"] == 5
+    assert f"{path}:6: last line is cut short" in proc.stderr
+
+
+def test_unknown_events_are_counted_apart_and_garbage_lines_warned(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.trace"
+    unknown = "          <idle>-0       [000] d..2.   887.705021: sched_waking: comm=a pid=1 prio=120 target_cpu=000"
+    path.write_text("\n".join([GOOD[0], unknown, "\x00\x01garbage\xff", *GOOD[1:]]) + "\n")
+    proc = ipilab("analyze", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["cal_interrupts"] == 5 and r["other_events"] == {"sched_waking": 1} and r["bad_lines"] == 1
+    assert f"{path}:3:" in proc.stderr
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", ["empty"]),
+    (bytes(range(256)) * 64, ["not an ftrace"]),
+    (b"hello\nworld\n", ["not an ftrace"]),
+])
+def test_files_that_are_not_traces_fail_in_one_line(tmp_path: Path, content: bytes, words: list[str]) -> None:
+    path = tmp_path / "bad.trace"
+    path.write_bytes(content)
+    assert_user_error(ipilab("analyze", str(path)), str(path), *words)
+
+
+def test_a_mislabeled_compressed_file_fails_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "plain.trace.gz"
+    path.write_text("\n".join(GOOD) + "\n")
+    assert_user_error(ipilab("analyze", str(path)), "plain.trace.gz", ".gz", "not compressed")
+
+
+def test_compressed_traces_read_like_plain_ones(tmp_path: Path) -> None:
+    import zstandard
+
+    text = ("\n".join(GOOD) + "\n").encode()
+    (tmp_path / "t.trace.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "t.trace.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
+    (tmp_path / "t.trace.xz").write_bytes(lzma.compress(text))
+    for name in ("t.trace.gz", "t.trace.zst", "t.trace.xz"):
+        assert analyze_json(str(tmp_path / name))["cal_interrupts"] == 5, name
+
+
+def test_missing_file_and_bad_cpulist_fail_in_one_line(tmp_path: Path) -> None:
+    assert_user_error(ipilab("analyze", str(tmp_path / "nope.trace")), "nope.trace")
+    path = tmp_path / "ok.trace"
+    path.write_text("\n".join(GOOD) + "\n")
+    assert_user_error(ipilab("analyze", str(path), "--cpus", "x-y"), "--cpus")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(GOOD), st.text(max_size=120)), min_size=1, max_size=30))
+def test_any_text_reads_without_a_traceback(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> None:
+    """Whatever the lines, the reader returns events or warnings, or one TraceFormatError; and every
+    well-formed line among bad ones is still read once the format is known."""
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.trace"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    stats = ReadStats()
+    try:
+        events = list(read_trace(path, stats))
+    except TraceFormatError:
+        return
+    good = sum(1 for x in lines if x in GOOD)
+    if stats.format == "ftrace":
+        assert len(events) == good
