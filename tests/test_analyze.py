@@ -37,7 +37,9 @@ EVENT = re.compile(r"\[(\d+)\][^:]*\d+\.\d+:\s+(?:\w+:)?(\w+):\s*(.*)$")
 
 def tally(path: Path) -> Counter:
     out: Counter = Counter()
-    for line in lzma.open(path, "rt"):
+    with lzma.open(path, "rt") as text:
+        lines = text.readlines()
+    for line in lines:
         m = EVENT.search(line)
         if not m:
             continue
