@@ -24,6 +24,7 @@ from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.read import TraceFormatError
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
 from ipilab.workloads.base import parse_cpulist
@@ -203,6 +204,50 @@ def print_result(r: dict[str, Any]) -> None:
     console.print("costs: `ipilab machines` lists every machine cost with its source.", highlight=False)
     if r["trace_out"]:
         console.print(f"trace written to {r['trace_out']}", highlight=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Trace file to write (.xz, .gz or .zst compress it); NAME.meta beside it gets the sidecar.")
+@click.option("--duration", type=click.FloatRange(0, 86400), default=None,
+              help="Record this many seconds instead of running a command.")
+@click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="replay", show_default=True,
+              help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll.")
+@click.option("--buffer-kb", type=click.IntRange(64, 4 << 20), default=16384, show_default=True,
+              help="Ring buffer per CPU while recording (restored afterwards).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, command: tuple[str, ...]) -> None:
+    """Record the cross-call and IPI tracepoints while COMMAND runs (root): `ipilab capture -o run.trace --
+    make -j2`.
+
+    Mounts tracefs if needed, enables the events, runs the command (or waits --duration seconds), and
+    writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
+    and the ring buffer's overruns. tracefs is left as it was found (events, buffer size, tracer,
+    tracing_on), also when the command fails or on Ctrl-C. Then: `ipilab analyze run.trace`.
+    """
+    if bool(command) == (duration is not None):
+        fail("give either a command after -- or --duration, not both or neither")
+    if not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    try:
+        result = capture(out, list(command) or None, duration, events, buffer_kb)
+    except CaptureError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"ipilab: interrupted; what was recorded is in {out}; tracefs is restored", err=True)
+        sys.exit(130)
+    for event in result.events_missing:
+        click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
+    if result.lost:
+        click.echo(f"ipilab: warning: {result.lost:,} events were lost (ring buffer overrun): raise --buffer-kb",
+                   err=True)
+    click.echo(f"wrote {result.trace} and {result.sidecar} ({result.seconds:.2f} s recorded)", err=True)
+    if result.returncode:
+        click.echo(f"ipilab: the command exited with status {result.returncode}", err=True)
+        sys.exit(result.returncode)
+
+
+capture_cmd.name = "capture"
 
 
 @main.command()
