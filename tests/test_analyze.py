@@ -262,3 +262,71 @@ def test_any_text_reads_without_a_traceback(tmp_path_factory: pytest.TempPathFac
     good = sum(1 for x in lines if x in GOOD)
     if stats.format == "ftrace":
         assert len(events) == good
+
+
+# --- the compiled audit against the reference one --------------------------------------------------------
+
+def _same(path: Path, cpus: set[int] | None = None) -> None:
+    from ipilab.analysis.audit import audit_trace
+
+    fast = audit_trace(path, cpus=cpus)
+    slow = audit_trace(path, cpus=cpus, reference=True)
+    assert json.loads(json.dumps(fast)) == json.loads(json.dumps(slow))
+
+
+FTRACE_REAL = [p for p in REAL if ".trace." in p.name]
+
+
+@needs_traces
+@pytest.mark.parametrize("path", FTRACE_REAL, ids=[p.name for p in FTRACE_REAL])
+def test_compiled_audit_equals_the_reference_on_real_traces(path: Path) -> None:
+    from ipilab.analysis.fastaudit import fast_audit
+
+    assert fast_audit(path, None, ReadStats()) is not None  # it really took the compiled path
+    _same(path)
+    _same(path, {1})
+
+
+def test_compiled_audit_equals_the_reference_on_a_simulated_88_cpu_trace(tmp_path: Path) -> None:
+    out = tmp_path / "sim.trace"
+    proc = ipilab("simulate", "-m", "broadwell-ep-2s-88t", "-k", "v4.12", "-w", "tlbstorm", "-s", "0.0002",
+                  "--trace-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    _same(out)  # 88 CPUs: cpumasks of three 32-bit words
+    _same(out, {5, 70})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2_000), min_size=5, max_size=60), st.lists(st.text(max_size=40), max_size=5),
+       st.booleans())
+def test_compiled_audit_equals_the_reference_on_shuffled_lines(tmp_path_factory: pytest.TempPathFactory,
+                                                               picks: list[int], junk: list[str],
+                                                               cut_last: bool) -> None:
+    """Real lines in arbitrary order, some garbage among them, maybe a cut last line: whenever the
+    compiled audit takes a trace, it says exactly what the reference says."""
+    lines = _sample_lines()
+    chosen = [lines[i % len(lines)] for i in picks] + [j.replace("\n", " ") for j in junk]
+    text = "\n".join(chosen) + ("" if cut_last else "\n")
+    path = tmp_path_factory.mktemp("mix") / "mix.trace"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    from ipilab.analysis.audit import audit_trace
+
+    try:
+        slow = audit_trace(path, reference=True)
+    except TraceFormatError:
+        return
+    assert json.loads(json.dumps(audit_trace(path))) == json.loads(json.dumps(slow))
+
+
+_LINES: list[str] = []
+
+
+def _sample_lines() -> list[str]:
+    if not _LINES:
+        path = TRACES / "qemu4-tlbstorm-4x200.trace.xz"
+        if path.exists():
+            with lzma.open(path, "rt") as f:
+                _LINES.extend(line.rstrip("\n") for line in f if not line.startswith("#"))
+        else:
+            _LINES.extend(GOOD)
+    return _LINES

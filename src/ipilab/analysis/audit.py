@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
+from ipilab.analysis.fastaudit import fast_audit
 from ipilab.events import HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.trace.sidecar import Sidecar, read_sidecar, sidecar_for
@@ -268,13 +269,14 @@ class Audit:
         out["top_senders"] = {
             str(target): [{"task": task, "callsite": site, "enqueues": n} for (task, site), n in cnt.most_common(top)]
             for target, cnt in sorted(self.top_senders.items())}
-        out["latency_ns"] = {func: _percentiles(h) for func, h in sorted(self.latency.items())}
-        out["function_ns"] = {func: _percentiles(h) for func, h in sorted(self.duration.items())}
+        out["latency_ns"] = {func: percentiles(h) for func, h in sorted(self.latency.items())}
+        out["function_ns"] = {func: percentiles(h) for func, h in sorted(self.duration.items())}
         out["cpus"] = sorted(self.cpus) if self.cpus is not None else None
         return out
 
 
-def _percentiles(h: HdrHistogram) -> dict[str, int]:
+def percentiles(h: HdrHistogram) -> dict[str, int]:
+    """count, p50, p90, p99 and max of a histogram of nanoseconds."""
     return {"count": h.get_total_count(), "p50": h.get_value_at_percentile(50),
             "p90": h.get_value_at_percentile(90), "p99": h.get_value_at_percentile(99), "max": h.get_max_value()}
 
@@ -282,11 +284,18 @@ def _percentiles(h: HdrHistogram) -> dict[str, int]:
 # --- a whole trace ----------------------------------------------------------------------------------------
 
 def audit_trace(path: Path, *, cpus: set[int] | None = None, parquet: Path | None = None,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[int, int], None] | None = None, top: int = 5,
+                reference: bool = False) -> dict[str, Any]:
     """Read one trace file (any supported format), audit it, and reconcile with its sidecar if any.
 
-    `progress(bytes_read, bytes_total)` is called every so often; `parquet` also writes every event read
-    as a Parquet table (atomically)."""
+    ftrace text goes through the compiled parser and audit (fastaudit.py) unless `reference` or
+    `parquet` asks for the Python ones, which read every format. `progress(bytes_read, bytes_total)` is
+    called every so often; `parquet` also writes every event read as a Parquet table (atomically)."""
+    if not reference and parquet is None:
+        stats = ReadStats()
+        result = fast_audit(path, cpus, stats, progress, top)
+        if result is not None:
+            return _finish(path, stats, result, None)
     stats = ReadStats()
     audit = Audit(cpus)
     total = path.stat().st_size if path.exists() else 0
@@ -306,9 +315,13 @@ def audit_trace(path: Path, *, cpus: set[int] | None = None, parquet: Path | Non
         raise
     if progress is not None:
         progress(total, total)
+    return _finish(path, stats, audit.result(top), parquet)
+
+
+def _finish(path: Path, stats: ReadStats, result: dict[str, Any], parquet: Path | None) -> dict[str, Any]:
     out = {"trace": str(path), "format": stats.format, "lines": stats.lines, "events_read": stats.events,
            "other_events": dict(sorted(stats.other_events.items())), "bad_lines": stats.bad_lines,
-           "warnings": [str(w) for w in stats.warnings], **audit.result()}
+           "warnings": [str(w) for w in stats.warnings], **result}
     side = read_sidecar(sidecar_for(path))
     out["reconciliation"] = reconcile(out, side) if side is not None else None
     out["parquet"] = str(parquet) if parquet is not None else None

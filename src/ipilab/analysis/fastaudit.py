@@ -1,0 +1,603 @@
+"""The IPI audit compiled: the same rules as audit.py's `Audit`, over the columns of trace/fastparse.py.
+
+`audit_block` (numba) walks a block of parsed lines in file order and updates the audit's state, kept
+in arrays and typed dicts between blocks so that memory stays flat. `fast_audit` drives it over an
+ftrace text file and returns exactly what `Audit` returns. It declines (returns None) when a trace
+needs something it does not do (another format, a queued call still queued when queued again, deeper
+nesting than it keeps), and the caller then uses `Audit`; the tests hold the two to the same output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import zstandard
+from hdrh.histogram import HdrHistogram
+from numba import njit, types
+from numba.typed import Dict
+
+from ipilab.events import symbol_name
+from ipilab.trace.fastparse import BAD, KINDS, OTHER, SKIP, fnv1a, line_starts, parse
+from ipilab.trace.read import FTRACE, MAGIC, ReadStats, TraceWarning, detect_format
+
+# Counter slots.
+(ENQ, LOCAL, IPIS, QUEUED, POLLING, UNDECIDED, UNMATCHED, RESCHED_IPIS, CAL, RES, RUN_IRQ, RUN_ELSE, TLB,
+ RUNS_UNMATCHED, MATCHED, SAW_SENDS, FIRST_TS, LAST_TS, DECLINE) = range(19)
+COUNTER_NAMES = {ENQ: "csd_enqueues", LOCAL: "local_runs", IPIS: "csd_ipis", QUEUED: "csd_no_ipi_queued",
+                 POLLING: "csd_no_ipi_polling", UNDECIDED: "csds_undecided", UNMATCHED: "ipis_unmatched",
+                 RESCHED_IPIS: "reschedule_ipis", CAL: "cal_interrupts", RES: "reschedule_interrupts",
+                 RUN_IRQ: "csds_run_in_irq", RUN_ELSE: "csds_run_elsewhere", TLB: "tlb_flushes_received"}
+# Per-CPU slots.
+PC_CAL, PC_RES, PC_RUN_IRQ, PC_RUN_ELSE, PC_IPIS, PC_TLB = range(6)
+PER_CPU_NAMES = ("cal_interrupts", "reschedule_interrupts", "csds_run_in_irq", "csds_run_elsewhere",
+                 "ipis_received", "tlb_flushes_received")
+GROUPS = ("callsite", "func", "sender", "target", "cpu")
+K = {name: i for i, name in enumerate(KINDS)}
+FLUSH_TLB_FUNC = np.uint64(fnv1a("flush_tlb_func"))
+ID_CAP = 1 << 16  # distinct callsites + functions, or tasks, a trace may name
+STACK_CAP = 256  # functions entered and not (yet) exited on one CPU
+BLOCK = 16 << 20  # bytes of text per block: what memory use is bounded by
+
+
+@njit(cache=True)
+def _quantize(v):
+    """The lowest value HdrHistogram(1, ..., 3 digits) files `v` with: keep its top 11 bits."""
+    bits = 0
+    x = v
+    while x > 0:
+        bits += 1
+        x >>= 1
+    shift = bits - 11
+    if shift <= 0:
+        return v
+    return (v >> shift) << shift
+
+
+@njit(cache=True)
+def _tally(tallies, order, norder, g, key, col):
+    """Count one call in group `g` (callsite, func, sender, target, cpu) under dense id `key`."""
+    if key >= tallies.shape[1]:
+        return False
+    if order[g, key] < 0:  # first touch fixes where the name sorts among equals, as dict order does
+        order[g, key] = norder[g]
+        norder[g] += 1
+    tallies[g, key, col] += 1
+    return True
+
+
+@njit(cache=True)
+def _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec, c, j, d):
+    w_dec[c, j] = d
+    t = w_target[c, j]
+    if not wanted[t]:
+        return
+    if d == 1:
+        C[MATCHED] += 1
+        PC[t, PC_IPIS] += 1
+    elif d == 2:
+        C[QUEUED] += 1
+    else:
+        C[POLLING] += 1
+    ok = _tally(tallies, order, norder, 0, w_site[c, j], d)
+    ok &= _tally(tallies, order, norder, 1, w_func[c, j], d)
+    ok &= _tally(tallies, order, norder, 2, w_task[c, j], d)
+    ok &= _tally(tallies, order, norder, 3, t, d)
+    ok &= _tally(tallies, order, norder, 4, w_cpu[c], d)
+    if not ok:
+        C[DECLINE] = 3
+
+
+@njit(cache=True)
+def _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c):
+    for j in range(w_n[c]):
+        if w_dec[c, j] == 0:
+            _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec, c, j, 2)
+    w_n[c] = 0
+
+
+@njit(cache=True)
+def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mrow, mask,
+                C, PC, wanted, irq_depth, in_cal, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
+                s_n, s_func, s_csd, s_ts, unrun, more, tallies, order, norder, top, lat_f, lat_v, dur_f, dur_v, tlb_id):
+    """Feed one block's rows to the audit state; returns how many latency and duration samples it made."""
+    n_lat = 0
+    n_dur = 0
+    tmp = np.empty(64 * mask.shape[1], np.int64)  # the targets of one send
+    for r in range(len(kind)):
+        k = kind[r]
+        if k < 0:
+            continue
+        c = cpu[r]
+        if C[FIRST_TS] < 0:
+            C[FIRST_TS] = ts[r]
+        C[LAST_TS] = ts[r]
+        if k == 0:  # csd_queue_cpu
+            t = target[r]
+            n = w_n[c]
+            if n >= w_target.shape[1]:
+                C[DECLINE] = 1
+                return n_lat, n_dur
+            w_target[c, n] = t
+            w_site[c, n] = site[r]
+            w_func[c, n] = func[r]
+            w_task[c, n] = task[r]
+            w_dec[c, n] = 0
+            w_cpu[c] = c
+            w_n[c] = n + 1
+            key = (np.int64(t), csd[r])
+            if key in unrun:  # queued again before a run was seen: keep both, oldest first
+                h = unrun[key]
+                more[(np.int64(t), csd[r], h[2] + h[3])] = (ts[r], func[r])
+                unrun[key] = (h[0], h[1], h[2], h[3] + 1)
+            else:
+                unrun[key] = (ts[r], func[r], np.int64(0), np.int64(1))
+            if wanted[t]:
+                C[ENQ] += 1
+                ok = _tally(tallies, order, norder, 0, site[r], 0)
+                ok &= _tally(tallies, order, norder, 1, func[r], 0)
+                ok &= _tally(tallies, order, norder, 2, task[r], 0)
+                ok &= _tally(tallies, order, norder, 3, t, 0)
+                ok &= _tally(tallies, order, norder, 4, c, 0)
+                if not ok:
+                    C[DECLINE] = 3
+                tk = (np.int64(t), task[r], site[r])
+                if tk in top:
+                    prev = top[tk]
+                    top[tk] = (prev[0] + 1, prev[1])
+                else:
+                    top[tk] = (np.int64(1), np.int64(len(top)))
+        elif k == 3 or k == 4:  # ipi_send_cpu / ipi_send_cpumask
+            nt = 0
+            if k == 3:
+                tmp[0] = target[r]
+                nt = 1
+            else:
+                words = mask.shape[1]
+                row = mrow[r]
+                for wi in range(words):
+                    v = mask[row, wi]
+                    for b in range(64):
+                        if (v >> np.uint64(b)) & np.uint64(1):
+                            tmp[nt] = wi * 64 + b
+                            nt += 1
+            if resched[r]:
+                for i in range(nt):
+                    if wanted[tmp[i]]:
+                        C[RESCHED_IPIS] += 1
+                continue
+            C[SAW_SENDS] = 1
+            for i in range(nt):
+                t = tmp[i]
+                if wanted[t]:
+                    C[IPIS] += 1
+                found = -1
+                for j in range(w_n[c]):
+                    if w_target[c, j] == t and w_dec[c, j] == 0:
+                        found = j
+                        break
+                if found < 0:
+                    if wanted[t]:
+                        C[UNMATCHED] += 1
+                else:
+                    _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec,
+                            c, found, 1)
+            _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+        elif k == 11:  # sched_wake_idle_without_ipi
+            t = target[r]
+            found = -1
+            for j in range(w_n[c]):
+                if w_target[c, j] == t and w_dec[c, j] == 0:
+                    found = j
+                    break
+            if found >= 0:
+                C[SAW_SENDS] = 1
+                _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec, c,
+                        found, 3)
+                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+        elif k == 5 or k == 7:  # call_function(_single)_entry
+            irq_depth[c] += 1
+            in_cal[c] += 1
+            if wanted[c]:
+                C[CAL] += 1
+                PC[c, PC_CAL] += 1
+        elif k == 9:  # reschedule_entry
+            irq_depth[c] += 1
+            if wanted[c]:
+                C[RES] += 1
+                PC[c, PC_RES] += 1
+        elif k == 6 or k == 8:
+            irq_depth[c] = max(0, irq_depth[c] - 1)
+            in_cal[c] = max(0, in_cal[c] - 1)
+        elif k == 10:
+            irq_depth[c] = max(0, irq_depth[c] - 1)
+        elif k == 1:  # csd_function_entry
+            sn = s_n[c]
+            if sn >= s_func.shape[1]:
+                C[DECLINE] = 4
+                return n_lat, n_dur
+            s_func[c, sn] = func[r]
+            s_csd[c, sn] = csd[r]
+            s_ts[c, sn] = ts[r]
+            s_n[c] = sn + 1
+            if csd[r] == 0:
+                if wanted[c]:
+                    C[LOCAL] += 1
+                if not (irq_depth[c] > 0 or hirq[r]):
+                    _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
+                           w_dec, c)
+                continue
+            key = (np.int64(c), csd[r])
+            if not wanted[c]:
+                if key in unrun:
+                    h = unrun[key]
+                    for seq in range(h[2] + 1, h[2] + h[3]):
+                        del more[(np.int64(c), csd[r], seq)]
+                    del unrun[key]
+                continue
+            if in_cal[c] > 0:
+                C[RUN_IRQ] += 1
+                PC[c, PC_RUN_IRQ] += 1
+            else:
+                C[RUN_ELSE] += 1
+                PC[c, PC_RUN_ELSE] += 1
+            if func[r] == tlb_id:
+                C[TLB] += 1
+                PC[c, PC_TLB] += 1
+            if key in unrun:
+                q = unrun[key]
+                if q[3] == 1:
+                    del unrun[key]
+                else:
+                    nxt = more[(np.int64(c), csd[r], q[2] + 1)]
+                    del more[(np.int64(c), csd[r], q[2] + 1)]
+                    unrun[key] = (nxt[0], nxt[1], q[2] + 1, q[3] - 1)
+                lat_f[n_lat] = func[r]
+                lat_v[n_lat] = _quantize(max(np.int64(1), ts[r] - q[0]))
+                n_lat += 1
+            else:
+                C[RUNS_UNMATCHED] += 1
+        elif k == 2:  # csd_function_exit
+            sn = s_n[c]
+            if sn > 0:
+                s_n[c] = sn - 1
+                if s_csd[c, sn - 1] != 0 and wanted[c]:
+                    dur_f[n_dur] = s_func[c, sn - 1]
+                    dur_v[n_dur] = _quantize(max(np.int64(1), ts[r] - s_ts[c, sn - 1]))
+                    n_dur += 1
+        elif k == 12:  # cpu_idle
+            if not (irq_depth[c] > 0 or hirq[r]):
+                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+    return n_lat, n_dur
+
+
+@njit(cache=True)
+def dense_ids(hashes, use, known, next_id, new_rows):
+    """Replace each used row's hash by a small id (the same id for the same hash across blocks); the
+    rows where a hash is seen first are listed in `new_rows`. Returns how many rows were listed."""
+    out = np.full(len(hashes), -1, np.int64)
+    n_new = 0
+    for r in range(len(hashes)):
+        if not use[r]:
+            continue
+        h = hashes[r]
+        if h in known:
+            out[r] = known[h]
+        else:
+            i = next_id[0]
+            known[h] = i
+            next_id[0] = i + 1
+            out[r] = i
+            new_rows[n_new] = r
+            n_new += 1
+    return out, n_new
+
+
+@njit(cache=True)
+def export_top(top):
+    n = len(top)
+    target = np.empty(n, np.int64)
+    task = np.empty(n, np.int64)
+    site = np.empty(n, np.int64)
+    count = np.empty(n, np.int64)
+    order = np.empty(n, np.int64)
+    i = 0
+    for k, v in top.items():
+        target[i] = k[0]
+        task[i] = k[1]
+        site[i] = k[2]
+        count[i] = v[0]
+        order[i] = v[1]
+        i += 1
+    return target, task, site, count, order
+
+
+@njit(cache=True)
+def finish(C, wanted, w_n, w_target, w_dec):
+    for c in range(len(w_n)):
+        for j in range(w_n[c]):
+            if w_dec[c, j] == 0 and wanted[w_target[c, j]]:
+                C[UNDECIDED] += 1
+
+
+def _binary_stream(raw: BinaryIO) -> BinaryIO:
+    """The decompressed bytes of an open file, by its magic bytes."""
+    head = raw.read(6)
+    raw.seek(0)
+    kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), None)
+    if kind == "xz":
+        return lzma.open(raw)  # type: ignore[return-value]
+    if kind == "gzip":
+        return gzip.open(raw)  # type: ignore[return-value]
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+    return raw
+
+
+def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
+               progress: Callable[[int, int], None] | None = None, top_n: int = 5) -> dict[str, Any] | None:
+    """The audit of an ftrace text file (see the module doc); None when it declines."""
+    state: dict[str, Any] | None = None  # sized once the first block shows how many CPUs there are
+    names: dict[int, str] = {}
+    tasks: dict[int, str] = {}
+    other: dict[int, int] = {}
+    other_names: dict[int, str] = {}
+    lat: dict[int, HdrHistogram] = {}
+    dur: dict[int, HdrHistogram] = {}
+    total = path.stat().st_size
+    line_base = 0
+    carry = b""
+    with open(path, "rb") as raw, _binary_stream(raw) as stream:
+        first = True
+        while True:
+            try:
+                chunk = stream.read(BLOCK)
+            except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
+                return None  # the reference reader says what is wrong with the data
+            data = carry + chunk
+            if not data:
+                break
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+            if first:
+                head = data[:1 << 16].decode("utf-8", "replace").splitlines(keepends=True)[:64]
+                if detect_format(head) != "ftrace" or (head and head[0].startswith("cpus=")):
+                    return None
+                stats.format = "ftrace"
+                first = False
+            buf = np.frombuffer(data, dtype=np.uint8)
+            starts = line_starts(buf)
+            if len(data) and data.endswith(b"\n") and len(starts) and starts[-1] == len(data):
+                starts = starts[:-1]
+            cols = parse(buf, starts)
+            if cols["mask_overflow"].any():
+                return None
+            kind = cols["kind"]
+            stats.lines += int(np.count_nonzero(kind != SKIP))
+            for r in np.nonzero(kind == BAD)[0]:
+                a = int(starts[r])
+                b = int(starts[r + 1]) if r + 1 < len(starts) else len(data)
+                line = data[a:b].decode("utf-8", "replace")
+                message = _why_bad(line)
+                if message is None:
+                    return None  # read.py reads this line: the compiled parser was too strict
+                stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
+            known = kind >= 0
+            stats.events += int(np.count_nonzero(known))
+            o = cols["other"][kind == OTHER]
+            if len(o):
+                hashes, first_idx, counts = np.unique(o, return_index=True, return_counts=True)
+                rows = np.nonzero(kind == OTHER)[0]
+                for h, i, n in zip(hashes.tolist(), first_idx.tolist(), counts.tolist(), strict=True):
+                    other[h] = other.get(h, 0) + n
+                    if h not in other_names:
+                        other_names[h] = _line_field(data, starts, int(rows[i]), "name")
+            top_cpu = _max_cpu(cols)
+            if state is None:
+                state = _new_state(max(8, 1 << int(top_cpu).bit_length()), cpus)
+            if top_cpu >= state["ncpu"]:
+                return None  # a CPU the first block did not show: the reference audit sizes as it goes
+            n = len(kind)
+            lat_f = np.empty(n, np.int64)
+            lat_v = np.empty(n, np.int64)
+            dur_f = np.empty(n, np.uint64)
+            dur_v = np.empty(n, np.int64)
+            st = state
+            site = _ids(data, starts, cols, "site", np.isin(kind, (0, 3, 4)), st, "symbols", names, "callsite")
+            func = _ids(data, starts, cols, "func", np.isin(kind, (0, 1, 2)), st, "symbols", names, "func")
+            task = _ids(data, starts, cols, "task", kind == 0, st, "tasks", tasks, "task")
+            if st["next_id"].max() >= ID_CAP:
+                return None
+            tlb_id = st["symbols"].get(FLUSH_TLB_FUNC, -2)
+            n_lat, n_dur = audit_block(kind, cols["cpu"].astype(np.int64), cols["ts"], cols["hirq"], task,
+                                       cols["target"].astype(np.int64), site, func, cols["csd"],
+                                       cols["resched"], cols["mrow"], cols["mask"], *(st[k] for k in STATE_ORDER),
+                                       lat_f, lat_v, dur_f, dur_v, tlb_id)
+            if st["C"][DECLINE]:
+                return None
+            _record(lat, lat_f[:n_lat], lat_v[:n_lat])
+            _record(dur, dur_f[:n_dur], dur_v[:n_dur])
+            line_base += len(starts)
+            if progress is not None:
+                progress(raw.tell(), total)
+            if not chunk:
+                break
+    if first or state is None:
+        return None  # no text at all: the reference reader says so
+    st = state
+    finish(st["C"], st["wanted"], st["w_n"], st["w_target"], st["w_dec"])
+    stats.other_events = {other_names[h]: n for h, n in other.items()}
+    return _result(st, names, tasks, lat, dur, cpus, top_n)
+
+
+STATE_ORDER = ("C", "PC", "wanted", "irq_depth", "in_cal", "w_n", "w_target", "w_site", "w_func", "w_task", "w_cpu",
+               "w_dec", "s_n", "s_func", "s_csd", "s_ts", "unrun", "more", "tallies", "order", "norder", "top")
+
+
+def _max_cpu(cols: dict[str, np.ndarray]) -> int:
+    known = cols["kind"] >= 0
+    top = int(cols["cpu"][known].max(initial=0))
+    with_target = known & np.isin(cols["kind"], (0, 3, 11))
+    top = max(top, int(cols["target"][with_target].max(initial=0)))
+    rows = cols["mrow"][cols["kind"] == 4]
+    if len(rows):
+        masks = cols["mask"][rows]
+        for w in range(masks.shape[1] - 1, -1, -1):
+            word = int(np.bitwise_or.reduce(masks[:, w]))
+            if word:
+                top = max(top, 64 * w + word.bit_length() - 1)
+                break
+    return top
+
+
+def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
+    wait = 4096 if ncpu <= 128 else 4 * ncpu  # undecided calls one CPU may pile up
+    wanted = np.ones(ncpu, np.bool_) if cpus is None else np.isin(np.arange(ncpu), sorted(cpus))
+    C = np.zeros(19, np.int64)
+    C[FIRST_TS] = -1
+    return {
+        "ncpu": ncpu, "C": C, "PC": np.zeros((ncpu, 6), np.int64), "wanted": wanted,
+        "irq_depth": np.zeros(ncpu, np.int64), "in_cal": np.zeros(ncpu, np.int64), "w_n": np.zeros(ncpu, np.int64),
+        "w_target": np.zeros((ncpu, wait), np.int64), "w_site": np.zeros((ncpu, wait), np.int64),
+        "w_func": np.zeros((ncpu, wait), np.int64), "w_task": np.zeros((ncpu, wait), np.int64),
+        "w_cpu": np.zeros(ncpu, np.int64), "w_dec": np.zeros((ncpu, wait), np.int8),
+        "s_n": np.zeros(ncpu, np.int64), "s_func": np.zeros((ncpu, STACK_CAP), np.int64),
+        "s_csd": np.zeros((ncpu, STACK_CAP), np.uint64), "s_ts": np.zeros((ncpu, STACK_CAP), np.int64),
+        # (target, csd) -> (ts, func, seq, count) of the oldest call queued there and not yet run; the
+        # later ones are in `more` under (target, csd, seq).
+        "unrun": Dict.empty(types.Tuple((types.int64, types.uint64)), types.UniTuple(types.int64, 4)),
+        "more": Dict.empty(types.Tuple((types.int64, types.uint64, types.int64)), types.UniTuple(types.int64, 2)),
+        # per group (callsite, func, sender, target, cpu) and dense id: enqueues, ipis, queued, polling
+        "tallies": np.zeros((len(GROUPS), max(ID_CAP, ncpu), 4), np.int64),
+        "order": np.full((len(GROUPS), max(ID_CAP, ncpu)), -1, np.int64), "norder": np.zeros(len(GROUPS), np.int64),
+        "top": Dict.empty(types.UniTuple(types.int64, 3), types.UniTuple(types.int64, 2)),
+        # hash -> dense id, for callsites and functions together, and for tasks
+        "symbols": Dict.empty(types.uint64, types.int64), "tasks": Dict.empty(types.uint64, types.int64),
+        "next_id": np.zeros(2, np.int64),
+    }
+
+
+def _why_bad(line: str) -> str | None:
+    """What read.py says about a line the compiled parser refused (None: read.py reads it)."""
+    from ipilab.trace.read import FORMATS, parse_fields
+
+    if not line.endswith("\n"):
+        return "last line is cut short (no newline)"
+    m = FTRACE.match(line)
+    if m is None:
+        return f"not a ftrace event line: {line.strip()[:60]!r}"
+    if m["name"] not in FORMATS:
+        return None
+    try:
+        parse_fields(m["name"], m["rest"])
+    except ValueError as e:
+        return f"{m['name']}: {e}"
+    return None
+
+
+def _line_field(data: bytes, starts: np.ndarray, r: int, what: str) -> str:
+    a = int(starts[r])
+    b = int(starts[r + 1]) if r + 1 < len(starts) else len(data)
+    m = FTRACE.match(data[a:b].decode("utf-8", "replace"))
+    if m is None:
+        return "?"
+    if what == "name":
+        return m["name"]
+    if what == "task":
+        return m["task"].strip()
+    field = re_field(m["rest"], what)
+    return symbol_name(field) if field is not None else "?"
+
+
+def re_field(rest: str, key: str) -> str | None:
+    for token in rest.replace(", ", " ").split():
+        k, _, v = token.partition("=")
+        if k == key:
+            return v
+    return None
+
+
+def _ids(data: bytes, starts: np.ndarray, cols: dict[str, np.ndarray], column: str, use: np.ndarray,
+         state: dict[str, Any], table: str, names: dict[int, str], field: str) -> np.ndarray:
+    """Dense ids for a hash column, learning the text of each name the first time it is seen."""
+    known = state[table]
+    slot = 0 if table == "symbols" else 1
+    counter = state["next_id"][slot:slot + 1]
+    new_rows = np.empty(len(use), np.int64)
+    ids, n_new = dense_ids(cols[column], use, known, counter, new_rows)
+    state["next_id"][slot] = counter[0]
+    for r in new_rows[:n_new].tolist():
+        names[int(ids[r])] = _line_field(data, starts, r, field)
+    return ids
+
+
+def _record(hists: dict[int, HdrHistogram], funcs: np.ndarray, values: np.ndarray) -> None:
+    """Add (function id, ns) samples, each distinct pair once with its count (values are < 2**47 ns)."""
+    if not len(funcs):
+        return
+    pairs, counts = np.unique((funcs.astype(np.int64) << 47) | np.minimum(values, (1 << 47) - 1),
+                              return_counts=True)
+    for key, n in zip(pairs.tolist(), counts.tolist(), strict=True):
+        f, v = key >> 47, key & ((1 << 47) - 1)
+        h = hists.get(f)
+        if h is None:
+            h = hists[f] = HdrHistogram(1, 3_600_000_000_000, 3)
+        h.record_value(v, n)
+
+
+def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], lat: dict[int, HdrHistogram],
+            dur: dict[int, HdrHistogram], cpus: set[int] | None, top_n: int) -> dict[str, Any]:
+    from ipilab.analysis.audit import percentiles  # audit.py imports this module
+
+    C, PC, tallies, order = st["C"], st["PC"], st["tallies"], st["order"]
+    counts = {name: int(C[i]) for i, name in COUNTER_NAMES.items()}
+    if not C[SAW_SENDS]:
+        counts["csds_undecided"] += counts["csd_no_ipi_queued"]
+        counts["csd_no_ipi_queued"] = 0
+        tallies[:, :, 2] = 0
+    keys = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling", "csds_undecided",
+            "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts", "csds_run_in_irq",
+            "csds_run_elsewhere", "tlb_flushes_received")
+    out: dict[str, Any] = {k: counts[k] for k in keys}
+    cal = counts["cal_interrupts"]
+    out["csds_per_interrupt"] = counts["csds_run_in_irq"] / cal if cal else None
+    out["decisions_known"] = bool(C[SAW_SENDS])
+    out["duration_ns"] = int(C[LAST_TS] - C[FIRST_TS]) if C[FIRST_TS] >= 0 else 0
+    out["by"] = {}
+    for g, group in enumerate(GROUPS):
+        touched = np.nonzero(order[g] >= 0)[0]
+        rows = []
+        for key in touched.tolist():
+            t = tallies[g, key]
+            name = names.get(key, "?") if g < 2 else tasks.get(key, "?") if g == 2 else str(key)
+            rows.append((-int(t[0]), int(order[g, key]), name, {"enqueues": int(t[0]), "ipis": int(t[1]),
+                                                               "no_ipi_queued": int(t[2]),
+                                                               "no_ipi_polling": int(t[3])}))
+        out["by"][group] = {name: d for _, _, name, d in sorted(rows)}
+    out["by_callsite"] = out["by"]["callsite"]
+    out["per_cpu"] = {str(c): {PER_CPU_NAMES[j]: int(PC[c, j]) for j in sorted(range(6), key=lambda j: PER_CPU_NAMES[j])
+                               if PC[c, j]} for c in range(len(PC)) if PC[c].any()}
+    senders: dict[int, list[tuple[int, int, str, str]]] = {}
+    for target, task, site, n, first in zip(*(a.tolist() for a in export_top(st["top"])), strict=True):
+        senders.setdefault(int(target), []).append((int(n), int(first), tasks.get(int(task), "?"),
+                                                    names.get(int(site), "?")))
+    out["top_senders"] = {
+        str(t): [{"task": task, "callsite": site, "enqueues": n}
+                 for n, _, task, site in sorted(rows, key=lambda x: (-x[0], x[1]))[:top_n]]
+        for t, rows in sorted(senders.items())}
+    out["latency_ns"] = {names.get(f, "?"): percentiles(h) for f, h in lat.items()}
+    out["latency_ns"] = dict(sorted(out["latency_ns"].items()))
+    out["function_ns"] = dict(sorted({names.get(f, "?"): percentiles(h) for f, h in dur.items()}.items()))
+    out["cpus"] = sorted(cpus) if cpus is not None else None
+    return out
+
