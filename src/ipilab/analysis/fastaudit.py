@@ -23,7 +23,7 @@ from numba.typed import Dict
 
 from ipilab.events import symbol_name
 from ipilab.trace.fastparse import BAD, KINDS, OTHER, SKIP, fnv1a, line_starts, parse
-from ipilab.trace.read import FTRACE, MAGIC, ReadStats, TraceWarning, detect_format
+from ipilab.trace.read import FTRACE, MAGIC, SUFFIX, ReadStats, TraceWarning, detect_format
 
 # Counter slots.
 (ENQ, LOCAL, IPIS, QUEUED, POLLING, UNDECIDED, UNMATCHED, RESCHED_IPIS, CAL, RES, RUN_IRQ, RUN_ELSE, TLB,
@@ -324,11 +324,14 @@ def finish(C, wanted, w_n, w_target, w_dec):
                 C[UNDECIDED] += 1
 
 
-def _binary_stream(raw: BinaryIO) -> BinaryIO:
-    """The decompressed bytes of an open file, by its magic bytes."""
+def _binary_stream(raw: BinaryIO, path: Path) -> BinaryIO | None:
+    """The decompressed bytes of an open file, by its magic bytes; None if its name says otherwise."""
     head = raw.read(6)
     raw.seek(0)
     kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), None)
+    said = SUFFIX.get(path.suffix)
+    if said and kind != said:
+        return None
     if kind == "xz":
         return lzma.open(raw)  # type: ignore[return-value]
     if kind == "gzip":
@@ -341,6 +344,15 @@ def _binary_stream(raw: BinaryIO) -> BinaryIO:
 def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
                progress: Callable[[int, int], None] | None = None, top_n: int = 5) -> dict[str, Any] | None:
     """The audit of an ftrace text file (see the module doc); None when it declines."""
+    with open(path, "rb") as raw:
+        stream = _binary_stream(raw, path)
+        if stream is None:
+            return None  # the reference reader says what is wrong
+        return _fast_audit(path, raw, stream, cpus, stats, progress, top_n)
+
+
+def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | None, stats: ReadStats,
+                progress: Callable[[int, int], None] | None, top_n: int) -> dict[str, Any] | None:
     state: dict[str, Any] | None = None  # sized once the first block shows how many CPUs there are
     names: dict[int, str] = {}
     tasks: dict[int, str] = {}
@@ -351,7 +363,7 @@ def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
     total = path.stat().st_size
     line_base = 0
     carry = b""
-    with open(path, "rb") as raw, _binary_stream(raw) as stream:
+    with stream:
         first = True
         while True:
             try:
