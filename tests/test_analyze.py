@@ -296,16 +296,18 @@ def test_compiled_audit_equals_the_reference_on_a_simulated_88_cpu_trace(tmp_pat
     _same(out, {5, 70})
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 2_000), min_size=5, max_size=60), st.lists(st.text(max_size=40), max_size=5),
-       st.booleans())
+       st.lists(st.tuples(st.integers(0, 2_000), st.integers(0, 120)), max_size=5), st.booleans())
 def test_compiled_audit_equals_the_reference_on_shuffled_lines(tmp_path_factory: pytest.TempPathFactory,
                                                                picks: list[int], junk: list[str],
-                                                               cut_last: bool) -> None:
-    """Real lines in arbitrary order, some garbage among them, maybe a cut last line: whenever the
-    compiled audit takes a trace, it says exactly what the reference says."""
+                                                               cuts: list[tuple[int, int]], cut_last: bool) -> None:
+    """Real lines in arbitrary order, garbage and lines cut anywhere among them, maybe a cut last line:
+    whenever the compiled audit takes a trace, it says exactly what the reference says."""
     lines = _sample_lines()
     chosen = [lines[i % len(lines)] for i in picks] + [j.replace("\n", " ") for j in junk]
+    for i, (pick, at) in enumerate(cuts):
+        chosen.insert((i * 7) % len(chosen), lines[pick % len(lines)][:at])
     text = "\n".join(chosen) + ("" if cut_last else "\n")
     path = tmp_path_factory.mktemp("mix") / "mix.trace"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")

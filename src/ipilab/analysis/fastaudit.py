@@ -403,6 +403,9 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
                 message = _why_bad(line)
                 if message is None:
                     return None  # read.py reads this line: the compiled parser was too strict
+                if message == SKIPPED:
+                    stats.lines -= 1
+                    continue
                 stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
             known = kind >= 0
             stats.events += int(np.count_nonzero(known))
@@ -499,10 +502,16 @@ def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
     }
 
 
+SKIPPED = "skip"
+
+
 def _why_bad(line: str) -> str | None:
-    """What read.py says about a line the compiled parser refused (None: read.py reads it)."""
+    """What read.py says about a line the compiled parser refused: its warning, SKIPPED (a blank line
+    by Python's idea of whitespace), or None (read.py reads it as an event)."""
     from ipilab.trace.read import FORMATS, parse_fields
 
+    if not line.strip() or line.startswith("#"):
+        return SKIPPED
     if not line.endswith("\n"):
         return "last line is cut short (no newline)"
     m = FTRACE.match(line)

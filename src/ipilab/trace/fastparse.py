@@ -97,18 +97,25 @@ def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, ta
     for r in range(lo, hi):
         a = starts[r]
         e = starts[r + 1] if r + 1 < n else end_all
-        # the line without its newline
-        if e > a and buf[e - 1] == 10:
+        # the line without its newline (read.py's order: blank and comment lines first, then the newline)
+        cut = not (e > a and buf[e - 1] == 10)
+        if not cut:
             e -= 1
-        else:
-            kind[r] = BAD  # no newline: cut short
+        blank = True
+        for x in range(a, e):
+            ch = buf[x]
+            if not (ch == 32 or 9 <= ch <= 13):
+                blank = False
+                break
+        if blank or buf[a] == 35:  # blank, or '#' in the first column
+            kind[r] = SKIP
+            continue
+        if cut:
+            kind[r] = BAD
             continue
         i = a
         while i < e and buf[i] == 32:
             i += 1
-        if i == e or buf[i] == 35:  # blank or '#'
-            kind[r] = SKIP
-            continue
         # find "[ddd]"
         j = i
         lb = -1
@@ -247,6 +254,9 @@ def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, ta
             while q < e and buf[q] != 32 and not (buf[q] == 44 and q + 1 < e and buf[q + 1] == 32):
                 q += 1
             vb = q
+            if vb == va:  # read.py's field pattern needs a value: "key=" alone is no field
+                bad = True
+                break
             if vb > va and buf[vb - 1] == 44:
                 vb -= 1
             key = -1
