@@ -332,3 +332,29 @@ def _sample_lines() -> list[str]:
         else:
             _LINES.extend(GOOD)
     return _LINES
+
+
+def test_a_handler_that_queues_and_sends_does_not_decide_the_interrupted_calls(tmp_path: Path) -> None:
+    """CPU 0 queues a call on CPU 1; before its send, an interrupt on CPU 0 queues a wakeup on CPU 2 and
+    sends it an IPI; then CPU 0's own send goes to CPU 1. Both calls had their IPI; none is unmatched."""
+    irq = {"task": "<idle>", "flags": "d.h1."}
+    lines = [
+        queue(10, 0, 1, 1),
+        line(11, 0, "call_function_single_entry", vector=251, **irq),
+        line(12, 0, "csd_queue_cpu", cpu=2, callsite="ttwu_queue_wakelist+0x1/0x2", func="sched_ttwu_pending",
+             csd=f"{7:016x}", **irq),
+        line(13, 0, "ipi_send_cpu", cpu=2, callsite="ttwu_queue_wakelist+0x1/0x2",
+             callback="generic_smp_call_function_single_interrupt+0x0/0x10", **irq),
+        line(14, 0, "call_function_single_exit", vector=251, **irq),
+        send(15, 0, (1,)),
+    ]
+    path = tmp_path / "nested.trace"
+    path.write_text("\n".join(lines) + "\n")
+    r = analyze_json(str(path))
+    assert (r["csd_enqueues"], r["csd_ipis"], r["csd_no_ipi_queued"], r["ipis_unmatched"]) == (2, 2, 0, 0)
+    _same(path)
+    # The same with perf-style lines (no flags): the handler's entry and exit events tell the context.
+    plain = tmp_path / "nested-noflags.trace"
+    plain.write_text("\n".join(x.replace("d.h1.", "...1.") for x in lines) + "\n")
+    assert analyze_json(str(plain))["ipis_unmatched"] == 0
+    _same(plain)

@@ -327,8 +327,8 @@ def reproduce() -> None:
               help="Write the comparison and the per-CPU interrupt timelines as a PNG.")
 @click.option("--explain", is_flag=True,
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
-                   "x0.5 and x1.5 (72 more simulations: about 8 minutes on 2 cores at the default "
-                   "--sensitivity-seconds).")
+                   "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays (about 100 "
+                   "more short simulations: about 8 minutes on 2 cores at the default --sensitivity-seconds).")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "

@@ -95,7 +95,9 @@ class Audit:
         self.top_senders: defaultdict[int, Counter[tuple[str, str]]] = defaultdict(Counter)
         self.latency: defaultdict[str, HdrHistogram] = defaultdict(_histogram)
         self.duration: defaultdict[str, HdrHistogram] = defaultdict(_histogram)
-        self._waiting: dict[int, list[Queued]] = defaultdict(list)  # per sending CPU: undecided calls
+        # Undecided calls per sending context: (cpu, in an interrupt handler). A handler that queues and
+        # sends between a task's queueing and its send must not decide the task's calls.
+        self._waiting: dict[tuple[int, bool], list[Queued]] = defaultdict(list)
         self._unrun: dict[tuple[int, str], deque[Queued]] = defaultdict(deque)  # (target, csd) -> queued calls
         self._irq_depth: Counter[int] = Counter()  # per CPU: handlers open
         self._in_cal: Counter[int] = Counter()  # per CPU: function-call handlers open
@@ -127,9 +129,9 @@ class Audit:
         return [("callsite", q.callsite), ("func", q.func), ("sender", q.task), ("target", str(q.target)),
                 ("cpu", str(q.sender_cpu))]
 
-    def _close(self, cpu: int) -> None:
-        """The sending CPU moved on: what is still undecided found its queue non-empty."""
-        waiting = self._waiting.pop(cpu, None)
+    def _close(self, ctx: tuple[int, bool]) -> None:
+        """The sending context moved on: what is still undecided found its queue non-empty."""
+        waiting = self._waiting.pop(ctx, None)
         if waiting:
             for q in waiting:
                 if q.decision is None:
@@ -147,11 +149,8 @@ class Audit:
         name, f, cpu = ev.name, ev.fields, ev.cpu
         if name == "csd_queue_cpu":
             target = int(f["cpu"])  # type: ignore[arg-type]
-            waiting = self._waiting.get(cpu)
-            if waiting and waiting[-1].decision is not None:  # a send closed that group
-                self._close(cpu)
             q = Queued(ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])))
-            self._waiting[cpu].append(q)
+            self._waiting[(cpu, self._in_irq(ev))].append(q)
             self._unrun[(target, str(f["csd"]))].append(q)
             if self._wanted(target):
                 self.counts["csd_enqueues"] += 1
@@ -165,7 +164,8 @@ class Audit:
                 self.counts["reschedule_ipis"] += sum(1 for t in targets if self._wanted(t))  # type: ignore[union-attr]
                 return
             self.saw_sends = True
-            waiting = self._waiting.get(cpu, [])
+            ctx = (cpu, self._in_irq(ev))
+            waiting = self._waiting.get(ctx, [])
             for t in targets:  # type: ignore[union-attr]
                 if self._wanted(t):
                     self.counts["csd_ipis"] += 1
@@ -175,16 +175,17 @@ class Audit:
                         self.counts["ipis_unmatched"] += 1
                 else:
                     self._decide(match, "ipi")
-            self._close(cpu)
+            self._close(ctx)
             return
         if name == "sched_wake_idle_without_ipi":
             target = int(f["cpu"])  # type: ignore[arg-type]
-            waiting = self._waiting.get(cpu, [])
+            ctx = (cpu, self._in_irq(ev))
+            waiting = self._waiting.get(ctx, [])
             match = next((q for q in waiting if q.target == target and q.decision is None), None)
             if match is not None:  # otherwise a plain wakeup of a polling CPU, no call involved
                 self.saw_sends = True
                 self._decide(match, "polling")
-                self._close(cpu)
+                self._close(ctx)
             return
         if name in IRQ_ENTRY:
             self._irq_depth[cpu] += 1
@@ -209,7 +210,7 @@ class Audit:
                 if self._wanted(cpu):
                     self.counts["local_runs"] += 1
                 if not self._in_irq(ev):
-                    self._close(cpu)
+                    self._close((cpu, False))
                 return
             if not self._wanted(cpu):
                 self._unrun.pop((cpu, csd), None)
@@ -236,14 +237,14 @@ class Audit:
                 if csd != NULL_CSD and self._wanted(cpu):
                     self.duration[func].record_value(max(1, ev.ts - t0))
             return
-        if (name == "cpu_idle" or name == "sched_switch") and not self._in_irq(ev):
-            self._close(cpu)
+        if name == "cpu_idle" and not self._in_irq(ev):
+            self._close((cpu, False))
 
     # --- the result ------------------------------------------------------------------------------------
 
     def result(self, top: int = 5) -> dict[str, Any]:
-        for cpu in list(self._waiting):
-            waiting = self._waiting.pop(cpu)
+        for ctx in list(self._waiting):
+            waiting = self._waiting.pop(ctx)
             for q in waiting:
                 if q.decision is None and self._wanted(q.target):
                     self.counts["csds_undecided"] += 1
@@ -335,10 +336,13 @@ ROW_COUNTS = {"CAL": "cal_interrupts", "RES": "reschedule_interrupts", "TLB": "t
 def reconcile(audit: dict[str, Any], side: Sidecar) -> dict[str, Any]:
     """The trace's per-CPU counts against /proc/interrupts deltas of the same capture."""
     rows = {}
+    chosen = audit["cpus"]  # with --cpus, only those CPUs' rows on both sides
     for row, deltas in side.deltas.items():
         key = ROW_COUNTS[row]
-        traced = [audit["per_cpu"].get(str(cpu), {}).get(key, 0) for cpu in range(len(deltas))]
-        rows[row] = {"proc_interrupts": sum(deltas), "trace": sum(traced), "per_cpu_proc": deltas,
+        cpus = [c for c in range(len(deltas)) if chosen is None or c in chosen]
+        traced = [audit["per_cpu"].get(str(cpu), {}).get(key, 0) for cpu in cpus]
+        proc = [deltas[cpu] for cpu in cpus]
+        rows[row] = {"proc_interrupts": sum(proc), "trace": sum(traced), "cpus": cpus, "per_cpu_proc": proc,
                      "per_cpu_trace": traced, "trace_counts": key}
     return {"sidecar": str(side.path), "lost_events": side.lost, "rows": rows,
             "why_they_differ": "the /proc/interrupts snapshots bracket the capture: interrupts between a snapshot "

@@ -9,21 +9,26 @@ nesting than it keeps), and the caller then uses `Audit`; the tests hold the two
 
 from __future__ import annotations
 
-import gzip
-import lzma
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import zstandard
 from hdrh.histogram import HdrHistogram
 from numba import njit, types
 from numba.typed import Dict
 
 from ipilab.events import symbol_name
 from ipilab.trace.fastparse import BAD, KINDS, OTHER, SKIP, fnv1a, line_starts, parse
-from ipilab.trace.read import FTRACE, MAGIC, SUFFIX, ReadStats, TraceWarning, detect_format
+from ipilab.trace.read import (
+    DECOMPRESS_ERRORS,
+    FTRACE,
+    ReadStats,
+    TraceFormatError,
+    TraceWarning,
+    decompressed,
+    detect_format,
+)
 
 # Counter slots.
 (ENQ, LOCAL, IPIS, QUEUED, POLLING, UNDECIDED, UNMATCHED, RESCHED_IPIS, CAL, RES, RUN_IRQ, RUN_ELSE, TLB,
@@ -116,19 +121,21 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
         if C[FIRST_TS] < 0:
             C[FIRST_TS] = ts[r]
         C[LAST_TS] = ts[r]
+        # The sending context: the CPU, and whether it is inside an interrupt handler (see audit.py).
+        x = 2 * c + (1 if (irq_depth[c] > 0 or hirq[r]) else 0)
         if k == 0:  # csd_queue_cpu
             t = target[r]
-            n = w_n[c]
+            n = w_n[x]
             if n >= w_target.shape[1]:
                 C[DECLINE] = 1
                 return n_lat, n_dur
-            w_target[c, n] = t
-            w_site[c, n] = site[r]
-            w_func[c, n] = func[r]
-            w_task[c, n] = task[r]
-            w_dec[c, n] = 0
-            w_cpu[c] = c
-            w_n[c] = n + 1
+            w_target[x, n] = t
+            w_site[x, n] = site[r]
+            w_func[x, n] = func[r]
+            w_task[x, n] = task[r]
+            w_dec[x, n] = 0
+            w_cpu[x] = c
+            w_n[x] = n + 1
             key = (np.int64(t), csd[r])
             if key in unrun:  # queued again before a run was seen: keep both, oldest first
                 h = unrun[key]
@@ -176,8 +183,8 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                 if wanted[t]:
                     C[IPIS] += 1
                 found = -1
-                for j in range(w_n[c]):
-                    if w_target[c, j] == t and w_dec[c, j] == 0:
+                for j in range(w_n[x]):
+                    if w_target[x, j] == t and w_dec[x, j] == 0:
                         found = j
                         break
                 if found < 0:
@@ -185,20 +192,20 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                         C[UNMATCHED] += 1
                 else:
                     _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec,
-                            c, found, 1)
-            _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+                            x, found, 1)
+            _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, x)
         elif k == 11:  # sched_wake_idle_without_ipi
             t = target[r]
             found = -1
-            for j in range(w_n[c]):
-                if w_target[c, j] == t and w_dec[c, j] == 0:
+            for j in range(w_n[x]):
+                if w_target[x, j] == t and w_dec[x, j] == 0:
                     found = j
                     break
             if found >= 0:
                 C[SAW_SENDS] = 1
-                _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec, c,
+                _decide(C, PC, wanted, tallies, order, norder, w_target, w_site, w_func, w_task, w_cpu, w_dec, x,
                         found, 3)
-                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, x)
         elif k == 5 or k == 7:  # call_function(_single)_entry
             irq_depth[c] += 1
             in_cal[c] += 1
@@ -229,7 +236,7 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                     C[LOCAL] += 1
                 if not (irq_depth[c] > 0 or hirq[r]):
                     _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
-                           w_dec, c)
+                           w_dec, 2 * c)
                 continue
             key = (np.int64(c), csd[r])
             if not wanted[c]:
@@ -271,7 +278,8 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                     n_dur += 1
         elif k == 12:  # cpu_idle
             if not (irq_depth[c] > 0 or hirq[r]):
-                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, c)
+                _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
+                       2 * c)
     return n_lat, n_dur
 
 
@@ -324,31 +332,14 @@ def finish(C, wanted, w_n, w_target, w_dec):
                 C[UNDECIDED] += 1
 
 
-def _binary_stream(raw: BinaryIO, path: Path) -> BinaryIO | None:
-    """The decompressed bytes of an open file, by its magic bytes; None if its name says otherwise."""
-    head = raw.read(6)
-    raw.seek(0)
-    kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), None)
-    said = SUFFIX.get(path.suffix)
-    if said and kind != said:
-        return None
-    if kind == "xz":
-        return lzma.open(raw)  # type: ignore[return-value]
-    if kind == "gzip":
-        return gzip.open(raw)  # type: ignore[return-value]
-    if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
-    return raw
-
-
 def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
                progress: Callable[[int, int], None] | None = None, top_n: int = 5) -> dict[str, Any] | None:
     """The audit of an ftrace text file (see the module doc); None when it declines."""
-    with open(path, "rb") as raw:
-        stream = _binary_stream(raw, path)
-        if stream is None:
-            return None  # the reference reader says what is wrong
-        return _fast_audit(path, raw, stream, cpus, stats, progress, top_n)
+    try:
+        with open(path, "rb") as raw, decompressed(raw, path) as stream:
+            return _fast_audit(path, raw, stream, cpus, stats, progress, top_n)
+    except (TraceFormatError, OSError):
+        return None  # the reference reader says what is wrong
 
 
 def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | None, stats: ReadStats,
@@ -363,90 +354,89 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
     total = path.stat().st_size
     line_base = 0
     carry = b""
-    with stream:
-        first = True
-        while True:
-            try:
-                chunk = stream.read(BLOCK)
-            except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
-                return None  # the reference reader says what is wrong with the data
-            data = carry + chunk
-            if not data:
-                break
-            if chunk:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = data
-                    continue
-                data, carry = data[:cut], data[cut:]
-            else:
-                carry = b""
-            if first:
-                head = data[:1 << 16].decode("utf-8", "replace").splitlines(keepends=True)[:64]
-                if detect_format(head) != "ftrace" or (head and head[0].startswith("cpus=")):
-                    return None
-                stats.format = "ftrace"
-                first = False
-            buf = np.frombuffer(data, dtype=np.uint8)
-            starts = line_starts(buf)
-            if len(data) and data.endswith(b"\n") and len(starts) and starts[-1] == len(data):
-                starts = starts[:-1]
-            cols = parse(buf, starts)
-            if cols["mask_overflow"].any():
+    first = True
+    while True:
+        try:
+            chunk = stream.read(BLOCK)
+        except DECOMPRESS_ERRORS:
+            return None  # the reference reader says what is wrong with the data
+        data = carry + chunk
+        if not data:
+            break
+        if chunk:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            data, carry = data[:cut], data[cut:]
+        else:
+            carry = b""
+        if first:
+            head = data[:1 << 16].decode("utf-8", "replace").splitlines(keepends=True)[:64]
+            if detect_format(head) != "ftrace" or (head and head[0].startswith("cpus=")):
                 return None
-            kind = cols["kind"]
-            stats.lines += int(np.count_nonzero(kind != SKIP))
-            for r in np.nonzero(kind == BAD)[0]:
-                a = int(starts[r])
-                b = int(starts[r + 1]) if r + 1 < len(starts) else len(data)
-                line = data[a:b].decode("utf-8", "replace")
-                message = _why_bad(line)
-                if message is None:
-                    return None  # read.py reads this line: the compiled parser was too strict
-                if message == SKIPPED:
-                    stats.lines -= 1
-                    continue
-                stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
-            known = kind >= 0
-            stats.events += int(np.count_nonzero(known))
-            o = cols["other"][kind == OTHER]
-            if len(o):
-                hashes, first_idx, counts = np.unique(o, return_index=True, return_counts=True)
-                rows = np.nonzero(kind == OTHER)[0]
-                for h, i, n in zip(hashes.tolist(), first_idx.tolist(), counts.tolist(), strict=True):
-                    other[h] = other.get(h, 0) + n
-                    if h not in other_names:
-                        other_names[h] = _line_field(data, starts, int(rows[i]), "name")
-            top_cpu = _max_cpu(cols)
-            if state is None:
-                state = _new_state(max(8, 1 << int(top_cpu).bit_length()), cpus)
-            if top_cpu >= state["ncpu"]:
-                return None  # a CPU the first block did not show: the reference audit sizes as it goes
-            n = len(kind)
-            lat_f = np.empty(n, np.int64)
-            lat_v = np.empty(n, np.int64)
-            dur_f = np.empty(n, np.uint64)
-            dur_v = np.empty(n, np.int64)
-            st = state
-            site = _ids(data, starts, cols, "site", np.isin(kind, (0, 3, 4)), st, "symbols", names, "callsite")
-            func = _ids(data, starts, cols, "func", np.isin(kind, (0, 1, 2)), st, "symbols", names, "func")
-            task = _ids(data, starts, cols, "task", kind == 0, st, "tasks", tasks, "task")
-            if st["next_id"].max() >= ID_CAP:
-                return None
-            tlb_id = st["symbols"].get(FLUSH_TLB_FUNC, -2)
-            n_lat, n_dur = audit_block(kind, cols["cpu"].astype(np.int64), cols["ts"], cols["hirq"], task,
-                                       cols["target"].astype(np.int64), site, func, cols["csd"],
-                                       cols["resched"], cols["mrow"], cols["mask"], *(st[k] for k in STATE_ORDER),
-                                       lat_f, lat_v, dur_f, dur_v, tlb_id)
-            if st["C"][DECLINE]:
-                return None
-            _record(lat, lat_f[:n_lat], lat_v[:n_lat])
-            _record(dur, dur_f[:n_dur], dur_v[:n_dur])
-            line_base += len(starts)
-            if progress is not None:
-                progress(raw.tell(), total)
-            if not chunk:
-                break
+            stats.format = "ftrace"
+            first = False
+        buf = np.frombuffer(data, dtype=np.uint8)
+        starts = line_starts(buf)
+        if len(data) and data.endswith(b"\n") and len(starts) and starts[-1] == len(data):
+            starts = starts[:-1]
+        cols = parse(buf, starts)
+        if cols["mask_overflow"].any():
+            return None
+        kind = cols["kind"]
+        stats.lines += int(np.count_nonzero(kind != SKIP))
+        for r in np.nonzero(kind == BAD)[0]:
+            a = int(starts[r])
+            b = int(starts[r + 1]) if r + 1 < len(starts) else len(data)
+            line = data[a:b].decode("utf-8", "replace")
+            message = _why_bad(line)
+            if message is None:
+                return None  # read.py reads this line: the compiled parser was too strict
+            if message == SKIPPED:
+                stats.lines -= 1
+                continue
+            stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
+        known = kind >= 0
+        stats.events += int(np.count_nonzero(known))
+        o = cols["other"][kind == OTHER]
+        if len(o):
+            hashes, first_idx, counts = np.unique(o, return_index=True, return_counts=True)
+            rows = np.nonzero(kind == OTHER)[0]
+            for h, i, n in zip(hashes.tolist(), first_idx.tolist(), counts.tolist(), strict=True):
+                other[h] = other.get(h, 0) + n
+                if h not in other_names:
+                    other_names[h] = _line_field(data, starts, int(rows[i]), "name")
+        top_cpu = _max_cpu(cols)
+        if state is None:
+            state = _new_state(max(8, 1 << int(top_cpu).bit_length()), cpus)
+        if top_cpu >= state["ncpu"]:
+            return None  # a CPU the first block did not show: the reference audit sizes as it goes
+        n = len(kind)
+        lat_f = np.empty(n, np.int64)
+        lat_v = np.empty(n, np.int64)
+        dur_f = np.empty(n, np.uint64)
+        dur_v = np.empty(n, np.int64)
+        st = state
+        site = _ids(data, starts, cols, "site", np.isin(kind, (0, 3, 4)), st, "symbols", names, "callsite")
+        func = _ids(data, starts, cols, "func", np.isin(kind, (0, 1, 2)), st, "symbols", names, "func")
+        task = _ids(data, starts, cols, "task", kind == 0, st, "tasks", tasks, "task")
+        if st["next_id"].max() >= ID_CAP:
+            return None
+        tlb_id = st["symbols"].get(FLUSH_TLB_FUNC, -2)
+        n_lat, n_dur = audit_block(kind, cols["cpu"].astype(np.int64), cols["ts"], cols["hirq"], task,
+                                   cols["target"].astype(np.int64), site, func, cols["csd"],
+                                   cols["resched"], cols["mrow"], cols["mask"], *(st[k] for k in STATE_ORDER),
+                                   lat_f, lat_v, dur_f, dur_v, tlb_id)
+        if st["C"][DECLINE]:
+            return None
+        _record(lat, lat_f[:n_lat], lat_v[:n_lat])
+        _record(dur, dur_f[:n_dur], dur_v[:n_dur])
+        line_base += len(starts)
+        if progress is not None:
+            progress(raw.tell(), total)
+        if not chunk:
+            break
     if first or state is None:
         return None  # no text at all: the reference reader says so
     st = state
@@ -482,10 +472,12 @@ def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
     C[FIRST_TS] = -1
     return {
         "ncpu": ncpu, "C": C, "PC": np.zeros((ncpu, 6), np.int64), "wanted": wanted,
-        "irq_depth": np.zeros(ncpu, np.int64), "in_cal": np.zeros(ncpu, np.int64), "w_n": np.zeros(ncpu, np.int64),
-        "w_target": np.zeros((ncpu, wait), np.int64), "w_site": np.zeros((ncpu, wait), np.int64),
-        "w_func": np.zeros((ncpu, wait), np.int64), "w_task": np.zeros((ncpu, wait), np.int64),
-        "w_cpu": np.zeros(ncpu, np.int64), "w_dec": np.zeros((ncpu, wait), np.int8),
+        "irq_depth": np.zeros(ncpu, np.int64), "in_cal": np.zeros(ncpu, np.int64),
+        # waiting calls per sending context 2 * cpu + (in an interrupt handler)
+        "w_n": np.zeros(2 * ncpu, np.int64), "w_target": np.zeros((2 * ncpu, wait), np.int64),
+        "w_site": np.zeros((2 * ncpu, wait), np.int64), "w_func": np.zeros((2 * ncpu, wait), np.int64),
+        "w_task": np.zeros((2 * ncpu, wait), np.int64), "w_cpu": np.zeros(2 * ncpu, np.int64),
+        "w_dec": np.zeros((2 * ncpu, wait), np.int8),
         "s_n": np.zeros(ncpu, np.int64), "s_func": np.zeros((ncpu, STACK_CAP), np.int64),
         "s_csd": np.zeros((ncpu, STACK_CAP), np.uint64), "s_ts": np.zeros((ncpu, STACK_CAP), np.int64),
         # (target, csd) -> (ts, func, seq, count) of the oldest call queued there and not yet run; the

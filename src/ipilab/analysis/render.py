@@ -32,8 +32,8 @@ def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: 
             t.add_row(key, f"{value:,}", f"{value / secs:,.0f}" if secs > 0 else "", doc)
     console.print(t)
     if not r["decisions_known"]:
-        console.print("The trace has no ipi_send events: which queued calls needed an IPI is not shown by it "
-                      "(`ipilab replay` predicts it).", highlight=False)
+        console.print("The trace has no ipi_send events: it cannot show which queued calls needed an IPI "
+                      "(csds_undecided counts them).", highlight=False)
 
     per_cpu = Table(title="per CPU (as target)", title_justify="left")
     for col in ("cpu", "CAL interrupts", "calls run in them", "run elsewhere", "IPIs matched", "RES", "TLB"):

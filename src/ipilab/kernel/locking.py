@@ -37,9 +37,6 @@ class SpinLock:
         self.contended = 0  # acquisitions that had to wait
         self.spin_ns = 0  # total time CPUs spent spinning on it
 
-    def holders_waiting(self) -> int:
-        return self.next_ticket - self.serving
-
 
 def spin_lock(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
     """Take `lock`, spinning behind earlier waiters; the lock's line then moves to this CPU."""

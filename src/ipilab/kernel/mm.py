@@ -49,7 +49,7 @@ class MmStats:
     pages_scanned: int = 0  # isolated from the inactive list (shrink_inactive_list)
     pages_reclaimed: int = 0  # unmapped, flushed and written to swap (freed at the end of its pass)
     reclaimed_by_kswapd: int = 0
-    tlb_flushes: int = 0  # try_to_unmap_flush(): one arch_tlbbatch_flush each
+    tlb_flushes: int = 0  # try_to_unmap_flush(): one flush_tlb_batched each
     flush_wait_ns: int = 0  # time reclaimers spent in those flushes (local flush, IPIs, waiting)
     pages_reused_before_flush: int = 0  # must stay 0: a page reallocated while a TLB may map it
 

@@ -40,8 +40,10 @@ def flush_tlb_mm_range(smp: Smp, cpu: int, mm_cpumask: list[int], pages: int) ->
     yield from _flush_tlb_on(smp, cpu, mm_cpumask, pages)
 
 
-def arch_tlbbatch_flush(smp: Smp, cpu: int, cpumask: list[int]) -> KernelCode:
-    """Reclaim's batched flush (try_to_unmap_flush): a full flush on every CPU of the gathered mask."""
+def flush_tlb_batched(smp: Smp, cpu: int, cpumask: list[int]) -> KernelCode:
+    """Reclaim's batched flush: a full flush on this CPU if it is in the gathered mask, and on every other
+    CPU of it. In 4.12 try_to_unmap_flush() does this itself (local_flush_tlb, then flush_tlb_others);
+    from 4.13 it calls arch_tlbbatch_flush()."""
     yield from _flush_tlb_on(smp, cpu, cpumask, TLB_FLUSH_ALL)
 
 

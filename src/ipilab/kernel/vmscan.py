@@ -22,9 +22,7 @@ from ipilab.kernel.locking import spin_lock_irq, spin_unlock_irq
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, Page, PgData
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
-from ipilab.kernel.tlb import arch_tlbbatch_flush
-
-FLUSH_MODES = ("per-page", "per-batch")
+from ipilab.kernel.tlb import flush_tlb_batched
 
 
 @dataclass(eq=False)
@@ -64,7 +62,7 @@ class Reclaim:
             return
         p = self.smp.p
         t0 = p.now
-        yield from arch_tlbbatch_flush(self.smp, cpu, sorted(ubc.cpumask))
+        yield from flush_tlb_batched(self.smp, cpu, sorted(ubc.cpumask))
         self.mem.stats.tlb_flushes += 1
         self.mem.stats.flush_wait_ns += p.now - t0
         self.smp.stats.call_latencies_ns.append(p.now - t0)

@@ -92,7 +92,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
     plain("shootdown wait, mean", before["flush_wait_us_mean"], after["flush_wait_us_mean"], ".1f",
           "µs per shootdown (p50/p99 in --json)")
     plain("spinning on lru_lock", before["lru_lock_spin_fraction"] * 100, after["lru_lock_spin_fraction"] * 100,
-          ".1f", "% of the usemem CPUs' time, interrupts off", change=False)
+          ".1f", "% of the reclaiming CPUs' time (usemem and kswapd), interrupts off", change=False)
     console.print(t)
     for label, doc in legend:
         console.print(f"  [dim]{label}:[/dim] {doc}", highlight=False)
@@ -121,8 +121,8 @@ def print_why(r: dict[str, Any], console: Console) -> None:
     b_merge = before["rates"]["apic_merged"]["per_second"] / before["rates"]["csd_ipis"]["per_second"]
     console.print("[bold]Where the saving comes from[/bold]", highlight=False)
     lines = [
-        f"Every dirty page reclaimed costs a shootdown to the {before['threads'] - 1} other CPUs the process runs "
-        f"on; on average {before['concurrent_shootdowns']:.0f} ({KERNELS[0]}) and "
+        f"Every dirty page reclaimed costs a shootdown to the CPUs the process runs on (its {before['threads']} "
+        f"usemem CPUs, less the reclaimer's own); on average {before['concurrent_shootdowns']:.0f} ({KERNELS[0]}) and "
         f"{after['concurrent_shootdowns']:.0f} ({KERNELS[1]}) reclaimers are inside one at once, so each CPU "
         f"receives {before['csds_per_target_per_us']:.2f} / {after['csds_per_target_per_us']:.2f} CSDs per µs.",
         f"A target's call_single_queue stays non-empty {before['queue_window_us_mean']:.2f} µs ({KERNELS[0]}) / "

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
+import scipy.stats
 from pydantic import ValidationError
 
 from ipilab import __version__
@@ -130,13 +132,27 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, progress: Callable[[int, 
 
 
 def _ratio(a: float, a_ci: float | None, b: float, b_ci: float | None) -> tuple[float | None, float | None]:
-    """a / b with the delta-method half-width of its 95% interval (independent errors); None if b is 0."""
+    """a / b of two independent estimates (two runs) with the delta-method half-width of its 95%
+    interval; None if b is 0."""
     if b == 0:
         return None, None
     r = a / b
-    if a_ci is None or b_ci is None or a == 0:
+    if a_ci is None or b_ci is None:
         return r, None
-    return r, abs(r) * math.hypot(a_ci / a, b_ci / b)
+    return r, math.hypot(a_ci / b, r * b_ci / b)
+
+
+def ratio_of_rates(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None]:
+    """a / b for two rates of the same run, with a 95% interval by the delta method: the intervals'
+    rates of the two move together, so their covariance counts."""
+    x, y = np.asarray(a["intervals"], float), np.asarray(b["intervals"], float)
+    r = a["per_second"] / b["per_second"]
+    n = len(x)
+    if n < 2:
+        return r, None
+    cov = np.cov(x, y, ddof=1) / n  # of the two means
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / b["per_second"] ** 2
+    return r, float(scipy.stats.t.ppf(0.975, n - 1) * math.sqrt(max(var, 0.0)))
 
 
 def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqMt) -> dict[str, Any]:
@@ -160,8 +176,7 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
     # d(run_seconds) from the reclaim and fill rates' intervals, to first order.
     dt = math.hypot(t_reclaim * (written["ci95"] or 0) / written["per_second"],
                     t_fill * (fill_rate["ci95"] or 0) / fill_rate["per_second"])
-    cal_per_page, cal_per_page_ci = _ratio(rates["cal_interrupts"]["per_second"], rates["cal_interrupts"]["ci95"],
-                                           written["per_second"], written["ci95"])
+    cal_per_page, cal_per_page_ci = ratio_of_rates(rates["cal_interrupts"], written)
     usemem = [c for c in reclaim["per_cpu"] if c["comm"] == "usemem"]
     threads = len(usemem)
     costs = reclaim["costs"]
@@ -176,7 +191,7 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
         "ipis_to_nonempty_queue": reclaim["ipis_to_nonempty_queue"],
         "icr_writes": reclaim["icr_writes"],
         "tlb_shootdowns": wc["tlb_flushes"],
-        "tlb_flushes_remote": reclaim["csds_run_in_irq"],
+        "tlb_flushes_received": reclaim["csds_run_in_irq"] + reclaim["counts"]["csds_run_from_idle"],
         "pages_written": wc["pages_written"],
         "pages_reclaimed": wc["pages_reclaimed"],
         "rates": {k: rates[k] for k in ("csd_enqueues", "csd_ipis", "cal_interrupts", "apic_merged",
@@ -196,7 +211,7 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
         "flush_wait_us_mean": wc["flush_wait_ns"] / wc["tlb_flushes"] / 1e3 if wc["tlb_flushes"] else None,
         "shootdown_wait_ns": reclaim["wait_latency_ns"],
         "concurrent_shootdowns": wc["flush_wait_ns"] / window_ns,
-        "lru_lock_spin_fraction": wc["lru_lock_spin_ns"] / (window_ns * max(threads, 1)),
+        "lru_lock_spin_fraction": wc["lru_lock_spin_ns"] / (window_ns * (threads + len(kswapd_cpus(reclaim)))),
         "lru_lock_contended_share": wc["lru_lock_contended"] / wc["lru_lock_acquisitions"]
         if wc["lru_lock_acquisitions"] else None,
         "lru_lock_spin_us_mean": wc["lru_lock_spin_ns"] / wc["lru_lock_contended"] / 1e3
@@ -295,6 +310,8 @@ def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: floa
     workload = workload_from_settings("swap-w-seq-mt", workload_set)
     m = build_machine(machine, topology, costs)
     names = sensitivity_costs(m)
+    if "swap_gb_s" in workload_set:
+        names.remove("swap_writepage")  # --set swap_gb_s fixes it in every run
     jobs = []
     for name in names:
         for f in SENSITIVITY_FACTORS:

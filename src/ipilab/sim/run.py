@@ -90,19 +90,20 @@ def _snapshot(sim: SimMachine, workload: Workload) -> dict[str, Any]:
             "cpu_apic_merged": [c.apic_merged for c in sim.cpus]}
 
 
-def _rates(snaps: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per-second rate of every counter over the window, with a 95% CI from the intervals' rates."""
-    out: dict[str, dict[str, float | None]] = {}
+def _rates(snaps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-second rate of every counter over the window, with a 95% CI from the intervals' rates (and
+    those rates, for statistics across counters such as a ratio's interval)."""
+    out: dict[str, dict[str, Any]] = {}
     span = (snaps[-1]["now"] - snaps[0]["now"]) / 1e9
     n = len(snaps) - 1
     t = float(scipy.stats.t.ppf(0.975, n - 1)) if n >= 2 else None
     for key in snaps[0]["counts"]:
         total = snaps[-1]["counts"][key] - snaps[0]["counts"][key]
-        entry: dict[str, float | None] = {"per_second": total / span, "ci95": None}
+        parts = [(b["counts"][key] - a["counts"][key]) / ((b["now"] - a["now"]) / 1e9)
+                 for a, b in itertools.pairwise(snaps)]
+        entry: dict[str, Any] = {"per_second": total / span, "ci95": None, "intervals": parts}
         if t is not None:
-            parts = np.array([(b["counts"][key] - a["counts"][key]) / ((b["now"] - a["now"]) / 1e9)
-                              for a, b in itertools.pairwise(snaps)])
-            entry["ci95"] = float(t * parts.std(ddof=1) / np.sqrt(n))
+            entry["ci95"] = float(t * np.std(parts, ddof=1) / np.sqrt(n))
         out[key] = entry
     return out
 

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 
@@ -89,19 +88,40 @@ def tracefs_session(root: Path = TRACEFS) -> Iterator[Path]:
         if proc.returncode != 0 or not (root / "tracing_on").exists():
             raise CaptureError(f"cannot mount tracefs at {root}: {proc.stderr.strip() or 'mount failed'}")
         mounted_here = True
-    saved = {name: _read(root / name) for name in ("tracing_on", "buffer_size_kb", "current_tracer", "set_event")}
+    saved = {name: _read(root / name) for name in ("tracing_on", "current_tracer", "set_event")}
+    # Per CPU, as the buffers may differ; "7 (expanded: 1408)" (never used since boot) restores as 1408.
+    buffers = {p: _buffer_kb(_read(p)) for p in sorted((root / "per_cpu").glob("cpu*/buffer_size_kb"))}
     try:
         yield root
     finally:
-        _write(root / "tracing_on", "0")
-        _write(root / "current_tracer", saved["current_tracer"].strip())
-        _write(root / "set_event", "")  # O_TRUNC clears every event first
-        for event in saved["set_event"].split():
-            _write_append(root / "set_event", event)
-        _write(root / "buffer_size_kb", saved["buffer_size_kb"].strip().split()[0])
-        _write(root / "tracing_on", saved["tracing_on"].strip())
+        steps = [
+            lambda: _write(root / "tracing_on", "0"),
+            lambda: _write(root / "current_tracer", saved["current_tracer"].strip()),
+            lambda: _restore_events(root, saved["set_event"].split()),
+            *[(lambda p=p, kb=kb: _write(p, kb)) for p, kb in buffers.items()],
+            lambda: _write(root / "tracing_on", saved["tracing_on"].strip()),
+        ]
+        errors = []
+        for step in steps:  # every step is tried, whatever failed before it
+            try:
+                step()
+            except OSError as e:
+                errors.append(f"{e.filename}: {e.strerror}")
         if mounted_here:
             subprocess.run(["umount", str(root)], capture_output=True)
+        if errors:
+            raise CaptureError("could not put tracefs back as it was: " + "; ".join(errors))
+
+
+def _buffer_kb(text: str) -> str:
+    m = re.search(r"expanded:\s*(\d+)", text)
+    return m[1] if m else text.split()[0]
+
+
+def _restore_events(root: Path, events: list[str]) -> None:
+    _write(root / "set_event", "")  # O_TRUNC clears every event first
+    for event in events:
+        _write_append(root / "set_event", event)
 
 
 def _write_append(path: Path, value: str) -> None:
@@ -113,16 +133,26 @@ def _write_append(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _open_out(path: Path) -> tuple[BinaryIO, Path]:
+def _copy_out(src: Path, path: Path) -> None:
+    """Copy `src` to `path` (compressed by its suffix), atomically: all of it or nothing."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    raw = os.fdopen(fd, "wb")
-    if path.suffix == ".xz":
-        return lzma.open(raw, "wb"), Path(tmp)  # type: ignore[return-value]
-    if path.suffix == ".gz":
-        return gzip.open(raw, "wb"), Path(tmp)  # type: ignore[return-value]
-    if path.suffix == ".zst":
-        return zstandard.ZstdCompressor().stream_writer(raw), Path(tmp)  # type: ignore[return-value]
-    return raw, Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as raw, open(src, "rb") as text:
+            if path.suffix == ".xz":
+                with lzma.open(raw, "wb") as out:
+                    shutil.copyfileobj(text, out, 1 << 20)
+            elif path.suffix == ".gz":
+                with gzip.open(raw, "wb") as out:
+                    shutil.copyfileobj(text, out, 1 << 20)
+            elif path.suffix == ".zst":
+                with zstandard.ZstdCompressor().stream_writer(raw, closefd=False) as out:
+                    shutil.copyfileobj(text, out, 1 << 20)
+            else:
+                shutil.copyfileobj(text, raw, 1 << 20)
+        _publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _publish(tmp: Path, path: Path) -> None:
@@ -185,14 +215,7 @@ def _capture(out: Path, command: list[str] | None, duration: float | None, event
             seconds = time.monotonic() - t0
             after = interrupt_rows()
             lost = overruns(t) - lost_before
-            stream, tmp = _open_out(out)
-            try:
-                with stream, open(t / "trace", "rb") as src:
-                    shutil.copyfileobj(src, stream, 1 << 20)
-                _publish(tmp, out)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            _copy_out(t / "trace", out)
             side = sidecar_for(out)
             what = shlex.join(command).replace("\n", "\\n") if command else f"--duration {duration:g}"
             lines = [f"# command: {what}", f"# seconds: {seconds:.3f}",

@@ -17,10 +17,11 @@ import gzip
 import io
 import lzma
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -47,31 +48,60 @@ MAGIC = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"
 SUFFIX = {".xz": "xz", ".gz": "gzip", ".zst": "zstd"}
 
 
-def open_text(path: Path) -> tuple[TextIO, BinaryIO]:
-    """The file as text, decompressed by its magic bytes; and the raw file, for progress by bytes read."""
+DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames decompressed as a stream that, unlike zstandard's stream_reader, says when the data
+    ends inside a frame (a cut file) instead of returning what it had."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if not self._dobj.eof:
+                    raise EOFError("the zstd data ends inside a frame")
+                return 0
+            if self._dobj.eof:  # the next frame
+                self._dobj = zstandard.ZstdDecompressor().decompressobj()
+            self._buf = self._dobj.decompress(chunk)
+            while self._dobj.eof and self._dobj.unused_data:
+                rest = self._dobj.unused_data
+                self._dobj = zstandard.ZstdDecompressor().decompressobj()
+                self._buf += self._dobj.decompress(rest)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def decompressed(raw: BinaryIO, path: Path) -> BinaryIO:
+    """The bytes of an open trace file, decompressed by its magic bytes (`raw` itself when plain). A name
+    that says .xz, .gz or .zst over other data is a TraceFormatError. The caller closes both."""
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the text wrapper
+        head = raw.read(6)
+        raw.seek(0)
     except OSError as e:
         raise TraceFormatError(f"{path}: {e.strerror}") from None
-    head = raw.read(6)
-    raw.seek(0)
     kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), None)
     said = SUFFIX.get(path.suffix)
     if said and kind != said:
-        raw.close()
         raise TraceFormatError(f"{path}: named {path.suffix} but the data is {kind or 'not compressed'}")
-    stream: BinaryIO
     if kind == "xz":
-        stream = lzma.open(raw)  # type: ignore[assignment]  # noqa: SIM115 - the text wrapper closes it
-    elif kind == "gzip":
-        stream = gzip.open(raw)  # type: ignore[assignment]  # noqa: SIM115 - the text wrapper closes it
-    elif kind == "zstd":
-        stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
-    else:
-        stream = raw
-    text = io.TextIOWrapper(io.BufferedReader(stream, 1 << 20) if kind == "zstd" else stream,  # type: ignore[arg-type]
-                            encoding="utf-8", errors="replace", newline="\n")
-    return text, raw
+        return lzma.open(raw)  # type: ignore[return-value]
+    if kind == "gzip":
+        return gzip.open(raw)  # type: ignore[return-value]
+    if kind == "zstd":
+        return io.BufferedReader(_ZstdReader(raw), 1 << 20)  # type: ignore[return-value]
+    return raw
 
 
 # --- line formats ------------------------------------------------------------------------------------
@@ -165,12 +195,15 @@ def read_trace(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
     """The events of the tracepoints ipilab knows, in file order (see the module doc)."""
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
-    text, raw = open_text(path)
-    with text:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below, after the text on top of it
+    except OSError as e:
+        raise TraceFormatError(f"{path}: {e.strerror}") from None
+    with raw, io.TextIOWrapper(decompressed(raw, path), encoding="utf-8", errors="replace", newline="\n") as text:
         stats.bytes_read = raw.tell
         try:
             head = [text.readline() for _ in range(64)]
-        except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
+        except DECOMPRESS_ERRORS as e:
             raise TraceFormatError(f"{path}: cannot decompress: {e}") from None
         if not any(line.strip() for line in head):
             raise TraceFormatError(f"{path}: empty: no lines at all")
@@ -187,7 +220,7 @@ def read_trace(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
             yield from head
             try:
                 yield from text
-            except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
+            except DECOMPRESS_ERRORS as e:
                 stats.warn(TraceWarning(str(path), lineno + 1, f"the compressed data ends early ({e})"))
 
         for line in lines():

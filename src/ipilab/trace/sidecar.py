@@ -28,7 +28,6 @@ class Sidecar:
     path: Path
     deltas: dict[str, list[int]] = field(default_factory=dict)  # row -> per-CPU increase during the capture
     lost: int | None = None  # ring-buffer overruns summed over CPUs; None if not recorded
-    notes: list[str] = field(default_factory=list)
 
 
 def sidecar_for(trace: Path) -> Path:

@@ -154,6 +154,8 @@ class SwapWSeqMt(Workload):
         return {
             "pages_written": sum(run.written),
             "faults": s.faults,
+            "pages_deactivated": s.pages_deactivated,
+            "pages_scanned": s.pages_scanned,
             "pages_reclaimed": s.pages_reclaimed,
             "reclaimed_by_kswapd": s.reclaimed_by_kswapd,
             "alloc_direct_reclaim": s.alloc_direct_reclaim,
