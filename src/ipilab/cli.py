@@ -18,7 +18,7 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import print_audit
+from ipilab.analysis.render import counts_table, print_audit
 from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
 from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
@@ -179,20 +179,7 @@ def print_result(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['workload']['name']}[/bold] on [bold]{r['machine']}[/bold] under kernel "
                   f"[bold]{r['kernel']}[/bold]: {r['sim_seconds'] * 1e3:g} ms simulated in "
                   f"{r['wall_seconds']:.2f} s (seed {r['seed']})", highlight=False)
-    table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("per sim. second", justify="right")
-    table.add_column("what it counts")
-    for key, doc in METRIC_DOCS.items():
-        value = r[key]
-        if value is None:
-            text, rate = "-", ""
-        elif isinstance(value, float):
-            text, rate = f"{value:.2f}", ""
-        else:
-            text, rate = f"{value:,}", f"{value / r['sim_seconds']:,.0f}"
-        table.add_row(key, text, rate, doc)
+    table = counts_table(METRIC_DOCS, r, r["sim_seconds"], rate="per sim. second")
     console.print(table)
     lat = r["wait_latency_ns"]
     if lat["count"]:

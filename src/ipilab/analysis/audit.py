@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,20 +301,13 @@ def audit_trace(path: Path, *, cpus: set[int] | None = None, parquet: Path | Non
     stats = ReadStats()
     audit = Audit(cpus)
     total = path.stat().st_size if path.exists() else 0
-    writer = ParquetEvents(parquet) if parquet is not None else None
-    try:
+    with ParquetEvents(parquet) if parquet is not None else nullcontext() as writer:
         for i, ev in enumerate(read_trace(path, stats)):
             audit.feed(ev)
             if writer is not None:
                 writer.add(ev)
             if progress is not None and i % 65536 == 0:
                 progress(stats.bytes_read(), total)
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     if progress is not None:
         progress(total, total)
     return _finish(path, stats, audit.result(top), parquet)
@@ -401,3 +395,13 @@ class ParquetEvents:
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetEvents:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        """Published if the block ended normally, dropped if it raised."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

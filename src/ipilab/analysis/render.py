@@ -17,19 +17,7 @@ def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: 
                   f"{r['events_read']:,} of them IPI-related"
                   + (f"; targets limited to CPUs {_cpulist(r['cpus'])}" if r["cpus"] is not None else ""),
                   highlight=False)
-    t = Table(title="IPI audit", title_justify="left")
-    t.add_column("count")
-    t.add_column("value", justify="right")
-    t.add_column("per second", justify="right")
-    t.add_column("what it counts")
-    for key, doc in AUDIT_DOCS.items():
-        value = r[key]
-        if value is None:
-            t.add_row(key, "-", "", doc)
-        elif isinstance(value, float):
-            t.add_row(key, f"{value:.2f}", "", doc)
-        else:
-            t.add_row(key, f"{value:,}", f"{value / secs:,.0f}" if secs > 0 else "", doc)
+    t = counts_table(AUDIT_DOCS, r, secs, title="IPI audit", first="count", rate="per second")
     console.print(t)
     if not r["decisions_known"]:
         console.print("The trace has no ipi_send events: it cannot show which queued calls needed an IPI "
@@ -81,6 +69,25 @@ def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: 
         lost = rec["lost_events"]
         console.print(f"  lost events: {'not recorded' if lost is None else f'{lost:,}'}. Why they can differ: "
                       f"{rec['why_they_differ']}.", highlight=False)
+
+
+def counts_table(docs: dict[str, str], values: dict[str, Any], seconds: float, *, title: str | None = None,
+                 first: str = "metric", rate: str = "per second") -> Table:
+    """One row per documented count: its value, its rate over `seconds`, and what it counts."""
+    t = Table(title=title, title_justify="left")
+    t.add_column(first)
+    t.add_column("value", justify="right")
+    t.add_column(rate, justify="right")
+    t.add_column("what it counts")
+    for key, doc in docs.items():
+        value = values[key]
+        if value is None:
+            t.add_row(key, "-", "", doc)
+        elif isinstance(value, float):
+            t.add_row(key, f"{value:.2f}", "", doc)
+        else:
+            t.add_row(key, f"{value:,}", f"{value / seconds:,.0f}" if seconds > 0 else "", doc)
+    return t
 
 
 def _cpulist(cpus: list[int]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,8 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
     if missing:
         raise WorkloadError(f"workload {workload.name} needs machine costs {', '.join(missing)}, which machine "
                             f"{machine.name} does not give (add [costs.NAME] with ns and source)")
-    writer = FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else None
     wall0 = time.perf_counter()
-    try:
+    with FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else nullcontext() as writer:
         sim = SimMachine(machine, kernel, Engine(), tracer=writer)
         workload.start(sim, seed)
         warmup_ns = round(warmup * 1e9)
@@ -70,12 +70,6 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
             sim.engine.run(warmup_ns + window_ns * i // parts)
             snaps.append(_snapshot(sim, workload))
         wall = time.perf_counter() - wall0
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     return _results(sim, machine, kernel, workload, snaps, warmup_ns, window_ns, seed, wall, trace_out)
 
 

@@ -104,3 +104,13 @@ class FtraceWriter:
         self._tmp.unlink(missing_ok=True)
         if self._final_tmp is not None:
             self._final_tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> FtraceWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        """Published if the block ended normally, dropped if it raised (Ctrl-C included)."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
