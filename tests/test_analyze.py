@@ -358,3 +358,18 @@ def test_a_handler_that_queues_and_sends_does_not_decide_the_interrupted_calls(t
     plain.write_text("\n".join(x.replace("d.h1.", "...1.") for x in lines) + "\n")
     assert analyze_json(str(plain))["ipis_unmatched"] == 0
     _same(plain)
+
+
+@needs_traces
+def test_parquet_holds_every_event_read(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "events.parquet"
+    r = analyze_json(str(TRACES / "qemu4-tlbstorm-4x200.trace.xz"), "--parquet", str(out))
+    table = pq.read_table(out)
+    assert table.num_rows == r["events_read"]
+    events = table.column("event").to_pylist()
+    assert events.count("csd_queue_cpu") == r["csd_enqueues"]
+    masks = [m for m, e in zip(table.column("cpumask").to_pylist(), events, strict=True) if e == "ipi_send_cpumask"]
+    sends = [t for t, e in zip(table.column("callback").to_pylist(), events, strict=True) if e == "ipi_send_cpu"]
+    assert sum(len(m) for m in masks) + sum(1 for cb in sends if cb != "0x0") == r["csd_ipis"]
