@@ -116,3 +116,13 @@ def test_more_reclaimers_flush_together_and_share_more_of_each_interrupt():
         r = simulate(m, resolve_kernel("v4.13"), w, seconds=0.002, seed=2, warmup=0.0005)
         per_interrupt.append(r["csds_per_interrupt"])
     assert per_interrupt[0] < per_interrupt[1] < per_interrupt[2]
+
+
+def test_without_kswapd_every_cpu_can_write_and_only_the_writers_reclaim():
+    m = reclaim_machine(4)
+    w = SwapWSeqMt(threads=4, memory_gb=1, ram_gb=0.01, kswapd=False)
+    assert SwapWSeqMt.placement(m, 4, kswapd=False) == ([0, 1, 2, 3], [])
+    r = simulate(m, resolve_kernel("v4.13"), w, seconds=0.002, seed=1)
+    wc = r["workload_counts"]
+    assert wc["pages_reclaimed"] > 0 and wc["reclaimed_by_kswapd"] == 0
+    assert wc["alloc_direct_reclaim"] > 0

@@ -265,7 +265,7 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
     workload_set, topology, costs = split_settings(settings)
     workload = workload_from_settings("swap-w-seq-mt", workload_set)  # validates before any run
     m = build_machine(machine, topology, costs)
-    SwapWSeqMt.placement(m, workload.threads)  # too many threads fails here, before any run
+    SwapWSeqMt.placement(m, workload.threads, workload.kswapd)  # too many threads fails here, before any run
     workers = workers or os.cpu_count() or 1
     jobs = jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed)
     t0 = time.perf_counter()

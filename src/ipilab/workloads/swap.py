@@ -75,6 +75,8 @@ class SwapWSeqMt(Workload):
     thp: Literal["never"] = Field("never", description="transparent huge pages (only 'never' is modelled)")
     phase: Literal["reclaim", "fill"] = Field("reclaim", description="reclaim: RAM is full (steady state); "
                                               "fill: memory still free, no reclaim")
+    kswapd: bool = Field(True, description="false: only the allocating threads reclaim, as in a memory cgroup "
+                                           "at its limit (kswapd does not run)")
 
     _run: SwapRun | None = PrivateAttr(None)
 
@@ -87,15 +89,16 @@ class SwapWSeqMt(Workload):
     # --- placement -------------------------------------------------------------------------------
 
     @staticmethod
-    def placement(m: Machine, threads: int) -> tuple[list[int], list[int]]:
-        """CPUs of the usemem threads, and of each node's kswapd."""
+    def placement(m: Machine, threads: int, kswapd: bool = True) -> tuple[list[int], list[int]]:
+        """CPUs of the usemem threads, and of each node's kswapd (none without kswapd)."""
         t = m.topology
         order = sorted(range(m.ncpus), key=lambda c: (m.thread_of(c), m.core_of(c), m.socket_of(c)))
-        nodes = t.numa_nodes
+        nodes = t.numa_nodes if kswapd else 0
         room = m.ncpus - nodes
         if threads > room:
+            less = ", less one per node for kswapd" if kswapd else ""
             raise WorkloadError(f"workload swap-w-seq-mt: field threads: {threads} is more than {room} "
-                                f"(the machine's {m.ncpus} CPUs, less one per node for kswapd)")
+                                f"(the machine's {m.ncpus} CPUs{less})")
         usemem = sorted(order[:threads])
         idle = [c for c in order[threads:]]
         kswapd = []
@@ -108,7 +111,7 @@ class SwapWSeqMt(Workload):
 
     def start(self, sim: SimMachine, seed: int) -> None:
         m = sim.machine
-        usemem, kswapd = self.placement(m, self.threads)
+        usemem, kswapd = self.placement(m, self.threads, self.kswapd)
         nodes = m.topology.numa_nodes
         wmin, wlow, whigh = watermarks(int(self.ram_gb * 1024 * 1024), nodes)
         pfn = iter(range(1, 1 << 62))
