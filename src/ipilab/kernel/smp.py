@@ -42,11 +42,10 @@ class Csd:
     info: Any = None
     locked: bool = False
     sync: bool = False  # CSD_TYPE_SYNC: the sender waits, the receiver unlocks after the function
+    pointer: str = field(init=False)  # the csd= value in traces: a stable fake kernel address
 
-    @property
-    def pointer(self) -> str:
-        """The csd= value in traces: a stable fake kernel address."""
-        return f"{0xFFFF888100000000 + 64 * self.ident:016x}"
+    def __post_init__(self) -> None:
+        self.pointer = f"{0xFFFF888100000000 + 64 * self.ident:016x}"
 
 
 LOCAL_CSD_POINTER = "0000000000000000"  # how 6.x traces a function it runs locally, without a CSD

@@ -73,6 +73,10 @@ class SimMachine:
         self._fixed = {k: v.ns for k, v in c.items()}
         self._fixed["llist_del_all"] = 0
         self._halt_poll_ns = machine.topology.halt_poll_ns
+        # CPU-pair costs looked up on every cross-CPU step: tables, not recomputed.
+        cpus = range(self.ncpus)
+        self._cacheline = [[machine.cacheline_ns(a, b) for b in cpus] for a in cpus]
+        self._ipi_latency = [[machine.ipi_latency_ns(a, b) for b in cpus] for a in cpus]
 
     # --- starting work -----------------------------------------------------------------------------
 
@@ -102,11 +106,11 @@ class SimMachine:
 
     def cost(self, what: str, cpu: int, other: int | None = None) -> int:
         if what in ("cacheline", "llist_add", "csd_unlock"):
-            return self.machine.cacheline_ns(cpu, cpu if other is None else other)
+            return self._cacheline[cpu][cpu if other is None else other]
         return self._fixed[what]
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
-        latency = self.machine.ipi_latency_ns(src, dst)
+        latency = self._ipi_latency[src][dst]
         self.cpus[dst].ipis_in_flight += 1
         self.engine.at(self.engine.now + latency, lambda: self._ipi_arrives(self.cpus[dst], vector))
 
