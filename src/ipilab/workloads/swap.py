@@ -8,7 +8,8 @@ shootdown to every CPU the process runs on, written to the swap device and freed
 models the run's start, while free memory lasts: the same threads without reclaim.
 
 Threads are placed as the scheduler spreads them: one per core first, alternating sockets, then on
-the second hyperthreads; each node's kswapd runs on an idle CPU of that node.
+the second hyperthreads; each node's kswapd runs on an idle CPU of that node. With `kswapd=false`
+only the writers reclaim, as in a memory cgroup at its limit.
 """
 
 from __future__ import annotations
