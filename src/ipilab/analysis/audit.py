@@ -28,6 +28,7 @@ from hdrh.histogram import HdrHistogram
 
 from ipilab.analysis.fastaudit import fast_audit
 from ipilab.events import HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
+from ipilab.files import PublishOnExit, publish
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.trace.sidecar import Sidecar, read_sidecar, sidecar_for
 
@@ -345,7 +346,7 @@ def reconcile(audit: dict[str, Any], side: Sidecar) -> dict[str, Any]:
                                "flushes done by paths other than flush_tlb_func"}
 
 
-class ParquetEvents:
+class ParquetEvents(PublishOnExit):
     """Events streamed into a Parquet table in row groups; the file appears only when closed."""
 
     BATCH = 100_000
@@ -387,21 +388,8 @@ class ParquetEvents:
         if self._rows:
             self._flush()
         self._writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
 
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> ParquetEvents:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        """Published if the block ended normally, dropped if it raised."""
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -19,7 +19,7 @@ from numba import njit, types
 from numba.typed import Dict
 
 from ipilab.events import symbol_name
-from ipilab.trace.fastparse import BAD, KINDS, OTHER, SKIP, fnv1a, line_starts, parse
+from ipilab.trace.fastparse import BAD, OTHER, SKIP, fnv1a, line_starts, parse
 from ipilab.trace.read import (
     DECOMPRESS_ERRORS,
     FTRACE,
@@ -42,7 +42,6 @@ PC_CAL, PC_RES, PC_RUN_IRQ, PC_RUN_ELSE, PC_IPIS, PC_TLB = range(6)
 PER_CPU_NAMES = ("cal_interrupts", "reschedule_interrupts", "csds_run_in_irq", "csds_run_elsewhere",
                  "ipis_received", "tlb_flushes_received")
 GROUPS = ("callsite", "func", "sender", "target", "cpu")
-K = {name: i for i, name in enumerate(KINDS)}
 FLUSH_TLB_FUNC = np.uint64(fnv1a("flush_tlb_func"))
 ID_CAP = 1 << 16  # distinct callsites + functions, or tasks, a trace may name
 STACK_CAP = 256  # functions entered and not (yet) exited on one CPU

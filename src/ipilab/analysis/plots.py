@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ipilab.files import publish
+
 
 def save_atomically(fig: Any, path: Path) -> None:
     path = Path(path)
@@ -20,19 +22,12 @@ def save_atomically(fig: Any, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         plt.close(fig)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def plot_seed(r: dict[str, Any], path: Path) -> None:

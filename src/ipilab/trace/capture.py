@@ -25,6 +25,7 @@ from pathlib import Path
 
 import zstandard
 
+from ipilab.files import publish
 from ipilab.trace.sidecar import ROWS, sidecar_for
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -149,17 +150,10 @@ def _copy_out(src: Path, path: Path) -> None:
                     shutil.copyfileobj(text, out, 1 << 20)
             else:
                 shutil.copyfileobj(text, raw, 1 << 20)
-        _publish(Path(tmp), path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 def overruns(root: Path) -> int:
@@ -226,5 +220,5 @@ def _capture(out: Path, command: list[str] | None, duration: float | None, event
             fd, stmp = tempfile.mkstemp(prefix=f".{side.name}.", dir=side.parent or ".")
             with os.fdopen(fd, "w") as f:
                 f.write("\n".join(lines) + "\n")
-            _publish(Path(stmp), side)
+            publish(stmp, side)
     return CaptureResult(out, side, returncode, lost, enabled, missing, seconds)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ipilab.events import FORMATS, Event, Kind
+from ipilab.files import PublishOnExit, publish
 
 
 def format_cpumask(cpus: tuple[int, ...]) -> str:
@@ -66,7 +67,7 @@ HEADER = """# tracer: nop
 """
 
 
-class FtraceWriter:
+class FtraceWriter(PublishOnExit):
     """Streams events to a file as ftrace text; the file appears (atomically) only when closed."""
 
     def __init__(self, path: Path, ncpus: int) -> None:
@@ -92,10 +93,7 @@ class FtraceWriter:
             out.write(HEADER.format(n=self.count, ncpus=self.ncpus))
             while chunk := body.read(1 << 20):
                 out.write(chunk)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(final_tmp, 0o666 & ~umask)  # mkstemp makes 0600; a trace is an ordinary file
-        os.replace(final_tmp, self.path)
+        publish(final_tmp, self.path)
         self._tmp.unlink()
 
     def abort(self) -> None:
@@ -104,13 +102,3 @@ class FtraceWriter:
         self._tmp.unlink(missing_ok=True)
         if self._final_tmp is not None:
             self._final_tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> FtraceWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        """Published if the block ended normally, dropped if it raised (Ctrl-C included)."""
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

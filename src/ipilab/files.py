@@ -1,0 +1,37 @@
+"""Writing result files so that a reader never sees half of one: write a temporary file beside the
+target, then rename it into place in one step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Self
+
+
+def publish(tmp: Path | str, path: Path) -> None:
+    """Move the finished temporary file `tmp` to `path`, with the mode a new file gets under the umask
+    (mkstemp makes 0600; results are ordinary files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+class PublishOnExit:
+    """For writers with `close()` (publish) and `abort()` (drop what was written): a `with` block
+    publishes when it ends normally and drops when it raises, Ctrl-C included."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
