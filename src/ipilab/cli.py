@@ -12,7 +12,14 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ipilab import __version__
@@ -24,6 +31,9 @@ from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.sweep import run as sweep_run
+from ipilab.sweep.spec import SpecError, expand, load_spec
+from ipilab.sweep.store import ResultStore
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.read import TraceFormatError
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
@@ -359,6 +369,64 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
         print_sensitivity(rows or [], result["sensitivity_window"], console)
     if plot is not None:
         console.print(f"plot written to {plot}", highlight=False)
+
+
+@main.command("sweep")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results table to write (default: SPEC.parquet beside the spec).")
+@click.option("--workers", "-j", type=click.IntRange(1, 512), default=None,
+              help="Local worker processes (default: one per CPU).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run on an existing Dask distributed cluster instead, e.g. tcp://host:8786.")
+@click.option("--resume", is_flag=True,
+              help="Continue the table at --out: skip the runs it holds (failed runs run again).")
+def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler: str | None, resume: bool) -> None:
+    """Run a grid of simulations: a base configuration, parameters crossed, repeated over seeds.
+
+    SPEC.toml has [base] (machine, kernel, workload, seconds, warmup, intervals, and [base.set] with
+    anything `simulate --set` takes: workload fields, topology fields such as cores_per_socket or
+    apic_mode, machine costs), [vary] (each parameter a list or {from, to, step}; crossed) and [seeds]
+    (first, count). The whole grid is checked before any run. Each finished run is one row of a Parquet
+    table (parameters, metrics, seed, wall time, ipilab version, error); while it runs, rows are kept as
+    parts in OUT.parts/, so a killed sweep loses only the runs in flight and `--resume` continues it.
+    Example specs: examples/*.toml. Then: `ipilab report OUT -o report.html`.
+    """
+    if workers is not None and scheduler is not None:
+        fail("give --workers or --scheduler, not both")
+    out = out or spec_path.with_suffix(".parquet")
+    if not out.resolve().parent.is_dir():
+        fail(f"--out: folder {out.parent} does not exist")
+    try:
+        runs = expand(load_spec(spec_path), spec_path)
+    except SpecError as e:
+        fail(str(e))
+    store = ResultStore(out)
+    if store.exists() and not resume:
+        fail(f"{out} (or {store.parts.name}) exists: --resume to continue it, or remove it")
+    interactive = sys.stderr.isatty()
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("failed {task.fields[failed]}, left {task.fields[left]}"), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True),
+                  disable=not interactive) as bar:
+        task = bar.add_task("sweep", total=None, failed=0, left=0)
+
+        def progress(done: int, failed: int, left: int) -> None:
+            bar.update(task, completed=done, total=done + left, failed=failed, left=left)
+
+        try:
+            outcome = sweep_run.run_sweep(runs, store, workers=workers, scheduler=scheduler, resume=resume,
+                                          progress=progress)
+        except KeyboardInterrupt:
+            click.echo(f"ipilab: interrupted; the finished runs are in {out}; `--resume` continues", err=True)
+            sys.exit(130)
+        except OSError as e:  # the Dask scheduler cannot be reached
+            fail(f"--scheduler {scheduler}: {e}" if scheduler else str(e))
+    click.echo(f"{outcome.done} runs in {outcome.wall_seconds:.1f} s ({outcome.failed} failed, {outcome.skipped} "
+               f"already in the table, {outcome.total} in the grid); results in {out}", err=True)
+
+
+sweep_cmd.name = "sweep"
 
 
 @contextmanager
