@@ -112,7 +112,7 @@ def _dask(runs: list[Run], scheduler: str) -> Iterator[dict[str, Any]]:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
-    client = Client(scheduler, timeout="20s")
+    client = Client(scheduler)  # waits up to distributed.comm.timeouts.connect (dask config; 30 s)
     try:
         futures = client.map(run_one, runs, pure=False)
         by_future = dict(zip(futures, runs, strict=True))

@@ -57,9 +57,9 @@ class Range(BaseModel):
     """An inclusive range: from, from+step, ... up to `to`."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    start: int | float = Field(alias="from")
-    to: int | float
-    step: int | float = Field(1, gt=0)
+    start: float = Field(alias="from")
+    to: float
+    step: float = Field(1, gt=0)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Range:
@@ -71,7 +71,7 @@ class Range(BaseModel):
 
     def values(self) -> list[int | float]:
         n = math.floor((self.to - self.start) / self.step + 1e-9) + 1
-        if all(isinstance(x, int) for x in (self.start, self.to, self.step)):
+        if all(float(x).is_integer() for x in (self.start, self.step)):
             return [int(self.start + i * self.step) for i in range(n)]
         return [round(self.start + i * self.step, 12) for i in range(n)]
 
@@ -107,16 +107,32 @@ class SweepSpec(BaseModel):
     vary: dict[str, list[Scalar] | Range] = Field(default_factory=dict)
     seeds: Seeds | None = None
 
-    @field_validator("vary")
+    @field_validator("vary", mode="before")
     @classmethod
-    def _known_parameters(cls, v: dict[str, list[Scalar] | Range]) -> dict[str, list[Scalar] | Range]:
+    def _known_parameters(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
         known = (*BASE_KEYS, "seed", *SETTING_KEYS)
+        out: dict[str, Any] = {}
         for key, values in v.items():
             if key not in known:
                 raise ValueError(f"{key}: unknown parameter; known: {', '.join(known)}")
             if isinstance(values, list) and not values:
                 raise ValueError(f"{key}: empty list")
-        return v
+            if isinstance(values, dict):  # a range: its own errors, named
+                try:
+                    values = Range.model_validate(values)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    field = ".".join(str(x) for x in err["loc"])
+                    msg = err["msg"].removeprefix("Value error, ")
+                    if err["type"] == "extra_forbidden":
+                        msg = "unknown field; a range takes from, to, step"
+                    raise ValueError(f"{key}{'.' + field if field else ''}: {msg}") from None
+            elif not isinstance(values, list):
+                raise ValueError(f"{key}: a list of values or a range {{from, to, step}}, got {values!r}")
+            out[key] = values
+        return out
 
     @model_validator(mode="after")
     def _one_source_of_seeds(self) -> SweepSpec:
@@ -209,13 +225,18 @@ def load_spec(path: Path) -> SweepSpec:
         raise SpecError(f"{path}: {field or '(top)'}: {msg}") from None
 
 
+def _why(e: Exception) -> str:
+    """A config error's message, without the command-line wording of the --set path."""
+    return str(e).removeprefix("--set ").replace("Value error, ", "")
+
+
 def _allowed(loc: tuple[Any, ...]) -> str:
     models: dict[str, type[BaseModel]] = {"base": Base, "seeds": Seeds}
     if len(loc) == 1:
         return "allowed: base, vary, seeds"
     if loc[0] in models:
         return "allowed: " + ", ".join(models[loc[0]].model_fields)
-    return "a range takes from, to, step"
+    return "see `ipilab sweep --help`"
 
 
 def expand(spec: SweepSpec, path: Path) -> list[Run]:
@@ -230,14 +251,14 @@ def expand(spec: SweepSpec, path: Path) -> list[Run]:
     try:
         configure(base)
     except CONFIG_ERRORS as e:
-        raise SpecError(f"{path}: base: {e}") from None
+        raise SpecError(f"{path}: base: {_why(e)}") from None
     # Each value alone on the base first, so that an error names vary.KEY and the value.
     for key, values in axes.items():
         for value in values:
             try:
                 configure({**base, key: value})
             except CONFIG_ERRORS as e:
-                raise SpecError(f"{path}: vary.{key} = {value!r}: {e}") from None
+                raise SpecError(f"{path}: vary.{key} = {value!r}: {_why(e)}") from None
     runs = []
     keys = list(axes)
     for combo in itertools.product(*axes.values()):
@@ -246,7 +267,7 @@ def expand(spec: SweepSpec, path: Path) -> list[Run]:
             configure(params)
         except CONFIG_ERRORS as e:
             where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, combo, strict=True))
-            raise SpecError(f"{path}: vary ({where}): {e}") from None
+            raise SpecError(f"{path}: vary ({where}): {_why(e)}") from None
         for seed in seeds:
             runs.append(Run(len(runs), run_id(params, seed), params, seed))
     return runs
