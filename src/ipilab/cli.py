@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import counts_table, print_audit
+from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
 from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
@@ -35,7 +37,8 @@ from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
-from ipilab.trace.read import TraceFormatError
+from ipilab.trace.perfetto import write_timeline
+from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
 from ipilab.workloads.base import parse_cpulist
 
@@ -150,23 +153,7 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
     Workload parameters (--set):
     """
     try:
-        m = load_machine(machine)
-        if costs:
-            overrides = parse_settings(costs)
-            try:
-                ns = {k: int(v) for k, v in overrides.items()}
-            except ValueError:
-                fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
-            try:
-                m = m.with_costs(**ns)
-            except KeyError as e:
-                fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
-            except ValidationError as e:
-                fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
-        k = resolve_kernel(kernel)
-        w = workload_from_settings(workload, parse_settings(settings))
-        if not 0 < seconds <= MAX_SECONDS:
-            fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+        m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
         if trace_out is not None and not trace_out.resolve().parent.is_dir():
             fail(f"--trace-out: folder {trace_out.parent} does not exist")
         result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out)
@@ -176,6 +163,30 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         emit_json(result)
     else:
         print_result(result)
+
+
+def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
+               seconds: float) -> tuple[Any, Any, Any]:
+    """Machine, kernel and workload from simulate's options (errors: MachineError, KernelSpecError,
+    WorkloadError, or a user error)."""
+    m = load_machine(machine)
+    if costs:
+        overrides = parse_settings(costs)
+        try:
+            ns = {k: int(v) for k, v in overrides.items()}
+        except ValueError:
+            fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
+        try:
+            m = m.with_costs(**ns)
+        except KeyError as e:
+            fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
+        except ValidationError as e:
+            fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
+    k = resolve_kernel(kernel)
+    w = workload_from_settings(workload, parse_settings(settings))
+    if not 0 < seconds <= MAX_SECONDS:
+        fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    return m, k, w
 
 
 simulate_cmd.name = "simulate"
@@ -427,6 +438,83 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
 
 
 sweep_cmd.name = "sweep"
+
+
+@main.command("export")
+@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--perfetto", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The timeline to write (Chrome Trace Event JSON).")
+@click.option("--from-sim", is_flag=True, help="Simulate instead of reading TRACE (options as `simulate`).")
+@click.option("--machine", "-m", default="vm-2cpu", show_default=True, help="With --from-sim: as `simulate`.")
+@click.option("--kernel", "-k", default="v6.18", show_default=True, help="With --from-sim: as `simulate`.")
+@click.option("--workload", "-w", default="synthetic", show_default=True, type=click.Choice(sorted(WORKLOADS)),
+              help="With --from-sim: as `simulate`.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="With --from-sim: as `simulate`.")
+@click.option("--cost", "costs", multiple=True, metavar="NAME=NS", help="With --from-sim: as `simulate`.")
+@click.option("--seconds", "-s", type=float, default=0.002, show_default=True,
+              help="With --from-sim: simulated window (a timeline is for looking closely: keep it short).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
+              help="With --from-sim: random seed.")
+def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kernel: str, workload: str,
+               settings: tuple[str, ...], costs: tuple[str, ...], seconds: float, seed: int) -> None:
+    """Write a trace (or a simulated run) as a timeline for ui.perfetto.dev or chrome://tracing.
+
+    One track per CPU: function-call and reschedule interrupt handlers as slices, each function run
+    (csd_function_entry..exit) inside them, a short marker where a call was queued (csd_queue_cpu) with a
+    flow arrow from it to that call's function entry on the target, and IPI sends as instants. Times
+    are µs from the trace's clock. Open the file in the Perfetto UI (Open trace file) or chrome://tracing.
+    """
+    if bool(trace) == from_sim:
+        fail("give a TRACE or --from-sim, not both or neither")
+    if not out.resolve().parent.is_dir():
+        fail(f"--perfetto: folder {out.parent} does not exist")
+    with tempfile.TemporaryDirectory(prefix="ipilab-export-") as tmp:
+        if from_sim:
+            try:
+                m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
+                trace = Path(tmp) / "sim.trace"
+                simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace)
+            except (MachineError, KernelSpecError, WorkloadError) as e:
+                fail(str(e))
+        assert trace is not None
+        if not trace.exists():
+            fail(f"{trace}: no such file")
+        stats = ReadStats()
+        try:
+            data = write_timeline(read_trace(trace, stats), out)
+        except TraceFormatError as e:
+            fail(str(e))
+    for w_ in stats.warnings:
+        click.echo(f"ipilab: warning: {w_}", err=True)
+    slices = sum(1 for e in data["traceEvents"] if e["ph"] == "X")
+    click.echo(f"wrote {out}: {slices:,} slices, {data['otherData']['flows']:,} queue-to-run arrows", err=True)
+
+
+export_cmd.name = "export"
+
+
+@main.command("report")
+@click.argument("source", metavar="RESULTS.parquet|TRACE|SEED.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML page to write.")
+def report_cmd(source: Path, out: Path) -> None:
+    """One self-contained HTML page of plots and tables (opens offline; no script, nothing fetched).
+
+    \b
+    RESULTS.parquet (from `ipilab sweep`): IPIs and CAL interrupts, CSDs per interrupt, throughput and
+      sender wait latency against each swept parameter, one line per kernel (mean over seeds, bars from
+      the lowest to the highest seed); interrupts per CPU over time; every run with its error.
+    TRACE (anything `ipilab analyze` reads): the audit tables, interrupts per CPU over time, and the
+      queue-to-run latency percentiles per function.
+    SEED.json (from `ipilab reproduce seed --json`): the comparison with the paper, its plots and units.
+    """
+    if not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    try:
+        kind = write_report(source, out)
+    except (ReportError, TraceFormatError) as e:
+        fail(str(e))
+    click.echo(f"wrote {out} (report of a {kind})", err=True)
 
 
 @contextmanager
