@@ -79,7 +79,7 @@ figcaption, .meta, .note { color: #444; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
 caption { text-align: left; font-weight: bold; padding: 0.3em 0; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; vertical-align: top; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+th { background: #f4f4f4; } td:first-child, th:first-child, td:last-child { text-align: left; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>

@@ -125,6 +125,10 @@ class Timeline:
                 top = stack.pop()
                 top.args["unclosed"] = "the trace ended inside it"
                 self._close(cpu, top, self.last_ns)
+        # A call still queued when the trace ends has a marker but no arrow (an arrow needs both ends).
+        unfinished = {flow for pending in self._unrun.values() for flow in pending}
+        self.events = [e for e in self.events if not (e["ph"] == "s" and e["id"] in unfinished)]
+        self.flows -= len(unfinished)
         meta: list[dict[str, Any]] = [{"ph": "M", "pid": PID, "name": "process_name", "args": {"name": "CPUs"}}]
         for cpu in sorted(self.cpus):
             meta.append({"ph": "M", "pid": PID, "tid": cpu + 1, "name": "thread_name", "args": {"name": f"CPU {cpu}"}})
