@@ -138,7 +138,7 @@ def test_trace_report_escapes_trace_text_and_renders(tmp_path: Path) -> None:
 def test_report_of_a_real_trace_has_the_audit_tables(tmp_path: Path) -> None:
     """A real 2-CPU trace: its page holds the audit's counts and the per-callsite table, and says how many
     event lines it read (the same number `ipilab analyze --json` reports)."""
-    trace = Path("/work/shared/traces/madvise-threads.trace.xz")
+    trace = Path(__file__).resolve().parents[2] / "shared" / "traces" / "madvise-threads.trace.xz"
     if not trace.exists():
         pytest.skip(f"{trace} not here")
     page = tmp_path / "real.html"
@@ -162,3 +162,24 @@ def test_report_bad_input_is_one_error_line(tmp_path: Path, name: str, content: 
     proc = ipilab("report", str(tmp_path / name), "-o", str(tmp_path / "r.html"))
     assert_user_error(proc, *words)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_seed_json_report_shows_the_comparison(tmp_path: Path) -> None:
+    """A small `reproduce seed --json` (4 threads, 2 ms): the page gives its IPI reduction and throughput
+    gain next to the paper's 88% and 15%, each kernel's CAL count, and the seed's figure."""
+    seed = tmp_path / "seed.json"
+    proc = ipilab("reproduce", "seed", "--json", "--seconds", "0.002", "--warmup", "0.001", "--intervals", "2",
+                  "--set", "threads=4", "--set", "cores_per_socket=4", "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    seed.write_text(proc.stdout)
+    r = json.loads(proc.stdout)
+    page = tmp_path / "seed.html"
+    proc = ipilab("report", str(seed), "-o", str(page))
+    assert proc.returncode == 0, proc.stderr
+    html = page.read_text()
+    assert_self_contained(html)
+    assert f"<td>{r['ipi_reduction'] * 100:.1f}%</td>" in html and "<td>88.0%</td>" in html
+    assert f"<td>{r['throughput_gain'] * 100:.1f}%</td>" in html and "<td>15.0%</td>" in html
+    cal = [r["runs"][k]["cal_interrupts"] for k in ("v4.12", "v4.13")]
+    assert f"<tr><td>cal_interrupts</td><td>{cal[0]:,}</td><td>{cal[1]:,}</td></tr>" in html
+    assert html.count("<figure><svg") == 1

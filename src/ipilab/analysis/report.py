@@ -195,7 +195,8 @@ def sweep_page(t: pa.Table, source: Path) -> str:
                       f"{', '.join(varied) or 'nothing'}; seeds: {', '.join(map(str, seeds))}.")
     head.notes.append(f"Fixed: {fixed}." if fixed else "Nothing was fixed.")
     head.notes.append("Rates are per simulated second of the measured window (after the warm-up). Each point "
-                      "is the mean over the seeds; bars span the lowest to the highest seed.")
+                      "is the mean of its runs: over the seeds, and over any parameter a plot's caption says it "
+                      "averages; bars span the lowest to the highest of those runs.")
     sections.append(head)
     if ok:
         x_params = [p for p in varied if p != "kernel"] or (["kernel"] if "kernel" in varied else [])
@@ -223,7 +224,7 @@ def _series(rows: list[dict[str, Any]], x: str, varied: list[str]) -> tuple[dict
     if len({tuple(r[p] for p in others) for r in rows}) > 8:
         keys = [p for p in others if p == "kernel"]
         rest = [p for p in others if p != "kernel"]
-        note = f" Averaged over {', '.join(rest)}." if rest else ""
+        note = f" Each point averages the runs over {', '.join(rest)} (bars: their lowest and highest)." if rest else ""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[", ".join(f"{p}={r[p]}" for p in keys) or "all runs"].append(r)
@@ -273,8 +274,8 @@ def _sweep_vs(rows: list[dict[str, Any]], x: str, varied: list[str]) -> Section:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     return Section(f"Against {x}", figures=[Figure(svg(fig), (
-        f"Each line is one {'kernel' if list(groups) and 'kernel=' in next(iter(groups)) else 'group'} "
-        f"(legend). IPIs: function-call IPIs sent, one per target CPU; CAL: function-call interrupts taken (the "
+        f"Each line is one combination of the other parameters (legend). IPIs: function-call IPIs sent, one "
+        f"per target CPU; CAL: function-call interrupts taken (the "
         f"CAL row of /proc/interrupts); CSDs per interrupt: calls served by one interrupt; wait latency: a "
         f"sender's call from entry to return.{note}"))])
 
