@@ -155,8 +155,10 @@ def test_report_of_a_real_trace_has_the_audit_tables(tmp_path: Path) -> None:
     ("missing.parquet", None, ["missing.parquet"]),
     ("seed.json", "{\"experiment\": \"other\"}", ["seed.json", "reproduce seed"]),
     ("garbage.trace", "\x00\x01 not a trace\n", ["garbage.trace"]),
-], ids=["missing-table", "not-a-seed-json", "not-a-trace"])
+    ("broken.parquet", "PAR1 cut short", ["broken.parquet", "Parquet"]),
+], ids=["missing-table", "not-a-seed-json", "not-a-trace", "broken-table"])
 def test_report_bad_input_is_one_error_line(tmp_path: Path, name: str, content: str | None, words: list[str]) -> None:
+    """Each unusable input is one error line naming the file; no page is written."""
     if content is not None:
         (tmp_path / name).write_text(content)
     proc = ipilab("report", str(tmp_path / name), "-o", str(tmp_path / "r.html"))

@@ -35,7 +35,7 @@ from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
-from ipilab.sweep.store import ResultStore
+from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.perfetto import write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
@@ -431,6 +431,8 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
         except KeyboardInterrupt:
             click.echo(f"ipilab: interrupted; the finished runs are in {out}; `--resume` continues", err=True)
             sys.exit(130)
+        except StoreError as e:
+            fail(f"--resume: {e}")
         except OSError as e:  # the Dask scheduler cannot be reached
             fail(f"--scheduler {scheduler}: {e}" if scheduler else str(e))
     click.echo(f"{outcome.done} runs in {outcome.wall_seconds:.1f} s ({outcome.failed} failed, {outcome.skipped} "

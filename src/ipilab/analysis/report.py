@@ -36,7 +36,7 @@ from ipilab.events import HANDLER_ENTRY
 from ipilab.files import publish
 from ipilab.sim.run import METRIC_DOCS
 from ipilab.sweep.run import COLUMN_DOCS
-from ipilab.sweep.store import ResultStore
+from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.read import read_trace
 from ipilab.workloads.swap import PAGE_SIZE
 
@@ -127,7 +127,10 @@ def report(source: Path) -> tuple[str, str]:
     source = Path(source)
     store = ResultStore(source)
     if source.suffix == ".parquet" or _is_parquet(source):
-        table = store.read() if source.exists() or store.parts.exists() else None
+        try:
+            table = store.read()
+        except StoreError as e:
+            raise ReportError(str(e)) from None
         if table is None:
             raise ReportError(f"{source}: no such results table")
         return sweep_page(table, source), "sweep"

@@ -40,6 +40,20 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+class StoreError(ValueError):
+    """A file that is not a readable results table of a sweep; the message names it."""
+
+
+def _read(path: Path) -> pa.Table:
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: not a readable Parquet table ({e})") from None
+    if not {"run_id", "run_index", "seed", "error"} <= set(t.column_names):
+        raise StoreError(f"{path}: not a results table of `ipilab sweep` (no run_id, run_index, seed, error columns)")
+    return t
+
+
 class ResultStore:
     """RESULTS.parquet and its parts folder."""
 
@@ -62,11 +76,12 @@ class ResultStore:
                       key=lambda p: p.stat().st_mtime_ns)
 
     def read(self) -> pa.Table | None:
-        """Every run recorded so far, one row per run_id, in grid order (None if there is none)."""
+        """Every run recorded so far, one row per run_id, in grid order (None if there is none). Raises
+        StoreError for a file that is not such a table."""
         tables = []
         if self.out.exists():
-            tables.append(pq.read_table(self.out))
-        tables += [pq.read_table(p) for p in self._part_files()]
+            tables.append(_read(self.out))
+        tables += [_read(p) for p in self._part_files()]
         if not tables:
             return None
         t = _concat(tables)
