@@ -76,8 +76,8 @@ count = 2
 
 @needs_chromium
 def test_sweep_report_renders_in_chromium(tmp_path: Path) -> None:
-    """A 12-run sweep's page: one figure of four panels against rate and one heat map per kernel; every
-    SVG has a non-empty box and drawn shapes; no console message; all 12 runs listed."""
+    """A 12-run sweep's page: a figure of four panels against rate, the latency distributions, and the heat
+    maps; every SVG has a non-empty box and drawn shapes; no console message; all 12 runs listed."""
     spec = tmp_path / "s.toml"
     spec.write_text(SWEEP)
     proc = ipilab("sweep", str(spec), "-j", "2")
@@ -87,11 +87,11 @@ def test_sweep_report_renders_in_chromium(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     html = page.read_text()
     assert_self_contained(html)
-    assert "Against rate" in html and html.count("<figure>") == 2
+    assert "Against rate" in html and html.count("<figure>") == 3
     assert html.count("<td>v4.12</td>") == 6 and html.count("<td>v4.13</td>") == 6
     verdict, console = browse(page, tmp_path)
     assert console == []
-    assert len(verdict["figs"]) == 2
+    assert len(verdict["figs"]) == 3
     for fig in verdict["figs"]:
         assert min(fig["bbox"]) > 100 and min(fig["box"]) > 100 and fig["shapes"] > 10, fig
     assert verdict["scripts"] == 1 and verdict["images"] == 0  # the probe is the only script

@@ -205,6 +205,7 @@ def sweep_page(t: pa.Table, source: Path) -> str:
         x_params = [p for p in varied if p != "kernel"] or (["kernel"] if "kernel" in varied else [])
         for x in x_params[:4]:
             sections.append(_sweep_vs(ok, x, varied))
+        sections.append(_latency_ladders(ok, varied))
         sections.append(_sweep_heatmaps(ok, varied))
     shown = varied or ["kernel"]
     metrics = ["ipis_sent", "cal_interrupts", "csds_per_interrupt", "wait_latency_p99_ns", "wall_seconds"]
@@ -296,6 +297,40 @@ def _aggregate(rows: list[dict[str, Any]], x: str, value: Any) -> tuple[list[Any
             by_x[r[x]].append(v)
     xs = sorted(by_x, key=lambda v: (str(type(v)), v))
     return (xs, [float(np.mean(by_x[v])) for v in xs], [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs])
+
+
+LADDER = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("max", "max"))
+
+
+def _latency_ladders(rows: list[dict[str, Any]], varied: list[str]) -> Section:
+    """The sender wait latency distribution (its percentiles) per kernel, one line per value of the first
+    swept parameter."""
+    kernels = sorted({r["kernel"] for r in rows})[:4]
+    x = next((p for p in varied if p != "kernel"), None)
+    values = sorted({r[x] for r in rows}, key=lambda v: (str(type(v)), v)) if x else [None]
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.5 * len(kernels) + 1, 4), layout="constrained",
+                             squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, kernel in zip(axes[0], kernels, strict=True):
+        for i, v in enumerate(values):
+            runs = [r for r in rows if r["kernel"] == kernel and (x is None or r[x] == v)
+                    and r.get("wait_latency_count")]
+            if not runs:
+                continue
+            ys = [float(np.mean([r[f"wait_latency_{p}_ns"] for r in runs])) / 1000 for p, _ in LADDER]
+            ax.plot(range(len(LADDER)), ys, marker="o", color=cmap(i / max(len(values) - 1, 1)),
+                    label=f"{x}={v}" if x else "all runs")
+        ax.set_xticks(range(len(LADDER)), [label for _, label in LADDER])
+        ax.set_yscale("log")
+        ax.set_title(f"kernel {kernel}", fontsize=10)
+        ax.set_xlabel("percentile of the calls")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("sender wait, µs (call entry to return)")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    return Section("Latency distributions", figures=[Figure(svg(fig), (
+        "How long senders waited for their cross-CPU calls (smp_call_function_many_cond or _single, entry to "
+        "return, simulated µs): the 50th, 90th and 99th percentile and the longest, per kernel"
+        + (f", one line per {x} (mean over the runs with that value)." if x else ".")))])
 
 
 def _sweep_heatmaps(rows: list[dict[str, Any]], varied: list[str]) -> Section:
