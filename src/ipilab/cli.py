@@ -429,7 +429,10 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
             outcome = sweep_run.run_sweep(runs, store, workers=workers, scheduler=scheduler, resume=resume,
                                           progress=progress)
         except KeyboardInterrupt:
-            click.echo(f"ipilab: interrupted; the finished runs are in {out}; `--resume` continues", err=True)
+            if store.exists():
+                click.echo(f"ipilab: interrupted; the finished runs are in {out}; `--resume` continues", err=True)
+            else:
+                click.echo("ipilab: interrupted before any run finished; nothing written", err=True)
             sys.exit(130)
         except StoreError as e:
             fail(f"--resume: {e}")

@@ -104,6 +104,10 @@ def _local(runs: list[Run], workers: int) -> Iterator[dict[str, Any]]:
                 yield f.result()
             except Exception as e:  # the worker process died (killed, out of memory)
                 yield row_for(futures[f], None, f"{type(e).__name__}: {e}", 0.0)
+    except BaseException:  # Ctrl-C: stop the runs in flight now rather than wait for them
+        for proc in (getattr(pool, "_processes", None) or {}).values():  # no public way before Python 3.14
+            proc.terminate()
+        raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
