@@ -402,6 +402,18 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
     table (parameters, metrics, seed, wall time, ipilab version, error); while it runs, rows are kept as
     parts in OUT.parts/, so a killed sweep loses only the runs in flight and `--resume` continues it.
     Example specs: examples/*.toml. Then: `ipilab report OUT -o report.html`.
+
+    \b
+        [base]
+        machine = "broadwell-ep-2s-88t"
+        workload = "swap-w-seq-mt"
+        seconds = 0.004
+        warmup = 0.002
+        [vary]
+        kernel = ["v4.12", "v4.13"]
+        threads = {from = 10, to = 80, step = 10}
+        [seeds]
+        count = 2
     """
     if workers is not None and scheduler is not None:
         fail("give --workers or --scheduler, not both")
@@ -508,7 +520,8 @@ def report_cmd(source: Path, out: Path) -> None:
     \b
     RESULTS.parquet (from `ipilab sweep`): IPIs and CAL interrupts, CSDs per interrupt, throughput and
       sender wait latency against each swept parameter, one line per kernel (mean over seeds, bars from
-      the lowest to the highest seed); interrupts per CPU over time; every run with its error.
+      the lowest to the highest seed); the wait latency distribution (p50, p90, p99, max) per kernel;
+      interrupts per CPU over time; every run with its error.
     TRACE (anything `ipilab analyze` reads): the audit tables, interrupts per CPU over time, and the
       queue-to-run latency percentiles per function.
     SEED.json (from `ipilab reproduce seed --json`): the comparison with the paper, its plots and units.
