@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 from markupsafe import Markup
+from matplotlib.ticker import MaxNLocator
 
 from ipilab import __version__
 from ipilab.analysis.audit import AUDIT_DOCS, audit_trace
@@ -354,6 +355,7 @@ def _sweep_heatmaps(rows: list[dict[str, Any]], varied: list[str]) -> Section:
         ax.set_title(", ".join(f"{p}={r[p]}" for p in (varied or ["kernel"])) + f", seed {r['seed']}", fontsize=9)
         ax.set_xlabel("simulated time, ms")
         ax.set_ylabel("CPU")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(im, ax=ax, label="function-call interrupts per ms")
     return Section("Interrupts per CPU over time", figures=[Figure(svg(fig), (
         "Function-call interrupts each CPU took, per ms of simulated time, in each of the window's intervals "
@@ -432,12 +434,14 @@ def trace_page(path: Path) -> str:
                           *(fmt(a["function_ns"].get(f, {}).get(p)) for p in ("p50", "p99"))]
                          for f in sorted(set(a["latency_ns"]) | set(a["function_ns"]))]))
     rec = a["reconciliation"]
+    notes = []
     if rec:
-        tables.append(Table(f"against /proc/interrupts ({rec['sidecar']}): {rec['why_they_differ']}",
+        notes.append(f"Against /proc/interrupts ({rec['sidecar']}): {rec['why_they_differ']}.")
+        tables.append(Table("against /proc/interrupts (counts over the capture)",
                             ["row", "/proc/interrupts", "trace", "difference"],
                             [[row, fmt(v["proc_interrupts"]), fmt(v["trace"]),
                               f"{v['trace'] - v['proc_interrupts']:+,}"] for row, v in rec["rows"].items()]))
-    sections.append(Section("Audit tables", tables=tables))
+    sections.append(Section("Audit tables", notes=notes, tables=tables))
     return page(f"Trace: {path.name}", str(path), sections)
 
 
@@ -461,6 +465,7 @@ def _trace_heatmap(path: Path) -> Figure | None:
                    extent=(0, span / 1e6, -0.5, ncpu - 0.5))
     ax.set_xlabel("ms since the first function-call interrupt")
     ax.set_ylabel("CPU")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label="interrupts per ms")
     return Figure(svg(fig), f"Function-call interrupts (call_function(_single)_entry) per CPU per ms, in "
                             f"{HEATMAP_BINS} bins of {bin_ms:.3g} ms.")
