@@ -108,6 +108,19 @@ def test_litmus_trace_slices_and_arrows(tmp_path: Path) -> None:
     assert sends == ["IPI -> CPU 1", "IPI -> CPU 1"]  # C needed none
 
 
+def test_a_window_of_the_litmus_trace(tmp_path: Path) -> None:
+    """--from-ms 0.015 --to-ms 0.05: the events 15 to 50 µs after the first (at 10 µs), i.e. 25..60 µs. The
+    first call (queued at 10, run at 21..23) is outside; B and C with their arrows and the local run are in."""
+    trace = tmp_path / "litmus.trace"
+    trace.write_text(LITMUS)
+    data = export(tmp_path, str(trace), "--from-ms", "0.015", "--to-ms", "0.05")
+    check_structure(data)
+    got = sorted((e["name"], round(e["ts"] - T0, 3)) for e in data["traceEvents"] if e["ph"] == "X")
+    assert got == [("call_function_single interrupt", 40), ("flush_tlb_func", 32), ("flush_tlb_func", 41),
+                   ("flush_tlb_func", 43), ("queue -> CPU 1", 30), ("queue -> CPU 1", 31)]
+    assert sum(e["ph"] == "s" for e in data["traceEvents"]) == 2
+
+
 def test_simulated_timeline_matches_the_simulators_counts(tmp_path: Path) -> None:
     """--from-sim: one queue marker per CSD queued, one arrow per CSD run (calls still queued at the end
     get none), one handler slice per CAL interrupt, as `simulate --json` counts them for the same run
@@ -131,7 +144,8 @@ def test_simulated_timeline_matches_the_simulators_counts(tmp_path: Path) -> Non
     ([], ["TRACE", "--from-sim"]),
     (["nope.trace"], ["nope.trace"]),
     (["--from-sim", "-k", "v9.9"], ["v9.9"]),
-], ids=["neither", "missing-trace", "bad-kernel"])
+    (["--from-sim", "--from-ms", "2", "--to-ms", "1"], ["--to-ms", "--from-ms"]),
+], ids=["neither", "missing-trace", "bad-kernel", "empty-window"])
 def test_export_bad_input_is_one_error_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
     """Neither input, a missing trace, a bad simulation option: one error line, no file written."""
     proc = ipilab("export", *args, "--perfetto", str(tmp_path / "t.json"), cwd=tmp_path)

@@ -37,7 +37,7 @@ from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
-from ipilab.trace.perfetto import write_timeline
+from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
 from ipilab.workloads.base import parse_cpulist
@@ -472,8 +472,14 @@ sweep_cmd.name = "sweep"
               help="With --from-sim: simulated window (a timeline is for looking closely: keep it short).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
               help="With --from-sim: random seed.")
+@click.option("--from-ms", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Start the timeline this many ms after the trace's first event.")
+@click.option("--to-ms", type=click.FloatRange(0), default=None,
+              help="End it this many ms after the first event (default: the trace's end). A long trace makes a "
+                   "large file: a second of a busy 2-CPU trace is about 50 MB.")
 def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kernel: str, workload: str,
-               settings: tuple[str, ...], costs: tuple[str, ...], seconds: float, seed: int) -> None:
+               settings: tuple[str, ...], costs: tuple[str, ...], seconds: float, seed: int, from_ms: float,
+               to_ms: float | None) -> None:
     """Write a trace (or a simulated run) as a timeline for ui.perfetto.dev or chrome://tracing.
 
     One track per CPU: function-call and reschedule interrupt handlers as slices, each function run
@@ -485,6 +491,8 @@ def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kern
         fail("give a TRACE or --from-sim, not both or neither")
     if not out.resolve().parent.is_dir():
         fail(f"--perfetto: folder {out.parent} does not exist")
+    if to_ms is not None and to_ms <= from_ms:
+        fail(f"--to-ms ({to_ms:g}) must be after --from-ms ({from_ms:g})")
     with tempfile.TemporaryDirectory(prefix="ipilab-export-") as tmp:
         if from_sim:
             try:
@@ -498,7 +506,7 @@ def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kern
             fail(f"{trace}: no such file")
         stats = ReadStats()
         try:
-            data = write_timeline(read_trace(trace, stats), out)
+            data = write_timeline(window(read_trace(trace, stats), from_ms, to_ms), out)
         except TraceFormatError as e:
             fail(str(e))
     for w_ in stats.warnings:

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,19 @@ class Timeline:
         return {"traceEvents": meta + body, "displayTimeUnit": "ns",
                 "otherData": {"generator": "ipilab export", "flows": self.flows,
                               "slices": "interrupt handlers and csd functions; queue markers are 10 ns long"}}
+
+
+def window(events: Iterable[Event], from_ms: float, to_ms: float | None) -> Iterator[Event]:
+    """The events from `from_ms` to `to_ms` milliseconds after the first event (inclusive)."""
+    t0 = None
+    for ev in events:
+        if t0 is None:
+            t0 = ev.ts
+        since = (ev.ts - t0) / 1e6
+        if to_ms is not None and since > to_ms:
+            return
+        if since >= from_ms:
+            yield ev
 
 
 def timeline(events: Iterable[Event]) -> dict[str, Any]:
