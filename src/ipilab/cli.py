@@ -28,8 +28,8 @@ from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import counts_table, print_audit
 from ipilab.analysis.report import ReportError, write_report
-from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
-from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
+from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
+from ipilab.machine.model import COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
@@ -39,7 +39,7 @@ from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
-from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
+from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_settings
 from ipilab.workloads.base import parse_cpulist
 
 console = Console()
@@ -166,7 +166,7 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
 
 
 def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
-               seconds: float) -> tuple[Any, Any, Any]:
+               seconds: float) -> tuple[Machine, Kernel, Workload]:
     """Machine, kernel and workload from simulate's options (errors: MachineError, KernelSpecError,
     WorkloadError, or a user error)."""
     m = load_machine(machine)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ from ipilab import __version__
 from ipilab.analysis.audit import AUDIT_DOCS, audit_trace
 from ipilab.analysis.plots import seed_figure
 from ipilab.events import HANDLER_ENTRY
-from ipilab.files import publish
+from ipilab.files import published
 from ipilab.sim.run import METRIC_DOCS
 from ipilab.sweep.run import COLUMN_DOCS
 from ipilab.sweep.store import ResultStore, StoreError
@@ -158,14 +156,8 @@ def _is_parquet(path: Path) -> bool:
 
 def write_report(source: Path, out: Path) -> str:
     html, kind = report(source)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with published(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return kind
 
 

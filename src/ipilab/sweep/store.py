@@ -10,15 +10,13 @@ the same run appears twice (a part left behind after a merge), the newer row win
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ipilab.files import publish
+from ipilab.files import published
 
 
 def parts_dir(out: Path) -> Path:
@@ -26,14 +24,8 @@ def parts_dir(out: Path) -> Path:
 
 
 def _write(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with published(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

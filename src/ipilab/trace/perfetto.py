@@ -13,8 +13,6 @@ long so that they show and can carry an arrow; a slice always covers its childre
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ipilab.events import HANDLER_ENTRY, Event, symbol_name
-from ipilab.files import publish
+from ipilab.files import published
 
 MIN_US = 0.01  # 10 ns: the shortest slice drawn
 PID = 1  # one "process" holds the CPU tracks
@@ -164,12 +162,6 @@ def timeline(events: Iterable[Event]) -> dict[str, Any]:
 def write_timeline(events: Iterable[Event], out: Path) -> dict[str, Any]:
     """Write the timeline JSON atomically; return it."""
     data = timeline(events)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with published(out) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
     return data
