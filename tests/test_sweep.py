@@ -117,31 +117,57 @@ count = 2
 """
 
 
-def _kill_midway(tmp_path: Path, sig: int) -> tuple[subprocess.Popen[str], str, Path, int]:
-    """Start an 8-run sweep in one process and send `sig` once at least 2 runs are stored."""
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_midway(tmp_path: Path, sig: int, workers: int = 1) -> tuple[subprocess.Popen[str], str, Path, int,
+                                                                           list[int]]:
+    """Start an 8-run sweep and send `sig` once at least 2 runs are stored; also return the sweep's worker
+    processes as they were just before."""
     spec = tmp_path / "slow.toml"
     spec.write_text(SLOW)
     out = tmp_path / "slow.parquet"
     parts = tmp_path / "slow.parquet.parts"
-    proc = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "sweep", str(spec), "--out", str(out), "-j", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "sweep", str(spec), "--out", str(out), "-j",
+                             str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if parts.is_dir() and len([p for p in parts.iterdir() if not p.name.startswith(".")]) >= 2:
             break
         time.sleep(0.02)
+    kids = children(proc.pid)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     stored = len(list(parts.glob("[!.]*.parquet"))) if parts.is_dir() else pq.read_table(out).num_rows
-    return proc, stderr, out, stored
+    return proc, stderr, out, stored, kids
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_a_run(tmp_path: Path) -> None:
-    """SIGKILL after some runs: their parts survive; --resume runs only the rest; the table then holds each
-    of the 8 runs exactly once and equals an uninterrupted sweep's."""
-    proc, _, out, stored = _kill_midway(tmp_path, signal.SIGKILL)
+    """SIGKILL of a 2-worker sweep after some runs: its workers exit too; the runs' parts survive;
+    --resume runs only the rest; the table then holds each of the 8 runs exactly once and equals an
+    uninterrupted sweep's."""
+    proc, _, out, stored, workers = _kill_midway(tmp_path, signal.SIGKILL, workers=2)
     assert proc.returncode == -signal.SIGKILL
     assert 2 <= stored < 8, stored  # killed midway
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if Path(f"/proc/{w}").exists()]
+    for w in left:  # don't leave them behind when the check fails
+        os.kill(w, signal.SIGKILL)
+    assert not left, "workers outlived the killed sweep"
     again = ipilab("sweep", str(tmp_path / "slow.toml"), "--out", str(out), "--resume", "-j", "1")
     assert again.returncode == 0, again.stderr
     assert f"{8 - stored} runs" in again.stderr and f"{stored} already in the table" in again.stderr
@@ -160,7 +186,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_run(tmp_path: Path) 
 def test_ctrl_c_keeps_the_finished_runs_in_the_table(tmp_path: Path) -> None:
     """SIGINT midway: exit 130, the finished runs are merged into the table and the parts folder is gone;
     without --resume a second sweep refuses to overwrite it."""
-    proc, stderr, out, stored = _kill_midway(tmp_path, signal.SIGINT)
+    proc, stderr, out, stored, _ = _kill_midway(tmp_path, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "slow.parquet.parts").exists()

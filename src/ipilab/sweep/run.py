@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -89,14 +90,27 @@ class Outcome:
 Progress = Callable[[int, int, int], None]  # (done, failed, to do)
 
 
+def _worker_start(parent: int) -> None:
+    """In each local worker: ignore Ctrl-C (the sweep's own process stops the workers and keeps what
+    finished), and exit when the sweep's process is gone (killed): a worker would otherwise finish its
+    run and then wait forever for the next."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _local(runs: list[Run], workers: int) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         for run in runs:
             yield run_one(run)
         return
-    # Workers ignore Ctrl-C: the sweep's own process stops them and keeps what finished.
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), initializer=signal.signal,
-                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), initializer=_worker_start,
+                               initargs=(os.getpid(),))
     try:
         futures = {pool.submit(run_one, run): run for run in runs}
         for f in as_completed(futures):
