@@ -151,3 +151,18 @@ def test_export_bad_input_is_one_error_line(tmp_path: Path, args: list[str], wor
     proc = ipilab("export", *args, "--perfetto", str(tmp_path / "t.json"), cwd=tmp_path)
     assert_user_error(proc, *words)
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_real_4_cpu_trace_gives_a_well_formed_timeline(tmp_path: Path) -> None:
+    """A real 4-vCPU trace (Linux 6.12 under QEMU, TLB shootdowns): four CPU tracks, nested slices, every
+    arrow bound at both ends; no more arrows than the calls `ipilab analyze` counts as queued."""
+    trace = Path(__file__).resolve().parents[2] / "shared" / "traces" / "qemu4-tlbstorm-4x200.trace.xz"
+    if not trace.exists():
+        pytest.skip(f"{trace} not here (shared/ sits next to the repository clone)")
+    data = export(tmp_path, str(trace))
+    check_structure(data)
+    names, _ = tracks(data)
+    assert sorted(names.values()) == ["CPU 0", "CPU 1", "CPU 2", "CPU 3"]
+    audit = json.loads(ipilab("analyze", "--json", str(trace)).stdout)
+    arrows = sum(e["ph"] == "s" for e in data["traceEvents"])
+    assert 0 < arrows <= audit["csd_enqueues"]
