@@ -196,6 +196,22 @@ def test_ctrl_c_keeps_the_finished_runs_in_the_table(tmp_path: Path) -> None:
     assert_user_error(ipilab("sweep", str(tmp_path / "slow.toml"), "--out", str(out)), "--resume")
 
 
+def test_grid_order_and_run_identity(tmp_path: Path) -> None:
+    """vary.rate = [1000, 2000] with vary.seed = [5, 9]: 4 runs, parameters outer and seeds inner; a run's
+    id depends on its parameters and seed only, so the same spec read again gives the same ids (what
+    --resume matches) and one changed base value changes them all."""
+    path = tmp_path / "g.toml"
+    path.write_text("[vary]\nrate = [1000, 2000]\nseed = [5, 9]\n")
+    runs = expand(load_spec(path), path)
+    assert [(r.index, r.params["rate"], r.seed) for r in runs] == [(0, 1000, 5), (1, 1000, 9), (2, 2000, 5),
+                                                                  (3, 2000, 9)]
+    assert runs[0].params["kernel"] == "v6.18" and runs[0].params["machine"] == "vm-2cpu"  # the base defaults
+    assert len({r.run_id for r in runs}) == 4
+    assert [r.run_id for r in expand(load_spec(path), path)] == [r.run_id for r in runs]
+    path.write_text("[base]\nseconds = 0.02\n[vary]\nrate = [1000, 2000]\nseed = [5, 9]\n")
+    assert not {r.run_id for r in expand(load_spec(path), path)} & {r.run_id for r in runs}
+
+
 @pytest.mark.parametrize(("body", "words"), [
     ("[vary]\nflux = [1, 2]\n", ["vary", "flux", "unknown parameter"]),
     ("[vary]\nrate = []\n", ["vary", "rate", "empty list"]),
@@ -209,9 +225,11 @@ def test_ctrl_c_keeps_the_finished_runs_in_the_table(tmp_path: Path) -> None:
     ("[base.set]\nrate = -3\n", ["base", "rate", "greater than 0"]),
     ("[vary]\nkernel = [\"v4.12\", \"v9.9\"]\n", ["vary.kernel", "v9.9"]),
     ("[seeds]\ncount = 0\n", ["seeds.count"]),
+    ("[vary]\nseed = [1, \"two\"]\n", ["vary.seed", "'two'"]),
+    ("[vary]\nseed = [1]\n[seeds]\ncount = 2\n", ["vary.seed", "[seeds]"]),
 ], ids=["unknown-parameter", "empty-list", "empty-range", "wrong-type", "wrong-type-in-range", "cost-not-whole",
         "other-workloads-field", "base-wrong-type", "unknown-base-field", "bad-base-setting", "unknown-kernel",
-        "no-seeds"])
+        "no-seeds", "seed-not-a-number", "seeds-twice"])
 def test_bad_spec_names_the_field(tmp_path: Path, body: str, words: list[str]) -> None:
     """Each bad spec is refused while the grid is built (before any run), naming the field."""
     path = tmp_path / "bad.toml"

@@ -147,7 +147,11 @@ class SweepSpec(BaseModel):
     def seed_list(self) -> list[int]:
         if "seed" in self.vary:
             v = self.vary["seed"]
-            return [int(s) for s in (v.values() if isinstance(v, Range) else v)]  # type: ignore[arg-type]
+            seeds = v.values() if isinstance(v, Range) else v
+            for seed in seeds:
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                    raise ValueError(f"vary.seed: {seed!r} is not a whole number from 0 to 2^63-1")
+            return seeds  # type: ignore[return-value]
         s = self.seeds or Seeds()
         return list(range(s.first, s.first + s.count))
 
@@ -244,7 +248,10 @@ def expand(spec: SweepSpec, path: Path) -> list[Run]:
     base = spec.base.model_dump(exclude={"set"})
     base.update(spec.base.set)
     axes = spec.axes()
-    seeds = spec.seed_list()
+    try:
+        seeds = spec.seed_list()
+    except ValueError as e:
+        raise SpecError(f"{path}: {e}") from None
     total = math.prod(len(v) for v in axes.values()) * len(seeds)
     if total > MAX_RUNS:
         raise SpecError(f"{path}: vary: {total:,} runs; at most {MAX_RUNS:,}")
