@@ -94,15 +94,16 @@ def test_dask_cluster_gives_the_same_table_as_local_processes(tmp_path: Path) ->
     assert without_wall_time(a).equals(without_wall_time(b))
 
 
-def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
-    """No cluster at the address: one error line naming --scheduler, no traceback (after the connect
-    timeout, shortened here through dask's config)."""
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:9", "nonsense"], ids=["nobody-there", "not-an-address"])
+def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path, address: str) -> None:
+    """No cluster at the address, or no address: one error line naming --scheduler, no traceback (after the
+    connect timeout, shortened here through dask's config)."""
     spec = tmp_path / "grid.toml"
     spec.write_text(GRID)
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
-    proc = subprocess.run([sys.executable, "-m", "ipilab.cli", "sweep", str(spec), "--scheduler", "tcp://127.0.0.1:9"],
+    proc = subprocess.run([sys.executable, "-m", "ipilab.cli", "sweep", str(spec), "--scheduler", address],
                           capture_output=True, text=True, timeout=120, env=env)
-    assert_user_error(proc, "--scheduler")
+    assert_user_error(proc, "--scheduler", address)
     assert not (tmp_path / "grid.parquet").exists()
 
 

@@ -448,8 +448,8 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
             sys.exit(130)
         except StoreError as e:
             fail(f"--resume: {e}")
-        except OSError as e:  # the Dask scheduler cannot be reached
-            fail(f"--scheduler {scheduler}: {e}" if scheduler else str(e))
+        except sweep_run.ClusterError as e:
+            fail(str(e))
     click.echo(f"{outcome.done} runs in {outcome.wall_seconds:.1f} s ({outcome.failed} failed, {outcome.skipped} "
                f"already in the table, {outcome.total} in the grid); results in {out}", err=True)
 

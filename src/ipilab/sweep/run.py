@@ -126,11 +126,18 @@ def _local(runs: list[Run], workers: int) -> Iterator[dict[str, Any]]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+class ClusterError(Exception):
+    """The Dask scheduler cannot be reached; the message names it."""
+
+
 def _dask(runs: list[Run], scheduler: str) -> Iterator[dict[str, Any]]:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
-    client = Client(scheduler)  # waits up to distributed.comm.timeouts.connect (dask config; 30 s)
+    try:
+        client = Client(scheduler)  # waits up to distributed.comm.timeouts.connect (dask config; 30 s)
+    except (OSError, ValueError, TypeError) as e:  # unreachable, or not an address
+        raise ClusterError(f"--scheduler {scheduler}: {e}") from None
     try:
         futures = client.map(run_one, runs, pure=False)
         by_future = dict(zip(futures, runs, strict=True))
