@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,21 +13,33 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import counts_table, print_audit
-from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
-from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
+from ipilab.analysis.report import ReportError, write_report
+from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
+from ipilab.machine.model import COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.sweep import run as sweep_run
+from ipilab.sweep.spec import SpecError, expand, load_spec
+from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
-from ipilab.trace.read import TraceFormatError
-from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
+from ipilab.trace.perfetto import window, write_timeline
+from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
+from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_settings
 from ipilab.workloads.base import parse_cpulist
 
 console = Console()
@@ -140,23 +153,7 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
     Workload parameters (--set):
     """
     try:
-        m = load_machine(machine)
-        if costs:
-            overrides = parse_settings(costs)
-            try:
-                ns = {k: int(v) for k, v in overrides.items()}
-            except ValueError:
-                fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
-            try:
-                m = m.with_costs(**ns)
-            except KeyError as e:
-                fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
-            except ValidationError as e:
-                fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
-        k = resolve_kernel(kernel)
-        w = workload_from_settings(workload, parse_settings(settings))
-        if not 0 < seconds <= MAX_SECONDS:
-            fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+        m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
         if trace_out is not None and not trace_out.resolve().parent.is_dir():
             fail(f"--trace-out: folder {trace_out.parent} does not exist")
         result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out)
@@ -166,6 +163,30 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         emit_json(result)
     else:
         print_result(result)
+
+
+def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
+               seconds: float) -> tuple[Machine, Kernel, Workload]:
+    """Machine, kernel and workload from simulate's options (errors: MachineError, KernelSpecError,
+    WorkloadError, or a user error)."""
+    m = load_machine(machine)
+    if costs:
+        overrides = parse_settings(costs)
+        try:
+            ns = {k: int(v) for k, v in overrides.items()}
+        except ValueError:
+            fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
+        try:
+            m = m.with_costs(**ns)
+        except KeyError as e:
+            fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
+        except ValidationError as e:
+            fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
+    k = resolve_kernel(kernel)
+    w = workload_from_settings(workload, parse_settings(settings))
+    if not 0 < seconds <= MAX_SECONDS:
+        fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    return m, k, w
 
 
 simulate_cmd.name = "simulate"
@@ -359,6 +380,167 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
         print_sensitivity(rows or [], result["sensitivity_window"], console)
     if plot is not None:
         console.print(f"plot written to {plot}", highlight=False)
+
+
+@main.command("sweep")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results table to write (default: SPEC.parquet beside the spec).")
+@click.option("--workers", "-j", type=click.IntRange(1, 512), default=None,
+              help="Local worker processes (default: one per CPU).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run on an existing Dask distributed cluster instead, e.g. tcp://host:8786.")
+@click.option("--resume", is_flag=True,
+              help="Continue the table at --out: skip the runs it holds (failed runs run again).")
+def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler: str | None, resume: bool) -> None:
+    """Run a grid of simulations: a base configuration, parameters crossed, repeated over seeds.
+
+    SPEC.toml has [base] (machine, kernel, workload, seconds, warmup, intervals, and [base.set] with
+    anything `simulate --set` takes: workload fields, topology fields such as cores_per_socket or
+    apic_mode, machine costs), [vary] (each parameter a list or {from, to, step}; crossed) and [seeds]
+    (first, count). The whole grid is checked before any run. Each finished run is one row of a Parquet
+    table (parameters, metrics, seed, wall time, ipilab version, error); while it runs, rows are kept as
+    parts in OUT.parts/, so a killed sweep loses only the runs in flight and `--resume` continues it.
+    Example specs: examples/*.toml. Then: `ipilab report OUT -o report.html`.
+
+    \b
+        [base]
+        machine = "broadwell-ep-2s-88t"
+        workload = "swap-w-seq-mt"
+        seconds = 0.004
+        warmup = 0.002
+        [vary]
+        kernel = ["v4.12", "v4.13"]
+        threads = {from = 10, to = 80, step = 10}
+        [seeds]
+        count = 2
+    """
+    if workers is not None and scheduler is not None:
+        fail("give --workers or --scheduler, not both")
+    out = out or spec_path.with_suffix(".parquet")
+    if not out.resolve().parent.is_dir():
+        fail(f"--out: folder {out.parent} does not exist")
+    try:
+        runs = expand(load_spec(spec_path), spec_path)
+    except SpecError as e:
+        fail(str(e))
+    store = ResultStore(out)
+    if store.exists() and not resume:
+        fail(f"{out} (or {store.parts.name}) exists: --resume to continue it, or remove it")
+    interactive = sys.stderr.isatty()
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("failed {task.fields[failed]}, left {task.fields[left]}"), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True),
+                  disable=not interactive) as bar:
+        task = bar.add_task("sweep", total=None, failed=0, left=0)
+
+        def progress(done: int, failed: int, left: int) -> None:
+            bar.update(task, completed=done, total=done + left, failed=failed, left=left)
+
+        try:
+            outcome = sweep_run.run_sweep(runs, store, workers=workers, scheduler=scheduler, resume=resume,
+                                          progress=progress)
+        except KeyboardInterrupt:
+            if store.exists():
+                click.echo(f"ipilab: interrupted; the finished runs are in {out}; `--resume` continues", err=True)
+            else:
+                click.echo("ipilab: interrupted before any run finished; nothing written", err=True)
+            sys.exit(130)
+        except StoreError as e:
+            fail(f"--resume: {e}")
+        except sweep_run.ClusterError as e:
+            fail(str(e))
+    click.echo(f"{outcome.done} runs in {outcome.wall_seconds:.1f} s ({outcome.failed} failed, {outcome.skipped} "
+               f"already in the table, {outcome.total} in the grid); results in {out}", err=True)
+
+
+sweep_cmd.name = "sweep"
+
+
+@main.command("export")
+@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--perfetto", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The timeline to write (Chrome Trace Event JSON).")
+@click.option("--from-sim", is_flag=True, help="Simulate instead of reading TRACE (options as `simulate`).")
+@click.option("--machine", "-m", default="vm-2cpu", show_default=True, help="With --from-sim: as `simulate`.")
+@click.option("--kernel", "-k", default="v6.18", show_default=True, help="With --from-sim: as `simulate`.")
+@click.option("--workload", "-w", default="synthetic", show_default=True, type=click.Choice(sorted(WORKLOADS)),
+              help="With --from-sim: as `simulate`.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="With --from-sim: as `simulate`.")
+@click.option("--cost", "costs", multiple=True, metavar="NAME=NS", help="With --from-sim: as `simulate`.")
+@click.option("--seconds", "-s", type=float, default=0.002, show_default=True,
+              help="With --from-sim: simulated window (a timeline is for looking closely: keep it short).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
+              help="With --from-sim: random seed.")
+@click.option("--from-ms", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Start the timeline this many ms after the trace's first event.")
+@click.option("--to-ms", type=click.FloatRange(0), default=None,
+              help="End it this many ms after the first event (default: the trace's end). A long trace makes a "
+                   "large file: a second of a busy 2-CPU trace is about 50 MB.")
+def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kernel: str, workload: str,
+               settings: tuple[str, ...], costs: tuple[str, ...], seconds: float, seed: int, from_ms: float,
+               to_ms: float | None) -> None:
+    """Write a trace (or a simulated run) as a timeline for ui.perfetto.dev or chrome://tracing.
+
+    One track per CPU: function-call and reschedule interrupt handlers as slices, each function run
+    (csd_function_entry..exit) inside them, a short marker where a call was queued (csd_queue_cpu) with a
+    flow arrow from it to that call's function entry on the target, and IPI sends as instants. Times
+    are µs from the trace's clock. Open the file in the Perfetto UI (Open trace file) or chrome://tracing.
+    """
+    if bool(trace) == from_sim:
+        fail("give a TRACE or --from-sim, not both or neither")
+    if not out.resolve().parent.is_dir():
+        fail(f"--perfetto: folder {out.parent} does not exist")
+    if to_ms is not None and to_ms <= from_ms:
+        fail(f"--to-ms ({to_ms:g}) must be after --from-ms ({from_ms:g})")
+    with tempfile.TemporaryDirectory(prefix="ipilab-export-") as tmp:
+        if from_sim:
+            try:
+                m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
+                trace = Path(tmp) / "sim.trace"
+                simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace)
+            except (MachineError, KernelSpecError, WorkloadError) as e:
+                fail(str(e))
+        assert trace is not None
+        if not trace.exists():
+            fail(f"{trace}: no such file")
+        stats = ReadStats()
+        try:
+            data = write_timeline(window(read_trace(trace, stats), from_ms, to_ms), out)
+        except TraceFormatError as e:
+            fail(str(e))
+    for w_ in stats.warnings:
+        click.echo(f"ipilab: warning: {w_}", err=True)
+    slices = sum(1 for e in data["traceEvents"] if e["ph"] == "X")
+    click.echo(f"wrote {out}: {slices:,} slices, {data['otherData']['flows']:,} queue-to-run arrows", err=True)
+
+
+export_cmd.name = "export"
+
+
+@main.command("report")
+@click.argument("source", metavar="RESULTS.parquet|TRACE|SEED.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML page to write.")
+def report_cmd(source: Path, out: Path) -> None:
+    """One self-contained HTML page of plots and tables (opens offline; no script, nothing fetched).
+
+    \b
+    RESULTS.parquet (from `ipilab sweep`): IPIs and CAL interrupts, CSDs per interrupt, throughput and
+      sender wait latency against each swept parameter, one line per kernel (mean over seeds, bars from
+      the lowest to the highest seed); the wait latency distribution (p50, p90, p99, max) per kernel;
+      interrupts per CPU over time; every run with its error.
+    TRACE (anything `ipilab analyze` reads): the audit tables, interrupts per CPU over time, and the
+      queue-to-run latency percentiles per function.
+    SEED.json (from `ipilab reproduce seed --json`): the comparison with the paper, its plots and units.
+    """
+    if not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    try:
+        kind = write_report(source, out)
+    except (ReportError, TraceFormatError) as e:
+        fail(str(e))
+    click.echo(f"wrote {out} (report of a {kind})", err=True)
 
 
 @contextmanager

@@ -4,6 +4,9 @@ target, then rename it into place in one step."""
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -35,3 +38,18 @@ class PublishOnExit:
             self.close()
         else:
             self.abort()
+
+
+@contextmanager
+def published(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write the whole file to; published to `path` when the block
+    ends normally, removed when it raises."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -31,6 +31,11 @@ def save_atomically(fig: Any, path: Path) -> None:
 
 
 def plot_seed(r: dict[str, Any], path: Path) -> None:
+    """The seed comparison as a PNG file (see `seed_figure`)."""
+    save_atomically(seed_figure(r), path)
+
+
+def seed_figure(r: dict[str, Any]) -> Any:
     """The seed comparison: IPIs and interrupts, throughput, and interrupts per CPU over time."""
     kernels = r["kernels"]
     runs = [r["runs"][k] for k in kernels]
@@ -80,4 +85,4 @@ def plot_seed(r: dict[str, Any], path: Path) -> None:
         fig.colorbar(im, ax=ax, label="interrupts per ms")
     fig.suptitle(f"Seed reproduction on {r['machine']}: swap-w-seq-mt, {r['workload']['threads']} threads "
                  f"(ipilab {r['ipilab_version']})")
-    save_atomically(fig, path)
+    return fig

@@ -60,11 +60,13 @@ class SeedError(ValueError):
     """A bad setting for the seed experiment; the message names it."""
 
 
-def split_settings(settings: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
-    """--set pairs into workload fields, machine topology fields and machine costs."""
+def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SEED_WORKLOAD_KEYS
+                   ) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """--set pairs into workload fields (`workload_keys`: the seed workload's by default), machine
+    topology fields and machine costs."""
     workload, topology, costs = {}, {}, {}
     for key, value in settings.items():
-        if key in SEED_WORKLOAD_KEYS:
+        if key in workload_keys:
             workload[key] = value
         elif key in TOPOLOGY_KEYS:
             topology[key] = value
@@ -74,7 +76,7 @@ def split_settings(settings: dict[str, str]) -> tuple[dict[str, str], dict[str, 
             except ValueError:
                 raise SeedError(f"--set {key}: a cost is whole nanoseconds, got {value!r}") from None
         else:
-            raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(SEED_WORKLOAD_KEYS)}; "
+            raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(workload_keys)}; "
                             f"machine: {', '.join(TOPOLOGY_KEYS)}; or a cost name (`ipilab machines`)")
     return workload, topology, costs
 
