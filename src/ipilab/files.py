@@ -43,9 +43,9 @@ class PublishOnExit:
 @contextmanager
 def published(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write the whole file to; published to `path` when the block
-    ends normally, removed when it raises."""
+    ends normally, removed when it raises. It keeps `path`'s suffix, for writers that pick a format by it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
