@@ -144,7 +144,9 @@ class Audit:
 
     # --- feeding -------------------------------------------------------------------------------------
 
-    def feed(self, ev: Event) -> None:
+    def feed(self, ev: Event) -> Queued | None:
+        """Take the next event; for a csd_queue_cpu, return its record (its `decision` is filled in when the
+        trace shows it)."""
         if self.first_ts is None:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
@@ -159,7 +161,7 @@ class Audit:
                 for group, gname in self._group_names(q):
                     self.groups[group][gname].enqueues += 1
                 self.top_senders[target][(q.task, q.callsite)] += 1
-            return
+            return q
         if name == "ipi_send_cpu" or name == "ipi_send_cpumask":
             targets = (int(f["cpu"]),) if name == "ipi_send_cpu" else f["cpumask"]  # type: ignore[arg-type]
             if str(f["callback"]) == RESCHEDULE_CALLBACK:
@@ -239,8 +241,11 @@ class Audit:
                 if csd != NULL_CSD and self._wanted(cpu):
                     self.duration[func].record_value(max(1, ev.ts - t0))
             return
-        if name == "cpu_idle" and not self._in_irq(ev):
+        if (name == "cpu_idle" or name == "sched_switch") and not self._in_irq(ev):
+            # The task stops or the CPU idles: its calls got no send. (sched_switch reaches the audit only
+            # from readers that ask for it, such as the replay's.)
             self._close((cpu, False))
+        return None
 
     # --- the result ------------------------------------------------------------------------------------
 
