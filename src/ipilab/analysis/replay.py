@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipilab.analysis.audit import NULL_CSD, Audit, Queued
+from ipilab.analysis.audit import NULL_CSD, SINGLE_CALLSITES, Audit, Queued
 from ipilab.events import (
     CALL_FUNCTION_SINGLE_VECTOR,
     CALL_FUNCTION_VECTOR,
@@ -62,10 +62,6 @@ from ipilab.kernel.smp import (
 from ipilab.trace.read import ReadStats, read_trace
 
 TTWU_FUNC = "sched_ttwu_pending"
-# Callsites (csd_queue_cpu's _RET_IP_) on the single-target paths: each enqueue there is a call of its own.
-SINGLE_CALLSITES = frozenset({"generic_exec_single", "ttwu_queue_wakelist", "irq_work_queue_on",
-                              "smp_call_function_single", "smp_call_function_single_async",
-                              "__smp_call_single_queue", "send_call_function_single_ipi"})
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
 MAX_MISMATCHES_SHOWN = 5
 POLL_CLEAR_NS = 12_000  # the idle loop clears TIF_POLLING_NRFLAG this long before cpu_idle shows the halt
@@ -184,11 +180,14 @@ class IdleModel:
             self.cpus[cpu].in_idle = self.cpus[cpu].halted = pid == 0
             if m.halt_poll_override is not None:
                 self.cpus[cpu].halt_poll_ns = m.halt_poll_override
-        self.halts: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # seqs, timestamps
+        # Per CPU whose idle states the trace shows: its halting entries (seqs, timestamps).
+        self.halts: dict[int, tuple[list[int], list[int]]] = {}
         for seq, cpu, what, ev in m.idle_actions:
-            if what == "cpu_idle" and int(ev.fields["state"]) not in (0, CPU_IDLE_EXIT):  # type: ignore[arg-type]
-                self.halts[cpu][0].append(seq)
-                self.halts[cpu][1].append(ev.ts)
+            if what == "cpu_idle":
+                seqs, stamps = self.halts.setdefault(cpu, ([], []))
+                if int(ev.fields["state"]) not in (0, CPU_IDLE_EXIT):  # type: ignore[arg-type]
+                    seqs.append(seq)
+                    stamps.append(ev.ts)
 
     def transition(self, cpu: int, what: str, ev: Event) -> None:
         st = self.cpus[cpu]
@@ -209,7 +208,12 @@ class IdleModel:
             else:
                 st.halted, st.halt_ts, st.leaving = True, ev.ts, False
 
-    def polling(self, cpu: int, seq: int, ts: int) -> bool:
+    def polling(self, cpu: int, seq: int, ts: int, idle_flush: bool) -> bool:
+        """Would a sender at (seq, ts) find `cpu` polling? `idle_flush`: the call's batch was flushed by
+        the idle loop, not an interrupt: for a CPU whose idle states the trace does not show, that is the
+        evidence (an IPI would have been taken as an interrupt)."""
+        if cpu not in self.halts:
+            return idle_flush
         st = self.cpus[cpu]
         if st.poll_state:
             return True
@@ -217,9 +221,7 @@ class IdleModel:
             return ts < st.halt_ts + st.halt_poll_ns
         if not (self.m.have_sched and st.in_idle) or st.leaving:
             return False
-        seqs, stamps = self.halts.get(cpu, ([], []))
-        if not seqs:
-            return False  # the trace never shows this CPU's idle states: assume it halts at once
+        seqs, stamps = self.halts[cpu]
         i = bisect_right(seqs, seq)
         return i == len(seqs) or ts < stamps[i] - self.poll_clear_ns
 
@@ -228,7 +230,7 @@ class TraceModel:
     """Pass 1: the trace as calls, flushes and idle transitions, plus the audit's real decisions."""
 
     def __init__(self, halt_poll_ns: int | None = None) -> None:
-        self.audit = Audit()
+        self.audit = Audit(strict=True)
         self.halt_poll_override = halt_poll_ns
         self.enqueues: list[Enqueue] = []
         self.calls: list[Call] = []
@@ -244,7 +246,6 @@ class TraceModel:
         self._open_call: dict[tuple[int, bool], Call] = {}
         self._cal_flush: dict[int, Flush] = {}
         self._idle_flush: dict[int, Flush] = {}
-        self._irq_depth: Counter[int] = Counter()
         self._ring: deque[tuple[int, Event]] = deque(maxlen=CONTEXT_BEFORE)
         self._awaiting: list[Enqueue] = []
         self.first_seq: dict[str, int] = {}
@@ -269,17 +270,13 @@ class TraceModel:
         elif name == "csd_function_entry":
             self._run(seq, ev)
         elif name in HANDLER_ENTRY:
-            self._irq_depth[cpu] += 1
             fl = Flush(cpu, seq, int(f["vector"]))  # type: ignore[arg-type]
             self._cal_flush[cpu] = fl
             self.flushes.append(fl)
         elif name in HANDLER_EXIT or name == "reschedule_exit":
-            self._irq_depth[cpu] = max(0, self._irq_depth[cpu] - 1)
             if name in HANDLER_EXIT:
                 self._cal_flush.pop(cpu, None)
             self._open_call.pop((cpu, True), None)
-        elif name == "reschedule_entry":
-            self._irq_depth[cpu] += 1
         elif name in ("sched_switch", "cpu_idle", "guest_halt_poll_ns"):
             if name == "sched_switch":
                 self.have_sched = True
@@ -290,7 +287,7 @@ class TraceModel:
                 self._open_call.pop((cpu, False), None)
 
     def _in_irq(self, ev: Event) -> bool:
-        return self._irq_depth[ev.cpu] > 0 or "h" in ev.flags.lower()
+        return self.audit.in_irq(ev)  # the same contexts as the audit's (see Audit's `strict`)
 
     def _enqueue(self, seq: int, ev: Event, lineno: int, real: Queued | None) -> None:
         f = ev.fields
@@ -430,7 +427,8 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
 
     def send_call_function_single_ipi(q: Enqueue) -> None:
         last = q.call.csds[-1]
-        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts):
+        idle_flush = q.flush is not None and q.flush.vector is None and q.flush.seq < UNSEEN
+        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts, idle_flush):
             decide(q, "polling")
         else:
             send(q, CALL_FUNCTION_SINGLE_VECTOR)
@@ -542,7 +540,14 @@ def report(m: TraceModel, kernels: list[Kernel], *, trace: str, stats: ReadStats
 
 
 def agreement(m: TraceModel, p: Prediction) -> dict[str, Any]:
-    """Per-call decisions against the trace's own, with the first mismatches in context."""
+    """Per-call decisions against the trace's own, with the first mismatches in context. A trace without
+    sched_wake_idle_without_ipi events cannot tell a polling target from a busy queue: then only IPI or no
+    IPI is compared."""
+    polling_traced = m.kind_counts["sched_wake_idle_without_ipi"] > 0
+
+    def same(real: str, pred: str) -> bool:
+        return real == pred or (not polling_traced and "ipi" not in (real, pred))
+
     pairs: Counter[str] = Counter()
     shown: list[dict[str, Any]] = []
     compared = matching = 0
@@ -551,7 +556,7 @@ def agreement(m: TraceModel, p: Prediction) -> dict[str, Any]:
             continue
         compared += 1
         real, pred = q.real.decision, p.decisions[q.seq]
-        if real == pred:
+        if same(real, pred):
             matching += 1
             continue
         pairs[f"{real} -> {pred}"] += 1
@@ -560,7 +565,7 @@ def agreement(m: TraceModel, p: Prediction) -> dict[str, Any]:
                           "was_empty": q.flush is not None and min(x.seq for x in q.flush.csds) == q.seq,
                           "context": [_describe(n, e, e is q.event) for n, e in (*q.before, (q.lineno, q.event),
                                                                                  *q.after)]})
-    return {"compared": compared, "matching": matching,
+    return {"compared": compared, "matching": matching, "polling_traced": polling_traced,
             "percent": 100.0 * matching / compared if compared else None,
             "mismatches": dict(pairs.most_common()), "first_mismatches": shown}
 
