@@ -59,7 +59,10 @@ from ipilab.kernel.smp import (
     polling_skips_ipi,
     single_needs_ipi,
 )
+from ipilab.machine.model import Machine
+from ipilab.sim.run import MAX_SECONDS, simulate
 from ipilab.trace.read import ReadStats, read_trace
+from ipilab.workloads.replay import TraceCall, TraceReplay
 
 TTWU_FUNC = "sched_ttwu_pending"
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
@@ -163,7 +166,6 @@ class IdleState:
     halted: bool = False
     halt_ts: int = 0
     poll_state: bool = False
-    leaving: bool = False
     halt_poll_ns: int = 0
 
 
@@ -193,20 +195,18 @@ class IdleModel:
         st = self.cpus[cpu]
         if what == "sched_switch":
             st.in_idle = ev.fields["next_pid"] == 0
-            st.halted = st.poll_state = st.leaving = False
+            st.halted = st.poll_state = False
         elif what == "guest_halt_poll_ns":
             if self.m.halt_poll_override is None:
                 st.halt_poll_ns = int(ev.fields["halt_poll_ns"])  # type: ignore[arg-type]
         else:  # cpu_idle
             state = int(ev.fields["state"])  # type: ignore[arg-type]
             if state == CPU_IDLE_EXIT:
-                # Woken with NEED_RESCHED set, the idle loop ends: polling is cleared, the queue flushed.
-                st.leaving = ev.flags[1:2] not in ("", ".")
                 st.halted = st.poll_state = False
             elif state == 0:
-                st.poll_state, st.leaving = True, False
+                st.poll_state = True
             else:
-                st.halted, st.halt_ts, st.leaving = True, ev.ts, False
+                st.halted, st.halt_ts = True, ev.ts
 
     def polling(self, cpu: int, seq: int, ts: int, idle_flush: bool) -> bool:
         """Would a sender at (seq, ts) find `cpu` polling? `idle_flush`: the call's batch was flushed by
@@ -219,7 +219,7 @@ class IdleModel:
             return True
         if st.halted:
             return ts < st.halt_ts + st.halt_poll_ns
-        if not (self.m.have_sched and st.in_idle) or st.leaving:
+        if not (self.m.have_sched and st.in_idle):
             return False
         seqs, stamps = self.halts[cpu]
         i = bisect_right(seqs, seq)
@@ -242,6 +242,7 @@ class TraceModel:
         self.runs_unmatched = 0
         self.runs_unseen = 0
         self._by_pointer: dict[str, Enqueue] = {}  # the last call queued with each csd pointer
+        self._batched: dict[str, Enqueue] = {}  # wakeups taken as run in another wakeup's batch, by pointer
         self._pending: defaultdict[int, list[Enqueue]] = defaultdict(list)  # per target, queue order
         self._open_call: dict[tuple[int, bool], Call] = {}
         self._cal_flush: dict[int, Flush] = {}
@@ -305,6 +306,7 @@ class TraceModel:
         self.enqueues.append(q)
         # A CSD is locked while queued (a task's wake entry likewise): one queued earlier under the same
         # pointer has run, untraced (a tracepoint not yet enabled). It forms a batch of its own.
+        self._batched.pop(q.csd, None)
         old = self._by_pointer.pop(q.csd, None)
         if old is not None and old.flush is None:
             self._pending[old.target].remove(old)
@@ -325,17 +327,34 @@ class TraceModel:
             fl = Flush(cpu, seq, None)
             self._idle_flush[cpu] = fl
             self.flushes.append(fl)
-        if fl.first_run_seq is None:
-            fl.first_run_seq = seq
         pending = self._pending[cpu]
         hit = next((i for i, q in enumerate(pending) if q.csd == csd), None)
+        if fl.vector is None and fl.first_run_seq is not None and hit is not None and \
+                pending[hit].seq > fl.first_run_seq:
+            # Queued after this flush began running, so after it detached: the idle loop flushes again
+            # (woken once more while it polls, it traces nothing in between).
+            fl = Flush(cpu, seq, None)
+            self._idle_flush[cpu] = fl
+            self.flushes.append(fl)
+        if fl.first_run_seq is None:
+            fl.first_run_seq = seq
         if hit is None:
-            self.runs_unmatched += 1  # queued before the trace began
+            q = self._batched.pop(csd, None)
+            if q is not None and q.target == cpu and q.flush is not None:
+                # A wakeup taken as batched with an earlier one runs on its own: it was queued after that
+                # flush detached the queue.
+                q.flush.csds.remove(q)
+                q.flush = fl
+                fl.csds.append(q)
+            else:
+                self.runs_unmatched += 1  # queued before the trace began
             return
         taken = [pending.pop(hit)]
         if func == TTWU_FUNC:
             # One run for the whole batch of remote wakeups: the others queued before this flush went too.
             rest = [q for q in pending if q.func == TTWU_FUNC and q.seq < fl.first_run_seq]
+            for q in rest:
+                self._batched[q.csd] = q
             taken += rest
             self._pending[cpu] = [q for q in pending if not (q.func == TTWU_FUNC and q.seq < fl.first_run_seq)]
         for q in taken:
@@ -364,6 +383,18 @@ def read_model(events: Iterable[tuple[Event, int]], halt_poll_ns: int | None = N
         m.feed(seq, ev, lineno)
     m.finish()
     return m
+
+
+def trace_calls(m: TraceModel) -> tuple[list[TraceCall], dict[str, int]]:
+    """The trace's calls for the closed-loop replay (workloads/replay.py), timed from the first one, and
+    each function's median run time (ns)."""
+    if not m.calls:
+        return [], {}
+    t0 = m.calls[0].csds[0].event.ts
+    calls = [TraceCall(call.csds[0].event.ts - t0, call.ctx[0], tuple(q.target for q in call.csds), call.func,
+                       call.single, call.callsite) for call in m.calls]
+    func_ns = {f: max(1, int(v["p50"])) for f, v in m.audit_result["function_ns"].items()}
+    return calls, func_ns
 
 
 def trace_events(path: Path, stats: ReadStats) -> Iterator[tuple[Event, int]]:
@@ -574,3 +605,49 @@ def _describe(lineno: int, ev: Event, mark: bool) -> str:
     fields = " ".join(f"{k}={v}" for k, v in ev.fields.items())
     return (f"{'>>' if mark else '  '} line {lineno}: {ev.ts / 1e9:.6f} [{ev.cpu:03d}] {ev.task}-{ev.pid} {ev.flags} "
             f"{ev.name}: {fields}")
+
+
+# --- closed loop ---------------------------------------------------------------------------------------
+
+CLOSED_DOCS: dict[str, str] = {
+    "csd_enqueues": "remote calls queued in the simulation (the trace's calls, issued again)",
+    "calls": "cross-CPU calls issued",
+    "ipis": "function-call IPIs the simulated kernel sent, one per target CPU",
+    "cal_interrupts": "function-call interrupts the simulated targets took",
+    "apic_merged": "IPIs absorbed by the same vector already pending in the target's APIC",
+    "csds_per_interrupt": "calls run in interrupts / cal_interrupts",
+    "csd_no_ipi_queued": "calls that needed no IPI: the target's queue already waited for one",
+    "csd_no_ipi_polling": "calls that needed no IPI: the target was polling idle",
+    "ipis_to_nonempty_queue": "IPIs sent although the target's queue already waited for one",
+    "csds_run_in_irq": "calls run inside function-call interrupts",
+    "csds_run_without_irq": "calls run by an idle CPU's own flush, without an interrupt",
+    "calls_not_issued": "trace calls still waiting to be issued when the simulated window closed",
+}
+
+
+def closed_loop(path: Path, kernels: list[Kernel], machine: Machine, *, seed: int = 1) -> dict[str, Any]:
+    """Issue the trace's calls again on a simulated `machine` under each kernel (workloads/replay.py)."""
+    stats = ReadStats()
+    m = read_model(trace_events(Path(path), stats))
+    calls, func_ns = trace_calls(m)
+    span = max((c.at_ns for c in calls), default=0)
+    seconds = min(MAX_SECONDS, (span + 1_000_000) / 1e9)  # a millisecond past the last call for it to finish
+    out: dict[str, Any] = {"trace": str(path), "mode": "closed", "machine": machine.name,
+                           "format": stats.format, "bad_lines": stats.bad_lines,
+                           "warnings": [str(w) for w in stats.warnings], "calls_in_trace": len(calls),
+                           "trace_span_ns": span, "sim_seconds": seconds, "seed": seed,
+                           "func_ns": func_ns, "real": real_counts(m), "kernels": [],
+                           "metrics": CLOSED_DOCS, "real_metrics": REAL_DOCS}
+    for kernel in kernels:
+        w = TraceReplay(trace=str(path)).use(calls, func_ns)
+        r = simulate(machine, kernel, w, seconds=seconds, seed=seed)
+        issued = r["calls"]
+        out["kernels"].append({
+            "kernel": kernel.name, "features": sorted(kernel.features), "csd_enqueues": r["csd_enqueues"],
+            "calls": issued, "ipis": r["ipis_sent"], "cal_interrupts": r["cal_interrupts"],
+            "apic_merged": r["apic_merged"], "csds_per_interrupt": r["csds_per_interrupt"],
+            "csd_no_ipi_queued": r["csd_no_ipi_queued"], "csd_no_ipi_polling": r["csd_no_ipi_polling"],
+            "ipis_to_nonempty_queue": r["ipis_to_nonempty_queue"], "csds_run_in_irq": r["csds_run_in_irq"],
+            "csds_run_without_irq": r["csds_run_from_idle"], "calls_not_issued": len(calls) - issued,
+            "agreement": None})
+    return out
