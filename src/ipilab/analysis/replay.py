@@ -62,7 +62,7 @@ from ipilab.kernel.smp import (
 from ipilab.machine.model import Machine
 from ipilab.sim.run import MAX_SECONDS, simulate
 from ipilab.trace.read import ReadStats, read_trace
-from ipilab.workloads.replay import TraceCall, TraceReplay
+from ipilab.workloads.replay import START_NS, TraceCall, TraceReplay
 
 TTWU_FUNC = "sched_ttwu_pending"
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
@@ -411,6 +411,17 @@ class Prediction:
     decisions: dict[int, str] = field(default_factory=dict)  # enqueue seq -> "ipi" | "queued" | "polling"
 
 
+def first_added(batch: list[Enqueue]) -> Enqueue | None:
+    """Which call of a flushed batch (in run order) found the queue empty. The flush runs calls in the
+    order they were added (the detached list reversed), the wakeups last as one: so the first call run
+    was added before the others, and the first wakeup queued before the other wakeups. This beats the
+    trace's order of csd_queue_cpu events, which fire before llist_add and so race."""
+    calls = [q for q in batch if q.func != TTWU_FUNC]
+    wakeups = [q for q in batch if q.func == TTWU_FUNC]
+    candidates = calls[:1] + ([min(wakeups, key=lambda q: q.seq)] if wakeups else [])
+    return min(candidates, key=lambda q: q.seq) if candidates else None
+
+
 def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -> Prediction:
     """Decide every call of the trace under `kernel` (see the module doc). Everything is replayed, but only
     what happens from `m.window_start` on is counted."""
@@ -425,12 +436,8 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
     def on_call_queue(q: Enqueue) -> bool:
         return on_queue or q.func != TTWU_FUNC
 
-    # was_empty: the first call (in queue order) of its flush's batch.
-    first_of_batch: set[int] = set()
-    for fl in m.flushes:
-        batch = [q.seq for q in fl.csds if on_call_queue(q)]
-        if batch:
-            first_of_batch.add(min(batch))
+    # was_empty: the first call added to its flush's batch.
+    first_of_batch = {q.seq for fl in m.flushes if (q := first_added([q for q in fl.csds if on_call_queue(q)]))}
     first_of_batch.update(q.seq for q in m.enqueues if q.flush is not None and q.flush.seq == UNSEEN)
 
     # Everything in trace order: idle transitions, sends (right after a call's last enqueue), flushes.
@@ -631,7 +638,7 @@ def closed_loop(path: Path, kernels: list[Kernel], machine: Machine, *, seed: in
     m = read_model(trace_events(Path(path), stats))
     calls, func_ns = trace_calls(m)
     span = max((c.at_ns for c in calls), default=0)
-    seconds = min(MAX_SECONDS, (span + 1_000_000) / 1e9)  # a millisecond past the last call for it to finish
+    seconds = min(MAX_SECONDS, (START_NS + span + 1_000_000) / 1e9)  # a millisecond past the last call
     out: dict[str, Any] = {"trace": str(path), "mode": "closed", "machine": machine.name,
                            "format": stats.format, "bad_lines": stats.bad_lines,
                            "warnings": [str(w) for w in stats.warnings], "calls_in_trace": len(calls),

@@ -23,6 +23,7 @@ from ipilab.sim.machine import SimMachine
 from ipilab.workloads.base import Workload, WorkloadError
 
 DEFAULT_FUNC_NS = 1_000  # a function the trace never shows running
+START_NS = 1_000  # the first call, after time 0 (whose events simulate() counts as before its window)
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class TraceReplay(Workload):
     def _thread(self, sim: SimMachine, cpu: int, calls: list[TraceCall], funcs: dict[str, SmpFunc]) -> KernelCode:
         smp = sim.smp
         for call in calls:
-            if call.at_ns > sim.now:
-                yield Busy(call.at_ns - sim.now, "user")
+            if START_NS + call.at_ns > sim.now:
+                yield Busy(START_NS + call.at_ns - sim.now, "user")
             func = funcs.get(call.func) or SmpFunc(call.func, _body(DEFAULT_FUNC_NS))
             if call.single:
                 yield from smp.smp_call_function_single(cpu, call.targets[0], func, None, wait=False,
