@@ -17,7 +17,9 @@ from ipilab.sim.run import simulate
 from ipilab.trace.read import ReadStats
 from ipilab.workloads import workload_from_settings
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+# ../shared/traces beside the checkout (found from a worktree too)
+TRACES = next((p / "shared" / "traces" for p in Path(__file__).resolve().parents if (p / "shared" / "traces").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "traces")
 REAL = sorted(TRACES.glob("*.xz"))
 needs_traces = pytest.mark.skipif(not REAL, reason=f"no real traces in {TRACES}")
 SENDS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})

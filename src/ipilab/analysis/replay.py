@@ -208,13 +208,14 @@ class IdleModel:
             else:
                 st.halted, st.halt_ts = True, ev.ts
 
-    def polling(self, cpu: int, seq: int, ts: int, idle_flush: bool) -> bool:
-        """Would a sender at (seq, ts) find `cpu` polling? `idle_flush`: the call's batch was flushed by
-        the idle loop, not an interrupt: for a CPU whose idle states the trace does not show, that is the
-        evidence (an IPI would have been taken as an interrupt)."""
-        if cpu not in self.halts:
-            return idle_flush
+    def polling(self, cpu: int, seq: int, ts: int, ran: str | None) -> bool:
+        """Would a sender at (seq, ts) find `cpu` polling? For a CPU whose idle states the trace does not
+        show, the evidence is how the call ran (`ran`): flushed by the idle loop, not an interrupt (an IPI
+        would have been taken as one); or, on a CPU that was in its idle task, never seen to run (the
+        2-vCPU VM traces record no event of CPU 1's idle task outside interrupts, its flushes included)."""
         st = self.cpus[cpu]
+        if cpu not in self.halts:
+            return ran == "idle loop" or (ran == "unseen" and self.m.have_sched and st.in_idle)
         if st.poll_state:
             return True
         if st.halted:
@@ -465,8 +466,9 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
 
     def send_call_function_single_ipi(q: Enqueue) -> None:
         last = q.call.csds[-1]
-        idle_flush = q.flush is not None and q.flush.vector is None and q.flush.seq < UNSEEN
-        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts, idle_flush):
+        ran = None if q.flush is None or q.flush.vector is not None or q.flush.seq == NEVER else \
+            ("unseen" if q.flush.seq == UNSEEN else "idle loop")
+        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts, ran):
             decide(q, "polling")
         else:
             send(q, CALL_FUNCTION_SINGLE_VECTOR)
@@ -504,8 +506,9 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
             taken = len(irr[fl.target])
             irr[fl.target].clear()
             count("cal_interrupts", seq, taken)
-            count("csds_run_in_irq" if taken else "csds_run_without_irq", seq,
-                  sum(1 for q in fl.csds if on_call_queue(q)))
+            for q in fl.csds:
+                if on_call_queue(q):
+                    count("csds_run_in_irq" if taken else "csds_run_without_irq", q.seq)
     # IPIs still pending at the end are taken once the target can: interrupts too.
     p.counts["cal_interrupts"] += sum(len(v) for v in irr.values())
     return p
