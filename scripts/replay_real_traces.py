@@ -28,7 +28,8 @@ def check(path: Path) -> dict[str, object]:
     full.finish()
     bare.finish()
     preds = {k: predict(bare, resolve_kernel(k)) for k in ("v6.18", "v4.13", "v4.12")}
-    by_line = {k: {q.lineno: p.decisions[q.seq] for q in bare.enqueues} for k, p in preds.items()}
+    # Under kernels before shared_queue remote wakeups are no calls: no decision.
+    by_line = {k: {q.lineno: p.decisions.get(q.seq) for q in bare.enqueues} for k, p in preds.items()}
     polling_traced = full.kind_counts["sched_wake_idle_without_ipi"] > 0
     window = [q for q in full.enqueues if q.seq >= full.window_start]
     decided = [q for q in window if q.real is not None and q.real.decision is not None]
