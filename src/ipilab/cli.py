@@ -18,7 +18,8 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import counts_table, print_audit
+from ipilab.analysis.render import counts_table, print_audit, print_replay
+from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
 from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
@@ -304,9 +305,11 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
 @click.option("--halt-poll-ns", type=click.IntRange(0, 10_000_000), default=None,
               help="Idle CPUs poll this long after entering a halting state (default: the trace's "
               "guest_halt_poll_ns events, else 0).")
+@click.option("--poll-clear-ns", type=click.IntRange(0, 10_000_000), default=POLL_CLEAR_NS, show_default=True,
+              help="An idle CPU stops polling this long before the trace shows it halting (cpu_idle).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, trace_kernel: str,
-           halt_poll_ns: int | None, as_json: bool) -> None:
+           halt_poll_ns: int | None, poll_clear_ns: int, as_json: bool) -> None:
     """What would another kernel have done with this trace? Decides every queued call again.
 
     Open loop (default) keeps the trace's own timing: who queued which call when, and when each target
@@ -316,9 +319,6 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
     rest); reads the same formats as `analyze`. Capture with `ipilab capture --events replay` to include
     sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
     """
-    from ipilab.analysis.render import print_replay
-    from ipilab.analysis.replay import closed_loop, replay_trace
-
     if not trace.exists():
         fail(f"{trace}: no such file")
     try:
@@ -327,7 +327,8 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
         if mode == "closed":
             result = closed_loop(trace, kernels, load_machine(machine))
         else:
-            result = replay_trace(trace, kernels, trace_kernel=trace_kernel, halt_poll_ns=halt_poll_ns)
+            result = replay_trace(trace, kernels, trace_kernel=trace_kernel, halt_poll_ns=halt_poll_ns,
+                                  poll_clear_ns=poll_clear_ns)
     except (KernelSpecError, MachineError, WorkloadError, TraceFormatError) as e:
         fail(str(e))
     for w in result["warnings"]:

@@ -9,13 +9,16 @@ with the same vector already pending in the target's APIC.
 Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in tests/test_replay.py):
 
 - Queue state. A target's flush runs every call it detached, so the calls a flush ran are exactly the
-  queue it detached: a call found the queue non-empty iff an earlier-queued call ran in the same flush.
-  A flush is a call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
-  `csd_function_entry` events (the idle loop's own flush after a polling wakeup). Calls are matched to
-  their run by (target, csd pointer), oldest first. Remote wakeups (`sched_ttwu_pending`) run as one
-  call for the whole batch, traced with the first wakeup's pointer: that run also takes every other
-  wakeup queued on the target before the flush's first function ran. Calls the trace never runs are
-  still queued at its end (one batch per target).
+  queue it detached: a call found the queue non-empty iff a call added before it ran in the same flush.
+  The order calls were added is their order in the flush (the detached list, reversed), not the order of
+  their csd_queue_cpu lines, which fire before llist_add and race (`first_added`). A flush is a
+  call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
+  `csd_function_entry` events (the idle loop's own flush); a call queued after a flush's first run
+  belongs to the next flush. Calls are matched to their run by (target, csd pointer), oldest first.
+  Remote wakeups (`sched_ttwu_pending`) run as one call for the whole batch, traced with the first
+  wakeup's pointer: that run takes every other wakeup queued on the target before the flush's first
+  run, unless one shows its own run later. A pointer queued again before its run shows ran unseen (a
+  batch of its own). Calls the trace never runs are still queued at its end (one batch per target).
 - Calls. csd_queue_cpu events of one sending context (a CPU's task, or an interrupt handler on it) with
   the same callsite and function and ascending targets form one multi-CPU call (the kernel queues a
   call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
@@ -23,13 +26,17 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
   The sends (ipi_send_*, sched_wake_idle_without_ipi) are not used, so a trace without them replays the
   same.
 - Polling. An idle CPU is polling (TIF_POLLING_NRFLAG) from sched_switch to the idle task, and again
-  after each `cpu_idle` exit, until it enters a halting idle state (`cpu_idle` state >= 1), starts
-  flushing its queue itself, or switches away. A cpuidle poll state (`cpu_idle` state 0) polls until
-  its exit. With a halt-poll window P (the last `guest_halt_poll_ns` on that CPU, or `halt_poll_ns`),
-  the CPU polls for P after entering a halting state before it halts (as the simulator's idle loop
-  does). A trace without sched_switch events (a simulated one) only polls in those windows.
+  after each `cpu_idle` exit, until POLL_CLEAR_NS before its next halting `cpu_idle` (state >= 1), or
+  until it switches away. A cpuidle poll state (`cpu_idle` state 0) polls until its exit. With a
+  halt-poll window P (the last `guest_halt_poll_ns` on that CPU, or `halt_poll_ns`), the CPU polls for P
+  after entering a halting state before it halts (as the simulator's idle loop does). A trace without
+  sched_switch events (a simulated one) polls only in those windows. For a CPU whose idle states the
+  trace never shows, a call counts as polled if the idle loop ran it without an interrupt (or, if the
+  CPU was in its idle task, if its run never shows).
 - Interrupts. An IPI's vector stays pending in the target's APIC until the target's next flush, which
   takes every pending vector as one interrupt each; a same-vector IPI sent meanwhile merges.
+- Window. Counting starts once every tracepoint the replay reads has appeared (WINDOW_EVENTS): traces
+  often enable them one by one. Earlier calls are replayed for their state but not counted.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ TTWU_FUNC = "sched_ttwu_pending"
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
 MAX_MISMATCHES_SHOWN = 5
 POLL_CLEAR_NS = 12_000  # the idle loop clears TIF_POLLING_NRFLAG this long before cpu_idle shows the halt
-OWN_KERNEL = "v6.18"
+OWN_KERNEL = "v6.18"  # csd_* tracepoints exist since 6.3, whose cross-call path the model's v6.18 describes
 NEVER = 1 << 62  # the flush of calls still queued when the trace ends
 UNSEEN = NEVER - 1  # the flush of a call whose run the trace does not show
 # The window: tracepoints are often enabled one after another (at boot, by a script), so the trace's
@@ -76,7 +83,7 @@ UNSEEN = NEVER - 1  # the flush of a call whose run the trace does not show
 # than WINDOW_MIN_EVENTS times are left out: they tell nothing about when tracing began).
 WINDOW_EVENTS = ("csd_queue_cpu", "csd_function_entry", "csd_function_exit", "call_function_entry",
                  "call_function_single_entry", "sched_switch", "cpu_idle")
-WINDOW_MIN_EVENTS = 10  # csd_* tracepoints exist since 6.3, whose cross-call path the model's v6.18 describes
+WINDOW_MIN_EVENTS = 10
 
 # What each number of a replay counts; printed with the table and stored in the JSON.
 REPLAY_DOCS: dict[str, str] = {
@@ -107,6 +114,11 @@ REAL_DOCS: dict[str, str] = {
 }
 
 NOTES: dict[str, str] = {
+    "csd_enqueues_in_trace": "csd_queue_cpu events in the whole trace, before the window included",
+    "window_from_ts_ns": "trace timestamp (ns) of the first call counted",
+    "flushes_in_irq": "of the flushes, those in a call-function interrupt",
+    "idle_known_from": "which events told the replay when CPUs idled and polled",
+    "halt_poll_ns": "the halt-poll window used (ns), or where it came from",
     "window_from_line": "counting starts at the first call queued once every tracepoint the replay reads has "
                         "appeared (see WINDOW_EVENTS); earlier calls set up state only",
     "flushes": "detach-and-run of a target's queue seen in the window (an interrupt, or the idle loop's own)",
@@ -142,7 +154,8 @@ class Call:
 
 @dataclass(eq=False, slots=True)
 class Enqueue:
-    """One csd_queue_cpu: the call it belongs to, the flush that ran it, the real and the predicted decision."""
+    """One csd_queue_cpu: the call it belongs to, the flush that ran it, the trace's own decision (from the
+    audit, when the trace has its sends), and the trace events around it."""
 
     seq: int
     event: Event
@@ -155,7 +168,6 @@ class Enqueue:
     before: tuple[tuple[int, Event], ...]
     after: list[tuple[int, Event]] = field(default_factory=list)
     flush: Flush | None = None
-    predicted: str | None = None
 
 
 @dataclass(slots=True)
