@@ -177,6 +177,26 @@ def test_a_call_belongs_to_the_flush_that_runs_it(tmp_path: Path) -> None:
         assert a["matching"] == a["compared"] == 2
 
 
+def test_which_call_found_the_queue_empty(tmp_path: Path) -> None:
+    """csd_queue_cpu fires just before llist_add. CPU 0 queues an async nohz kick (A) on CPU 1, CPU 2 a
+    TLB flush (S) that waits; CPU 1's interrupt runs S before A (5.8+ runs SYNC calls first).
+    200 us apart, the trace's order holds: A was added first and owed the IPI. 50 us apart (RACE_NS is
+    100 us) the two may have raced to llist_add, and the run order says which was first: S. A wakeup
+    queued first keeps its place: wakeups run last whenever they came."""
+    def trace(gap_us: int) -> list[str]:
+        g = "generic_exec_single+0x36/0x150"
+        return [queue(10, 0, 1, 0xA, g, "nohz_csd_func"), queue(10 + gap_us, 2, 1, 0x5),
+                ev(30, 1, "call_function_single_entry: vector=251", "<idle>", "d.h1."),
+                ev(31, 1, "csd_function_entry: func=flush_tlb_func, csd=0000000000000005", "<idle>", "d.h1."),
+                ev(32, 1, "csd_function_exit: func=flush_tlb_func, csd=0000000000000005", "<idle>", "d.h1."),
+                ev(33, 1, "csd_function_entry: func=nohz_csd_func, csd=000000000000000a", "<idle>", "d.h1."),
+                ev(34, 1, "csd_function_exit: func=nohz_csd_func, csd=000000000000000a", "<idle>", "d.h1."),
+                ev(35, 1, "call_function_single_exit: vector=251", "<idle>", "d.h1.")]
+
+    assert decisions(write(tmp_path, trace(200)), "v6.18") == ["ipi", "queued"]
+    assert decisions(write(tmp_path, trace(50)), "v6.18") == ["queued", "ipi"]
+
+
 def test_one_wakeup_run_takes_the_whole_batch(tmp_path: Path) -> None:
     """Remote wakeups run as one sched_ttwu_pending call traced with the first one's pointer. CPU 0 wakes
     a task on CPU 1 (IPI), CPU 2 wakes another before CPU 1's interrupt (queued behind the first); a third
