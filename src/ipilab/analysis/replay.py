@@ -10,8 +10,8 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
 
 - Queue state. A target's flush runs every call it detached, so the calls a flush ran are exactly the
   queue it detached: a call found the queue non-empty iff a call added before it ran in the same flush.
-  The order calls were added is their order in the flush (the detached list, reversed), not the order of
-  their csd_queue_cpu lines, which fire before llist_add and race (`first_added`). A flush is a
+  The first added is the first traced, unless the first run was traced within RACE_NS of it: then
+  the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides (`first_added`). A flush is a
   call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
   `csd_function_entry` events (the idle loop's own flush); a call queued after a flush's first run
   belongs to the next flush. Calls are matched to their run by (target, csd pointer), oldest first.
