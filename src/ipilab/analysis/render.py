@@ -97,11 +97,15 @@ def _cpulist(cpus: list[int]) -> str:
 def print_replay(r: dict[str, Any], console: Console) -> None:
     """A replay: the trace's own numbers beside each kernel's prediction, then the per-call agreement."""
     closed = r.get("mode") == "closed"
-    console.print(f"[bold]{r['trace']}[/bold]: " + (
-        f"closed-loop replay of {r['calls_in_trace']:,} calls on machine {r['machine']} "
-        f"({r['sim_seconds']:.4f} simulated s, seed {r['seed']})" if closed else
-        f"open-loop replay from line {r['window_from_line']} ({r['real']['csd_enqueues']:,} queued calls counted, "
-        f"{r['flushes']:,} queue flushes, idle state from {r['idle_known_from']})"), highlight=False)
+    if closed:
+        what = (f"closed-loop replay of {r['calls_in_trace']:,} calls on machine {r['machine']} "
+                f"({r['sim_seconds']:.4f} simulated s, seed {r['seed']})")
+    elif r["window_from_line"] is None:
+        what = "open-loop replay: the trace queues no remote call"
+    else:
+        what = (f"open-loop replay from line {r['window_from_line']} ({r['real']['csd_enqueues']:,} queued calls "
+                f"counted, {r['flushes']:,} queue flushes, idle state from {r['idle_known_from']})")
+    console.print(f"[bold]{r['trace']}[/bold]: {what}", highlight=False)
     docs = r["metrics"]
     t = Table(title="per kernel" + (" (simulated)" if closed else " (decided again over the trace's calls)"),
               title_justify="left")
