@@ -104,7 +104,7 @@ def print_replay(r: dict[str, Any], console: Console) -> None:
         what = "open-loop replay: the trace queues no remote call"
     else:
         what = (f"open-loop replay from line {r['window_from_line']} ({r['real']['csd_enqueues']:,} queued calls "
-                f"counted, {r['flushes']:,} queue flushes, idle state from {r['idle_known_from']})")
+                f"counted, {r['flushes']:,} queue flushes; idle state: {r['idle_known_from']})")
     console.print(f"[bold]{r['trace']}[/bold]: {what}", highlight=False)
     docs = r["metrics"]
     t = Table(title="per kernel" + (" (simulated)" if closed else " (decided again over the trace's calls)"),

@@ -579,7 +579,8 @@ def report(m: TraceModel, kernels: list[Kernel], *, trace: str, stats: ReadStats
         "runs_unmatched": m.runs_unmatched,
         "runs_unseen": m.runs_unseen,
         "csds_never_run": sum(1 for q in m.enqueues if q.flush is not None and q.flush.seq == NEVER),
-        "idle_known_from": "sched_switch and cpu_idle" if m.have_sched else "cpu_idle only (no sched_switch)",
+        "idle_known_from": ", ".join(k for k in ("sched_switch", "cpu_idle", "guest_halt_poll_ns") if m.kind_counts[k])
+        or "no idle events (polling inferred from idle-loop flushes)",
         "halt_poll_ns": m.halt_poll_override if m.halt_poll_override is not None else
         ("the trace's guest_halt_poll_ns" if m.halt_poll_seen else 0),
         "poll_clear_ns": poll_clear_ns,
