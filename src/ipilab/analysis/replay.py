@@ -96,7 +96,8 @@ REPLAY_DOCS: dict[str, str] = {
     "ipis": "function-call IPIs the kernel would send, one per target CPU",
     "ipis_single": "of which on the single-target path (vector 251)",
     "ipis_mask": "of which in a multi-target send (vector 252)",
-    "cal_interrupts": "function-call interrupts the targets would take (the CAL row): IPIs less APIC merges",
+    "cal_interrupts": "function-call interrupts the targets would take (the CAL row): IPIs less APIC merges "
+                      "(an IPI sent just before the window may be taken in it)",
     "apic_merged": "IPIs absorbed by the same vector already pending in the target's APIC",
     "csds_per_interrupt": "queued calls run in interrupts / cal_interrupts",
     "csd_no_ipi_queued": "calls that need no IPI: the target's queue already waited for one",
