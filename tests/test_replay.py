@@ -391,3 +391,17 @@ def test_replay_of_a_missing_file_or_a_non_trace_is_one_error_line(tmp_path: Pat
     assert_user_error(ipilab("replay", str(junk)), "junk.trace")
     # A closed-loop replay on a machine with too few CPUs names the CPU and the machine's range.
     assert_user_error(ipilab("replay", str(write(tmp_path, three_calls_on_cpu2())), "--mode", "closed"), "CPU 6")
+
+
+def test_idle_events_read_in_each_format() -> None:
+    """sched_switch as ftrace and perf print it, as trace-cmd prints it, and the haltpoll governor's line."""
+    from ipilab.trace.read import parse_fields
+
+    ftrace = parse_fields("sched_switch", "prev_comm=kworker/0:1 prev_pid=11 prev_prio=120 prev_state=I ==> "
+                                          "next_comm=swapper/0 next_pid=0 next_prio=120")
+    assert (ftrace["prev_pid"], ftrace["next_pid"], ftrace["next_comm"]) == (11, 0, "swapper/0")
+    tcmd = parse_fields("sched_switch", "python3:11700 [120] S ==> swapper/1:0 [120]")
+    assert (tcmd["prev_comm"], tcmd["prev_pid"], tcmd["next_pid"]) == ("python3", 11700, 0)
+    assert parse_fields("guest_halt_poll_ns", "halt_poll_ns 200000 (grow 100000)")["halt_poll_ns"] == 200_000
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_fields("sched_switch", "garbage")
