@@ -15,7 +15,7 @@ from ipilab.kernel.features import resolve_kernel
 from ipilab.machine.model import load_machine
 from ipilab.sim.run import simulate
 from ipilab.trace.read import ReadStats
-from ipilab.workloads import workload_from_settings
+from ipilab.workloads import WorkloadError, workload_from_settings
 
 # ../shared/traces beside the checkout (found from a worktree too)
 TRACES = next((p / "shared" / "traces" for p in Path(__file__).resolve().parents if (p / "shared" / "traces").is_dir()),
@@ -391,6 +391,10 @@ def test_replay_of_a_missing_file_or_a_non_trace_is_one_error_line(tmp_path: Pat
     assert_user_error(ipilab("replay", str(junk)), "junk.trace")
     # A closed-loop replay on a machine with too few CPUs names the CPU and the machine's range.
     assert_user_error(ipilab("replay", str(write(tmp_path, three_calls_on_cpu2())), "--mode", "closed"), "CPU 6")
+    # The closed loop's workload, as `simulate -w trace-replay` takes it, names a missing trace.
+    with pytest.raises(WorkloadError, match=r"field trace: .*nope\.trace"):
+        simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"),
+                 workload_from_settings("trace-replay", {"trace": str(tmp_path / "nope.trace")}), seconds=0.001, seed=1)
 
 
 def test_idle_events_read_in_each_format() -> None:

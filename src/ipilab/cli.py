@@ -172,7 +172,8 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
 simulate_cmd.name = "simulate"
 simulate_cmd.help = (simulate_cmd.help or "") + "\n".join(
     f"\b\n  {w.name}: {w.summary}\n" + "\n".join(
-        f"    {name} (default {f.default!r}): {f.description}" for name, f in w.model_fields.items())
+        f"    {name} ({'required' if f.is_required() else f'default {f.default!r}'}): {f.description}"
+        for name, f in w.model_fields.items())
     for w in WORKLOADS.values())
 
 

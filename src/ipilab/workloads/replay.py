@@ -57,9 +57,12 @@ class TraceReplay(Workload):
     def _load(self) -> None:
         if not self._loaded:
             from ipilab.analysis.replay import read_model, trace_calls, trace_events
-            from ipilab.trace.read import ReadStats
+            from ipilab.trace.read import ReadStats, TraceFormatError
 
-            calls, func_ns = trace_calls(read_model(trace_events(Path(self.trace), ReadStats())))
+            try:
+                calls, func_ns = trace_calls(read_model(trace_events(Path(self.trace), ReadStats())))
+            except TraceFormatError as e:
+                raise WorkloadError(f"workload {self.name}: field trace: {e}") from None
             self.use(calls, func_ns)
 
     def start(self, sim: SimMachine, seed: int) -> None:
