@@ -260,6 +260,7 @@ class TraceModel:
         self.runs_unseen = 0
         self._by_pointer: dict[str, Enqueue] = {}  # the last call queued with each csd pointer
         self._batched: dict[str, Enqueue] = {}  # wakeups taken as run in another wakeup's batch, by pointer
+        self._last_irq: dict[int, tuple[int, int | None]] = {}  # per CPU: its last handler entry (seq, vector)
         self._pending: defaultdict[int, list[Enqueue]] = defaultdict(list)  # per target, queue order
         self._open_call: dict[tuple[int, bool], Call] = {}
         self._cal_flush: dict[int, Flush] = {}
@@ -289,6 +290,7 @@ class TraceModel:
             self._run(seq, ev)
         elif name in HANDLER_ENTRY:
             fl = Flush(cpu, seq, int(f["vector"]))  # type: ignore[arg-type]
+            self._last_irq[cpu] = (seq, fl.vector)
             self._cal_flush[cpu] = fl
             self.flushes.append(fl)
         elif name in HANDLER_EXIT or name == "reschedule_exit":
@@ -327,7 +329,10 @@ class TraceModel:
         old = self._by_pointer.pop(q.csd, None)
         if old is not None and old.flush is None:
             self._pending[old.target].remove(old)
-            old.flush = Flush(old.target, UNSEEN, None, csds=[old])
+            # An interrupt the target took after that enqueue, running nothing of it, was its IPI arriving
+            # after an untraced flush: the run came without one, but the IPI was sent.
+            irq_seq, vector = self._last_irq.get(old.target, (-1, None))
+            old.flush = Flush(old.target, UNSEEN, vector if irq_seq > old.seq else None, csds=[old])
             self.runs_unseen += 1
         self._by_pointer[q.csd] = q
         self._pending[target].append(q)
