@@ -32,7 +32,7 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
   after entering a halting state before it halts (as the simulator's idle loop does). A trace without
   sched_switch events (a simulated one) polls only in those windows. For a CPU whose idle states the
   trace never shows, a call counts as polled if the idle loop ran it without an interrupt (or, if the
-  CPU was in its idle task, if its run never shows).
+  CPU was in its idle task, if its run never shows and the CPU took no interrupt after it).
 - Interrupts. An IPI's vector stays pending in the target's APIC until the target's next flush, which
   takes every pending vector as one interrupt each; a same-vector IPI sent meanwhile merges.
 - Window. Counting starts once every tracepoint the replay reads has appeared (WINDOW_EVENTS): traces
