@@ -26,7 +26,8 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import counts_table, print_audit
+from ipilab.analysis.render import counts_table, print_audit, print_replay
+from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
 from ipilab.machine.model import COST_FIELDS, Machine, MachineError, load_machine, preset_names
@@ -192,7 +193,8 @@ def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ..
 simulate_cmd.name = "simulate"
 simulate_cmd.help = (simulate_cmd.help or "") + "\n".join(
     f"\b\n  {w.name}: {w.summary}\n" + "\n".join(
-        f"    {name} (default {f.default!r}): {f.description}" for name, f in w.model_fields.items())
+        f"    {name} ({'required' if f.is_required() else f'default {f.default!r}'}): {f.description}"
+        for name, f in w.model_fields.items())
     for w in WORKLOADS.values())
 
 
@@ -308,6 +310,55 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
         return
     for r in results:
         print_audit(r, console, by=by, top=top)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--kernel", "-k", "kernel_specs", multiple=True, default=("v6.18", "v4.13", "v4.12"),
+              show_default=True, help="A kernel to decide under (repeatable): a version, a what-if like "
+              "v4.12+coalesce_many, or a TOML file.")
+@click.option("--mode", type=click.Choice(["open", "closed"]), default="open", show_default=True,
+              help="open: the trace's enqueues and flushes as they were, decisions made again; closed: the "
+              "trace's calls issued again on a simulated --machine.")
+@click.option("--machine", "-m", default="vm-2cpu", show_default=True,
+              help="For --mode closed: a preset (`ipilab machines`) or a machine TOML file.")
+@click.option("--trace-kernel", default="v6.18", show_default=True,
+              help="The kernel that made the trace: the agreement is shown for a --kernel that behaves like it.")
+@click.option("--halt-poll-ns", type=click.IntRange(0, 10_000_000), default=None,
+              help="Idle CPUs poll this long after entering a halting state (default: the trace's "
+              "guest_halt_poll_ns events, else 0).")
+@click.option("--poll-clear-ns", type=click.IntRange(0, 10_000_000), default=POLL_CLEAR_NS, show_default=True,
+              help="An idle CPU stops polling this long before the trace shows it halting (cpu_idle).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, trace_kernel: str,
+           halt_poll_ns: int | None, poll_clear_ns: int, as_json: bool) -> None:
+    """What would another kernel have done with this trace? Decides every queued call again.
+
+    Open loop (default) keeps the trace's own timing: who queued which call when, and when each target
+    flushed its queue; the kernel model decides, per call, IPI or no IPI (queue already waiting, or target
+    polling idle) and which IPIs become interrupts. A trace with ipi_send_* events is also compared, call
+    by call, with what its own kernel did. Works without those events (decisions are predicted from the
+    rest); reads the same formats as `analyze`. Capture with `ipilab capture --events replay` to include
+    sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
+    """
+    if not trace.exists():
+        fail(f"{trace}: no such file")
+    try:
+        kernels = [resolve_kernel(k) for k in kernel_specs]
+        resolve_kernel(trace_kernel)
+        if mode == "closed":
+            result = closed_loop(trace, kernels, load_machine(machine))
+        else:
+            result = replay_trace(trace, kernels, trace_kernel=trace_kernel, halt_poll_ns=halt_poll_ns,
+                                  poll_clear_ns=poll_clear_ns)
+    except (KernelSpecError, MachineError, WorkloadError, TraceFormatError) as e:
+        fail(str(e))
+    for w in result["warnings"]:
+        click.echo(f"ipilab: warning: {w}", err=True)
+    if as_json:
+        emit_json(result)
+    else:
+        print_replay(result, console)
 
 
 @main.group()

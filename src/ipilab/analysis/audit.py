@@ -36,6 +36,11 @@ NULL_CSD = "0" * 16
 RESCHEDULE_CALLBACK = "0x0"
 IRQ_ENTRY = HANDLER_ENTRY | {"reschedule_entry"}
 IRQ_EXIT = HANDLER_EXIT | {"reschedule_exit"}
+# Callsites (csd_queue_cpu's _RET_IP_) on the single-target paths: each enqueue there is a call of its own,
+# its send (if any) right after it.
+SINGLE_CALLSITES = frozenset({"generic_exec_single", "ttwu_queue_wakelist", "irq_work_queue_on",
+                              "smp_call_function_single", "smp_call_function_single_async",
+                              "__smp_call_single_queue", "send_call_function_single_ipi"})
 GROUP_KEYS = ("callsite", "func", "sender", "target", "cpu")
 
 # What each number of the audit counts; printed with the table and stored in the JSON.
@@ -89,8 +94,13 @@ def _histogram() -> HdrHistogram:
 class Audit:
     """Feed it events in time order (`feed`), then read `result()`. `cpus` limits it to target CPUs."""
 
-    def __init__(self, cpus: set[int] | None = None) -> None:
+    def __init__(self, cpus: set[int] | None = None, strict: bool = False) -> None:
         self.cpus = cpus
+        # strict (the replay's audit): hardirq context from ftrace's flags alone when the line has them (a
+        # trace that begins inside a handler, or before the exit tracepoint was enabled, leaves the handler
+        # depth wrong for good), and a context's calls are decided by the time it queues the next call
+        # (single-target paths send at once; another callsite or target already waiting is another call).
+        self.strict = strict
         self.counts: Counter[str] = Counter()
         self.groups: dict[str, defaultdict[str, Tally]] = {k: defaultdict(Tally) for k in GROUP_KEYS}
         self.per_cpu: defaultdict[int, Counter[str]] = defaultdict(Counter)
@@ -139,12 +149,16 @@ class Audit:
                 if q.decision is None:
                     self._decide(q, "queued")
 
-    def _in_irq(self, ev: Event) -> bool:
+    def in_irq(self, ev: Event) -> bool:
+        if self.strict and ev.flags:
+            return ev.flags[2:3] in ("h", "H")
         return self._irq_depth[ev.cpu] > 0 or "h" in ev.flags.lower()
 
     # --- feeding -------------------------------------------------------------------------------------
 
-    def feed(self, ev: Event) -> None:
+    def feed(self, ev: Event) -> Queued | None:
+        """Take the next event; for a csd_queue_cpu, return its record (its `decision` is filled in when the
+        trace shows it)."""
         if self.first_ts is None:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
@@ -152,21 +166,25 @@ class Audit:
         if name == "csd_queue_cpu":
             target = int(f["cpu"])  # type: ignore[arg-type]
             q = Queued(ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])))
-            self._waiting[(cpu, self._in_irq(ev))].append(q)
+            ctx = (cpu, self.in_irq(ev))
+            if self.strict and any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
+                                   for w in self._waiting.get(ctx, ())):
+                self._close(ctx)
+            self._waiting[ctx].append(q)
             self._unrun[(target, str(f["csd"]))].append(q)
             if self._wanted(target):
                 self.counts["csd_enqueues"] += 1
                 for group, gname in self._group_names(q):
                     self.groups[group][gname].enqueues += 1
                 self.top_senders[target][(q.task, q.callsite)] += 1
-            return
+            return q
         if name == "ipi_send_cpu" or name == "ipi_send_cpumask":
             targets = (int(f["cpu"]),) if name == "ipi_send_cpu" else f["cpumask"]  # type: ignore[arg-type]
             if str(f["callback"]) == RESCHEDULE_CALLBACK:
                 self.counts["reschedule_ipis"] += sum(1 for t in targets if self._wanted(t))  # type: ignore[union-attr]
                 return
             self.saw_sends = True
-            ctx = (cpu, self._in_irq(ev))
+            ctx = (cpu, self.in_irq(ev))
             waiting = self._waiting.get(ctx, [])
             for t in targets:  # type: ignore[union-attr]
                 if self._wanted(t):
@@ -181,7 +199,7 @@ class Audit:
             return
         if name == "sched_wake_idle_without_ipi":
             target = int(f["cpu"])  # type: ignore[arg-type]
-            ctx = (cpu, self._in_irq(ev))
+            ctx = (cpu, self.in_irq(ev))
             waiting = self._waiting.get(ctx, [])
             match = next((q for q in waiting if q.target == target and q.decision is None), None)
             if match is not None:  # otherwise a plain wakeup of a polling CPU, no call involved
@@ -211,7 +229,7 @@ class Audit:
             if csd == NULL_CSD:
                 if self._wanted(cpu):
                     self.counts["local_runs"] += 1
-                if not self._in_irq(ev):
+                if not self.in_irq(ev):
                     self._close((cpu, False))
                 return
             if not self._wanted(cpu):
@@ -239,8 +257,11 @@ class Audit:
                 if csd != NULL_CSD and self._wanted(cpu):
                     self.duration[func].record_value(max(1, ev.ts - t0))
             return
-        if name == "cpu_idle" and not self._in_irq(ev):
+        if (name == "cpu_idle" or name == "sched_switch") and not self.in_irq(ev):
+            # The task stops or the CPU idles: its calls got no send. (sched_switch reaches the audit only
+            # from readers that ask for it, such as the replay's.)
             self._close((cpu, False))
+        return None
 
     # --- the result ------------------------------------------------------------------------------------
 

@@ -92,3 +92,57 @@ def counts_table(docs: dict[str, str], values: dict[str, Any], seconds: float, *
 
 def _cpulist(cpus: list[int]) -> str:
     return ",".join(map(str, cpus))
+
+
+def print_replay(r: dict[str, Any], console: Console) -> None:
+    """A replay: the trace's own numbers beside each kernel's prediction, then the per-call agreement."""
+    closed = r.get("mode") == "closed"
+    if closed:
+        what = (f"closed-loop replay of {r['calls_in_trace']:,} calls on machine {r['machine']} "
+                f"({r['sim_seconds']:.4f} simulated s, seed {r['seed']})")
+    elif r["window_from_line"] is None:
+        what = "open-loop replay: the trace queues no remote call"
+    else:
+        what = (f"open-loop replay from line {r['window_from_line']} ({r['real']['csd_enqueues']:,} queued calls "
+                f"counted, {r['flushes']:,} queue flushes; idle state: {r['idle_known_from']})")
+    console.print(f"[bold]{r['trace']}[/bold]: {what}", highlight=False)
+    docs = r["metrics"]
+    t = Table(title="per kernel" + (" (simulated)" if closed else " (decided again over the trace's calls)"),
+              title_justify="left")
+    t.add_column("metric")
+    t.add_column("trace", justify="right")
+    for k in r["kernels"]:
+        t.add_column(k["kernel"], justify="right")
+    t.add_column("what it counts")
+    for key, doc in docs.items():
+        real = r["real"].get(key) if key in r["real_metrics"] else None
+        t.add_row(key, _fmt(real) if key in r["real_metrics"] else "", *(_fmt(k.get(key)) for k in r["kernels"]), doc)
+    console.print(t)
+    console.print("trace column: " + "; ".join(f"{k}: {v}" for k, v in r["real_metrics"].items()) + ".",
+                  highlight=False)
+    for k in r["kernels"]:
+        a = k["agreement"]
+        if a is None:
+            continue
+        what = "decisions" if a["polling_traced"] else "IPI or no IPI (the trace has no sched_wake_idle_without_ipi)"
+        console.print(f"[bold]agreement[/bold] with the trace under {k['kernel']}: {a['matching']:,} of "
+                      f"{a['compared']:,} calls' {what} match ({a['percent']:.2f}%)", highlight=False)
+        if a["mismatches"]:
+            console.print("  trace -> predicted: " + ", ".join(f"{p}: {n:,}" for p, n in a["mismatches"].items()),
+                          highlight=False)
+        for x in a["first_mismatches"]:
+            console.print(f"  line {x['line']}: call to CPU {x['target']} ({x['func']}): the trace shows "
+                          f"{x['real']}, the model says {x['predicted']}", highlight=False)
+            for line in x["context"]:
+                console.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
+    if not closed and not r["decisions_known"]:
+        console.print("The trace has no ipi_send events: every decision above is predicted, none compared.",
+                      highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return f"{v:,}"

@@ -51,6 +51,35 @@ class Csd:
 LOCAL_CSD_POINTER = "0000000000000000"  # how 6.x traces a function it runs locally, without a CSD
 
 
+# --- the IPI decisions, as pure functions of what the sender sees ------------------------------------
+# The generators below and the trace replay (analysis/replay.py) both decide with these, so a replayed
+# trace and a simulated run follow one set of rules.
+
+def single_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
+    """generic_exec_single(): does this enqueue owe its target an IPI?"""
+    return was_empty or not kernel.has("single_ipi_if_empty")
+
+
+def many_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
+    """smp_call_function_many_cond(): does this target go into cpumask_ipi?"""
+    return was_empty or not kernel.has("coalesce_many")
+
+
+def many_goes_single(kernel: Kernel, remote_targets: int) -> bool:
+    """Pre-5.13: a multi-CPU call with exactly one remote target takes the smp_call_function_single() way."""
+    return kernel.has("many_single_shortcut") and remote_targets == 1
+
+
+def many_sends_single(kernel: Kernel, ipi_targets: int) -> bool:
+    """5.13+: when one target of a multi-CPU call needs an IPI, it goes out on the single-target path."""
+    return kernel.has("single_ipi_for_one") and ipi_targets == 1
+
+
+def polling_skips_ipi(kernel: Kernel) -> bool:
+    """send_call_function_single_ipi() sets NEED_RESCHED on a polling idle target instead of an IPI."""
+    return kernel.has("skip_polling_idle")
+
+
 class CallSingleQueue:
     """A CPU's call_single_queue: a lock-free list whose add reports whether it was empty."""
 
@@ -142,7 +171,7 @@ class Smp:
         return was_empty
 
     def send_call_function_single_ipi(self, cpu: int, target: int, callsite: str) -> KernelCode:
-        if self.kernel.has("skip_polling_idle") and self.p.set_nr_if_polling(target):
+        if polling_skips_ipi(self.kernel) and self.p.set_nr_if_polling(target):
             self.p.trace(cpu, "sched_wake_idle_without_ipi", cpu=target)
             self.stats.csd_no_ipi_polling += 1
             return
@@ -163,7 +192,7 @@ class Smp:
 
     def generic_exec_single(self, cpu: int, target: int, csd: Csd, callsite: str) -> KernelCode:
         was_empty = yield from self.__smp_call_single_queue(cpu, csd, callsite)
-        if was_empty or not self.kernel.has("single_ipi_if_empty"):
+        if single_needs_ipi(self.kernel, was_empty):
             if not was_empty:
                 self.stats.ipis_to_nonempty_queue += 1
             yield from self.send_call_function_single_ipi(cpu, target, callsite)
@@ -199,7 +228,7 @@ class Smp:
         run_local = run_local and cpu in mask and (cond_func is None or cond_func(cpu, info))
         targets = [t for t in sorted(set(mask)) if t != cpu]
 
-        if k.has("many_single_shortcut") and len(targets) == 1:
+        if many_goes_single(k, len(targets)):
             # Pre-5.13: one remote target goes the smp_call_function_single() way.
             if cond_func is None or cond_func(targets[0], info):
                 yield from self._call_single_remote(cpu, targets[0], func, info, wait, callsite)
@@ -217,16 +246,15 @@ class Smp:
             csd.func, csd.info, csd.sync = func, info, wait
             was_empty = yield from self.__smp_call_single_queue(cpu, csd, callsite)
             queued.append(csd)
-            if was_empty:
-                cpumask_ipi.append(target)
-            elif k.has("coalesce_many"):
+            if not many_needs_ipi(k, was_empty):
                 self.stats.csd_no_ipi_queued += 1
             else:
-                # Before the seed every target of the mask got its IPI, needed or not.
-                self.stats.ipis_to_nonempty_queue += 1
+                if not was_empty:
+                    # Before the seed every target of the mask got its IPI, needed or not.
+                    self.stats.ipis_to_nonempty_queue += 1
                 cpumask_ipi.append(target)
 
-        if k.has("single_ipi_for_one") and len(cpumask_ipi) == 1:
+        if many_sends_single(k, len(cpumask_ipi)):
             yield from self.send_call_function_single_ipi(cpu, cpumask_ipi[0], callsite)
         elif cpumask_ipi:
             yield from self.send_call_function_ipi_mask(cpu, cpumask_ipi, callsite)

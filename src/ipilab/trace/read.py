@@ -117,6 +117,20 @@ LINE_RE = {"ftrace": FTRACE, "trace-cmd": TRACE_CMD, "perf": PERF}
 
 FIELD = re.compile(r"(\w+)=(\([^)]*\)|\S+)")
 
+# Scheduler and idle events, read only when asked (`read_trace(..., idle_events=True)`: the replay needs
+# them, the audit does not). Their text is not key=value throughout, so each has its own pattern; the
+# second sched_switch form is trace-cmd's `prev:pid [prio] state ==> next:pid [prio]`.
+IDLE_EVENTS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "sched_switch": (
+        re.compile(r"prev_comm=(?P<prev_comm>.*?) prev_pid=(?P<prev_pid>\d+) .*==> "
+                   r"next_comm=(?P<next_comm>.*?) next_pid=(?P<next_pid>\d+)"),
+        re.compile(r"(?P<prev_comm>.*?):(?P<prev_pid>\d+) \[-?\d+\] \S+ ==> "
+                   r"(?P<next_comm>.*?):(?P<next_pid>\d+) \[-?\d+\]"),
+    ),
+    # drivers/cpuidle/governors/haltpoll.c: `halt_poll_ns NEW (grow|shrink OLD)`
+    "guest_halt_poll_ns": (re.compile(r"halt_poll_ns (?P<halt_poll_ns>\d+) \((?:grow|shrink) (?P<old>\d+)\)"),),
+}
+
 
 def _pointer(text: str) -> str:
     if text in ("(nil)", "0", "0x0"):
@@ -139,6 +153,12 @@ def _cpulist(text: str) -> tuple[int, ...]:
 
 def parse_fields(name: str, rest: str) -> dict[str, object]:
     """The known fields of event `name` from its printed text, normalised (see the module doc)."""
+    if name in IDLE_EVENTS:
+        for pattern in IDLE_EVENTS[name]:
+            m = pattern.search(rest)
+            if m is not None:
+                return {k: int(v) if v.isdigit() else v for k, v in m.groupdict().items()}
+        raise ValueError(f"cannot read its fields from {rest.strip()[:60]!r}")
     kinds = dict(FORMATS[name].fields)
     out: dict[str, object] = {}
     for key, value in FIELD.findall(rest):
@@ -181,6 +201,7 @@ class ReadStats:
     other_events: dict[str, int] = field(default_factory=dict)  # events of tracepoints we don't use
     warnings: list[TraceWarning] = field(default_factory=list)
     bad_lines: int = 0
+    lineno: int = 0  # the file line of the event last returned
     bytes_read: Callable[[], int] = lambda: 0
 
     MAX_WARNINGS = 20  # kept in full; the rest are only counted in bad_lines
@@ -191,8 +212,11 @@ class ReadStats:
             self.warnings.append(w)
 
 
-def read_trace(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
-    """The events of the tracepoints ipilab knows, in file order (see the module doc)."""
+def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = False) -> Iterator[Event]:
+    """The events of the tracepoints ipilab knows, in file order (see the module doc); with `idle_events`,
+    sched_switch and guest_halt_poll_ns too (fields: prev_comm, prev_pid, next_comm, next_pid; halt_poll_ns,
+    old)."""
+    known = FORMATS.keys() | IDLE_EVENTS.keys() if idle_events else FORMATS.keys()
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
     try:
@@ -236,7 +260,7 @@ def read_trace(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
                 stats.warn(TraceWarning(str(path), lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
                 continue
             name = m["name"]
-            if name not in FORMATS:
+            if name not in known:
                 stats.other_events[name] = stats.other_events.get(name, 0) + 1
                 continue
             try:
@@ -248,4 +272,5 @@ def read_trace(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
             ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
             flags = m["flags"] if fmt == "ftrace" else ""
             stats.events += 1
+            stats.lineno = lineno
             yield Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), flags, fields)

@@ -1,11 +1,12 @@
 """Workloads that drive the simulated kernel; `WORKLOADS` maps each name to its parameter model."""
 
 from ipilab.workloads.base import Workload, WorkloadError, make_workload
+from ipilab.workloads.replay import TraceReplay
 from ipilab.workloads.swap import SwapWSeqMt
 from ipilab.workloads.synthetic import Synthetic
 from ipilab.workloads.tlbstorm import TlbStorm
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (SwapWSeqMt, Synthetic, TlbStorm)}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (SwapWSeqMt, Synthetic, TlbStorm, TraceReplay)}
 
 
 def workload_from_settings(name: str, settings: dict[str, str]) -> Workload:

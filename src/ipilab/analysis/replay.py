@@ -1,0 +1,695 @@
+"""Open-loop replay: what another kernel would have decided for every queued call of a real trace.
+
+The trace's enqueues (who queued what on which CPU, when) and the targets' flushes (when each target
+detached its call_single_queue, and which calls it ran then) stay as they were. For every call the kernel
+model (kernel/smp.py's decision functions) decides again: IPI, no IPI because the queue already waited
+for one, or no IPI because the target was polling idle; and each IPI either raises an interrupt or merges
+with the same vector already pending in the target's APIC.
+
+Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in tests/test_replay.py):
+
+- Queue state. A target's flush runs every call it detached, so the calls a flush ran are exactly the
+  queue it detached: a call found the queue non-empty iff a call added before it ran in the same flush.
+  The first added is the first traced, unless the first run was traced within RACE_NS of it: then
+  the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides (`first_added`). A flush is a
+  call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
+  `csd_function_entry` events (the idle loop's own flush); a call queued after a flush's first run
+  belongs to the next flush. Calls are matched to their run by (target, csd pointer), oldest first.
+  Remote wakeups (`sched_ttwu_pending`) run as one call for the whole batch, traced with the first
+  wakeup's pointer: that run takes every other wakeup queued on the target before the flush's first
+  run, unless one shows its own run later. A pointer queued again before its run shows ran unseen (a
+  batch of its own). Calls the trace never runs are still queued at its end (one batch per target).
+- Calls. csd_queue_cpu events of one sending context (a CPU's task, or an interrupt handler on it) with
+  the same callsite and function and ascending targets form one multi-CPU call (the kernel queues a
+  call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
+  idle or leaves the handler. Callsites of the single-target paths (SINGLE_CALLSITES) are one call each.
+  The sends (ipi_send_*, sched_wake_idle_without_ipi) are not used, so a trace without them replays the
+  same.
+- Polling. An idle CPU is polling (TIF_POLLING_NRFLAG) from sched_switch to the idle task, and again
+  after each `cpu_idle` exit, until POLL_CLEAR_NS before its next halting `cpu_idle` (state >= 1), or
+  until it switches away. A cpuidle poll state (`cpu_idle` state 0) polls until its exit. With a
+  halt-poll window P (the last `guest_halt_poll_ns` on that CPU, or `halt_poll_ns`), the CPU polls for P
+  after entering a halting state before it halts (as the simulator's idle loop does). A trace without
+  sched_switch events (a simulated one) polls only in those windows. For a CPU whose idle states the
+  trace never shows, a call counts as polled if the idle loop ran it without an interrupt (or, if the
+  CPU was in its idle task, if its run never shows and the CPU took no interrupt after it).
+- Interrupts. An IPI's vector stays pending in the target's APIC until the target's next flush, which
+  takes every pending vector as one interrupt each; a same-vector IPI sent meanwhile merges.
+- Window. Counting starts once every tracepoint the replay reads has appeared (WINDOW_EVENTS): traces
+  often enable them one by one. Earlier calls are replayed for their state but not counted.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipilab.analysis.audit import NULL_CSD, SINGLE_CALLSITES, Audit, Queued
+from ipilab.events import (
+    CALL_FUNCTION_SINGLE_VECTOR,
+    CALL_FUNCTION_VECTOR,
+    CPU_IDLE_EXIT,
+    HANDLER_ENTRY,
+    HANDLER_EXIT,
+    Event,
+    symbol_name,
+)
+from ipilab.kernel.features import Kernel, resolve_kernel
+from ipilab.kernel.smp import (
+    many_goes_single,
+    many_needs_ipi,
+    many_sends_single,
+    polling_skips_ipi,
+    single_needs_ipi,
+)
+from ipilab.machine.model import Machine
+from ipilab.sim.run import MAX_SECONDS, simulate
+from ipilab.trace.read import ReadStats, read_trace
+from ipilab.workloads.replay import START_NS, TraceCall, TraceReplay
+
+TTWU_FUNC = "sched_ttwu_pending"
+CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
+MAX_MISMATCHES_SHOWN = 5
+# Two enqueues traced this close may have reached llist_add in either order: under QEMU's emulated clock
+# (the qemu4-* traces) the gap between the tracepoint and llist_add reaches tens of microseconds.
+RACE_NS = 100_000
+POLL_CLEAR_NS = 12_000  # the idle loop clears TIF_POLLING_NRFLAG this long before cpu_idle shows the halt
+OWN_KERNEL = "v6.18"  # csd_* tracepoints exist since 6.3, whose cross-call path the model's v6.18 describes
+NEVER = 1 << 62  # the flush of calls still queued when the trace ends
+UNSEEN = NEVER - 1  # the flush of a call whose run the trace does not show
+# The window: tracepoints are often enabled one after another (at boot, by a script), so the trace's
+# first stretch lacks some of them. Counting starts once each of these has appeared (those seen fewer
+# than WINDOW_MIN_EVENTS times are left out: they tell nothing about when tracing began).
+WINDOW_EVENTS = ("csd_queue_cpu", "csd_function_entry", "csd_function_exit", "call_function_entry",
+                 "call_function_single_entry", "sched_switch", "cpu_idle")
+WINDOW_MIN_EVENTS = 10
+
+# What each number of a replay counts; printed with the table and stored in the JSON.
+REPLAY_DOCS: dict[str, str] = {
+    "csd_enqueues": "queued calls replayed (csd_queue_cpu events; remote wakeups excluded under kernels "
+                    "without shared_queue)",
+    "calls": "cross-CPU calls they make up (one multi-CPU call queues on several CPUs)",
+    "ipis": "function-call IPIs the kernel would send, one per target CPU",
+    "ipis_single": "of which on the single-target path (vector 251)",
+    "ipis_mask": "of which in a multi-target send (vector 252)",
+    "cal_interrupts": "function-call interrupts the targets would take (the CAL row): IPIs less APIC merges "
+                      "(an IPI sent just before the window may be taken in it)",
+    "apic_merged": "IPIs absorbed by the same vector already pending in the target's APIC",
+    "csds_per_interrupt": "queued calls run in interrupts / cal_interrupts",
+    "csd_no_ipi_queued": "calls that need no IPI: the target's queue already waited for one",
+    "csd_no_ipi_polling": "calls that need no IPI: the target was polling idle (NEED_RESCHED set instead)",
+    "ipis_to_nonempty_queue": "IPIs sent although the target's queue already waited for one (pre-4.13 waste)",
+    "csds_run_in_irq": "queued calls whose flush begins with an interrupt taken",
+    "csds_run_without_irq": "queued calls flushed with no interrupt taken (idle-loop flush)",
+    "wakeups_off_queue": "remote wakeups not on call_single_queue under this kernel (before shared_queue, "
+                         "v5.8, they used the scheduler's wake_list and a reschedule IPI)",
+}
+REAL_DOCS: dict[str, str] = {
+    "csd_enqueues": "queued calls counted (csd_queue_cpu from the window's start on)",
+    "ipis": "queued calls the trace shows getting an IPI (ipi_send_cpu / ipi_send_cpumask naming their target)",
+    "cal_interrupts": "function-call interrupts in the trace (call_function(_single)_entry)",
+    "csds_per_interrupt": "queued calls run inside those interrupts / cal_interrupts",
+    "csd_no_ipi_queued": "calls the trace shows needing no IPI: queue already waiting",
+    "csd_no_ipi_polling": "calls the trace shows needing no IPI: target polling (sched_wake_idle_without_ipi)",
+}
+
+NOTES: dict[str, str] = {
+    "csd_enqueues_in_trace": "csd_queue_cpu events in the whole trace, before the window included",
+    "window_from_ts_ns": "trace timestamp (ns) of the first call counted",
+    "flushes_in_irq": "of the flushes, those in a call-function interrupt",
+    "idle_known_from": "which events told the replay when CPUs idled and polled",
+    "halt_poll_ns": "the halt-poll window used (ns), or where it came from",
+    "window_from_line": "counting starts at the first call queued once every tracepoint the replay reads has "
+                        "appeared (see WINDOW_EVENTS); earlier calls set up state only",
+    "flushes": "detach-and-run of a target's queue seen in the window (an interrupt, or the idle loop's own)",
+    "runs_unmatched": "csd_function_entry with no queued call in the trace (queued before it began)",
+    "csds_never_run": "queued calls the trace never runs (still queued at its end)",
+    "runs_unseen": "queued calls whose run is missing (their CSD was queued again before the trace showed it "
+                   "run); each is taken to have found the queue empty",
+    "poll_clear_ns": "an idle CPU is taken as no longer polling this long before cpu_idle shows it halting",
+}
+
+
+@dataclass(eq=False, slots=True)
+class Flush:
+    """One detach-and-run of a target's queue: an interrupt handler (`vector`) or the idle loop's flush."""
+
+    target: int
+    seq: int
+    vector: int | None
+    first_run_seq: int | None = None
+    csds: list[Enqueue] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One cross-CPU call: the CSDs a sending context queued together, decided by one send."""
+
+    ctx: tuple[int, bool]
+    callsite: str
+    func: str
+    single: bool
+    csds: list[Enqueue] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class Enqueue:
+    """One csd_queue_cpu: the call it belongs to, the flush that ran it, the trace's own decision (from the
+    audit, when the trace has its sends), and the trace events around it."""
+
+    seq: int
+    event: Event
+    lineno: int
+    target: int
+    csd: str
+    func: str
+    call: Call
+    real: Queued | None
+    before: tuple[tuple[int, Event], ...]
+    after: list[tuple[int, Event]] = field(default_factory=list)
+    flush: Flush | None = None
+
+
+@dataclass(slots=True)
+class IdleState:
+    """What the replay knows of one CPU's idle task (see the module doc's polling rule)."""
+
+    in_idle: bool = False
+    halted: bool = False
+    halt_ts: int = 0
+    poll_state: bool = False
+    halt_poll_ns: int = 0
+
+
+class IdleModel:
+    """Per CPU, whether a sender would find it polling: the idle transitions replayed in trace order, and
+    each CPU's halting entries looked up ahead (polling is cleared `poll_clear_ns` before one is traced)."""
+
+    def __init__(self, m: TraceModel, poll_clear_ns: int) -> None:
+        self.m = m
+        self.poll_clear_ns = poll_clear_ns
+        self.cpus: dict[int, IdleState] = defaultdict(IdleState)
+        for cpu, pid in m.first_pid.items():
+            # A CPU idle when the trace begins has most likely been idle long enough to halt.
+            self.cpus[cpu].in_idle = self.cpus[cpu].halted = pid == 0
+            if m.halt_poll_override is not None:
+                self.cpus[cpu].halt_poll_ns = m.halt_poll_override
+        # Per CPU whose idle states the trace shows: its halting entries (seqs, timestamps).
+        self.halts: dict[int, tuple[list[int], list[int]]] = {}
+        for seq, cpu, what, ev in m.idle_actions:
+            if what == "cpu_idle":
+                seqs, stamps = self.halts.setdefault(cpu, ([], []))
+                if int(ev.fields["state"]) not in (0, CPU_IDLE_EXIT):  # type: ignore[arg-type]
+                    seqs.append(seq)
+                    stamps.append(ev.ts)
+
+    def transition(self, cpu: int, what: str, ev: Event) -> None:
+        st = self.cpus[cpu]
+        if what == "sched_switch":
+            st.in_idle = ev.fields["next_pid"] == 0
+            st.halted = st.poll_state = False
+        elif what == "guest_halt_poll_ns":
+            if self.m.halt_poll_override is None:
+                st.halt_poll_ns = int(ev.fields["halt_poll_ns"])  # type: ignore[arg-type]
+        else:  # cpu_idle
+            state = int(ev.fields["state"])  # type: ignore[arg-type]
+            if state == CPU_IDLE_EXIT:
+                st.halted = st.poll_state = False
+            elif state == 0:
+                st.poll_state = True
+            else:
+                st.halted, st.halt_ts = True, ev.ts
+
+    def polling(self, cpu: int, seq: int, ts: int, ran: str | None) -> bool:
+        """Would a sender at (seq, ts) find `cpu` polling? For a CPU whose idle states the trace does not
+        show, the evidence is how the call ran (`ran`): flushed by the idle loop, not an interrupt (an IPI
+        would have been taken as one); or, on a CPU that was in its idle task, never seen to run (the
+        2-vCPU VM traces record no event of CPU 1's idle task outside interrupts, its flushes included)."""
+        st = self.cpus[cpu]
+        if cpu not in self.halts:
+            return ran == "idle loop" or (ran == "unseen" and self.m.have_sched and st.in_idle)
+        if st.poll_state:
+            return True
+        if st.halted:
+            return ts < st.halt_ts + st.halt_poll_ns
+        if not (self.m.have_sched and st.in_idle):
+            return False
+        seqs, stamps = self.halts[cpu]
+        i = bisect_right(seqs, seq)
+        return i == len(seqs) or ts < stamps[i] - self.poll_clear_ns
+
+
+class TraceModel:
+    """Pass 1: the trace as calls, flushes and idle transitions, plus the audit's real decisions."""
+
+    def __init__(self, halt_poll_ns: int | None = None) -> None:
+        self.audit = Audit(strict=True)
+        self.halt_poll_override = halt_poll_ns
+        self.enqueues: list[Enqueue] = []
+        self.calls: list[Call] = []
+        self.flushes: list[Flush] = []
+        self.idle_actions: list[tuple[int, int, str, Event]] = []  # (seq, cpu, what, event)
+        self.have_sched = False
+        self.halt_poll_seen: set[int] = set()
+        self.first_pid: dict[int, int] = {}
+        self.runs_unmatched = 0
+        self.runs_unseen = 0
+        self._by_pointer: dict[str, Enqueue] = {}  # the last call queued with each csd pointer
+        self._batched: dict[str, Enqueue] = {}  # wakeups taken as run in another wakeup's batch, by pointer
+        self._last_irq: dict[int, tuple[int, int | None]] = {}  # per CPU: its last handler entry (seq, vector)
+        self._pending: defaultdict[int, list[Enqueue]] = defaultdict(list)  # per target, queue order
+        self._open_call: dict[tuple[int, bool], Call] = {}
+        self._cal_flush: dict[int, Flush] = {}
+        self._idle_flush: dict[int, Flush] = {}
+        self._ring: deque[tuple[int, Event]] = deque(maxlen=CONTEXT_BEFORE)
+        self._awaiting: list[Enqueue] = []
+        self.first_seq: dict[str, int] = {}
+        self.kind_counts: Counter[str] = Counter()
+        self.window_start = 0
+
+    def feed(self, seq: int, ev: Event, lineno: int = 0) -> None:
+        for q in self._awaiting:
+            q.after.append((lineno, ev))
+        if self._awaiting:
+            self._awaiting = [q for q in self._awaiting if len(q.after) < CONTEXT_AFTER]
+        self._ring.append((lineno, ev))
+        real = self.audit.feed(ev)
+        cpu, name, f = ev.cpu, ev.name, ev.fields
+        self.first_pid.setdefault(cpu, ev.pid)
+        self.first_seq.setdefault(name, seq)
+        self.kind_counts[name] += 1
+        if name != "csd_function_entry" and name != "csd_function_exit":
+            self._idle_flush.pop(cpu, None)
+        if name == "csd_queue_cpu":
+            self._enqueue(seq, ev, lineno, real)
+        elif name == "csd_function_entry":
+            self._run(seq, ev)
+        elif name in HANDLER_ENTRY:
+            fl = Flush(cpu, seq, int(f["vector"]))  # type: ignore[arg-type]
+            self._last_irq[cpu] = (seq, fl.vector)
+            self._cal_flush[cpu] = fl
+            self.flushes.append(fl)
+        elif name in HANDLER_EXIT or name == "reschedule_exit":
+            if name in HANDLER_EXIT:
+                self._cal_flush.pop(cpu, None)
+            self._open_call.pop((cpu, True), None)
+        elif name in ("sched_switch", "cpu_idle", "guest_halt_poll_ns"):
+            if name == "sched_switch":
+                self.have_sched = True
+            if name == "guest_halt_poll_ns":
+                self.halt_poll_seen.add(cpu)
+            self.idle_actions.append((seq, cpu, name, ev))
+            if not self._in_irq(ev):
+                self._open_call.pop((cpu, False), None)
+
+    def _in_irq(self, ev: Event) -> bool:
+        return self.audit.in_irq(ev)  # the same contexts as the audit's (see Audit's `strict`)
+
+    def _enqueue(self, seq: int, ev: Event, lineno: int, real: Queued | None) -> None:
+        f = ev.fields
+        ctx = (ev.cpu, self._in_irq(ev))
+        target, callsite, func = int(f["cpu"]), symbol_name(str(f["callsite"])), symbol_name(str(f["func"]))  # type: ignore[arg-type]
+        call = self._open_call.get(ctx)
+        single = callsite in SINGLE_CALLSITES
+        if (call is None or single or call.single or call.callsite != callsite or call.func != func
+                or target <= call.csds[-1].target):
+            call = Call(ctx, callsite, func, single)
+            self.calls.append(call)
+            self._open_call[ctx] = call
+        q = Enqueue(seq, ev, lineno, target, str(f["csd"]), func, call, real, tuple(self._ring)[:-1])
+        call.csds.append(q)
+        self.enqueues.append(q)
+        # A CSD is locked while queued (a task's wake entry likewise): one queued earlier under the same
+        # pointer has run, untraced (a tracepoint not yet enabled). It forms a batch of its own.
+        self._batched.pop(q.csd, None)
+        old = self._by_pointer.pop(q.csd, None)
+        if old is not None and old.flush is None:
+            self._pending[old.target].remove(old)
+            # An interrupt the target took after that enqueue, running nothing of it, was its IPI arriving
+            # after an untraced flush: the run came without one, but the IPI was sent.
+            irq_seq, vector = self._last_irq.get(old.target, (-1, None))
+            old.flush = Flush(old.target, UNSEEN, vector if irq_seq > old.seq else None, csds=[old])
+            self.runs_unseen += 1
+        self._by_pointer[q.csd] = q
+        self._pending[target].append(q)
+        self._awaiting.append(q)
+
+    def _run(self, seq: int, ev: Event) -> None:
+        cpu, csd, func = ev.cpu, str(ev.fields["csd"]), symbol_name(str(ev.fields["func"]))
+        if csd == NULL_CSD:  # a local run: the calling context's call has been sent
+            if not self._in_irq(ev):
+                self._open_call.pop((cpu, False), None)
+            return
+        fl = self._cal_flush.get(cpu) or self._idle_flush.get(cpu)
+        if fl is None:
+            fl = Flush(cpu, seq, None)
+            self._idle_flush[cpu] = fl
+            self.flushes.append(fl)
+        pending = self._pending[cpu]
+        hit = next((i for i, q in enumerate(pending) if q.csd == csd), None)
+        if fl.vector is None and fl.first_run_seq is not None and hit is not None and \
+                pending[hit].seq > fl.first_run_seq:
+            # Queued after this flush began running, so after it detached: the idle loop flushes again
+            # (woken once more while it polls, it traces nothing in between).
+            fl = Flush(cpu, seq, None)
+            self._idle_flush[cpu] = fl
+            self.flushes.append(fl)
+        if fl.first_run_seq is None:
+            fl.first_run_seq = seq
+        if hit is None:
+            q = self._batched.pop(csd, None)
+            if q is not None and q.target == cpu and q.flush is not None:
+                # A wakeup taken as batched with an earlier one runs on its own: it was queued after that
+                # flush detached the queue.
+                q.flush.csds.remove(q)
+                q.flush = fl
+                fl.csds.append(q)
+            else:
+                self.runs_unmatched += 1  # queued before the trace began
+            return
+        taken = [pending.pop(hit)]
+        if func == TTWU_FUNC:
+            # One run for the whole batch of remote wakeups: the others queued before this flush went too.
+            rest = [q for q in pending if q.func == TTWU_FUNC and q.seq < fl.first_run_seq]
+            for q in rest:
+                self._batched[q.csd] = q
+            taken += rest
+            self._pending[cpu] = [q for q in pending if not (q.func == TTWU_FUNC and q.seq < fl.first_run_seq)]
+        for q in taken:
+            q.flush = fl
+            fl.csds.append(q)
+
+    def finish(self) -> None:
+        """Calls never run are still queued at the end: one last batch per target."""
+        for target, pending in self._pending.items():
+            if pending:
+                fl = Flush(target, NEVER, None)
+                self.flushes.append(fl)
+                for q in pending:
+                    q.flush = fl
+                    fl.csds.append(q)
+        self._pending.clear()
+        self.audit_result = self.audit.result()
+        self.window_start = max((self.first_seq[k] for k in WINDOW_EVENTS if self.kind_counts[k] >= WINDOW_MIN_EVENTS),
+                                default=0)
+
+
+def read_model(events: Iterable[tuple[Event, int]], halt_poll_ns: int | None = None) -> TraceModel:
+    """Pass 1 over `(event, file line)` pairs in file order."""
+    m = TraceModel(halt_poll_ns)
+    for seq, (ev, lineno) in enumerate(events):
+        m.feed(seq, ev, lineno)
+    m.finish()
+    return m
+
+
+def trace_calls(m: TraceModel) -> tuple[list[TraceCall], dict[str, int]]:
+    """The trace's calls for the closed-loop replay (workloads/replay.py), timed from the first one, and
+    each function's median run time (ns)."""
+    if not m.calls:
+        return [], {}
+    t0 = m.calls[0].csds[0].event.ts
+    calls = [TraceCall(call.csds[0].event.ts - t0, call.ctx[0], tuple(q.target for q in call.csds), call.func,
+                       call.single, call.callsite) for call in m.calls]
+    func_ns = {f: max(1, int(v["p50"])) for f, v in m.audit_result["function_ns"].items()}
+    return calls, func_ns
+
+
+def trace_events(path: Path, stats: ReadStats) -> Iterator[tuple[Event, int]]:
+    for ev in read_trace(path, stats, idle_events=True):
+        yield ev, stats.lineno
+
+
+# --- pass 2: one kernel's decisions -------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    kernel: Kernel
+    counts: Counter[str] = field(default_factory=Counter)
+    decisions: dict[int, str] = field(default_factory=dict)  # enqueue seq -> "ipi" | "queued" | "polling"
+
+
+def first_added(batch: list[Enqueue]) -> Enqueue | None:
+    """Which call of a flushed batch (in run order) found the queue empty. The queued call traced first
+    was added first, except in a race: csd_queue_cpu fires just before llist_add, so two calls traced
+    within RACE_NS may have been added the other way round. Then the run order decides: a flush runs the
+    calls in the order they were added (the detached list, reversed). It is not trusted beyond a race,
+    since 5.8 runs SYNC calls first and wakeups last."""
+    if not batch:
+        return None
+    earliest = min(batch, key=lambda q: q.seq)
+    if earliest.func == TTWU_FUNC:
+        return earliest  # wakeups run last whenever they came: the run order says nothing
+    first_run = next(q for q in batch if q.func != TTWU_FUNC)
+    if first_run is not earliest and first_run.event.ts - earliest.event.ts <= RACE_NS:
+        return first_run
+    return earliest
+
+
+def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -> Prediction:
+    """Decide every call of the trace under `kernel` (see the module doc). Everything is replayed, but only
+    what happens from `m.window_start` on is counted."""
+    p = Prediction(kernel)
+    on_queue = kernel.has("shared_queue")
+    start = m.window_start
+
+    def count(key: str, seq: int, n: int = 1) -> None:
+        if seq >= start:
+            p.counts[key] += n
+
+    def on_call_queue(q: Enqueue) -> bool:
+        return on_queue or q.func != TTWU_FUNC
+
+    # was_empty: the first call added to its flush's batch.
+    first_of_batch = {q.seq for fl in m.flushes if (q := first_added([q for q in fl.csds if on_call_queue(q)]))}
+    first_of_batch.update(q.seq for q in m.enqueues if q.flush is not None and q.flush.seq == UNSEEN)
+
+    # Everything in trace order: idle transitions, sends (right after a call's last enqueue), flushes.
+    actions: list[tuple[int, int, Any]] = [(seq, 0, (cpu, what, ev)) for seq, cpu, what, ev in m.idle_actions]
+    actions += [(call.csds[-1].seq, 1, call) for call in m.calls]
+    actions += [(fl.seq, 2, fl) for fl in m.flushes if fl.seq < NEVER]
+    actions.sort(key=lambda a: (a[0], a[1]))
+
+    idle = IdleModel(m, poll_clear_ns)
+    irr: dict[int, set[int]] = defaultdict(set)  # per target: vectors pending in its APIC
+
+    def decide(q: Enqueue, decision: str) -> None:
+        p.decisions[q.seq] = decision
+        count({"ipi": "ipis", "queued": "csd_no_ipi_queued", "polling": "csd_no_ipi_polling"}[decision], q.seq)
+
+    def send(q: Enqueue, vector: int) -> None:
+        decide(q, "ipi")
+        count("ipis_single" if vector == CALL_FUNCTION_SINGLE_VECTOR else "ipis_mask", q.seq)
+        if q.seq not in first_of_batch:
+            count("ipis_to_nonempty_queue", q.seq)
+        if vector in irr[q.target]:
+            count("apic_merged", q.seq)
+        else:
+            irr[q.target].add(vector)
+
+    def send_call_function_single_ipi(q: Enqueue) -> None:
+        last = q.call.csds[-1]
+        ran = None if q.flush is None or q.flush.vector is not None or q.flush.seq == NEVER else \
+            ("unseen" if q.flush.seq == UNSEEN else "idle loop")
+        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts, ran):
+            decide(q, "polling")
+        else:
+            send(q, CALL_FUNCTION_SINGLE_VECTOR)
+
+    for seq, kind, item in actions:
+        if kind == 0:
+            cpu, what, ev = item
+            idle.transition(cpu, what, ev)
+        elif kind == 1:
+            call: Call = item
+            csds = [q for q in call.csds if on_call_queue(q)]
+            count("wakeups_off_queue", seq, len(call.csds) - len(csds))
+            if not csds:
+                continue
+            count("calls", seq)
+            count("csd_enqueues", seq, len(csds))
+            if call.single or many_goes_single(kernel, len(csds)):
+                for q in csds:  # one
+                    if single_needs_ipi(kernel, q.seq in first_of_batch):
+                        send_call_function_single_ipi(q)
+                    else:
+                        decide(q, "queued")
+                continue
+            cpumask_ipi = [q for q in csds if many_needs_ipi(kernel, q.seq in first_of_batch)]
+            for q in csds:
+                if q not in cpumask_ipi:
+                    decide(q, "queued")
+            if many_sends_single(kernel, len(cpumask_ipi)):
+                send_call_function_single_ipi(cpumask_ipi[0])
+            else:
+                for q in cpumask_ipi:
+                    send(q, CALL_FUNCTION_VECTOR)
+        else:
+            fl: Flush = item
+            taken = len(irr[fl.target])
+            irr[fl.target].clear()
+            count("cal_interrupts", seq, taken)
+            for q in fl.csds:
+                if on_call_queue(q):
+                    count("csds_run_in_irq" if taken else "csds_run_without_irq", q.seq)
+    # IPIs still pending at the end are taken once the target can: interrupts too.
+    p.counts["cal_interrupts"] += sum(len(v) for v in irr.values())
+    return p
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+def replay_trace(path: Path, kernels: list[Kernel], *, trace_kernel: str = OWN_KERNEL,
+                 halt_poll_ns: int | None = None, poll_clear_ns: int = POLL_CLEAR_NS,
+                 drop: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Replay one trace open-loop under each kernel; `drop` names events to leave out (as if never traced)."""
+    stats = ReadStats()
+    events = ((ev, n) for ev, n in trace_events(Path(path), stats) if ev.name not in drop)
+    m = read_model(events, halt_poll_ns)
+    return report(m, kernels, trace=str(path), stats=stats, trace_kernel=resolve_kernel(trace_kernel),
+                  poll_clear_ns=poll_clear_ns)
+
+
+def real_counts(m: TraceModel) -> dict[str, Any]:
+    """What the trace itself shows over the counted window (see REAL_DOCS); decisions only when it has sends."""
+    start = m.window_start
+    known = bool(m.audit_result["decisions_known"])
+    decided = Counter(q.real.decision for q in m.enqueues if q.seq >= start and q.real is not None)
+    irq_flushes = [f for f in m.flushes if f.vector is not None and f.seq >= start]
+    in_irq = sum(len(f.csds) for f in irq_flushes)
+    return {"csd_enqueues": sum(1 for q in m.enqueues if q.seq >= start),
+            "ipis": decided["ipi"] if known else None,
+            "cal_interrupts": len(irq_flushes),
+            "csds_per_interrupt": in_irq / len(irq_flushes) if irq_flushes else None,
+            "csd_no_ipi_queued": decided["queued"] if known else None,
+            "csd_no_ipi_polling": decided["polling"] if known else None}
+
+
+def report(m: TraceModel, kernels: list[Kernel], *, trace: str, stats: ReadStats | None,
+           trace_kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -> dict[str, Any]:
+    decisions_known = bool(m.audit_result["decisions_known"])
+    first = next((q.event.ts for q in m.enqueues if q.seq >= m.window_start), None)
+    out: dict[str, Any] = {
+        "trace": trace, "format": stats.format if stats else None, "lines": stats.lines if stats else None,
+        "bad_lines": stats.bad_lines if stats else 0,
+        "warnings": [str(w) for w in stats.warnings] if stats else [],
+        "csd_enqueues_in_trace": len(m.enqueues),
+        "window_from_line": next((q.lineno for q in m.enqueues if q.seq >= m.window_start), None),
+        "window_from_ts_ns": first,
+        "flushes": sum(1 for f in m.flushes if m.window_start <= f.seq < NEVER),
+        "flushes_in_irq": sum(1 for f in m.flushes if f.vector is not None and f.seq >= m.window_start),
+        "runs_unmatched": m.runs_unmatched,
+        "runs_unseen": m.runs_unseen,
+        "csds_never_run": sum(1 for q in m.enqueues if q.flush is not None and q.flush.seq == NEVER),
+        "idle_known_from": ", ".join(k for k in ("sched_switch", "cpu_idle", "guest_halt_poll_ns") if m.kind_counts[k])
+        or "no idle events (polling inferred from idle-loop flushes)",
+        "halt_poll_ns": m.halt_poll_override if m.halt_poll_override is not None else
+        ("the trace's guest_halt_poll_ns" if m.halt_poll_seen else 0),
+        "poll_clear_ns": poll_clear_ns,
+        "decisions_known": decisions_known,
+        "trace_kernel": trace_kernel.name,
+        "real": real_counts(m),
+        "kernels": [],
+        "metrics": REPLAY_DOCS, "real_metrics": REAL_DOCS, "notes": NOTES,
+    }
+    for kernel in kernels:
+        p = predict(m, kernel, poll_clear_ns)
+        c = p.counts
+        entry: dict[str, Any] = {"kernel": kernel.name, "features": sorted(kernel.features)}
+        entry.update({k: c[k] for k in REPLAY_DOCS if k != "csds_per_interrupt"})
+        entry["csds_per_interrupt"] = c["csds_run_in_irq"] / c["cal_interrupts"] if c["cal_interrupts"] else None
+        entry["agreement"] = agreement(m, p) if decisions_known and kernel.features == trace_kernel.features \
+            else None
+        out["kernels"].append(entry)
+    return out
+
+
+def agreement(m: TraceModel, p: Prediction) -> dict[str, Any]:
+    """Per-call decisions against the trace's own, with the first mismatches in context. A trace without
+    sched_wake_idle_without_ipi events cannot tell a polling target from a busy queue: then only IPI or no
+    IPI is compared."""
+    polling_traced = m.kind_counts["sched_wake_idle_without_ipi"] > 0
+
+    def same(real: str, pred: str) -> bool:
+        return real == pred or (not polling_traced and "ipi" not in (real, pred))
+
+    pairs: Counter[str] = Counter()
+    shown: list[dict[str, Any]] = []
+    compared = matching = 0
+    for q in m.enqueues:
+        if q.seq < m.window_start or q.real is None or q.real.decision is None or q.seq not in p.decisions:
+            continue
+        compared += 1
+        real, pred = q.real.decision, p.decisions[q.seq]
+        if same(real, pred):
+            matching += 1
+            continue
+        pairs[f"{real} -> {pred}"] += 1
+        if len(shown) < MAX_MISMATCHES_SHOWN:
+            shown.append({"line": q.lineno, "target": q.target, "func": q.func, "real": real, "predicted": pred,
+                          "was_empty": q.flush is not None and min(x.seq for x in q.flush.csds) == q.seq,
+                          "context": [_describe(n, e, e is q.event) for n, e in (*q.before, (q.lineno, q.event),
+                                                                                 *q.after)]})
+    return {"compared": compared, "matching": matching, "polling_traced": polling_traced,
+            "percent": 100.0 * matching / compared if compared else None,
+            "mismatches": dict(pairs.most_common()), "first_mismatches": shown}
+
+
+def _describe(lineno: int, ev: Event, mark: bool) -> str:
+    fields = " ".join(f"{k}={v}" for k, v in ev.fields.items())
+    return (f"{'>>' if mark else '  '} line {lineno}: {ev.ts / 1e9:.6f} [{ev.cpu:03d}] {ev.task}-{ev.pid} {ev.flags} "
+            f"{ev.name}: {fields}")
+
+
+# --- closed loop ---------------------------------------------------------------------------------------
+
+CLOSED_DOCS: dict[str, str] = {
+    "csd_enqueues": "remote calls queued in the simulation (the trace's calls, issued again)",
+    "calls": "cross-CPU calls issued",
+    "ipis": "function-call IPIs the simulated kernel sent, one per target CPU",
+    "cal_interrupts": "function-call interrupts the simulated targets took",
+    "apic_merged": "IPIs absorbed by the same vector already pending in the target's APIC",
+    "csds_per_interrupt": "calls run in interrupts / cal_interrupts",
+    "csd_no_ipi_queued": "calls that needed no IPI: the target's queue already waited for one",
+    "csd_no_ipi_polling": "calls that needed no IPI: the target was polling idle",
+    "ipis_to_nonempty_queue": "IPIs sent although the target's queue already waited for one",
+    "csds_run_in_irq": "calls run inside function-call interrupts",
+    "csds_run_without_irq": "calls run by an idle CPU's own flush, without an interrupt",
+    "calls_not_issued": "trace calls still waiting to be issued when the simulated window closed",
+    "wakeups_off_queue": "remote wakeups not issued: not on call_single_queue before shared_queue (v5.8)",
+}
+
+
+def closed_loop(path: Path, kernels: list[Kernel], machine: Machine, *, seed: int = 1) -> dict[str, Any]:
+    """Issue the trace's calls again on a simulated `machine` under each kernel (workloads/replay.py)."""
+    stats = ReadStats()
+    m = read_model(trace_events(Path(path), stats))
+    calls, func_ns = trace_calls(m)
+    span = max((c.at_ns for c in calls), default=0)
+    seconds = min(MAX_SECONDS, (START_NS + span + 1_000_000) / 1e9)  # a millisecond past the last call
+    out: dict[str, Any] = {"trace": str(path), "mode": "closed", "machine": machine.name,
+                           "format": stats.format, "bad_lines": stats.bad_lines,
+                           "warnings": [str(w) for w in stats.warnings], "calls_in_trace": len(calls),
+                           "trace_span_ns": span, "sim_seconds": seconds, "seed": seed,
+                           "func_ns": func_ns, "real": real_counts(m), "kernels": [],
+                           "metrics": CLOSED_DOCS, "real_metrics": REAL_DOCS}
+    for kernel in kernels:
+        # Before shared_queue (v5.8) remote wakeups did not use call_single_queue: they are not issued.
+        mine = calls if kernel.has("shared_queue") else [c for c in calls if c.func != TTWU_FUNC]
+        w = TraceReplay(trace=str(path)).use(mine, func_ns)
+        r = simulate(machine, kernel, w, seconds=seconds, seed=seed)
+        issued = r["calls"]
+        out["kernels"].append({
+            "kernel": kernel.name, "features": sorted(kernel.features), "csd_enqueues": r["csd_enqueues"],
+            "calls": issued, "ipis": r["ipis_sent"], "cal_interrupts": r["cal_interrupts"],
+            "apic_merged": r["apic_merged"], "csds_per_interrupt": r["csds_per_interrupt"],
+            "csd_no_ipi_queued": r["csd_no_ipi_queued"], "csd_no_ipi_polling": r["csd_no_ipi_polling"],
+            "ipis_to_nonempty_queue": r["ipis_to_nonempty_queue"], "csds_run_in_irq": r["csds_run_in_irq"],
+            "csds_run_without_irq": r["csds_run_from_idle"], "calls_not_issued": len(mine) - issued,
+            "wakeups_off_queue": len(calls) - len(mine),
+            "agreement": None})
+    return out
