@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_TRACES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import assert_user_error, ipilab
@@ -19,7 +20,7 @@ from ipilab.events import Event
 from ipilab.trace.ftrace import format_event
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = SHARED_TRACES
 REAL = sorted(TRACES.glob("*.xz"))
 needs_traces = pytest.mark.skipif(not REAL, reason=f"no real traces in {TRACES}")
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_TRACES
 from test_cli import assert_user_error, ipilab
 
 # Litmus: CPU0 queues call A on CPU1 and sends an IPI; CPU1 runs A in its interrupt. Then CPU0 queues B
@@ -156,7 +157,7 @@ def test_export_bad_input_is_one_error_line(tmp_path: Path, args: list[str], wor
 def test_a_real_4_cpu_trace_gives_a_well_formed_timeline(tmp_path: Path) -> None:
     """A real 4-vCPU trace (Linux 6.12 under QEMU, TLB shootdowns): four CPU tracks, nested slices, every
     arrow bound at both ends; no more arrows than the calls `ipilab analyze` counts as queued."""
-    trace = Path(__file__).resolve().parents[2] / "shared" / "traces" / "qemu4-tlbstorm-4x200.trace.xz"
+    trace = SHARED_TRACES / "qemu4-tlbstorm-4x200.trace.xz"
     if not trace.exists():
         pytest.skip(f"{trace} not here (shared/ sits next to the repository clone)")
     data = export(tmp_path, str(trace))

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_TRACES
 from test_cli import assert_user_error, ipilab
 
 from ipilab.analysis.replay import NEVER, TraceModel, predict, read_model, replay_trace, trace_events
@@ -17,9 +18,7 @@ from ipilab.sim.run import simulate
 from ipilab.trace.read import ReadStats
 from ipilab.workloads import WorkloadError, workload_from_settings
 
-# ../shared/traces beside the checkout (found from a worktree too)
-TRACES = next((p / "shared" / "traces" for p in Path(__file__).resolve().parents if (p / "shared" / "traces").is_dir()),
-              Path(__file__).resolve().parents[2] / "shared" / "traces")
+TRACES = SHARED_TRACES
 REAL = sorted(TRACES.glob("*.xz"))
 needs_traces = pytest.mark.skipif(not REAL, reason=f"no real traces in {TRACES}")
 SENDS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})

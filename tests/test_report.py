@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_TRACES
 from test_cli import assert_user_error, ipilab
 
 CHROMIUM = shutil.which("chromium")
@@ -138,7 +139,7 @@ def test_trace_report_escapes_trace_text_and_renders(tmp_path: Path) -> None:
 def test_report_of_a_real_trace_has_the_audit_tables(tmp_path: Path) -> None:
     """A real 2-CPU trace: its page holds the audit's counts and the per-callsite table, and says how many
     event lines it read (the same number `ipilab analyze --json` reports)."""
-    trace = Path(__file__).resolve().parents[2] / "shared" / "traces" / "madvise-threads.trace.xz"
+    trace = SHARED_TRACES / "madvise-threads.trace.xz"
     if not trace.exists():
         pytest.skip(f"{trace} not here")
     page = tmp_path / "real.html"

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_TRACES
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,8 +22,6 @@ from ipilab.trace.ftrace import format_cpumask, format_event, parse_cpumask
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.workloads import workload_from_settings
 from ipilab.workloads.synthetic import Synthetic
-
-SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
 # An independent reading of one ftrace event line: `... [CPU] FLAGS SECS.USECS: NAME: FIELDS`.
 EVENT_LINE = re.compile(r"\[\d+\]\s+\S+\s+\d+\.\d{6}: (\w+): (.*)$")
