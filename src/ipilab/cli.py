@@ -23,7 +23,8 @@ from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_
 from ipilab.machine.model import COST_FIELDS, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
-from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.sim.fast.run import unsupported
+from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.read import TraceFormatError
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
@@ -132,8 +133,11 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the simulated run as ftrace text (the kernel's own format).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default=None,
+              help="fast: compiled (numba); reference: the readable Python one. Both give the same events and "
+                   "results. Default: fast where it covers the workload (swap-w-seq-mt, synthetic), else reference.")
 def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
-                 seconds: float, seed: int, as_json: bool, trace_out: Path | None) -> None:
+                 seconds: float, seed: int, as_json: bool, trace_out: Path | None, engine: str | None) -> None:
     """Run one simulation of a machine, a kernel and a workload.
 
     \b
@@ -159,7 +163,10 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
             fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
         if trace_out is not None and not trace_out.resolve().parent.is_dir():
             fail(f"--trace-out: folder {trace_out.parent} does not exist")
-        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out)
+        chosen = choose_engine(m, k, w, engine or "auto")
+        if engine is None and chosen == "reference" and not as_json:
+            console.print(f"note: {unsupported(m, k, w)}: using the reference engine", highlight=False)
+        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out, engine=chosen)
     except (MachineError, KernelSpecError, WorkloadError) as e:
         fail(str(e))
     if as_json:
@@ -178,7 +185,7 @@ simulate_cmd.help = (simulate_cmd.help or "") + "\n".join(
 def print_result(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['workload']['name']}[/bold] on [bold]{r['machine']}[/bold] under kernel "
                   f"[bold]{r['kernel']}[/bold]: {r['sim_seconds'] * 1e3:g} ms simulated in "
-                  f"{r['wall_seconds']:.2f} s (seed {r['seed']})", highlight=False)
+                  f"{r['wall_seconds']:.2f} s by the {r['engine']} engine (seed {r['seed']})", highlight=False)
     table = counts_table(METRIC_DOCS, r, r["sim_seconds"], rate="per sim. second")
     console.print(table)
     lat = r["wait_latency_ns"]
@@ -320,9 +327,11 @@ def reproduce() -> None:
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "
                    f"{seed_exp.SENSITIVITY_WARMUP * 1e3:g} ms).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: compiled (numba); reference: the readable Python one (same numbers, about 50x slower).")
 def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals: int, rng_seed: int,
              workers: int | None, as_json: bool, plot: Path | None, explain: bool,
-             sensitivity_seconds: float) -> None:
+             sensitivity_seconds: float, engine: str) -> None:
     """The seed patch (2017): -88% IPIs, +15% throughput on a 2-socket Broadwell-EP, predicted by the model.
 
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
@@ -336,12 +345,13 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     try:
         with _progress(quiet) as step:
             result = seed_exp.run_seed(parse_settings(settings), seconds=seconds, warmup=warmup,
-                                       intervals=intervals, seed=rng_seed, workers=workers,
+                                       intervals=intervals, seed=rng_seed, workers=workers, engine=engine,
                                        progress=step("simulating v4.12 and v4.13"))
             rows = None
             if explain:
                 rows = seed_exp.sensitivity(parse_settings(settings), result, seconds=sensitivity_seconds,
-                                            seed=rng_seed, workers=workers, progress=step("sensitivity runs"))
+                                            seed=rng_seed, workers=workers, engine=engine,
+                                            progress=step("sensitivity runs"))
                 result["sensitivity"] = rows
                 result["sensitivity_window"] = {"sim_seconds": sensitivity_seconds,
                                                 "warmup_seconds": seed_exp.SENSITIVITY_WARMUP,
