@@ -21,7 +21,7 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, load_machine
-from ipilab.reproduce.seed import run_seed
+from ipilab.reproduce.seed import build_machine, run_seed
 from ipilab.sim.run import _histogram_percentiles, _percentiles, simulate
 from ipilab.workloads import workload_from_settings
 
@@ -38,7 +38,7 @@ def random_machine(rng: random.Random) -> Machine:
     topology = {"sockets": sockets, "cores_per_socket": rng.randint(1, 3), "threads_per_core": rng.choice([1, 2]),
                 "llc_mb_per_socket": 8.0, "numa_nodes": rng.choice([1, sockets]),
                 "apic_mode": rng.choice(["x2apic_phys", "x2apic_cluster", "kvm_pv"]), "cpu_model": "test",
-                "halt_poll_ns": rng.choice([0, 0, 2000, 20_000])}
+                "halt_poll_ns": rng.choice([0, 2000, 20_000, 200_000])}
     costs = {}
     for name in ALL_COST_FIELDS:
         ns = rng.choice([40, 100, 300, 1000, 3000])
@@ -56,11 +56,13 @@ def random_case(i: int) -> tuple[Machine, str, str, dict[str, str], dict[str, An
         m = random_machine(rng)
     kernel = rng.choice(sorted(VERSIONS))
     if rng.random() < 0.2:
-        kernel += rng.choice(["+coalesce_many", "-single_ipi_if_empty", "+skip_polling_idle", "-many_single_shortcut"])
+        kernel += rng.choice(["+coalesce_many", "-single_ipi_if_empty", "+skip_polling_idle", "-many_single_shortcut",
+                              "-sync_first_flush", "+ipi_shorthand"])
     if i % 3 == 2:
         n = m.ncpus
         settings = {"senders": rng.choice(["0", "0-1", "all"]), "targets": rng.choice(["all", f"1-{n - 1}", "0-1"]),
-                    "rate": str(rng.choice([20_000, 200_000, 2_000_000])), "func_ns": str(rng.choice([0, 300, 5000])),
+                    "rate": str(rng.choice([20_000, 200_000, 2_000_000, 20_000_000])),
+                    "func_ns": str(rng.choice([0, 300, 5000, 50_000])),
                     "wait": rng.choice(["true", "false"]), "others": rng.choice(["idle", "busy"])}
         workload = "synthetic"
     else:
@@ -70,11 +72,11 @@ def random_case(i: int) -> tuple[Machine, str, str, dict[str, str], dict[str, An
             kswapd, room = "false", m.ncpus
         settings = {"threads": str(rng.randint(1, room)), "batch": str(rng.choice([1, 4, 32])),
                     "flush": rng.choice(["per-page", "per-batch"]), "kswapd": kswapd,
-                    "phase": rng.choice(["reclaim", "reclaim", "fill"]), "ram_gb": "0.05", "memory_gb": "1",
+                    "phase": rng.choice(["reclaim"] * 5 + ["fill"]), "ram_gb": "0.05", "memory_gb": "1",
                     "swap_gb_s": rng.choice(["", "", "8"])}
         settings = {k: v for k, v in settings.items() if v}
         workload = "swap-w-seq-mt"
-    window = {"seconds": rng.choice([0.0002, 0.0005, 0.001]), "warmup": rng.choice([0.0, 0.0001]),
+    window = {"seconds": rng.choice([0.0005, 0.001, 0.002]), "warmup": rng.choice([0.0, 0.0002]),
               "intervals": rng.choice([0, 3])}
     return m, kernel, workload, settings, window
 
@@ -92,7 +94,7 @@ def both(m: Machine, kernel: str, workload: str, settings: dict[str, str], windo
     return a, b, ta, tb
 
 
-@pytest.mark.parametrize("case", range(36))
+@pytest.mark.parametrize("case", range(60))
 def test_random_small_configuration_gives_the_same_events_and_results(case: int, tmp_path: Path) -> None:
     m, kernel, workload, settings, window = random_case(case)
     ref, fast, ref_trace, fast_trace = both(m, kernel, workload, settings, window, case, tmp_path)
@@ -103,6 +105,34 @@ def test_random_small_configuration_gives_the_same_events_and_results(case: int,
             first = next(((i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
         pytest.fail(f"{where}: traces differ first at line {first}")
     assert ref == fast, where + ": " + ", ".join(k for k in ref if ref[k] != fast.get(k))
+
+
+# Litmus cases for paths random configurations rarely reach; each states what it must exercise.
+NAMED = {
+    # A polling idle target: the sender sets NEED_RESCHED instead of an IPI, the idle loop flushes.
+    "poll-idle": ("vm-2cpu", {"halt_poll_ns": "200000"}, "v6.18", "synthetic",
+                  {"senders": "0", "targets": "1", "rate": "100000", "others": "idle"},
+                  ("csd_no_ipi_polling", "csds_run_from_idle")),
+    # Every CPU calls every other, asynchronously and often: IPIs meet a same vector still pending.
+    "apic-merge": ("vm-2cpu", {"cores_per_socket": "6"}, "v4.12", "synthetic",
+                   {"senders": "all", "rate": "5000000", "wait": "false", "func_ns": "3000"},
+                   ("apic_merged", "empty_interrupts")),
+    # Reclaim on two nodes with kswapd, x2APIC cluster mode, pre-seed IPIs to non-empty queues.
+    "reclaim-2-nodes": ("broadwell-ep-2s-88t", {"cores_per_socket": "4"}, "v4.12", "swap-w-seq-mt",
+                        {"threads": "12", "ram_gb": "0.05", "memory_gb": "1"},
+                        ("ipis_to_nonempty_queue", "apic_merged")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_litmus_configuration_gives_the_same_events_and_results(name: str, tmp_path: Path) -> None:
+    machine, topology, kernel, workload, settings, exercised = NAMED[name]
+    m = build_machine(machine, topology, {})
+    ref, fast, ref_trace, fast_trace = both(m, kernel, workload, settings, {"seconds": 0.002}, 1, tmp_path)
+    for key in exercised:
+        assert ref[key] > 0, f"{name} does not exercise {key}"
+    assert filecmp.cmp(ref_trace, fast_trace, shallow=False)
+    assert ref == fast
 
 
 def test_the_seed_scenario_gives_the_same_numbers_on_both_engines() -> None:
