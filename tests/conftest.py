@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ipilab.machine.model import COST_FIELDS, Machine
+from ipilab.sim.fast.run import warm_up
 
 
 def tiny_machine(ncpus: int = 3, apic_mode: str = "x2apic_phys", **costs: int) -> Machine:
@@ -17,3 +20,10 @@ def tiny_machine(ncpus: int = 3, apic_mode: str = "x2apic_phys", **costs: int) -
                      "cpu_model": "test", "halt_poll_ns": 0},
         "costs": {k: {"ns": v, "source": "test value"} for k, v in values.items()},
     })
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_engine_compiled() -> None:
+    """Compile the fast engine (or load numba's cache) once, before any test: the CLI tests' subprocesses
+    then load the cached code instead of each compiling it under their timeouts."""
+    warm_up()
