@@ -22,6 +22,7 @@ from test_cli import assert_user_error, ipilab
 from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, load_machine
 from ipilab.reproduce.seed import build_machine, run_seed
+from ipilab.sim.fast.run import FastSim
 from ipilab.sim.run import _histogram_percentiles, _percentiles, simulate
 from ipilab.workloads import workload_from_settings
 
@@ -179,3 +180,19 @@ def test_the_presets_run_on_the_fast_engine() -> None:
         r = simulate(load_machine(name), resolve_kernel("v4.13"), workload_from_settings("swap-w-seq-mt",
                      {"threads": "1", "kswapd": "false"}), seconds=0.0002, seed=1, engine="fast")
         assert r["engine"] == "fast" and r["engine_events"] > 0
+
+
+def test_a_fast_run_that_fails_midway_leaves_no_trace_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As with the reference engine: the trace appears whole or not at all."""
+    original = FastSim.run
+
+    def run(self: FastSim, until: int) -> None:
+        original(self, min(until, 200_000))  # 0.2 ms of simulated, traced work first
+        raise RuntimeError("failed mid-run")
+
+    monkeypatch.setattr(FastSim, "run", run)
+    target = tmp_path / "run.trace"
+    with pytest.raises(RuntimeError, match="mid-run"):
+        simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
+                 seconds=0.002, seed=1, trace_out=target, engine="fast")
+    assert list(tmp_path.iterdir()) == []
