@@ -82,9 +82,9 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
     wall0 = time.perf_counter()
     with FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else nullcontext() as writer:
         if engine == "fast":
+            compile_seconds = warm_up()
             sim: Any = FastSim(machine, kernel, workload, seed, writer)
             run, counters = sim.run, sim.counters
-            compile_seconds = warm_up()
         else:
             sim = SimMachine(machine, kernel, Engine(), tracer=writer)
             workload.start(sim, seed)
@@ -222,7 +222,8 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
         "trace_out": str(trace_out) if trace_out else None,
         "units": {"*_ns": "nanoseconds of simulated time", "sim_seconds": "simulated seconds measured, after "
                   "warmup_seconds", "wall_seconds": "host seconds of the run (warm-up included, the fast engine's "
-                  "compile or cache load not: compile_seconds)", "warmup_wall_seconds": "host seconds of the warm-up",
+                  "compile or cache load not: compile_seconds)",
+                  "warmup_wall_seconds": "host seconds of set-up and warm-up",
                   "engine": "fast (compiled) or reference: the same numbers either way",
                   "irq_fraction": "share of the window in interrupt handlers",
                   "rates": "per simulated second, with the half-width of a 95% confidence interval "
