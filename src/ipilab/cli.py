@@ -322,13 +322,13 @@ def reproduce() -> None:
 @click.option("--explain", is_flag=True,
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
                    "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays (about 100 "
-                   "more short simulations: about 8 minutes on 2 cores at the default --sensitivity-seconds).")
+                   "more short simulations: about 2 minutes on 2 cores at the default --sensitivity-seconds).")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "
                    f"{seed_exp.SENSITIVITY_WARMUP * 1e3:g} ms).")
 @click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
-              help="fast: compiled (numba); reference: the readable Python one (same numbers, about 50x slower).")
+              help="fast: compiled (numba); reference: the readable Python one (same numbers, 20-40x slower).")
 def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals: int, rng_seed: int,
              workers: int | None, as_json: bool, plot: Path | None, explain: bool,
              sensitivity_seconds: float, engine: str) -> None:
