@@ -95,7 +95,7 @@ def both(m: Machine, kernel: str, workload: str, settings: dict[str, str], windo
     return a, b, ta, tb
 
 
-@pytest.mark.parametrize("case", range(60))
+@pytest.mark.parametrize("case", range(200))
 def test_random_small_configuration_gives_the_same_events_and_results(case: int, tmp_path: Path) -> None:
     m, kernel, workload, settings, window = random_case(case)
     ref, fast, ref_trace, fast_trace = both(m, kernel, workload, settings, window, case, tmp_path)

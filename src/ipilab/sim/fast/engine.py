@@ -120,9 +120,7 @@ class State(NamedTuple):
     g: np.ndarray  # [NG]
     cpu: np.ndarray  # [ncpus, NCPU]
     ctx: np.ndarray  # [ncpus, 3, CTX_WIDTH]
-    heap_when: np.ndarray  # Engine._queue as a binary heap of (when, seq, timer slot)
-    heap_seq: np.ndarray
-    heap_slot: np.ndarray
+    heap: np.ndarray  # [cap, 3] Engine._queue: a 4-ary heap of rows (when, seq, timer slot)
     ev: np.ndarray  # [cap, 4] the Timer behind each slot: what to call, and whether cancelled
     ev_free: np.ndarray  # stack of free timer slots
     watch_head: np.ndarray  # SimMachine._watchers: per watch, a list of (cpu, gen) in the pool
@@ -194,10 +192,13 @@ BL_LOOP = 128
 
 @njit(cache=True, _nrt=False, inline="always")
 def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
-    """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order. Returns the timer."""
+    """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order. Returns the timer.
+
+    The queue is a 4-ary heap ordered by (when, seq), seq unique: it pops in exactly Engine's order
+    (heapq's binary heap, same keys); four children to a row block halve the levels a pop walks."""
     g = s.g
-    hw, hs, hl = s.heap_when, s.heap_seq, s.heap_slot
-    if g[EV_NFREE] == 0 or g[HEAP_N] == len(hw):
+    h = s.heap
+    if g[EV_NFREE] == 0 or g[HEAP_N] == len(h):
         raise RuntimeError("fast engine: timer heap full")
     g[SEQ] += 1
     seq = g[SEQ]
@@ -209,38 +210,40 @@ def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
     s.ev[slot, EV_CANCELLED] = 0
     i = g[HEAP_N]
     g[HEAP_N] = i + 1
-    while i > 0:  # sift up: (when, seq) is the key
-        parent = (i - 1) >> 1
-        pw = hw[parent]
-        if pw < when or (pw == when and hs[parent] < seq):
+    while i > 0:  # sift up
+        parent = (i - 1) >> 2
+        pw = h[parent, 0]
+        if pw < when or (pw == when and h[parent, 1] < seq):
             break
-        hw[i], hs[i], hl[i] = pw, hs[parent], hl[parent]
+        h[i, 0], h[i, 1], h[i, 2] = pw, h[parent, 1], h[parent, 2]
         i = parent
-    hw[i], hs[i], hl[i] = when, seq, slot
+    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
     return slot
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _heap_pop(s: State) -> None:
     g = s.g
-    hw, hs, hl = s.heap_when, s.heap_seq, s.heap_slot
+    h = s.heap
     n = g[HEAP_N] - 1
     g[HEAP_N] = n
-    when, seq, slot = hw[n], hs[n], hl[n]  # the last entry sinks from the root
+    when, seq, slot = h[n, 0], h[n, 1], h[n, 2]  # the last row sinks from the root
     i = 0
     while True:
-        child = 2 * i + 1
-        if child >= n:
+        first = 4 * i + 1
+        if first >= n:
             break
-        right = child + 1
-        if right < n and (hw[right] < hw[child] or (hw[right] == hw[child] and hs[right] < hs[child])):
-            child = right
-        cw = hw[child]
-        if when < cw or (when == cw and seq < hs[child]):
+        best = first
+        bw, bs = h[first, 0], h[first, 1]
+        for child in range(first + 1, min(first + 4, n)):
+            cw = h[child, 0]
+            if cw < bw or (cw == bw and h[child, 1] < bs):
+                best, bw, bs = child, cw, h[child, 1]
+        if when < bw or (when == bw and seq < bs):
             break
-        hw[i], hs[i], hl[i] = cw, hs[child], hl[child]
-        i = child
-    hw[i], hs[i], hl[i] = when, seq, slot
+        h[i, 0], h[i, 1], h[i, 2] = bw, bs, h[best, 2]
+        i = best
+    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
 
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
@@ -1336,13 +1339,13 @@ def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
     g = s.g
-    while g[HEAP_N] > 0 and s.heap_when[0] <= until:
+    while g[HEAP_N] > 0 and s.heap[0, 0] <= until:
         if (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
-                or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap_when)
+                or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
                 or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW]):
             return 1
-        when = s.heap_when[0]
-        slot = s.heap_slot[0]
+        when = s.heap[0, 0]
+        slot = s.heap[0, 2]
         _heap_pop(s)
         kind, c, arg, cancelled = s.ev[slot, EV_KIND], s.ev[slot, EV_CPU], s.ev[slot, EV_ARG], s.ev[slot, EV_CANCELLED]
         s.ev_free[g[EV_NFREE]] = slot

@@ -96,7 +96,7 @@ class FastSim:
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
             ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
-            heap_when=np.zeros(cap, np.int64), heap_seq=np.zeros(cap, np.int64), heap_slot=np.zeros(cap, np.int64),
+            heap=np.zeros((cap, 3), np.int64),
             ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
@@ -251,12 +251,9 @@ class FastSim:
             for c in self._rngs:
                 if s.cpu[c, E.GAP_N] - s.cpu[c, E.GAP_POS] < GAPS // 2:
                     self._draw_gaps(c)
-        if g[E.HEAP_N] + MARGIN > len(s.heap_when) or g[E.EV_NFREE] < MARGIN:
-            cap = len(s.heap_when)
-            grow = np.zeros(cap, np.int64)
-            self.s = s = s._replace(heap_when=np.concatenate([s.heap_when, grow]),
-                                    heap_seq=np.concatenate([s.heap_seq, grow]),
-                                    heap_slot=np.concatenate([s.heap_slot, grow]),
+        if g[E.HEAP_N] + MARGIN > len(s.heap) or g[E.EV_NFREE] < MARGIN:
+            cap = len(s.heap)
+            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros((cap, 3), np.int64)]),
                                     ev=np.concatenate([s.ev, np.zeros((cap, 4), np.int64)]),
                                     ev_free=np.concatenate([s.ev_free[:g[E.EV_NFREE]],
                                                             np.arange(cap, 2 * cap, dtype=np.int64),
