@@ -23,8 +23,8 @@ from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, load_machine
 from ipilab.reproduce.seed import build_machine, run_seed
 from ipilab.sim.fast.run import FastSim
-from ipilab.sim.run import _histogram_percentiles, _percentiles, simulate
-from ipilab.workloads import workload_from_settings
+from ipilab.sim.run import _histogram_percentiles, _percentiles, choose_engine, simulate
+from ipilab.workloads import WorkloadError, workload_from_settings
 
 HOST_ONLY = ("wall_seconds", "warmup_wall_seconds", "engine", "compile_seconds", "trace_out", "csds_per_second",
              "csds_per_second_per_worker")
@@ -196,3 +196,14 @@ def test_a_fast_run_that_fails_midway_leaves_no_trace_file(tmp_path: Path, monke
         simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
                  seconds=0.002, seed=1, trace_out=target, engine="fast")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_machine_beyond_the_fast_engines_tables_runs_on_the_reference_engine() -> None:
+    """1,536 CPUs: the fast engine's CPU x CPU tables stop at 1,024, so auto picks the reference engine and
+    forcing fast is an error naming the limit."""
+    m = build_machine("broadwell-ep-2s-88t", {"sockets": "16", "cores_per_socket": "48"}, {})
+    assert m.ncpus == 1536
+    w = workload_from_settings("synthetic", {})
+    assert choose_engine(m, resolve_kernel("v4.13"), w) == "reference"
+    with pytest.raises(WorkloadError, match="1024"):
+        choose_engine(m, resolve_kernel("v4.13"), w, "fast")

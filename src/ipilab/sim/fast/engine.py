@@ -61,7 +61,7 @@ FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAK
 LK_NEXT_TICKET, LK_SERVING, LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS = range(8, 14)
 NNODE = 14
 
-STACK_DEPTH = 16  # deepest call chain of the kernel model: usemem -> ... -> send_IPI_mask is 12
+STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
 CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
 STK = NCTX
 
@@ -128,8 +128,8 @@ class State(NamedTuple):
     wpool: np.ndarray  # [wcap, 3]
     w_free: np.ndarray
     csd: np.ndarray  # [ncsd, NCSD]
-    flushbuf: np.ndarray  # [ncpus, ncsd]: the entries one flush detached
-    flushtmp: np.ndarray  # [ncpus, ncsd]: room to put SYNC entries first
+    flushbuf: np.ndarray  # [ncpus, 3 * ncpus]: the entries one flush detached (a queue holds at most 3n)
+    flushtmp: np.ndarray  # [ncpus, 3 * ncpus]: room to put SYNC entries first
     targets: np.ndarray  # [ncpus, ncpus]: the CPUs each CPU's calls go to (sorted, without itself)
     queued: np.ndarray  # [ncpus, ncpus]
     ipi: np.ndarray  # [ncpus, ncpus]: cfd->cpumask_ipi

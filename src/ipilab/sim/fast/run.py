@@ -29,6 +29,7 @@ MARGIN = 64  # room left in every buffer before an event runs; one event adds fa
 TRACE_ROWS = 1 << 16
 LAT_ROWS = 1 << 14
 GAPS = 4096  # synthetic gaps drawn ahead per sender
+MAX_CPUS = 1024  # its CPU x CPU tables (costs, CSDs, masks) take 8 x 8 bytes x ncpus^2: 64 MB here
 
 
 _warm = False
@@ -52,6 +53,8 @@ def unsupported(machine: Machine, kernel: Kernel, workload: Workload) -> str | N
         return f"workload {workload.name} is modelled by the reference engine only"
     if machine.topology.apic_mode not in ("x2apic_phys", "x2apic_cluster", "kvm_pv"):
         return f"APIC mode {machine.topology.apic_mode} is not in the fast engine"
+    if machine.ncpus > MAX_CPUS:
+        return f"{machine.ncpus} CPUs: the fast engine's CPU-pair tables stop at {MAX_CPUS}"
     return None
 
 
@@ -100,8 +103,9 @@ class FastSim:
             ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
-            csd=np.zeros((ncsd, E.NCSD), np.int64), flushbuf=np.zeros((n, ncsd), np.int64),
-            flushtmp=np.zeros((n, ncsd), np.int64),
+            csd=np.zeros((ncsd, E.NCSD), np.int64),
+            # A queue holds at most each CPU's cfd CSD, csd_data and stack CSD for it: 3n entries.
+            flushbuf=np.zeros((n, 3 * n), np.int64), flushtmp=np.zeros((n, 3 * n), np.int64),
             targets=np.zeros((n, n), np.int64), queued=np.zeros((n, n), np.int64), ipi=np.zeros((n, n), np.int64),
             order=np.zeros((n, n), np.int64), gstart=np.zeros((n, n + 1), np.int64),
             cacheline=np.array([[machine.cacheline_ns(a, b) for b in range(n)] for a in range(n)], np.int64),
