@@ -12,6 +12,12 @@ both engines produce the same events.
 
 It all lives in this one file on purpose: numba's on-disk cache (cache=True) notices a change to the
 file a function is in, not to the constants or functions it imports from elsewhere.
+
+Speed: calls that carry the whole State cost tens of nanoseconds each, so what runs on every event or
+step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until
+(inline="always", one call site each or nearly) and the rarer helpers stay calls, which keeps numba's
+compile near 40 s. Nothing allocates or frees while the loop runs, so reference counting is off
+(_nrt=False): with it on, every array taken from State paid atomic increments.
 """
 
 from __future__ import annotations
@@ -248,29 +254,29 @@ def _heap_pop(s: State) -> None:
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def w_csd(s: State, csd: int) -> int:
     return csd
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def w_idle(s: State, c: int) -> int:
     return len(s.csd) + c
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def w_kswapd(s: State, node: int) -> int:
     return len(s.csd) + s.g[NCPUS] + node
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def w_ticket(s: State, lock: int, ticket: int) -> int:
     """lock._waiting[ticket]: at most one ticket per CPU is outstanding, so ticket mod (ncpus + 1) is unique."""
     n = s.g[NCPUS] + 1
     return len(s.csd) + s.g[NCPUS] + s.g[NNODES] + lock * n + ticket % n
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     """_watchers[watch].append((c, gen))"""
     g = s.g
@@ -289,7 +295,7 @@ def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     s.watch_tail[watch] = e
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def notify(s: State, watch: int) -> None:
     """SimMachine.notify: every CPU spinning on `watch` re-tests its condition now (a _spin_check each)."""
     e = s.watch_head[watch]
@@ -303,7 +309,7 @@ def notify(s: State, watch: int) -> None:
         e = nxt
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
     s.cpu[dst, IN_FLIGHT] += 1
     at(s, s.g[NOW] + s.ipi_latency[src, dst], EV_IPI_ARRIVES, dst, vector)
@@ -345,7 +351,7 @@ def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> No
     r[TR_FLAGS] = flags
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def set_nr_if_polling(s: State, c: int) -> bool:
     if not s.cpu[c, POLLING]:
         return False
@@ -354,7 +360,7 @@ def set_nr_if_polling(s: State, c: int) -> bool:
     return True
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def is_lazy_tlb(s: State, c: int) -> bool:
     return not (s.cpu[c, USER_MM] and s.cpu[c, HAS_TASK])
 
@@ -371,7 +377,7 @@ def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     return s.node[a, KSWAPD_AWAKE] != 0
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _latency(s: State, ns: int) -> None:
     """SmpStats.call_latencies_ns.append(ns)"""
     i = s.g[LAT_N]
@@ -424,7 +430,7 @@ def _step(x: np.ndarray, step: int, nxt: int) -> int:
     return step
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def func_cost(s: State, func: int, info: int) -> int:
     """The body of an SmpFunc: tlb.py _flush_tlb_func, or the synthetic workload's function."""
     if func == FUNC_FLUSH_TLB:
@@ -434,13 +440,13 @@ def func_cost(s: State, func: int, info: int) -> int:
     return info
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def csd_unlock(s: State, csd: int) -> None:
     s.csd[csd, LOCKED] = 0
     notify(s, w_csd(s, csd))
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def wakeup_kswapd(s: State, nd: int) -> None:
     if not s.node[nd, KSWAPD_AWAKE]:
         s.node[nd, KSWAPD_AWAKE] = 1
