@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ipilab.machine.model import COST_FIELDS, Machine
+from ipilab.sim.fast.run import warm_up
 
 # The team's real traces: ../shared/traces beside the checkout (or beside a directory above it, as from a
 # git worktree). Tests that need one skip, saying where they looked, when it is absent.
@@ -25,3 +28,10 @@ def tiny_machine(ncpus: int = 3, apic_mode: str = "x2apic_phys", **costs: int) -
                      "cpu_model": "test", "halt_poll_ns": 0},
         "costs": {k: {"ns": v, "source": "test value"} for k, v in values.items()},
     })
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_engine_compiled() -> None:
+    """Compile the fast engine (or load numba's cache) once, before any test: the CLI tests' subprocesses
+    then load the cached code instead of each compiling it under their timeouts."""
+    warm_up()

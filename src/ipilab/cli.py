@@ -33,7 +33,8 @@ from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, 
 from ipilab.machine.model import COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
-from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
+from ipilab.sim.fast.run import unsupported
+from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
@@ -146,8 +147,11 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the simulated run as ftrace text (the kernel's own format).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default=None,
+              help="fast: compiled (numba); reference: the readable Python one. Both give the same events and "
+                   "results. Default: fast where it covers the workload (swap-w-seq-mt, synthetic), else reference.")
 def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
-                 seconds: float, seed: int, as_json: bool, trace_out: Path | None) -> None:
+                 seconds: float, seed: int, as_json: bool, trace_out: Path | None, engine: str | None) -> None:
     """Run one simulation of a machine, a kernel and a workload.
 
     \b
@@ -157,7 +161,10 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
         if trace_out is not None and not trace_out.resolve().parent.is_dir():
             fail(f"--trace-out: folder {trace_out.parent} does not exist")
-        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out)
+        chosen = choose_engine(m, k, w, engine or "auto")
+        if engine is None and chosen == "reference" and not as_json:
+            console.print(f"note: {unsupported(m, k, w)}: using the reference engine", highlight=False)
+        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out, engine=chosen)
     except (MachineError, KernelSpecError, WorkloadError) as e:
         fail(str(e))
     if as_json:
@@ -201,7 +208,7 @@ simulate_cmd.help = (simulate_cmd.help or "") + "\n".join(
 def print_result(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['workload']['name']}[/bold] on [bold]{r['machine']}[/bold] under kernel "
                   f"[bold]{r['kernel']}[/bold]: {r['sim_seconds'] * 1e3:g} ms simulated in "
-                  f"{r['wall_seconds']:.2f} s (seed {r['seed']})", highlight=False)
+                  f"{r['wall_seconds']:.2f} s by the {r['engine']} engine (seed {r['seed']})", highlight=False)
     table = counts_table(METRIC_DOCS, r, r["sim_seconds"], rate="per sim. second")
     console.print(table)
     lat = r["wait_latency_ns"]
@@ -387,20 +394,23 @@ def reproduce() -> None:
 @click.option("--explain", is_flag=True,
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
                    "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays (about 100 "
-                   "more short simulations: about 8 minutes on 2 cores at the default --sensitivity-seconds).")
+                   "more short simulations: about 2 minutes on 2 cores at the default --sensitivity-seconds).")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "
                    f"{seed_exp.SENSITIVITY_WARMUP * 1e3:g} ms).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: compiled (numba); reference: the readable Python one (same numbers, 20-40x slower).")
 def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals: int, rng_seed: int,
              workers: int | None, as_json: bool, plot: Path | None, explain: bool,
-             sensitivity_seconds: float) -> None:
+             sensitivity_seconds: float, engine: str) -> None:
     """The seed patch (2017): -88% IPIs, +15% throughput on a 2-socket Broadwell-EP, predicted by the model.
 
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
     broadwell-ep-2s-88t under v4.12 (before the patch) and v4.13 (after), and compares them with the
     paper. No cost is fitted to the paper's numbers; `--explain` shows each cost's source and how the
-    prediction moves with it. The default window takes about three minutes on 2 cores.
+    prediction moves with it. The default window takes about 10 s on 2 cores (about 50 s the first time, when the
+    fast engine is compiled and cached).
     """
     if plot is not None and not plot.resolve().parent.is_dir():
         fail(f"--plot: folder {plot.parent} does not exist")
@@ -408,12 +418,13 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     try:
         with _progress(quiet) as step:
             result = seed_exp.run_seed(parse_settings(settings), seconds=seconds, warmup=warmup,
-                                       intervals=intervals, seed=rng_seed, workers=workers,
+                                       intervals=intervals, seed=rng_seed, workers=workers, engine=engine,
                                        progress=step("simulating v4.12 and v4.13"))
             rows = None
             if explain:
                 rows = seed_exp.sensitivity(parse_settings(settings), result, seconds=sensitivity_seconds,
-                                            seed=rng_seed, workers=workers, progress=step("sensitivity runs"))
+                                            seed=rng_seed, workers=workers, engine=engine,
+                                            progress=step("sensitivity runs"))
                 result["sensitivity"] = rows
                 result["sensitivity_window"] = {"sim_seconds": sensitivity_seconds,
                                                 "warmup_seconds": seed_exp.SENSITIVITY_WARMUP,

@@ -43,7 +43,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
         f"{win['warmup_seconds'] * 1e3:g} ms warm-up, cut into {win['intervals']} intervals for the 95% "
         f"confidence intervals (±); the fill phase (RAM free) for {win['fill_sim_seconds'] * 1e3:g} ms. "
         f"Seed {r['seed']}; {r['wall_seconds']:.0f} s wall time in {r['workers']} "
-        f"process{'es' if r['workers'] != 1 else ''}, "
+        f"process{'es' if r['workers'] != 1 else ''} on the {r.get('engine', 'reference')} engine, "
         f"{r['csds_per_second_per_worker']:,.0f} simulated CSDs per second per process.", highlight=False)
     t = Table(title="reclaim phase, per simulated second unless stated", title_justify="left")
     t.add_column("metric")

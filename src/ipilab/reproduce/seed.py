@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from ipilab import __version__
 from ipilab.kernel.features import resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError, Topology, load_machine
+from ipilab.sim.fast.run import warm_up
 from ipilab.sim.run import simulate
 from ipilab.workloads import workload_from_settings
 from ipilab.workloads.swap import PAGE_SIZE, SwapWSeqMt
@@ -105,8 +106,9 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     m = build_machine(job["machine"], job["topology"], job["costs"])
     w = workload_from_settings("swap-w-seq-mt", {**job["workload"], "phase": job["phase"]})
     r = simulate(m, resolve_kernel(job["kernel"]), w, seconds=job["seconds"], seed=job["seed"],
-                 warmup=job["warmup"], intervals=job["intervals"])
+                 warmup=job["warmup"], intervals=job["intervals"], engine=job.get("engine", "auto"))
     return {k: r[k] for k in ("kernel", "machine", "workload", "sim_seconds", "warmup_seconds", "wall_seconds",
+                              "engine", "compile_seconds",
                               "engine_events", "csd_enqueues", "ipis_sent", "cal_interrupts", "apic_merged",
                               "csds_per_interrupt", "csd_no_ipi_queued", "ipis_to_nonempty_queue",
                               "icr_writes", "csds_run_in_irq", "empty_interrupts", "counts", "workload_counts",
@@ -116,6 +118,8 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
 def run_jobs(jobs: list[dict[str, Any]], workers: int, progress: Callable[[int, int], None] | None = None
              ) -> list[dict[str, Any]]:
     """Run simulations in up to `workers` processes (1: in this process), in order."""
+    if any(job.get("engine", "auto") != "reference" for job in jobs):
+        warm_up()  # compile (or load) the fast engine once, here: forked workers inherit it
     if workers <= 1 or len(jobs) <= 1:
         out = []
         for i, job in enumerate(jobs):
@@ -250,8 +254,9 @@ def headline(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def jobs_for(kernels: tuple[str, ...], machine: str, workload: dict[str, str], topology: dict[str, str],
              costs: dict[str, int], seconds: float, warmup: float, intervals: int, seed: int,
-             fill: bool = True) -> list[dict[str, Any]]:
-    base = {"machine": machine, "workload": workload, "topology": topology, "costs": costs, "seed": seed}
+             fill: bool = True, engine: str = "fast") -> list[dict[str, Any]]:
+    base = {"machine": machine, "workload": workload, "topology": topology, "costs": costs, "seed": seed,
+            "engine": engine}
     jobs = [{**base, "kernel": k, "phase": "reclaim", "seconds": seconds, "warmup": warmup,
              "intervals": intervals} for k in kernels]
     if fill:
@@ -262,14 +267,16 @@ def jobs_for(kernels: tuple[str, ...], machine: str, workload: dict[str, str], t
 
 def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: float = WARMUP,
              intervals: int = INTERVALS, seed: int = 1, workers: int | None = None, machine: str = MACHINE,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Both kernels, both phases: the comparison and the headline ratios, with the paper's values."""
+             engine: str = "fast", progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Both kernels, both phases: the comparison and the headline ratios, with the paper's values.
+    `engine`: "fast" or "reference" (the same numbers; see ipilab.sim.run.simulate)."""
     workload_set, topology, costs = split_settings(settings)
     workload = workload_from_settings("swap-w-seq-mt", workload_set)  # validates before any run
     m = build_machine(machine, topology, costs)
     SwapWSeqMt.placement(m, workload.threads, workload.kswapd)  # too many threads fails here, before any run
     workers = workers or os.cpu_count() or 1
-    jobs = jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed)
+    jobs = jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed,
+                    engine=engine)
     t0 = time.perf_counter()
     results = run_jobs(jobs, workers, progress)
     wall = time.perf_counter() - t0
@@ -293,6 +300,7 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
         "costs": results[0]["costs"],
         "wall_seconds": round(wall, 3),
         "workers": min(workers, len(jobs)),
+        "engine": engine,
         "csds_per_second": csds / wall if wall else None,
         "csds_per_second_per_worker": csds / busy if busy else None,
         "units": UNITS,
@@ -301,7 +309,7 @@ def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
 
 def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: float = SENSITIVITY_SECONDS,
                 warmup: float = SENSITIVITY_WARMUP, intervals: int = SENSITIVITY_INTERVALS, seed: int = 1,
-                workers: int | None = None, machine: str = MACHINE,
+                workers: int | None = None, machine: str = MACHINE, engine: str = "fast",
                 progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """How the two headline ratios move when each cost the workload uses moves by -50% and +50%.
 
@@ -319,8 +327,9 @@ def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: floa
         for f in SENSITIVITY_FACTORS:
             c = {**costs, name: max(0, round(m.costs[name].ns * f))}
             jobs += jobs_for(KERNELS, machine, workload_set, topology, c, seconds, warmup, intervals, seed,
-                             fill=name in FILL_COSTS)
-    jobs += jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed, fill=False)
+                             fill=name in FILL_COSTS, engine=engine)
+    jobs += jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed, fill=False,
+                     engine=engine)
     results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
     fake_fill = {k: {"rates": {"pages_written": {"per_second": base["runs"][k]["fill_throughput_kb_s"] * 1024
                                                  / PAGE_SIZE, "ci95": 0.0}}, "wall_seconds": 0.0}

@@ -16,11 +16,13 @@ from ipilab import __version__
 from ipilab.kernel.features import Kernel
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
+from ipilab.sim.fast.run import FastSim, unsupported, warm_up
 from ipilab.sim.machine import SimMachine
 from ipilab.trace.ftrace import FtraceWriter
 from ipilab.workloads.base import Workload, WorkloadError
 
 MAX_SECONDS = 60.0
+ENGINES = ("auto", "fast", "reference")
 
 # What each reported number counts; printed with the table and stored in the JSON.
 METRIC_DOCS: dict[str, str] = {
@@ -42,12 +44,29 @@ METRIC_DOCS: dict[str, str] = {
 }
 
 
+def choose_engine(machine: Machine, kernel: Kernel, workload: Workload, engine: str = "auto") -> str:
+    """"fast" or "reference": what `engine` ("auto", "fast" or "reference") means for this run. Forcing
+    "fast" on what only the reference engine models is a WorkloadError saying why."""
+    if engine not in ENGINES:
+        raise WorkloadError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "reference":
+        return engine
+    why = unsupported(machine, kernel, workload)
+    if why is None:
+        return "fast"
+    if engine == "fast":
+        raise WorkloadError(f"--engine fast: {why}; use --engine reference")
+    return "reference"
+
+
 def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: float, seed: int,
-             trace_out: Path | None = None, warmup: float = 0.0, intervals: int = 0) -> dict[str, Any]:
+             trace_out: Path | None = None, warmup: float = 0.0, intervals: int = 0,
+             engine: str = "auto") -> dict[str, Any]:
     """Run for `warmup` + `seconds` simulated seconds and return the results as plain data (see
     METRIC_DOCS). Counts cover the `seconds` after the warm-up. With `intervals` >= 2 that window is cut
     into equal parts whose rates give each rate its 95% confidence interval (batch means) and the
-    per-CPU timeline. Times are integer nanoseconds."""
+    per-CPU timeline. Times are integer nanoseconds. `engine`: "fast" (compiled), "reference" (the
+    readable one) or "auto" (fast where it covers the configuration); both give the same results."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
     if not 0 <= warmup <= MAX_SECONDS:
@@ -56,30 +75,49 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
     if missing:
         raise WorkloadError(f"workload {workload.name} needs machine costs {', '.join(missing)}, which machine "
                             f"{machine.name} does not give (add [costs.NAME] with ns and source)")
+    engine = choose_engine(machine, kernel, workload, engine)
+    warmup_ns = round(warmup * 1e9)
+    window_ns = round(seconds * 1e9)
+    parts = max(intervals, 1)
     wall0 = time.perf_counter()
     with FtraceWriter(trace_out, machine.ncpus) if trace_out is not None else nullcontext() as writer:
-        sim = SimMachine(machine, kernel, Engine(), tracer=writer)
-        workload.start(sim, seed)
-        warmup_ns = round(warmup * 1e9)
-        window_ns = round(seconds * 1e9)
-        sim.engine.run(warmup_ns)
-        sim.smp.stats.call_latencies_ns.clear()
-        parts = max(intervals, 1)
-        snaps = [_snapshot(sim, workload)]
+        if engine == "fast":
+            compile_seconds = warm_up()
+            sim: Any = FastSim(machine, kernel, workload, seed, writer)
+            run, counters = sim.run, sim.counters
+        else:
+            sim = SimMachine(machine, kernel, Engine(), tracer=writer)
+            workload.start(sim, seed)
+            run, counters = sim.engine.run, workload.counters
+            compile_seconds = 0.0
+        run(warmup_ns)
+        warmup_wall = time.perf_counter() - wall0 - compile_seconds
+        if engine == "fast":
+            sim.clear_latencies()
+        else:
+            sim.smp.stats.call_latencies_ns.clear()
+        snaps = [_snapshot(sim, counters())]
         for i in range(1, parts + 1):
-            sim.engine.run(warmup_ns + window_ns * i // parts)
-            snaps.append(_snapshot(sim, workload))
+            run(warmup_ns + window_ns * i // parts)
+            snaps.append(_snapshot(sim, counters()))
         wall = time.perf_counter() - wall0
-    return _results(sim, machine, kernel, workload, snaps, warmup_ns, window_ns, seed, wall, trace_out)
+    latency = (_histogram_percentiles(sim.latencies) if engine == "fast"
+               else _percentiles(sim.smp.stats.call_latencies_ns))
+    r = _results(sim, machine, kernel, workload, snaps, warmup_ns, window_ns, seed, wall - compile_seconds,
+                 trace_out, latency)
+    r["engine"] = engine
+    r["compile_seconds"] = round(compile_seconds, 3)
+    r["warmup_wall_seconds"] = round(warmup_wall, 3)
+    return r
 
 
-def _snapshot(sim: SimMachine, workload: Workload) -> dict[str, Any]:
+def _snapshot(sim: Any, workload_counts: dict[str, int]) -> dict[str, Any]:
     """Every monotone counter of the run so far."""
     s = sim.smp.stats
     counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
     counts["apic_merged"] = sim.stats.apic_merged
-    counts.update(workload.counters())
-    return {"now": sim.engine.now, "counts": counts,
+    counts.update(workload_counts)
+    return {"now": sim.engine.now, "counts": counts, "workload_keys": list(workload_counts),
             "cpu_interrupts": [c.interrupts for c in sim.cpus], "cpu_irq_ns": [c.irq_ns for c in sim.cpus],
             "cpu_apic_merged": [c.apic_merged for c in sim.cpus]}
 
@@ -110,9 +148,27 @@ def _percentiles(samples: list[int]) -> dict[str, int | None]:
     return {"count": len(samples), "p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(a.max())}
 
 
-def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Workload,
+def _histogram_percentiles(counts: dict[int, int]) -> dict[str, int | None]:
+    """`_percentiles` of the samples a value -> count histogram holds: the same numbers (numpy's
+    inverted_cdf picks the sample at rank ceil(n * q), found here on the cumulative counts)."""
+    if not counts:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    values = np.array(sorted(counts), dtype=np.int64)
+    cum = np.cumsum([counts[v] for v in values])
+    n = int(cum[-1])
+    out: dict[str, int | None] = {"count": n}
+    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        index = n * (np.float64(q) / 100) - 1  # numpy's virtual index for inverted_cdf
+        below = np.floor(index)
+        rank = min(max(int(below + 1 if index - below > 0 else below), 0), n - 1)
+        out[name] = int(values[np.searchsorted(cum, rank, side="right")])
+    out["max"] = int(values[-1])
+    return out
+
+
+def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
              snaps: list[dict[str, Any]], warmup_ns: int, window_ns: int, seed: int, wall: float,
-             trace_out: Path | None) -> dict[str, Any]:
+             trace_out: Path | None, latency: dict[str, int | None]) -> dict[str, Any]:
     first, last = snaps[0], snaps[-1]
     d = {k: last["counts"][k] - first["counts"][k] for k in last["counts"]}
     s = sim.smp.stats
@@ -124,7 +180,7 @@ def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Worklo
                         "interrupts": last["cpu_interrupts"][c.id] - first["cpu_interrupts"][c.id],
                         "irq_ns": irq_ns, "irq_fraction": irq_ns / window_ns,
                         "apic_merged": last["cpu_apic_merged"][c.id] - first["cpu_apic_merged"][c.id]})
-    workload_counts = {k: d[k] for k in workload.counters()}
+    workload_counts = {k: d[k] for k in last["workload_keys"]}
     return {
         "ipilab_version": __version__,
         "machine": machine.name,
@@ -160,14 +216,18 @@ def _results(sim: SimMachine, machine: Machine, kernel: Kernel, workload: Worklo
                      "cpu_interrupts": [[y - x for x, y in zip(a["cpu_interrupts"], b["cpu_interrupts"],
                                                                strict=True)]
                                         for a, b in itertools.pairwise(snaps)]},
-        "wait_latency_ns": _percentiles(s.call_latencies_ns),
+        "wait_latency_ns": latency,
         "per_cpu": per_cpu,
         "irq_ns_total": sum(c["irq_ns"] for c in per_cpu),
         "trace_out": str(trace_out) if trace_out else None,
         "units": {"*_ns": "nanoseconds of simulated time", "sim_seconds": "simulated seconds measured, after "
-                  "warmup_seconds", "wall_seconds": "host seconds", "irq_fraction": "share of the window in "
-                  "interrupt handlers", "rates": "per simulated second, with the half-width of a 95% confidence "
-                  "interval (t-distribution over the intervals; null with fewer than 2)"},
+                  "warmup_seconds", "wall_seconds": "host seconds of the run (warm-up included, the fast engine's "
+                  "compile or cache load not: compile_seconds)",
+                  "warmup_wall_seconds": "host seconds of set-up and warm-up",
+                  "engine": "fast (compiled) or reference: the same numbers either way",
+                  "irq_fraction": "share of the window in interrupt handlers",
+                  "rates": "per simulated second, with the half-width of a 95% confidence interval "
+                  "(t-distribution over the intervals; null with fewer than 2)"},
         "metrics": METRIC_DOCS,
         "costs": {k: {"ns": sim._fixed[k], "source": v.source if sim._fixed[k] == v.ns else
                       f"set by the workload ({sim._fixed[k]} ns; preset {v.ns} ns)"}

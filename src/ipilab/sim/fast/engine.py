@@ -1,0 +1,1367 @@
+"""The compiled engine: the reference simulator (sim/engine.py, sim/machine.py) and the kernel model
+(kernel/*.py) for the workloads it covers, as one explicit state machine over integer arrays.
+
+numba compiles functions over numpy arrays well, and over Python objects not at all, so every object
+of the reference engine (a SimCpu, a Context, a Csd, a PgData with its lru_lock, an Engine timer) is a
+row of an int64 array here, and each attribute a named column named after it. A generator of the
+kernel model becomes a run of program-counter states: the code between two yields is one state, a
+`yield from` a call that pushes the state to return to on the context's own stack. Each state's
+comment names the reference function it mirrors. Everything the reference schedules with Engine.at,
+this schedules with `at`, at the same points and in the same order, so ties break the same way and
+both engines produce the same events.
+
+It all lives in this one file on purpose: numba's on-disk cache (cache=True) notices a change to the
+file a function is in, not to the constants or functions it imports from elsewhere.
+
+Speed: calls that carry the whole State cost tens of nanoseconds each, so what runs on every event or
+step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until
+(inline="always", one call site each or nearly) and the rarer helpers stay calls, which keeps numba's
+compile near 40 s. Nothing allocates or frees while the loop runs, so reference counting is off
+(_nrt=False): with it on, every array taken from State paid atomic increments.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT
+
+# --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
+NOW, SEQ, EVENTS, HEAP_N, EV_NFREE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)
+TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD, STACK_CSD0, CSD_DATA0 = range(8, 16)
+APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT = range(16, 21)
+F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH = range(21, 24)
+F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE, BATCH, PER_PAGE_FLUSH = range(24, 29)
+ST_CSD_ENQUEUES, ST_CSD_IPIS, ST_NO_IPI_QUEUED = range(29, 32)
+ST_NO_IPI_POLLING, ST_IPIS_TO_NONEMPTY, ST_ICR_WRITES, ST_CAL_INTERRUPTS, ST_CSDS_RUN_IN_IRQ = range(32, 37)
+ST_CSDS_RUN_FROM_IDLE, ST_EMPTY_INTERRUPTS, ST_LOCAL_CALLS = range(37, 40)
+ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED = range(40, 45)
+MM_FAULTS, MM_PAGES_ALLOCATED, MM_ALLOC_DIRECT_RECLAIM = range(45, 48)
+MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED, MM_RECLAIMED_BY_KSWAPD = range(48, 53)
+MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN = range(53, 56)
+GAP_LOW = 56
+NG = 57
+# --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
+WAIT_KIND, WAIT_END, WAIT_TIMER, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE = range(0, 8)
+WAIT_GEN, IRR, IRQ_NS, INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK = range(8, 16)
+IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL, NONEMPTY_SINCE, PVEC = range(16, 24)
+PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS = range(24, 32)
+NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A = range(32, 40)
+STEP_B, STEP_WATCH, STEP_TIMEOUT = range(40, 43)
+NCPU = 43
+# --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
+IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE = range(0, 8)
+STARTED, PC, SP, L_RET, L_LOCK, L_TICKET, L_T0, L_CSD = range(8, 16)
+L_TARGET, L_I, L_J, L_FUNC, L_INFO, L_WAIT, L_RUN_LOCAL, L_COND = range(16, 24)
+L_CALLSITE, L_FROM_IRQ, L_N, L_G, L_RECLAIMED_FIRST, L_FLUSH_T0, L_VECTOR, L_LRU = range(24, 32)
+L_PAGE = 32
+NCTX = 33
+# --- csd: one row per struct call_single_data -------------------------------------------------------
+LOCKED, SRC, DST, FUNC, INFO, SYNC, IDENT, NEXT = range(8)
+NCSD = 8
+# --- node: one row per pglist_data with its lru_lock ---------------------------------------------------
+FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE = range(0, 8)
+LK_NEXT_TICKET, LK_SERVING, LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS = range(8, 14)
+NNODE = 14
+
+STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
+CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
+STK = NCTX
+
+IDLE, TASK, IRQ = 0, 1, 2  # contexts; a CPU's stack is idle [task] [irq]
+
+# SimCpu.wait
+W_NONE, W_BUSY, W_SPIN, W_HALT, W_WAKING = 0, 1, 2, 3, 4
+# Context.saved
+S_NONE, S_BUSY, S_SPIN, S_HALT = 0, 1, 2, 3
+# Steps a context yields (kernel/steps.py), and the end of a handler (StopIteration)
+ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
+# What a SpinUntil waits for: its cond() and watch
+COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE = 0, 1, 2, 3
+# Engine timers: the SimMachine method each one calls
+EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN = 0, 1, 2, 3, 4, 5
+EV_KIND, EV_CPU, EV_ARG, EV_CANCELLED = 0, 1, 2, 3
+# Watcher pool columns
+WP_CPU, WP_GEN, WP_NEXT = 0, 1, 2
+# Task programs
+P_NONE, P_USEMEM, P_KSWAPD, P_SYNTH_SENDER, P_BUSYLOOP = 0, 1, 2, 3, 4
+# x86 APIC modes (kernel/x86.py APIC_MODES)
+APIC_PHYS, APIC_CLUSTER, APIC_KVM_PV = 0, 1, 2
+# smp functions and call sites, by index into the names the trace prints
+FUNC_FLUSH_TLB, FUNC_SYNTHETIC = 0, 1
+FUNC_NAMES = ("flush_tlb_func", "synthetic_func")
+CS_ON_EACH_CPU_COND_MASK, CS_NATIVE_FLUSH_TLB_OTHERS, CS_SYNTHETIC = 0, 1, 2
+CALLSITES = ("on_each_cpu_cond_mask+0x20/0x60", "native_flush_tlb_others+0x0/0x0", "synthetic_sender+0x0/0x0")
+TLB_FLUSH_ALL = -1
+TLB_SINGLE_PAGE_FLUSH_CEILING = 33
+PAGEVEC_SIZE = 14
+IRR_SINGLE, IRR_MANY = 1, 2  # bits of the IRR for vectors 251 and 252
+
+# Costs, by index (Machine.costs names)
+COST_NAMES = ("page_fault", "icr_write", "irq_entry", "irq_exit", "idle_exit", "poll_notice", "invlpg",
+              "tlb_flush_full",
+              "user_write_page", "lru_page", "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage",
+              "remove_mapping", "free_page")
+(C_PAGE_FAULT, C_ICR_WRITE, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT, C_POLL_NOTICE, C_INVLPG, C_TLB_FLUSH_FULL,
+ C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP, C_SWAP_WRITEPAGE,
+ C_REMOVE_MAPPING, C_FREE_PAGE) = range(len(COST_NAMES))
+
+# Trace records: one row per tracepoint hit
+TR_TS, TR_CPU, TR_NAME, TR_F0, TR_F1, TR_F2, TR_F3, TR_FLAGS = range(8)
+TRACE_NAMES = ("csd_queue_cpu", "csd_function_entry", "csd_function_exit", "ipi_send_cpu", "ipi_send_cpumask",
+               "call_function_entry", "call_function_exit", "call_function_single_entry",
+               "call_function_single_exit", "sched_wake_idle_without_ipi", "cpu_idle")
+(T_CSD_QUEUE_CPU, T_CSD_FUNCTION_ENTRY, T_CSD_FUNCTION_EXIT, T_IPI_SEND_CPU, T_IPI_SEND_CPUMASK,
+ T_CALL_FUNCTION_ENTRY, T_CALL_FUNCTION_EXIT, T_CALL_FUNCTION_SINGLE_ENTRY, T_CALL_FUNCTION_SINGLE_EXIT,
+ T_SCHED_WAKE_IDLE_WITHOUT_IPI, T_CPU_IDLE) = range(len(TRACE_NAMES))
+FL_IRQS_OFF, FL_NEED_RESCHED, FL_HARDIRQ, FL_TASK = 1, 2, 4, 8
+
+
+class State(NamedTuple):
+    """Everything one run of the compiled engine reads and writes (numba passes it as one argument)."""
+
+    g: np.ndarray  # [NG]
+    cpu: np.ndarray  # [ncpus, NCPU]
+    ctx: np.ndarray  # [ncpus, 3, CTX_WIDTH]
+    heap: np.ndarray  # [cap, 3] Engine._queue: a 4-ary heap of rows (when, seq, timer slot)
+    ev: np.ndarray  # [cap, 4] the Timer behind each slot: what to call, and whether cancelled
+    ev_free: np.ndarray  # stack of free timer slots
+    watch_head: np.ndarray  # SimMachine._watchers: per watch, a list of (cpu, gen) in the pool
+    watch_tail: np.ndarray
+    wpool: np.ndarray  # [wcap, 3]
+    w_free: np.ndarray
+    csd: np.ndarray  # [ncsd, NCSD]
+    flushbuf: np.ndarray  # [ncpus, 3 * ncpus]: the entries one flush detached (a queue holds at most 3n)
+    flushtmp: np.ndarray  # [ncpus, 3 * ncpus]: room to put SYNC entries first
+    targets: np.ndarray  # [ncpus, ncpus]: the CPUs each CPU's calls go to (sorted, without itself)
+    queued: np.ndarray  # [ncpus, ncpus]
+    ipi: np.ndarray  # [ncpus, ncpus]: cfd->cpumask_ipi
+    order: np.ndarray  # [ncpus, ncpus]: the IPI mask in ICR-write order
+    gstart: np.ndarray  # [ncpus, ncpus + 1]: where each ICR write's targets start in `order`
+    cacheline: np.ndarray  # [ncpus, ncpus] ns
+    ipi_latency: np.ndarray  # [ncpus, ncpus] ns
+    cluster_rank: np.ndarray  # [ncpus] x2APIC cluster, ranked
+    by_cluster: np.ndarray  # [ncpus] the CPUs sorted by (cluster, cpu)
+    mask_mark: np.ndarray  # [ncpus, ncpus] scratch: which CPUs are in the mask being sent
+    cost: np.ndarray  # [len(COST_NAMES)] ns
+    usemem: np.ndarray  # mm_cpumask: the usemem CPUs, sorted
+    node: np.ndarray  # [nnodes, NNODE]
+    lock_waiting: np.ndarray  # [nnodes, ncpus + 1]: lru_lock._waiting by ticket modulo ncpus + 1
+    trace: np.ndarray  # [tcap, 8] tracepoint hits not yet written
+    tmask: np.ndarray  # cpumasks of ipi_send_cpumask hits
+    lat: np.ndarray  # call latencies not yet folded into the histogram
+    gaps: np.ndarray  # [ncpus, gcap] the synthetic senders' pre-drawn gaps
+
+
+# --- program counters: each kernel function's states, in the order its code runs ---------------------
+ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED = range(0, 7)
+ID_FLUSH_DONE = 7
+SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE = range(8, 12)
+FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN = range(12, 19)
+BD_START, BD_DONE = range(19, 21)
+UM_START, UM_FAULT, UM_WRITE, UM_WRITTEN = range(21, 25)
+DA_START, DA_ALLOC, DA_ALLOCATED, DA_DONE = range(25, 29)
+AL_START, AL_CHECK = range(29, 31)
+PV_START, PV_LOCKED, PV_ADD, PV_DONE = range(31, 35)
+SN_START, SN_INACTIVE, SN_DONE = range(35, 38)
+SA_START, SA_ISOLATED, SA_REFERENCED, SA_LOCKED, SA_MOVED, SA_DONE = range(38, 44)
+IS_START, IS_LOCKED, IS_TAKEN, IS_DONE = range(44, 48)
+SI_START, SI_ISOLATED, SI_LISTED, SI_PUTBACK_LOCKED, SI_PUTBACK_DONE, SI_FREED = range(48, 54)
+SP_START, SP_NEXT, SP_ADD_TO_SWAP, SP_UNMAP, SP_UNMAPPED, SP_PAGEOUT, SP_PAGED = range(54, 61)
+SP_AFTER_LOOP, SP_BATCH_OUT = range(61, 63)
+SP_BATCH_NEXT, SP_BATCH_PAGED, SP_FINAL, SP_DONE = range(63, 67)
+UF_START, UF_DONE = range(67, 69)
+PO_START, PO_OFF, PO_REMOVE, PO_ON, PO_DONE = range(69, 74)
+FT_START, FT_OTHERS, FT_DONE = range(74, 77)
+MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT = range(77, 84)
+MC_WAIT, MC_WAIT_NEXT, MC_WAITED = range(84, 87)
+MC_LOCAL_LAST, MC_RET = range(87, 89)
+CR_START, CR_LOCKED, CR_QUEUED, CR_DONE = range(89, 93)
+GE_START, GE_QUEUED, GE_DONE = range(93, 96)
+SQ_START, SQ_ADD = range(96, 98)
+CL_START, CL_LOCKED = range(98, 100)
+CW_START, CW_SEEN, CW_DONE = range(100, 103)
+SS_START, SS_ICR, SS_RAISE, SS_DONE = range(103, 107)
+SM_START, SM_WRITE, SM_RAISE, SM_DONE = range(107, 111)
+RL_START, RL_ENTRY, RL_EXIT, RL_DONE = range(111, 115)
+KS_TOP, KS_SHRINK, KS_DONE = range(115, 118)
+SL_START, SL_TICKET, SL_SPUN, SL_OWN, SL_DONE = range(118, 123)
+SU_START, SU_DONE = range(123, 125)
+SY_GAP, SY_CALL, SY_DONE = range(125, 128)
+BL_LOOP = 128
+
+
+# === the Engine: a binary heap of (when, seq, timer slot) ============================================
+
+@njit(cache=True, _nrt=False, inline="always")
+def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
+    """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order. Returns the timer.
+
+    The queue is a 4-ary heap ordered by (when, seq), seq unique: it pops in exactly Engine's order
+    (heapq's binary heap, same keys); four children to a row block halve the levels a pop walks."""
+    g = s.g
+    h = s.heap
+    if g[EV_NFREE] == 0 or g[HEAP_N] == len(h):
+        raise RuntimeError("fast engine: timer heap full")
+    g[SEQ] += 1
+    seq = g[SEQ]
+    g[EV_NFREE] -= 1
+    slot = s.ev_free[g[EV_NFREE]]
+    s.ev[slot, EV_KIND] = kind
+    s.ev[slot, EV_CPU] = c
+    s.ev[slot, EV_ARG] = arg
+    s.ev[slot, EV_CANCELLED] = 0
+    i = g[HEAP_N]
+    g[HEAP_N] = i + 1
+    while i > 0:  # sift up
+        parent = (i - 1) >> 2
+        pw = h[parent, 0]
+        if pw < when or (pw == when and h[parent, 1] < seq):
+            break
+        h[i, 0], h[i, 1], h[i, 2] = pw, h[parent, 1], h[parent, 2]
+        i = parent
+    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
+    return slot
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _heap_pop(s: State) -> None:
+    g = s.g
+    h = s.heap
+    n = g[HEAP_N] - 1
+    g[HEAP_N] = n
+    when, seq, slot = h[n, 0], h[n, 1], h[n, 2]  # the last row sinks from the root
+    i = 0
+    while True:
+        first = 4 * i + 1
+        if first >= n:
+            break
+        best = first
+        bw, bs = h[first, 0], h[first, 1]
+        for child in range(first + 1, min(first + 4, n)):
+            cw = h[child, 0]
+            if cw < bw or (cw == bw and h[child, 1] < bs):
+                best, bw, bs = child, cw, h[child, 1]
+        if when < bw or (when == bw and seq < bs):
+            break
+        h[i, 0], h[i, 1], h[i, 2] = bw, bs, h[best, 2]
+        i = best
+    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
+
+
+# === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
+
+@njit(cache=True, _nrt=False)
+def w_csd(s: State, csd: int) -> int:
+    return csd
+
+
+@njit(cache=True, _nrt=False)
+def w_idle(s: State, c: int) -> int:
+    return len(s.csd) + c
+
+
+@njit(cache=True, _nrt=False)
+def w_kswapd(s: State, node: int) -> int:
+    return len(s.csd) + s.g[NCPUS] + node
+
+
+@njit(cache=True, _nrt=False)
+def w_ticket(s: State, lock: int, ticket: int) -> int:
+    """lock._waiting[ticket]: at most one ticket per CPU is outstanding, so ticket mod (ncpus + 1) is unique."""
+    n = s.g[NCPUS] + 1
+    return len(s.csd) + s.g[NCPUS] + s.g[NNODES] + lock * n + ticket % n
+
+
+@njit(cache=True, _nrt=False)
+def watch_add(s: State, watch: int, c: int, gen: int) -> None:
+    """_watchers[watch].append((c, gen))"""
+    g = s.g
+    if g[W_NFREE] == 0:
+        raise RuntimeError("fast engine: watcher pool full")
+    g[W_NFREE] -= 1
+    e = s.w_free[g[W_NFREE]]
+    s.wpool[e, WP_CPU] = c
+    s.wpool[e, WP_GEN] = gen
+    s.wpool[e, WP_NEXT] = -1
+    tail = s.watch_tail[watch]
+    if tail >= 0:
+        s.wpool[tail, WP_NEXT] = e
+    else:
+        s.watch_head[watch] = e
+    s.watch_tail[watch] = e
+
+
+@njit(cache=True, _nrt=False)
+def notify(s: State, watch: int) -> None:
+    """SimMachine.notify: every CPU spinning on `watch` re-tests its condition now (a _spin_check each)."""
+    e = s.watch_head[watch]
+    s.watch_head[watch] = -1
+    s.watch_tail[watch] = -1
+    while e >= 0:
+        at(s, s.g[NOW], EV_SPIN_CHECK, s.wpool[e, WP_CPU], s.wpool[e, WP_GEN])
+        nxt = s.wpool[e, WP_NEXT]
+        s.w_free[s.g[W_NFREE]] = e
+        s.g[W_NFREE] += 1
+        e = nxt
+
+
+@njit(cache=True, _nrt=False)
+def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
+    s.cpu[dst, IN_FLIGHT] += 1
+    at(s, s.g[NOW] + s.ipi_latency[src, dst], EV_IPI_ARRIVES, dst, vector)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def top_ctx(s: State, c: int) -> int:
+    if s.cpu[c, IN_IRQ]:
+        return IRQ
+    return TASK if s.cpu[c, HAS_TASK] else IDLE
+
+
+@njit(cache=True, _nrt=False)
+def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> None:
+    """SimMachine.trace: a tracepoint hit with the flags column's inputs, kept until the host writes it out.
+    Callers test g[TRACE_ON] first: an untraced run pays nothing."""
+    g = s.g
+    i = g[TRACE_N]
+    if i == len(s.trace):
+        raise RuntimeError("fast engine: trace buffer full within one event")
+    g[TRACE_N] = i + 1
+    flags = 0
+    if not s.ctx[c, top_ctx(s, c), IRQS_ON]:
+        flags |= FL_IRQS_OFF
+    if s.cpu[c, NEED_RESCHED]:
+        flags |= FL_NEED_RESCHED
+    if s.cpu[c, IN_IRQ]:
+        flags |= FL_HARDIRQ
+    if s.cpu[c, HAS_TASK]:
+        flags |= FL_TASK
+    r = s.trace[i]
+    r[TR_TS] = g[NOW]
+    r[TR_CPU] = c
+    r[TR_NAME] = name
+    r[TR_F0] = f0
+    r[TR_F1] = f1
+    r[TR_F2] = f2
+    r[TR_F3] = f3
+    r[TR_FLAGS] = flags
+
+
+@njit(cache=True, _nrt=False)
+def set_nr_if_polling(s: State, c: int) -> bool:
+    if not s.cpu[c, POLLING]:
+        return False
+    s.cpu[c, NEED_RESCHED] = 1
+    notify(s, w_idle(s, c))
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def is_lazy_tlb(s: State, c: int) -> bool:
+    return not (s.cpu[c, USER_MM] and s.cpu[c, HAS_TASK])
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
+    """The cond() of a SpinUntil."""
+    if cond == COND_CSD_UNLOCKED:
+        return s.csd[a, LOCKED] == 0
+    if cond == COND_NEED_RESCHED:
+        return s.cpu[a, NEED_RESCHED] != 0
+    if cond == COND_TICKET:
+        return s.node[a, LK_SERVING] == b
+    return s.node[a, KSWAPD_AWAKE] != 0
+
+
+@njit(cache=True, _nrt=False)
+def _latency(s: State, ns: int) -> None:
+    """SmpStats.call_latencies_ns.append(ns)"""
+    i = s.g[LAT_N]
+    if i == len(s.lat):
+        raise RuntimeError("fast engine: latency buffer full within one event")
+    s.lat[i] = ns
+    s.g[LAT_N] = i + 1
+
+
+# === the kernel model: one step of a context (kernel/*.py) ===========================================
+
+@njit(cache=True, _nrt=False)
+def _call(x: np.ndarray, entry: int, ret: int) -> None:
+    """`yield from f()` in context row `x`: remember where to come back to, go to f's first state."""
+    x[STK + x[SP]] = ret
+    x[SP] += 1
+    x[PC] = entry
+
+
+@njit(cache=True, _nrt=False)
+def _return(x: np.ndarray) -> None:
+    x[SP] -= 1
+    x[PC] = x[STK + x[SP]]
+
+
+@njit(cache=True, _nrt=False)
+def _busy(cpu: np.ndarray, x: np.ndarray, ns: int, nxt: int) -> int:
+    """`yield Busy(ns)`, resuming at `nxt`."""
+    cpu[STEP_NS] = ns
+    x[PC] = nxt
+    return ST_BUSY
+
+
+@njit(cache=True, _nrt=False)
+def _spin(cpu: np.ndarray, x: np.ndarray, cond: int, a: int, b: int, watch: int, timeout: int, nxt: int) -> int:
+    """`yield SpinUntil(cond, watch, timeout)` (-1: none), resuming at `nxt`."""
+    cpu[STEP_COND] = cond
+    cpu[STEP_A] = a
+    cpu[STEP_B] = b
+    cpu[STEP_WATCH] = watch
+    cpu[STEP_TIMEOUT] = timeout
+    x[PC] = nxt
+    return ST_SPIN
+
+
+@njit(cache=True, _nrt=False)
+def _step(x: np.ndarray, step: int, nxt: int) -> int:
+    """`yield IRQS_OFF` / `IRQS_ON` / `Halt()`, resuming at `nxt`."""
+    x[PC] = nxt
+    return step
+
+
+@njit(cache=True, _nrt=False)
+def func_cost(s: State, func: int, info: int) -> int:
+    """The body of an SmpFunc: tlb.py _flush_tlb_func, or the synthetic workload's function."""
+    if func == FUNC_FLUSH_TLB:
+        if info == TLB_FLUSH_ALL or info > TLB_SINGLE_PAGE_FLUSH_CEILING:
+            return s.cost[C_TLB_FLUSH_FULL]
+        return info * s.cost[C_INVLPG]
+    return info
+
+
+@njit(cache=True, _nrt=False)
+def csd_unlock(s: State, csd: int) -> None:
+    s.csd[csd, LOCKED] = 0
+    notify(s, w_csd(s, csd))
+
+
+@njit(cache=True, _nrt=False)
+def wakeup_kswapd(s: State, nd: int) -> None:
+    if not s.node[nd, KSWAPD_AWAKE]:
+        s.node[nd, KSWAPD_AWAKE] = 1
+        s.g[MM_KSWAPD_WAKEUPS] += 1
+        notify(s, w_kswapd(s, nd))
+
+
+@njit(cache=True, _nrt=False)
+def _ipi_mask_order(s: State, c: int) -> None:
+    """kernel/x86.py send_IPI_mask: which targets each ICR write carries, in order."""
+    g = s.g
+    cpu = s.cpu[c]
+    n = cpu[NIPI]
+    order = s.order[c]
+    starts = s.gstart[c]
+    for i in range(n):
+        order[i] = s.ipi[c, i]
+    if (g[USE_SHORTHAND] and n == g[NCPUS] - 1) or g[APIC_MODE] == APIC_KVM_PV:
+        starts[0] = 0
+        starts[1] = n
+        cpu[NGROUPS] = 1
+        return
+    if g[APIC_MODE] == APIC_PHYS:
+        for i in range(n + 1):
+            starts[i] = i
+        cpu[NGROUPS] = n
+        return
+    # x2APIC cluster mode: the mask (sorted) stably sorted by cluster, one write per cluster. `by_cluster`
+    # lists every CPU in that order already; keep the ones in the mask.
+    mark = s.mask_mark[c]
+    for i in range(n):
+        mark[order[i]] = 1
+    m = 0
+    groups = 0
+    last = -1
+    for cpu_ in s.by_cluster:
+        if mark[cpu_]:
+            mark[cpu_] = 0
+            order[m] = cpu_
+            if s.cluster_rank[cpu_] != last:
+                starts[groups] = m
+                groups += 1
+                last = s.cluster_rank[cpu_]
+            m += 1
+    starts[groups] = n
+    cpu[NGROUPS] = groups
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def advance(s: State, c: int, k: int, value: int) -> int:
+    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step."""
+    g = s.g
+    cpu = s.cpu[c]
+    x = s.ctx[c, k]
+    n = g[NCPUS]
+    while True:
+        pc = x[PC]
+        # --- kernel/idle.py do_idle ------------------------------------------------------------------
+        if pc == ID_TOP:
+            if g[TRACE_ON]:
+                trace(s, c, T_CPU_IDLE, 1, c, 0, 0)
+            if g[HALT_POLL_NS] > 0:
+                cpu[POLLING] = 1
+                return _spin(cpu, x, COND_NEED_RESCHED, c, 0, w_idle(s, c), g[HALT_POLL_NS], ID_POLLED)
+            x[PC] = ID_HALT
+        elif pc == ID_POLLED:
+            cpu[POLLING] = 0
+            x[PC] = ID_WOKE if value == 1 else ID_HALT
+        elif pc == ID_HALT:
+            return _step(x, ST_HALT, ID_WOKE)
+        elif pc == ID_WOKE:
+            if g[TRACE_ON]:
+                trace(s, c, T_CPU_IDLE, CPU_IDLE_EXIT, c, 0, 0)
+            if cpu[NEED_RESCHED]:
+                return _busy(cpu, x, s.cost[C_POLL_NOTICE], ID_NOTICED)
+            x[PC] = ID_TOP
+        elif pc == ID_NOTICED:
+            if cpu[Q_HEAD] >= 0:
+                return _step(x, ST_IRQS_OFF, ID_FLUSH)
+            cpu[NEED_RESCHED] = 0
+            x[PC] = ID_TOP
+        elif pc == ID_FLUSH:
+            x[L_FROM_IRQ] = 0
+            _call(x, FL_START, ID_FLUSHED)
+        elif pc == ID_FLUSHED:
+            return _step(x, ST_IRQS_ON, ID_FLUSH_DONE)
+        elif pc == ID_FLUSH_DONE:
+            cpu[NEED_RESCHED] = 0
+            x[PC] = ID_TOP
+        # --- kernel/smp.py sysvec_call_function --------------------------------------------------------
+        elif pc == SV_ENTRY:
+            return _busy(cpu, x, s.cost[C_IRQ_ENTRY], SV_FLUSH)
+        elif pc == SV_FLUSH:
+            g[ST_CAL_INTERRUPTS] += 1
+            single = x[L_VECTOR] == CALL_FUNCTION_SINGLE_VECTOR
+            if g[TRACE_ON]:
+                trace(s, c, T_CALL_FUNCTION_SINGLE_ENTRY if single else T_CALL_FUNCTION_ENTRY, x[L_VECTOR], 0, 0, 0)
+            x[L_FROM_IRQ] = 1
+            _call(x, FL_START, SV_FLUSHED)
+        elif pc == SV_FLUSHED:
+            if x[L_RET] == 0:
+                g[ST_EMPTY_INTERRUPTS] += 1
+            single = x[L_VECTOR] == CALL_FUNCTION_SINGLE_VECTOR
+            if g[TRACE_ON]:
+                trace(s, c, T_CALL_FUNCTION_SINGLE_EXIT if single else T_CALL_FUNCTION_EXIT, x[L_VECTOR], 0, 0, 0)
+            return _busy(cpu, x, s.cost[C_IRQ_EXIT], SV_DONE)
+        elif pc == SV_DONE:
+            return ST_RETURN
+        # --- kernel/smp.py flush_smp_call_function_queue ------------------------------------------------
+        elif pc == FL_START:
+            return _busy(cpu, x, 0, FL_DETACH)  # llist_del_all costs nothing of its own
+        elif pc == FL_DETACH:
+            # llist_del_all: the entries are copied out, since a CSD may be queued again while they run.
+            m = 0
+            e = cpu[Q_HEAD]
+            while e >= 0:
+                s.flushbuf[c, m] = e
+                m += 1
+                e = s.csd[e, NEXT]
+            cpu[Q_HEAD] = -1
+            cpu[Q_TAIL] = -1
+            if m:
+                g[ST_QUEUE_WINDOWS] += 1
+                g[ST_QUEUE_NONEMPTY_NS] += g[NOW] - cpu[NONEMPTY_SINCE]
+            if g[F_SYNC_FIRST_FLUSH]:
+                buf = s.flushbuf[c]
+                tmp = s.flushtmp[c]
+                for i in range(m):
+                    tmp[i] = buf[i]
+                j = 0
+                for want in (1, 0):
+                    for i in range(m):
+                        if s.csd[tmp[i], SYNC] == want:
+                            buf[j] = tmp[i]
+                            j += 1
+            x[L_I] = 0
+            x[L_N] = m
+            x[PC] = FL_NEXT
+        elif pc == FL_NEXT:
+            if x[L_I] == x[L_N]:
+                x[L_RET] = x[L_N]
+                _return(x)
+                continue
+            csd = s.flushbuf[c, x[L_I]]
+            x[L_CSD] = csd
+            x[L_FUNC] = s.csd[csd, FUNC]
+            x[L_INFO] = s.csd[csd, INFO]
+            if x[L_FROM_IRQ]:
+                g[ST_CSDS_RUN_IN_IRQ] += 1
+            else:
+                g[ST_CSDS_RUN_FROM_IDLE] += 1
+            if s.csd[csd, SYNC]:
+                if g[TRACE_ON]:
+                    trace(s, c, T_CSD_FUNCTION_ENTRY, x[L_FUNC], s.csd[csd, IDENT], 0, 0)
+                _call(x, BD_START, FL_SYNC_RAN)
+            else:
+                # An async CSD may be reused as soon as it is unlocked: func and info were copied first.
+                return _busy(cpu, x, s.cacheline[c, s.csd[csd, SRC]], FL_ASYNC_UNLOCKED)
+        elif pc == FL_SYNC_RAN:
+            csd = x[L_CSD]
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_FUNCTION_EXIT, x[L_FUNC], s.csd[csd, IDENT], 0, 0)
+            return _busy(cpu, x, s.cacheline[c, s.csd[csd, SRC]], FL_SYNC_UNLOCKED)
+        elif pc == FL_SYNC_UNLOCKED:
+            csd_unlock(s, x[L_CSD])
+            x[L_I] += 1
+            x[PC] = FL_NEXT
+        elif pc == FL_ASYNC_UNLOCKED:
+            csd = x[L_CSD]
+            csd_unlock(s, csd)
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_FUNCTION_ENTRY, x[L_FUNC], s.csd[csd, IDENT], 0, 0)
+            _call(x, BD_START, FL_ASYNC_RAN)
+        elif pc == FL_ASYNC_RAN:
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_FUNCTION_EXIT, x[L_FUNC], s.csd[x[L_CSD], IDENT], 0, 0)
+            x[L_I] += 1
+            x[PC] = FL_NEXT
+        # --- the called function's body (tlb.py _flush_tlb_func, synthetic_func) ------------------------
+        elif pc == BD_START:
+            return _busy(cpu, x, func_cost(s, x[L_FUNC], x[L_INFO]), BD_DONE)
+        elif pc == BD_DONE:
+            _return(x)
+        # --- workloads/swap.py _usemem -----------------------------------------------------------------
+        elif pc == UM_START:
+            return _busy(cpu, x, cpu[START_NS], UM_FAULT)
+        elif pc == UM_FAULT:
+            _call(x, DA_START, UM_WRITE)
+        elif pc == UM_WRITE:
+            return _busy(cpu, x, s.cost[C_USER_WRITE_PAGE], UM_WRITTEN)
+        elif pc == UM_WRITTEN:
+            g[MM_PAGES_WRITTEN] += 1
+            x[PC] = UM_FAULT
+        # --- kernel/mm.py do_anonymous_page, lru_cache_add_active --------------------------------------
+        elif pc == DA_START:
+            return _busy(cpu, x, s.cost[C_PAGE_FAULT], DA_ALLOC)
+        elif pc == DA_ALLOC:
+            _call(x, AL_START, DA_ALLOCATED)
+        elif pc == DA_ALLOCATED:
+            g[MM_FAULTS] += 1
+            cpu[PVEC] += 1
+            if cpu[PVEC] == PAGEVEC_SIZE:
+                cpu[PVEC] = 0
+                _call(x, PV_START, DA_DONE)
+            else:
+                _return(x)
+        elif pc == DA_DONE:
+            _return(x)
+        # --- kernel/mm.py __alloc_pages ------------------------------------------------------------------
+        elif pc == AL_START:
+            x[L_RECLAIMED_FIRST] = 0
+            x[PC] = AL_CHECK
+        elif pc == AL_CHECK:
+            nd = cpu[PGDAT]
+            node = s.node[nd]
+            take = node[UNLIMITED] != 0 or node[FREE] > node[LOW_WMARK]
+            if not take:
+                wakeup_kswapd(s, nd)
+                take = node[FREE] > node[MIN_WMARK]
+            if not take:
+                x[L_RECLAIMED_FIRST] = 1
+                _call(x, SN_START, AL_CHECK)  # try_to_free_pages, then try again
+                continue
+            # take_free(); no page is ever reused before its flush here (pages_reused_before_flush stays 0):
+            # reclaimed pages reach the free list only after their TLB flush completed.
+            if node[FREE] > 0:
+                node[FREE] -= 1
+            g[MM_PAGES_ALLOCATED] += 1
+            g[MM_ALLOC_DIRECT_RECLAIM] += x[L_RECLAIMED_FIRST]
+            _return(x)
+        # --- kernel/mm.py __pagevec_lru_add ----------------------------------------------------------------
+        elif pc == PV_START:
+            _call(x, SL_START, PV_LOCKED)
+        elif pc == PV_LOCKED:
+            return _busy(cpu, x, PAGEVEC_SIZE * s.cost[C_LRU_PAGE], PV_ADD)
+        elif pc == PV_ADD:
+            s.node[cpu[PGDAT], ACTIVE] += PAGEVEC_SIZE
+            _call(x, SU_START, PV_DONE)
+        elif pc == PV_DONE:
+            _return(x)
+        # --- kernel/vmscan.py shrink_node ------------------------------------------------------------------
+        elif pc == SN_START:
+            _call(x, SA_START, SN_INACTIVE)
+        elif pc == SN_INACTIVE:
+            _call(x, SI_START, SN_DONE)
+        elif pc == SN_DONE:
+            _return(x)
+        # --- kernel/vmscan.py shrink_active_list -----------------------------------------------------------
+        elif pc == SA_START:
+            x[L_LRU] = ACTIVE
+            _call(x, IS_START, SA_ISOLATED)
+        elif pc == SA_ISOLATED:
+            return _busy(cpu, x, g[BATCH] * s.cost[C_PAGE_REFERENCED], SA_REFERENCED)
+        elif pc == SA_REFERENCED:
+            _call(x, SL_START, SA_LOCKED)
+        elif pc == SA_LOCKED:
+            return _busy(cpu, x, g[BATCH] * s.cost[C_LRU_PAGE], SA_MOVED)
+        elif pc == SA_MOVED:
+            s.node[cpu[PGDAT], INACTIVE] += g[BATCH]
+            _call(x, SU_START, SA_DONE)
+        elif pc == SA_DONE:
+            g[MM_PAGES_DEACTIVATED] += g[BATCH]
+            _return(x)
+        # --- kernel/vmscan.py _isolate (pages from the tail; older pages are made on demand) -------------
+        elif pc == IS_START:
+            _call(x, SL_START, IS_LOCKED)
+        elif pc == IS_LOCKED:
+            return _busy(cpu, x, g[BATCH] * s.cost[C_LRU_PAGE], IS_TAKEN)
+        elif pc == IS_TAKEN:
+            node = s.node[cpu[PGDAT]]
+            node[x[L_LRU]] = max(0, node[x[L_LRU]] - g[BATCH])
+            _call(x, SU_START, IS_DONE)
+        elif pc == IS_DONE:
+            _return(x)
+        # --- kernel/vmscan.py shrink_inactive_list ----------------------------------------------------------
+        elif pc == SI_START:
+            x[L_LRU] = INACTIVE
+            _call(x, IS_START, SI_ISOLATED)
+        elif pc == SI_ISOLATED:
+            g[MM_PAGES_SCANNED] += g[BATCH]
+            _call(x, SP_START, SI_LISTED)
+        elif pc == SI_LISTED:
+            _call(x, SL_START, SI_PUTBACK_LOCKED)  # putback_inactive_pages
+        elif pc == SI_PUTBACK_LOCKED:
+            _call(x, SU_START, SI_PUTBACK_DONE)
+        elif pc == SI_PUTBACK_DONE:
+            return _busy(cpu, x, g[BATCH] * s.cost[C_FREE_PAGE], SI_FREED)  # every page was freed
+        elif pc == SI_FREED:
+            s.node[cpu[PGDAT], FREE] += g[BATCH]
+            x[L_RET] = g[BATCH]
+            _return(x)
+        # --- kernel/vmscan.py shrink_page_list, try_to_unmap ---------------------------------------------
+        elif pc == SP_START:
+            cpu[UBC_FLUSH_REQUIRED] = 0
+            cpu[UBC_WRITABLE] = 0
+            x[L_PAGE] = 0
+            x[PC] = SP_NEXT
+        elif pc == SP_NEXT:
+            if x[L_PAGE] == g[BATCH]:
+                x[PC] = SP_AFTER_LOOP
+                continue
+            return _busy(cpu, x, s.cost[C_PAGE_REFERENCED], SP_ADD_TO_SWAP)
+        elif pc == SP_ADD_TO_SWAP:
+            return _busy(cpu, x, s.cost[C_ADD_TO_SWAP], SP_UNMAP)
+        elif pc == SP_UNMAP:
+            return _busy(cpu, x, s.cost[C_TRY_TO_UNMAP], SP_UNMAPPED)
+        elif pc == SP_UNMAPPED:
+            cpu[UBC_FLUSH_REQUIRED] = 1
+            cpu[UBC_WRITABLE] = 1
+            if g[PER_PAGE_FLUSH]:
+                _call(x, UF_START, SP_PAGEOUT)  # try_to_unmap_flush_dirty: the page is writable
+            else:
+                x[L_PAGE] += 1
+                x[PC] = SP_NEXT
+        elif pc == SP_PAGEOUT:
+            _call(x, PO_START, SP_PAGED)
+        elif pc == SP_PAGED:
+            x[L_PAGE] += 1
+            x[PC] = SP_NEXT
+        elif pc == SP_AFTER_LOOP:
+            if g[PER_PAGE_FLUSH]:
+                x[PC] = SP_FINAL
+            else:
+                _call(x, UF_START, SP_BATCH_OUT)
+        elif pc == SP_BATCH_OUT:
+            x[L_PAGE] = 0
+            x[PC] = SP_BATCH_NEXT
+        elif pc == SP_BATCH_NEXT:
+            if x[L_PAGE] == g[BATCH]:
+                x[PC] = SP_FINAL
+            else:
+                _call(x, PO_START, SP_BATCH_PAGED)
+        elif pc == SP_BATCH_PAGED:
+            x[L_PAGE] += 1
+            x[PC] = SP_BATCH_NEXT
+        elif pc == SP_FINAL:
+            _call(x, UF_START, SP_DONE)
+        elif pc == SP_DONE:
+            _return(x)
+        # --- kernel/vmscan.py try_to_unmap_flush ------------------------------------------------------------
+        elif pc == UF_START:
+            if not cpu[UBC_FLUSH_REQUIRED]:
+                _return(x)
+                continue
+            x[L_FLUSH_T0] = g[NOW]
+            _call(x, FT_START, UF_DONE)
+        elif pc == UF_DONE:
+            g[MM_TLB_FLUSHES] += 1
+            g[MM_FLUSH_WAIT_NS] += g[NOW] - x[L_FLUSH_T0]
+            _latency(s, g[NOW] - x[L_FLUSH_T0])
+            cpu[UBC_FLUSH_REQUIRED] = 0
+            cpu[UBC_WRITABLE] = 0
+            _return(x)
+        # --- kernel/vmscan.py _pageout -------------------------------------------------------------------------
+        elif pc == PO_START:
+            return _busy(cpu, x, s.cost[C_SWAP_WRITEPAGE], PO_OFF)
+        elif pc == PO_OFF:
+            return _step(x, ST_IRQS_OFF, PO_REMOVE)
+        elif pc == PO_REMOVE:
+            return _busy(cpu, x, s.cost[C_REMOVE_MAPPING], PO_ON)
+        elif pc == PO_ON:
+            return _step(x, ST_IRQS_ON, PO_DONE)
+        elif pc == PO_DONE:
+            g[MM_PAGES_RECLAIMED] += 1
+            _return(x)
+        # --- kernel/tlb.py _flush_tlb_on (flush_tlb_batched: a full flush on mm_cpumask) -------------------
+        elif pc == FT_START:
+            x[L_FUNC] = FUNC_FLUSH_TLB
+            x[L_INFO] = TLB_FLUSH_ALL
+            x[L_COND] = g[F_TLB_SKIP_LAZY]
+            x[L_WAIT] = 1
+            local = cpu[IN_MM]
+            others = cpu[NTARGETS] > 0
+            if g[F_LOCAL_AFTER_SEND]:
+                if others:
+                    x[L_RUN_LOCAL] = local
+                    x[L_CALLSITE] = CS_ON_EACH_CPU_COND_MASK
+                    _call(x, MC_START, FT_DONE)
+                elif local:
+                    _call(x, RL_START, FT_DONE)
+                else:
+                    _return(x)
+            elif local:
+                _call(x, RL_START, FT_OTHERS)
+            else:
+                x[PC] = FT_OTHERS
+        elif pc == FT_OTHERS:
+            if cpu[NTARGETS] > 0:
+                x[L_RUN_LOCAL] = 0
+                x[L_CALLSITE] = CS_NATIVE_FLUSH_TLB_OTHERS
+                _call(x, MC_START, FT_DONE)
+            else:
+                _return(x)
+        elif pc == FT_DONE:
+            _return(x)
+        # --- kernel/smp.py smp_call_function_many_cond --------------------------------------------------------
+        elif pc == MC_START:
+            g[ST_CALLS] += 1
+            if x[L_COND] and is_lazy_tlb(s, c):
+                x[L_RUN_LOCAL] = 0
+            if g[F_MANY_SINGLE_SHORTCUT] and cpu[NTARGETS] == 1:
+                t = s.targets[c, 0]
+                if not (x[L_COND] and is_lazy_tlb(s, t)):
+                    x[L_TARGET] = t
+                    _call(x, CR_START, MC_SHORTCUT_DONE)
+                else:
+                    x[PC] = MC_SHORTCUT_DONE
+                continue
+            x[L_I] = 0
+            cpu[NQUEUED] = 0
+            cpu[NIPI] = 0
+            x[PC] = MC_NEXT
+        elif pc == MC_SHORTCUT_DONE:
+            if x[L_RUN_LOCAL]:
+                _call(x, RL_START, MC_RET)
+            else:
+                _return(x)
+        elif pc == MC_NEXT:
+            if x[L_I] == cpu[NTARGETS]:
+                x[PC] = MC_SEND
+                continue
+            t = s.targets[c, x[L_I]]
+            if x[L_COND] and is_lazy_tlb(s, t):
+                x[L_I] += 1
+                continue
+            x[L_TARGET] = t
+            x[L_CSD] = c * n + t  # per_cpu(cfd_data, c).csd[t]
+            _call(x, CL_START, MC_LOCKED)
+        elif pc == MC_LOCKED:
+            csd = x[L_CSD]
+            s.csd[csd, FUNC] = x[L_FUNC]
+            s.csd[csd, INFO] = x[L_INFO]
+            s.csd[csd, SYNC] = x[L_WAIT]
+            _call(x, SQ_START, MC_QUEUED)
+        elif pc == MC_QUEUED:
+            s.queued[c, cpu[NQUEUED]] = x[L_CSD]
+            cpu[NQUEUED] += 1
+            if x[L_RET]:
+                s.ipi[c, cpu[NIPI]] = x[L_TARGET]
+                cpu[NIPI] += 1
+            elif g[F_COALESCE_MANY]:
+                g[ST_NO_IPI_QUEUED] += 1
+            else:
+                g[ST_IPIS_TO_NONEMPTY] += 1  # before the seed every target got its IPI, needed or not
+                s.ipi[c, cpu[NIPI]] = x[L_TARGET]
+                cpu[NIPI] += 1
+            x[L_I] += 1
+            x[PC] = MC_NEXT
+        elif pc == MC_SEND:
+            if g[F_SINGLE_IPI_FOR_ONE] and cpu[NIPI] == 1:
+                x[L_TARGET] = s.ipi[c, 0]
+                _call(x, SS_START, MC_SENT)
+            elif cpu[NIPI]:
+                _call(x, SM_START, MC_SENT)
+            else:
+                x[PC] = MC_SENT
+        elif pc == MC_SENT:
+            if x[L_RUN_LOCAL] and g[F_LOCAL_AFTER_SEND]:
+                _call(x, RL_START, MC_WAIT)
+            else:
+                x[PC] = MC_WAIT
+        elif pc == MC_WAIT:
+            x[L_J] = 0
+            x[PC] = MC_WAIT_NEXT if x[L_WAIT] else MC_LOCAL_LAST
+        elif pc == MC_WAIT_NEXT:
+            if x[L_J] == cpu[NQUEUED]:
+                x[PC] = MC_LOCAL_LAST
+                continue
+            x[L_CSD] = s.queued[c, x[L_J]]
+            _call(x, CW_START, MC_WAITED)
+        elif pc == MC_WAITED:
+            x[L_J] += 1
+            x[PC] = MC_WAIT_NEXT
+        elif pc == MC_LOCAL_LAST:
+            if x[L_RUN_LOCAL] and not g[F_LOCAL_AFTER_SEND]:
+                _call(x, RL_START, MC_RET)
+            else:
+                _return(x)
+        elif pc == MC_RET:
+            _return(x)
+        # --- kernel/smp.py _call_single_remote --------------------------------------------------------------
+        elif pc == CR_START:
+            if x[L_WAIT]:
+                csd = g[STACK_CSD0] + c  # a new CSD on the caller's stack
+                g[NEXT_CSD] += 1
+                s.csd[csd, IDENT] = g[NEXT_CSD]
+            else:
+                csd = g[CSD_DATA0] + c  # per_cpu(csd_data, c)
+            s.csd[csd, DST] = x[L_TARGET]
+            x[L_CSD] = csd
+            _call(x, CL_START, CR_LOCKED)
+        elif pc == CR_LOCKED:
+            csd = x[L_CSD]
+            s.csd[csd, FUNC] = x[L_FUNC]
+            s.csd[csd, INFO] = x[L_INFO]
+            s.csd[csd, SYNC] = x[L_WAIT]
+            _call(x, GE_START, CR_QUEUED)
+        elif pc == CR_QUEUED:
+            if x[L_WAIT]:
+                _call(x, CW_START, CR_DONE)
+            else:
+                _return(x)
+        elif pc == CR_DONE:
+            _return(x)
+        # --- kernel/smp.py generic_exec_single -----------------------------------------------------------
+        elif pc == GE_START:
+            _call(x, SQ_START, GE_QUEUED)
+        elif pc == GE_QUEUED:
+            if x[L_RET] or not g[F_SINGLE_IPI_IF_EMPTY]:
+                if not x[L_RET]:
+                    g[ST_IPIS_TO_NONEMPTY] += 1
+                _call(x, SS_START, GE_DONE)
+            else:
+                g[ST_NO_IPI_QUEUED] += 1
+                _return(x)
+        elif pc == GE_DONE:
+            _return(x)
+        # --- kernel/smp.py __smp_call_single_queue ----------------------------------------------------------
+        elif pc == SQ_START:
+            csd = x[L_CSD]
+            dst = s.csd[csd, DST]
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_QUEUE_CPU, dst, x[L_CALLSITE], s.csd[csd, FUNC], s.csd[csd, IDENT])
+            g[ST_CSD_ENQUEUES] += 1
+            return _busy(cpu, x, s.cacheline[c, dst], SQ_ADD)  # llist_add
+        elif pc == SQ_ADD:
+            csd = x[L_CSD]
+            dst = s.csd[csd, DST]
+            s.csd[csd, NEXT] = -1
+            tail = s.cpu[dst, Q_TAIL]
+            was_empty = tail < 0
+            if was_empty:
+                s.cpu[dst, Q_HEAD] = csd
+                s.cpu[dst, NONEMPTY_SINCE] = g[NOW]
+            else:
+                s.csd[tail, NEXT] = csd
+            s.cpu[dst, Q_TAIL] = csd
+            x[L_RET] = was_empty
+            _return(x)
+        # --- kernel/smp.py csd_lock, csd_lock_wait ------------------------------------------------------------
+        elif pc == CL_START:
+            _call(x, CW_START, CL_LOCKED)
+        elif pc == CL_LOCKED:
+            s.csd[x[L_CSD], LOCKED] = 1
+            _return(x)
+        elif pc == CW_START:
+            csd = x[L_CSD]
+            if s.csd[csd, LOCKED]:
+                return _spin(cpu, x, COND_CSD_UNLOCKED, csd, 0, w_csd(s, csd), -1, CW_SEEN)
+            _return(x)
+        elif pc == CW_SEEN:
+            # Seeing the unlock pulls the CSD's line back from the CPU that unlocked it.
+            return _busy(cpu, x, s.cacheline[c, s.csd[x[L_CSD], DST]], CW_DONE)
+        elif pc == CW_DONE:
+            _return(x)
+        # --- kernel/smp.py send_call_function_single_ipi, kernel/x86.py send_IPI --------------------------
+        elif pc == SS_START:
+            t = x[L_TARGET]
+            if g[F_SKIP_POLLING_IDLE] and set_nr_if_polling(s, t):
+                if g[TRACE_ON]:
+                    trace(s, c, T_SCHED_WAKE_IDLE_WITHOUT_IPI, t, 0, 0, 0)
+                g[ST_NO_IPI_POLLING] += 1
+                _return(x)
+                continue
+            if g[TRACE_ON]:
+                trace(s, c, T_IPI_SEND_CPU, t, x[L_CALLSITE], 0, 0)
+            g[ST_CSD_IPIS] += 1
+            return _step(x, ST_IRQS_OFF, SS_ICR)
+        elif pc == SS_ICR:
+            return _busy(cpu, x, s.cost[C_ICR_WRITE], SS_RAISE)
+        elif pc == SS_RAISE:
+            raise_ipi(s, c, x[L_TARGET], CALL_FUNCTION_SINGLE_VECTOR)
+            return _step(x, ST_IRQS_ON, SS_DONE)
+        elif pc == SS_DONE:
+            g[ST_ICR_WRITES] += 1
+            _return(x)
+        # --- kernel/smp.py send_call_function_ipi_mask, kernel/x86.py send_IPI_mask ------------------------
+        elif pc == SM_START:
+            m = cpu[NIPI]
+            if g[TRACE_ON]:
+                off = g[TMASK_N]
+                if off + m > len(s.tmask):
+                    raise RuntimeError("fast engine: trace cpumask buffer full within one event")
+                for i in range(m):
+                    s.tmask[off + i] = s.ipi[c, i]
+                g[TMASK_N] = off + m
+                if g[TRACE_ON]:
+                    trace(s, c, T_IPI_SEND_CPUMASK, off, m, x[L_CALLSITE], 0)
+            g[ST_CSD_IPIS] += m
+            _ipi_mask_order(s, c)
+            x[L_G] = 0
+            return _step(x, ST_IRQS_OFF, SM_WRITE)
+        elif pc == SM_WRITE:
+            if x[L_G] == cpu[NGROUPS]:
+                return _step(x, ST_IRQS_ON, SM_DONE)
+            return _busy(cpu, x, s.cost[C_ICR_WRITE], SM_RAISE)
+        elif pc == SM_RAISE:
+            grp = x[L_G]
+            for i in range(s.gstart[c, grp], s.gstart[c, grp + 1]):
+                raise_ipi(s, c, s.order[c, i], CALL_FUNCTION_VECTOR)
+            x[L_G] = grp + 1
+            x[PC] = SM_WRITE
+        elif pc == SM_DONE:
+            g[ST_ICR_WRITES] += cpu[NGROUPS]
+            _return(x)
+        # --- kernel/smp.py run_local --------------------------------------------------------------------------
+        elif pc == RL_START:
+            g[ST_LOCAL_CALLS] += 1
+            return _step(x, ST_IRQS_OFF, RL_ENTRY)
+        elif pc == RL_ENTRY:
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_FUNCTION_ENTRY, x[L_FUNC], 0, 0, 0)
+            _call(x, BD_START, RL_EXIT)
+        elif pc == RL_EXIT:
+            if g[TRACE_ON]:
+                trace(s, c, T_CSD_FUNCTION_EXIT, x[L_FUNC], 0, 0, 0)
+            return _step(x, ST_IRQS_ON, RL_DONE)
+        elif pc == RL_DONE:
+            _return(x)
+        # --- kernel/vmscan.py kswapd ----------------------------------------------------------------------------
+        elif pc == KS_TOP:
+            nd = cpu[PGDAT]
+            x[PC] = KS_SHRINK
+            if s.node[nd, FREE] >= s.node[nd, HIGH_WMARK]:
+                s.node[nd, KSWAPD_AWAKE] = 0
+                return _spin(cpu, x, COND_KSWAPD_AWAKE, nd, 0, w_kswapd(s, nd), -1, KS_SHRINK)
+        elif pc == KS_SHRINK:
+            _call(x, SN_START, KS_DONE)
+        elif pc == KS_DONE:
+            g[MM_RECLAIMED_BY_KSWAPD] += x[L_RET]
+            x[PC] = KS_TOP
+        # --- kernel/locking.py spin_lock_irq (on the CPU's node's lru_lock) --------------------------------
+        elif pc == SL_START:
+            return _step(x, ST_IRQS_OFF, SL_TICKET)
+        elif pc == SL_TICKET:
+            lock = s.node[cpu[PGDAT]]
+            ticket = lock[LK_NEXT_TICKET]
+            lock[LK_NEXT_TICKET] += 1
+            x[L_TICKET] = ticket
+            x[PC] = SL_OWN
+            if lock[LK_SERVING] != ticket:
+                lock[LK_CONTENDED] += 1
+                s.lock_waiting[cpu[PGDAT], ticket % (n + 1)] = 1
+                x[L_T0] = g[NOW]
+                return _spin(cpu, x, COND_TICKET, cpu[PGDAT], ticket, w_ticket(s, cpu[PGDAT], ticket), -1,
+                             SL_SPUN)
+        elif pc == SL_SPUN:
+            s.node[cpu[PGDAT], LK_SPIN_NS] += g[NOW] - x[L_T0]
+            x[PC] = SL_OWN
+        elif pc == SL_OWN:
+            last = s.node[cpu[PGDAT], LK_LAST_OWNER]
+            if last >= 0 and last != c:
+                return _busy(cpu, x, s.cacheline[c, last], SL_DONE)
+            x[PC] = SL_DONE
+        elif pc == SL_DONE:
+            s.node[cpu[PGDAT], LK_ACQUISITIONS] += 1
+            _return(x)
+        # --- kernel/locking.py spin_unlock_irq -------------------------------------------------------------
+        elif pc == SU_START:
+            nd = cpu[PGDAT]
+            lock = s.node[nd]
+            lock[LK_LAST_OWNER] = c
+            lock[LK_SERVING] += 1
+            slot = lock[LK_SERVING] % (n + 1)
+            if s.lock_waiting[nd, slot]:
+                s.lock_waiting[nd, slot] = 0
+                notify(s, w_ticket(s, nd, lock[LK_SERVING]))
+            return _step(x, ST_IRQS_ON, SU_DONE)
+        elif pc == SU_DONE:
+            _return(x)
+        # --- workloads/synthetic.py _sender, _user_loop ---------------------------------------------------
+        elif pc == SY_GAP:
+            i = cpu[GAP_POS]
+            if i == cpu[GAP_N]:
+                raise RuntimeError("fast engine: synthetic gaps ran out")
+            cpu[GAP_POS] = i + 1
+            if cpu[GAP_N] - i < 8:
+                g[GAP_LOW] = 1
+            return _busy(cpu, x, s.gaps[c, i], SY_CALL)
+        elif pc == SY_CALL:
+            x[L_FLUSH_T0] = g[NOW]
+            x[L_FUNC] = FUNC_SYNTHETIC
+            x[L_INFO] = cpu[FUNC_NS]
+            x[L_WAIT] = cpu[SYNTH_WAIT]
+            x[L_RUN_LOCAL] = 0
+            x[L_COND] = 0
+            x[L_CALLSITE] = CS_SYNTHETIC
+            _call(x, MC_START, SY_DONE)
+        elif pc == SY_DONE:
+            _latency(s, g[NOW] - x[L_FLUSH_T0])
+            x[PC] = SY_GAP
+        elif pc == BL_LOOP:
+            return _busy(cpu, x, 1_000_000, BL_LOOP)
+        else:
+            raise RuntimeError("fast engine: unknown program counter")
+
+
+# === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
+
+@njit(cache=True, _nrt=False, inline="always")
+def _block(s: State, c: int, kind: int) -> None:
+    s.cpu[c, WAIT_GEN] += 1
+    s.cpu[c, WAIT_KIND] = kind
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _block_busy(s: State, c: int, end: int) -> None:
+    gen = s.cpu[c, WAIT_GEN] + 1
+    timer = at(s, end, EV_BUSY_DONE, c, gen)
+    _block(s, c, W_BUSY)
+    s.cpu[c, WAIT_END] = end
+    s.cpu[c, WAIT_TIMER] = timer
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int) -> bool:
+    """SimMachine._spin: start (or resume) spinning; False if the deadline (-1: none) has passed."""
+    now = s.g[NOW]
+    if deadline >= 0 and deadline <= now:
+        return False
+    cpu = s.cpu[c]
+    gen = cpu[WAIT_GEN] + 1
+    timer = -1
+    if deadline >= 0:
+        timer = at(s, deadline, EV_SPIN_TIMEOUT, c, gen)
+    _block(s, c, W_SPIN)
+    cpu[WAIT_TIMER] = timer
+    cpu[WAIT_COND] = cond
+    cpu[WAIT_A] = a
+    cpu[WAIT_B] = b
+    cpu[WAIT_WATCH] = watch
+    cpu[WAIT_DEADLINE] = deadline
+    watch_add(s, watch, c, gen)
+    return True
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def take_interrupt(s: State, c: int) -> None:
+    """SimMachine._take_interrupt: the highest pending vector; its handler goes on top of the stack."""
+    cpu = s.cpu[c]
+    if cpu[IRR] & IRR_MANY:
+        vector = CALL_FUNCTION_VECTOR
+        cpu[IRR] &= ~IRR_MANY
+    else:
+        vector = CALL_FUNCTION_SINGLE_VECTOR
+        cpu[IRR] &= ~IRR_SINGLE
+    cpu[INTERRUPTS] += 1
+    cpu[IN_IRQ] = 1
+    x = s.ctx[c, IRQ]
+    x[IRQS_ON] = 0
+    x[SAVED_KIND] = S_NONE
+    x[STARTED] = s.g[NOW]
+    x[PC] = SV_ENTRY
+    x[SP] = 0
+    x[L_VECTOR] = vector
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def resume(s: State, c: int) -> tuple[bool, int]:
+    """SimMachine._resume: after a handler, continue what the interrupted context was doing."""
+    k = top_ctx(s, c)
+    x = s.ctx[c, k]
+    saved = x[SAVED_KIND]
+    x[SAVED_KIND] = S_NONE
+    if saved == S_NONE:
+        return True, -1
+    if s.cpu[c, IRR] and x[IRQS_ON]:
+        x[SAVED_KIND] = saved  # another interrupt first; run() takes it and comes back here
+        take_interrupt(s, c)
+        return True, -1
+    if saved == S_BUSY:
+        _block_busy(s, c, s.g[NOW] + x[SAVED_END])
+        return False, -1
+    if saved == S_SPIN:
+        if cond_holds(s, x[SAVED_COND], x[SAVED_A], x[SAVED_B]):
+            return True, 1
+        if spin(s, c, x[SAVED_COND], x[SAVED_A], x[SAVED_B], x[SAVED_WATCH], x[SAVED_DEADLINE]):
+            return False, -1
+        return True, 0
+    return True, -1  # HLT returns once the interrupt is handled
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def run(s: State, c: int, value: int) -> None:
+    """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
+    now = s.g[NOW]
+    cpu = s.cpu[c]
+    while True:
+        k = top_ctx(s, c)
+        if cpu[IRR] and s.ctx[c, k, IRQS_ON]:
+            take_interrupt(s, c)
+            value = -1
+            continue
+        step = advance(s, c, k, value)
+        if step == ST_RETURN:  # only a handler returns
+            cpu[IN_IRQ] = 0
+            cpu[IRQ_NS] += now - s.ctx[c, IRQ, STARTED]
+            done, value = resume(s, c)
+            if not done:
+                return
+            continue
+        value = -1
+        if step == ST_BUSY:
+            if cpu[STEP_NS] > 0:
+                _block_busy(s, c, now + cpu[STEP_NS])
+                return
+        elif step == ST_SPIN:
+            if cond_holds(s, cpu[STEP_COND], cpu[STEP_A], cpu[STEP_B]):
+                value = 1
+                continue
+            deadline = -1 if cpu[STEP_TIMEOUT] < 0 else now + cpu[STEP_TIMEOUT]
+            if not spin(s, c, cpu[STEP_COND], cpu[STEP_A], cpu[STEP_B], cpu[STEP_WATCH], deadline):
+                value = 0
+                continue
+            return
+        elif step == ST_IRQS_OFF:
+            s.ctx[c, k, IRQS_ON] = 0
+        elif step == ST_IRQS_ON:
+            s.ctx[c, k, IRQS_ON] = 1
+        else:  # ST_HALT
+            _block(s, c, W_HALT)
+            return
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def preempt(s: State, c: int) -> bool:
+    """SimMachine._preempt: an interrupt arrives while `c` waits with interrupts on. True: run `c`."""
+    cpu = s.cpu[c]
+    x = s.ctx[c, top_ctx(s, c)]
+    kind = cpu[WAIT_KIND]
+    cpu[WAIT_GEN] += 1
+    cpu[WAIT_KIND] = W_NONE
+    now = s.g[NOW]
+    if kind == W_BUSY:
+        s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+        x[SAVED_KIND] = S_BUSY
+        x[SAVED_END] = cpu[WAIT_END] - now
+    elif kind == W_SPIN:
+        if cpu[WAIT_TIMER] >= 0:
+            s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+        x[SAVED_KIND] = S_SPIN
+        x[SAVED_COND] = cpu[WAIT_COND]
+        x[SAVED_A] = cpu[WAIT_A]
+        x[SAVED_B] = cpu[WAIT_B]
+        x[SAVED_WATCH] = cpu[WAIT_WATCH]
+        x[SAVED_DEADLINE] = cpu[WAIT_DEADLINE]
+    else:
+        # A halted CPU accepts the interrupt only once awake; meanwhile the vector stays in IRR.
+        x[SAVED_KIND] = S_HALT
+        _block(s, c, W_WAKING)
+        at(s, now + s.cost[C_IDLE_EXIT], EV_WOKEN, c, cpu[WAIT_GEN])
+        return False
+    take_interrupt(s, c)
+    return True  # and run(c, None)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
+    """What a timer calls: SimMachine._run / _busy_done / _spin_timeout / _spin_check / _ipi_arrives /
+    _woken. Each ends, if it does anything, in _run(c, value): returned as (True, value)."""
+    cpu = s.cpu[c]
+    if kind == EV_RUN:
+        return True, -1
+    if kind == EV_BUSY_DONE or kind == EV_SPIN_TIMEOUT or kind == EV_WOKEN:
+        if cpu[WAIT_GEN] == arg:
+            cpu[WAIT_KIND] = W_NONE
+            return True, (0 if kind == EV_SPIN_TIMEOUT else -1)
+        return False, -1
+    if kind == EV_SPIN_CHECK:
+        if cpu[WAIT_GEN] != arg:
+            return False, -1
+        if cond_holds(s, cpu[WAIT_COND], cpu[WAIT_A], cpu[WAIT_B]):
+            if cpu[WAIT_TIMER] >= 0:
+                s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+            cpu[WAIT_KIND] = W_NONE
+            return True, 1
+        watch_add(s, cpu[WAIT_WATCH], c, arg)
+        return False, -1
+    # EV_IPI_ARRIVES
+    s.g[M_IPIS_DELIVERED] += 1
+    cpu[IN_FLIGHT] -= 1
+    bit = IRR_SINGLE if arg == CALL_FUNCTION_SINGLE_VECTOR else IRR_MANY
+    if cpu[IRR] & bit:
+        s.g[M_APIC_MERGED] += 1
+        cpu[APIC_MERGED] += 1
+        return False, -1
+    cpu[IRR] |= bit
+    wait = cpu[WAIT_KIND]
+    if wait != W_NONE and wait != W_WAKING and s.ctx[c, top_ctx(s, c), IRQS_ON]:
+        return preempt(s, c), -1
+    return False, -1
+
+
+@njit(cache=True, _nrt=False)
+def run_until(s: State, until: int, margin: int) -> int:
+    """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
+    buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
+    g = s.g
+    while g[HEAP_N] > 0 and s.heap[0, 0] <= until:
+        if (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
+                or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
+                or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW]):
+            return 1
+        when = s.heap[0, 0]
+        slot = s.heap[0, 2]
+        _heap_pop(s)
+        kind, c, arg, cancelled = s.ev[slot, EV_KIND], s.ev[slot, EV_CPU], s.ev[slot, EV_ARG], s.ev[slot, EV_CANCELLED]
+        s.ev_free[g[EV_NFREE]] = slot
+        g[EV_NFREE] += 1
+        if cancelled:
+            continue
+        g[NOW] = when
+        g[EVENTS] += 1
+        go, value = dispatch(s, kind, c, arg)
+        if go:
+            run(s, c, value)
+    g[NOW] = max(g[NOW], until)
+    return 0

@@ -1,0 +1,373 @@
+"""One run of the compiled engine: its state built from a machine, kernel and workload, the timers run
+window by window, and the counters read back in the shape the reference engine's run has.
+
+The set-up mirrors what the reference does before its first event: `Smp.__init__` numbers the CSDs,
+the workload's `start` places its threads and calls `SimMachine.start` CPU by CPU (one timer each, in
+CPU order), draws its random numbers from the same seeded generators.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ipilab.events import FUNCTION_CALL_CALLBACK, Event
+from ipilab.kernel.features import Kernel
+from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
+from ipilab.machine.model import Machine, load_machine
+from ipilab.sim.fast import engine as E
+from ipilab.sim.machine import MachineStats
+from ipilab.workloads.base import Workload, parse_cpulist
+from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeqMt, watermarks
+from ipilab.workloads.synthetic import Synthetic
+
+MARGIN = 64  # room left in every buffer before an event runs; one event adds far fewer entries
+TRACE_ROWS = 1 << 16
+LAT_ROWS = 1 << 14
+GAPS = 4096  # synthetic gaps drawn ahead per sender
+MAX_CPUS = 1024  # its CPU x CPU tables (costs, CSDs, masks) take 8 x 8 bytes x ncpus^2: 64 MB here
+
+
+_warm = False
+
+
+def warm_up() -> float:
+    """Compile the engine (or load it from numba's cache) on a tiny run; seconds it took, 0 once done."""
+    global _warm
+    if _warm:
+        return 0.0
+    t0 = time.perf_counter()
+    sim = FastSim(load_machine("vm-2cpu"), Kernel("warm-up", frozenset()), Synthetic(), 1, None)
+    sim.run(10_000)
+    _warm = True
+    return time.perf_counter() - t0
+
+
+def unsupported(machine: Machine, kernel: Kernel, workload: Workload) -> str | None:
+    """Why the fast engine cannot run this configuration, or None if it can."""
+    if not isinstance(workload, SwapWSeqMt | Synthetic):
+        return f"workload {workload.name} is modelled by the reference engine only"
+    if machine.topology.apic_mode not in ("x2apic_phys", "x2apic_cluster", "kvm_pv"):
+        return f"APIC mode {machine.topology.apic_mode} is not in the fast engine"
+    if machine.ncpus > MAX_CPUS:
+        return f"{machine.ncpus} CPUs: the fast engine's CPU-pair tables stop at {MAX_CPUS}"
+    return None
+
+
+@dataclass
+class _Cpu:
+    id: int
+    comm: str
+    interrupts: int = 0
+    irq_ns: int = 0
+    apic_merged: int = 0
+
+
+@dataclass
+class _Engine:
+    now: int = 0
+    events_processed: int = 0
+
+
+@dataclass
+class _Smp:
+    stats: SmpStats = field(default_factory=SmpStats)
+
+
+class FastSim:
+    """The compiled engine's state behind the attributes `sim.run` reads of a SimMachine."""
+
+    def __init__(self, machine: Machine, kernel: Kernel, workload: Workload, seed: int, tracer: Any) -> None:
+        self.machine = machine
+        self.workload = workload
+        self.tracer = tracer
+        n = self.ncpus = machine.ncpus
+        self._fixed = {k: v.ns for k, v in machine.costs.items()}
+        self._fixed["llist_del_all"] = 0
+        self.latencies: Counter[int] = Counter()  # exact: value -> count, so memory grows with distinct values
+        self._rngs: dict[int, np.random.Generator] = {}  # the synthetic senders' generators
+        self._comm = ["<idle>"] * n
+        self._pid = [0] * n
+        nodes = machine.topology.numa_nodes
+        ncsd = n * n + 2 * n
+        nwatch = ncsd + n + nodes + nodes * (n + 1)
+        cap = 8 * n + 1024
+        s = self.s = E.State(
+            g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
+            ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
+            heap=np.zeros((cap, 3), np.int64),
+            ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
+            watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
+            wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
+            csd=np.zeros((ncsd, E.NCSD), np.int64),
+            # A queue holds at most each CPU's cfd CSD, csd_data and stack CSD for it: 3n entries.
+            flushbuf=np.zeros((n, 3 * n), np.int64), flushtmp=np.zeros((n, 3 * n), np.int64),
+            targets=np.zeros((n, n), np.int64), queued=np.zeros((n, n), np.int64), ipi=np.zeros((n, n), np.int64),
+            order=np.zeros((n, n), np.int64), gstart=np.zeros((n, n + 1), np.int64),
+            cacheline=np.array([[machine.cacheline_ns(a, b) for b in range(n)] for a in range(n)], np.int64),
+            ipi_latency=np.array([[machine.ipi_latency_ns(a, b) for b in range(n)] for a in range(n)], np.int64),
+            cluster_rank=np.zeros(n, np.int64), by_cluster=np.zeros(n, np.int64),
+            mask_mark=np.zeros((n, n), np.int64), cost=np.zeros(len(E.COST_NAMES), np.int64),
+            usemem=np.zeros(n, np.int64), node=np.zeros((nodes, E.NNODE), np.int64),
+            lock_waiting=np.zeros((nodes, n + 1), np.int64),
+            trace=np.zeros((TRACE_ROWS if tracer else MARGIN * 2, 8), np.int64),
+            tmask=np.zeros((TRACE_ROWS * 4 if tracer else MARGIN * 2 * n), np.int64),
+            lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
+        g = s.g
+        g[E.EV_NFREE] = cap
+        g[E.W_NFREE] = cap
+        g[E.TRACE_ON] = tracer is not None
+        g[E.NCPUS] = n
+        g[E.NNODES] = nodes
+        g[E.CSD_DATA0] = n * n
+        g[E.STACK_CSD0] = n * n + n
+        g[E.NEXT_CSD] = n * n + n
+        apic = machine.apic(kernel.has("ipi_shorthand"))
+        g[E.APIC_MODE] = ("x2apic_phys", "x2apic_cluster", "kvm_pv").index(apic.mode)
+        g[E.USE_SHORTHAND] = apic.use_shorthand
+        ranks = {cl: i for i, cl in enumerate(sorted(set(apic.cluster_of)))}
+        s.cluster_rank[:] = [ranks[cl] for cl in apic.cluster_of]
+        s.by_cluster[:] = sorted(range(n), key=lambda c: (s.cluster_rank[c], c))
+        g[E.HALT_POLL_NS] = machine.topology.halt_poll_ns
+        for name in ("single_ipi_if_empty", "many_single_shortcut", "coalesce_many", "tlb_skip_lazy",
+                     "sync_first_flush", "skip_polling_idle", "local_after_send", "single_ipi_for_one"):
+            g[getattr(E, "F_" + name.upper())] = kernel.has(name)
+        # Smp.__init__: cfd_data CSDs (src, dst) numbered first, then each CPU's csd_data.
+        for src in range(n):
+            for dst in range(n):
+                s.csd[src * n + dst, [E.SRC, E.DST, E.IDENT]] = src, dst, src * n + dst + 1
+            s.csd[n * n + src, [E.SRC, E.DST, E.IDENT]] = src, src, n * n + src + 1
+            s.csd[n * n + n + src, [E.SRC, E.DST]] = src, src
+        s.cpu[:, E.Q_HEAD] = -1
+        s.cpu[:, E.Q_TAIL] = -1
+        s.cpu[:, E.WAIT_TIMER] = -1
+        for c in range(n):
+            s.ctx[c, E.IDLE, E.IRQS_ON] = 1
+            s.ctx[c, E.IDLE, E.PC] = E.ID_TOP
+        if isinstance(workload, SwapWSeqMt):
+            self._start_swap(workload, seed)
+        else:
+            self._start_synthetic(workload, seed)
+        for i, name in enumerate(E.COST_NAMES):
+            self.s.cost[i] = self._fixed.get(name, 0)
+
+    # --- workloads' start(): what runs where ---------------------------------------------------------
+
+    def _start_task(self, c: int, program: int, comm: str, pid: int, user_mm: bool) -> None:
+        """SimMachine.start with a task (each CPU's one timer is scheduled by `_start_all`)."""
+        s = self.s
+        s.cpu[c, E.HAS_TASK] = 1
+        s.cpu[c, E.USER_MM] = user_mm
+        s.cpu[c, E.PROGRAM] = program
+        s.ctx[c, E.TASK, E.IRQS_ON] = 1
+        s.ctx[c, E.TASK, E.PC] = {E.P_USEMEM: E.UM_START, E.P_KSWAPD: E.KS_TOP,
+                                  E.P_SYNTH_SENDER: E.SY_GAP, E.P_BUSYLOOP: E.BL_LOOP}[program]
+        self._comm[c], self._pid[c] = comm, pid
+
+    def _start_all(self) -> None:
+        for c in range(self.ncpus):
+            E.at(self.s, 0, E.EV_RUN, c, 0)
+
+    def _targets(self, c: int, mask: list[int]) -> None:
+        t = sorted(set(mask) - {c})
+        self.s.targets[c, :len(t)] = t
+        self.s.cpu[c, E.NTARGETS] = len(t)
+
+    def _start_swap(self, w: SwapWSeqMt, seed: int) -> None:
+        """workloads/swap.py SwapWSeqMt.start"""
+        m, s = self.machine, self.s
+        usemem, kswapd = w.placement(m, w.threads, w.kswapd)
+        wmin, wlow, whigh = watermarks(int(w.ram_gb * 1024 * 1024), m.topology.numa_nodes)
+        fill = w.phase == "fill"
+        s.node[:, [E.MIN_WMARK, E.LOW_WMARK, E.HIGH_WMARK, E.UNLIMITED]] = wmin, wlow, whigh, fill
+        s.node[:, E.FREE] = 0 if fill else wlow
+        s.node[:, E.LK_LAST_OWNER] = -1
+        s.g[E.BATCH] = w.batch
+        s.g[E.PER_PAGE_FLUSH] = w.flush == "per-page"
+        s.g[E.NUSEMEM] = len(usemem)
+        s.usemem[:len(usemem)] = usemem
+        if w.swap_gb_s is not None:
+            self._fixed["swap_writepage"] = round(PAGE_SIZE / w.swap_gb_s)
+        stagger = np.random.default_rng(seed).integers(0, STAGGER_NS, size=len(usemem))
+        for c in range(m.ncpus):
+            self._targets(c, usemem)
+            s.cpu[c, E.IN_MM] = c in usemem
+            if c in usemem:
+                i = usemem.index(c)
+                s.cpu[c, E.START_NS] = int(stagger[i])
+                s.cpu[c, E.PGDAT] = m.node_of(c)
+                self._start_task(c, E.P_USEMEM, "usemem", 5000 + i, True)
+            elif c in kswapd and not fill:
+                node = kswapd.index(c)
+                s.cpu[c, E.PGDAT] = node
+                self._start_task(c, E.P_KSWAPD, f"kswapd{node}", 90 + node, False)
+        self._start_all()
+
+    def _start_synthetic(self, w: Synthetic, seed: int) -> None:
+        """workloads/synthetic.py Synthetic.start; the senders' gaps are drawn ahead from their generators."""
+        n, s = self.ncpus, self.s
+        senders = parse_cpulist(w.senders, n, "senders")
+        targets = parse_cpulist(w.targets, n, "targets")
+        self._rngs = {c: np.random.default_rng([seed, c]) for c in senders}
+        self._mean_gap = 1e9 / w.rate
+        s = self.s._replace(gaps=np.zeros((n, GAPS), np.int64))
+        self.s = s
+        for c in range(n):
+            if c in senders:
+                self._targets(c, targets)
+                s.cpu[c, E.FUNC_NS] = w.func_ns
+                s.cpu[c, E.SYNTH_WAIT] = w.wait
+                self._draw_gaps(c)
+                self._start_task(c, E.P_SYNTH_SENDER, "synthetic", 1000 + c, True)
+            elif w.others == "busy":
+                self._start_task(c, E.P_BUSYLOOP, "busyloop", 2000 + c, True)
+        self._start_all()
+
+    def _draw_gaps(self, c: int) -> None:
+        s = self.s
+        pos, end = s.cpu[c, E.GAP_POS], s.cpu[c, E.GAP_N]
+        left = s.gaps[c, pos:end].copy()
+        s.gaps[c, :len(left)] = left
+        new = self._rngs[c].exponential(self._mean_gap, size=GAPS - len(left))
+        s.gaps[c, len(left):] = new.astype(np.int64)  # int() of each draw, as _sender does
+        s.cpu[c, E.GAP_POS] = 0
+        s.cpu[c, E.GAP_N] = GAPS
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def run(self, until: int) -> None:
+        """Engine.run(until), with the host emptying and growing buffers whenever the loop asks."""
+        while E.run_until(self.s, until, MARGIN):
+            self._service()
+        self._write_trace()
+        self._fold_latencies()
+
+    def _service(self) -> None:
+        s, g = self.s, self.s.g
+        self._write_trace()
+        self._fold_latencies()
+        if g[E.GAP_LOW]:
+            g[E.GAP_LOW] = 0
+            for c in self._rngs:
+                if s.cpu[c, E.GAP_N] - s.cpu[c, E.GAP_POS] < GAPS // 2:
+                    self._draw_gaps(c)
+        if g[E.HEAP_N] + MARGIN > len(s.heap) or g[E.EV_NFREE] < MARGIN:
+            cap = len(s.heap)
+            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros((cap, 3), np.int64)]),
+                                    ev=np.concatenate([s.ev, np.zeros((cap, 4), np.int64)]),
+                                    ev_free=np.concatenate([s.ev_free[:g[E.EV_NFREE]],
+                                                            np.arange(cap, 2 * cap, dtype=np.int64),
+                                                            np.zeros(cap - g[E.EV_NFREE], np.int64)]))
+            g[E.EV_NFREE] += cap
+        if g[E.W_NFREE] < MARGIN:
+            cap = len(s.wpool)
+            self.s = s = s._replace(wpool=np.concatenate([s.wpool, np.zeros((cap, 3), np.int64)]),
+                                    w_free=np.concatenate([s.w_free[:g[E.W_NFREE]],
+                                                           np.arange(cap, 2 * cap, dtype=np.int64),
+                                                           np.zeros(cap - g[E.W_NFREE], np.int64)]))
+            g[E.W_NFREE] += cap
+
+    def _fold_latencies(self) -> None:
+        g = self.s.g
+        if g[E.LAT_N]:
+            values, counts = np.unique(self.s.lat[:g[E.LAT_N]], return_counts=True)
+            self.latencies.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            g[E.LAT_N] = 0
+
+    def clear_latencies(self) -> None:
+        """SmpStats.call_latencies_ns.clear() after the warm-up."""
+        self._fold_latencies()
+        self.latencies.clear()
+
+    def _write_trace(self) -> None:
+        s, g = self.s, self.s.g
+        if self.tracer is not None and g[E.TRACE_N]:
+            rows = s.trace[:g[E.TRACE_N]].tolist()
+            tmask = s.tmask[:g[E.TMASK_N]].tolist()
+            for row in rows:
+                self.tracer(self._event(row, tmask))
+        g[E.TRACE_N] = 0
+        g[E.TMASK_N] = 0
+
+    def _event(self, row: list[int], tmask: list[int]) -> Event:
+        ts, c, name, f0, f1, f2, f3, fl = row
+        kind = E.TRACE_NAMES[name]
+        if name == E.T_CSD_QUEUE_CPU:
+            fields: dict[str, object] = {"cpu": f0, "callsite": E.CALLSITES[f1], "func": E.FUNC_NAMES[f2],
+                                         "csd": _pointer(f3)}
+        elif name in (E.T_CSD_FUNCTION_ENTRY, E.T_CSD_FUNCTION_EXIT):
+            fields = {"func": E.FUNC_NAMES[f0], "csd": _pointer(f1)}
+        elif name == E.T_IPI_SEND_CPU:
+            fields = {"cpu": f0, "callsite": E.CALLSITES[f1], "callback": FUNCTION_CALL_CALLBACK}
+        elif name == E.T_IPI_SEND_CPUMASK:
+            fields = {"cpumask": tuple(tmask[f0:f0 + f1]), "callsite": E.CALLSITES[f2],
+                      "callback": FUNCTION_CALL_CALLBACK}
+        elif name == E.T_SCHED_WAKE_IDLE_WITHOUT_IPI:
+            fields = {"cpu": f0}
+        elif name == E.T_CPU_IDLE:
+            fields = {"state": f0, "cpu_id": f1}
+        else:
+            fields = {"vector": f0}
+        flags = ("d" if fl & E.FL_IRQS_OFF else ".") + ("N" if fl & E.FL_NEED_RESCHED else ".") + \
+                ("h" if fl & E.FL_HARDIRQ else ".") + "1."
+        comm, pid = (self._comm[c], self._pid[c]) if fl & E.FL_TASK else ("<idle>", 0)
+        return Event(ts, c, kind, comm, pid, flags, fields)
+
+    # --- what sim/run.py reads -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> _Engine:
+        return _Engine(int(self.s.g[E.NOW]), int(self.s.g[E.EVENTS]))
+
+    @property
+    def smp(self) -> _Smp:
+        g = self.s.g
+        return _Smp(SmpStats(
+            csd_enqueues=int(g[E.ST_CSD_ENQUEUES]), csd_ipis=int(g[E.ST_CSD_IPIS]),
+            csd_no_ipi_queued=int(g[E.ST_NO_IPI_QUEUED]), csd_no_ipi_polling=int(g[E.ST_NO_IPI_POLLING]),
+            ipis_to_nonempty_queue=int(g[E.ST_IPIS_TO_NONEMPTY]), icr_writes=int(g[E.ST_ICR_WRITES]),
+            cal_interrupts=int(g[E.ST_CAL_INTERRUPTS]), csds_run_in_irq=int(g[E.ST_CSDS_RUN_IN_IRQ]),
+            csds_run_from_idle=int(g[E.ST_CSDS_RUN_FROM_IDLE]), empty_interrupts=int(g[E.ST_EMPTY_INTERRUPTS]),
+            local_calls=int(g[E.ST_LOCAL_CALLS]), calls=int(g[E.ST_CALLS]),
+            queue_windows=int(g[E.ST_QUEUE_WINDOWS]), queue_nonempty_ns=int(g[E.ST_QUEUE_NONEMPTY_NS])))
+
+    @property
+    def stats(self) -> MachineStats:
+        g = self.s.g
+        return MachineStats(apic_merged=int(g[E.M_APIC_MERGED]), ipis_delivered=int(g[E.M_IPIS_DELIVERED]))
+
+    @property
+    def cpus(self) -> list[_Cpu]:
+        cpu = self.s.cpu
+        return [_Cpu(c, self._comm[c], int(cpu[c, E.INTERRUPTS]), int(cpu[c, E.IRQ_NS]), int(cpu[c, E.APIC_MERGED]))
+                for c in range(self.ncpus)]
+
+    def counters(self) -> dict[str, int]:
+        """The workload's counters(), in its order."""
+        if not isinstance(self.workload, SwapWSeqMt):
+            return {}
+        g, node = self.s.g, self.s.node
+        return {
+            "pages_written": int(g[E.MM_PAGES_WRITTEN]),
+            "faults": int(g[E.MM_FAULTS]),
+            "pages_deactivated": int(g[E.MM_PAGES_DEACTIVATED]),
+            "pages_scanned": int(g[E.MM_PAGES_SCANNED]),
+            "pages_reclaimed": int(g[E.MM_PAGES_RECLAIMED]),
+            "reclaimed_by_kswapd": int(g[E.MM_RECLAIMED_BY_KSWAPD]),
+            "alloc_direct_reclaim": int(g[E.MM_ALLOC_DIRECT_RECLAIM]),
+            "tlb_flushes": int(g[E.MM_TLB_FLUSHES]),
+            "flush_wait_ns": int(g[E.MM_FLUSH_WAIT_NS]),
+            "lru_lock_acquisitions": int(node[:, E.LK_ACQUISITIONS].sum()),
+            "lru_lock_contended": int(node[:, E.LK_CONTENDED].sum()),
+            "lru_lock_spin_ns": int(node[:, E.LK_SPIN_NS].sum()),
+            "pages_reused_before_flush": 0,  # structurally 0 here: see the AL_CHECK state
+        }
+
+
+def _pointer(ident: int) -> str:
+    """Csd.pointer: the fake kernel address traces print for a CSD (0: a local call, no CSD)."""
+    return LOCAL_CSD_POINTER if ident == 0 else f"{0xFFFF888100000000 + 64 * ident:016x}"
