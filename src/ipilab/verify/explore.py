@@ -214,6 +214,7 @@ class ModelMachine:
         self.ran: set[tuple[int, int, int]] = set()
         self.violation: Violation | None = None
         self.labels: list[str] = []  # what the last `run` move went through (for counterexamples)
+        self.stack_keys: list[tuple | None] = [None] * n  # per CPU, the part of key() its own moves change
         self.events: list[Event] | None = [] if record else None
         # physical x2APIC: one ICR write (one interleaving point) per target CPU
         apic = Apic("x2apic_phys", tuple(range(n)), use_shorthand=False)
@@ -332,6 +333,7 @@ class ModelMachine:
     def apply(self, choice: Choice, check: bool = True) -> None:
         """Take one move. `check=False` when replaying a schedule whose states were checked already."""
         move, cpu = choice[0], choice[1]
+        self.stack_keys[cpu] = None
         if check:
             self._seen = {self._names[id(x)]: (x.__dict__["info"], x.__dict__["locked"]) for x in self._csds}
         c = self.cpus[cpu]
@@ -359,9 +361,10 @@ class ModelMachine:
             _touched[0] = False
             self._send(c, value)
             value = None
-            if _touched[0] or c.stack[-1] is not top or type(top.pending) in (SpinUntil, Halt):
+            now = c.stack[-1]
+            if _touched[0] or type(now.pending) in (SpinUntil, Halt):
                 return
-            if top.irqs_on and (not irqs_were_on or c.irr):
+            if now.irqs_on and (not irqs_were_on or c.irr):
                 return
 
     def _send(self, c: Cpu, value: Any) -> None:
@@ -412,12 +415,18 @@ class ModelMachine:
 
     # --- the state's identity ------------------------------------------------------------------------
 
-    def key(self) -> tuple:
+    def key(self) -> int:
+        """The state's identity (see the module doc), hashed: the visited set keeps 64-bit hashes."""
         canon = self._canon
-        cpus = tuple(
-            (tuple((ctx.kind, ctx.irqs_on, _step_key(ctx.pending), _gen_key(ctx.code, canon)) for ctx in c.stack),
-             tuple(sorted(c.irr)), c.idle.polling, c.idle.need_resched)
-            for c in self.cpus)
+        stacks = self.stack_keys
+        for i, c in enumerate(self.cpus):
+            if stacks[i] is None:
+                # Only a CPU's own moves change its code positions and locals (other CPUs' CSDs appear in
+                # them by name, their fields are in the shared part), so the others' keys are reused.
+                stacks[i] = tuple((ctx.kind, ctx.irqs_on, _step_key(ctx.pending), _gen_key(ctx.code, canon))
+                                  for ctx in c.stack)
+        cpus = tuple((stacks[i], tuple(sorted(c.irr)), c.idle.polling, c.idle.need_resched)
+                     for i, c in enumerate(self.cpus))
         queues = tuple(tuple(self._names[id(x)] for x in q.entries) for q in self.smp.call_single_queue)
         csds = tuple(sorted((self._names[id(x)], d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name,
                              d["info"]) for x in self._csds for d in (x.__dict__,)))
@@ -487,7 +496,6 @@ class Result:
     states: int = 0
     transitions: int = 0
     terminal_states: int = 0
-    max_depth: int = 0
     seconds: float = 0.0
     ipis_min: int | None = None
     ipis_max: int | None = None
@@ -509,70 +517,98 @@ def replay(config: Config, schedule: list[Choice], record: bool = False) -> Mode
     return m
 
 
-def explore(config: Config, max_states: int = 3_000_000,
-            progress: Callable[[int], None] | None = None) -> Result:
-    """Breadth-first search of every interleaving (so the first counterexample found is a shortest one).
-
-    A state with a violation is counted and not expanded; terminal states give the IPI bounds."""
+def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True) -> Result:
+    """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
+    not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
+    search then finds a shortest counterexample."""
     t0 = time.perf_counter()
     res = Result(config)
     root = ModelMachine(config)
-    visited: set[tuple] = {root.key()}
+    visited = {root.key()}
+    parent: list[tuple[int, Choice | None]] = [(-1, None)]
+    todo = [(0, root, root.choices())]  # states to expand, each with a machine standing in it
+    while todo:
+        sid, m, moves = todo.pop()
+        path = _schedule_to(parent, sid) if len(moves) > 1 else []
+        keys = list(m.stack_keys)
+        for i, choice in enumerate(moves):
+            if i < len(moves) - 1:
+                child = replay(config, path)
+                child.stack_keys = list(keys)
+            else:
+                child = m  # the last move takes the machine itself: no replay
+            child.apply(choice)
+            res.transitions += 1
+            k = child.key()
+            if k in visited:
+                continue
+            visited.add(k)
+            parent.append((sid, choice))
+            cid = len(parent) - 1
+            if cid >= max_states:
+                raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
+                                      f"--max-states")
+            child_moves = child.choices()
+            violation = child.violation
+            if violation is None and not child_moves:
+                violation = child.terminal_violation()
+            if violation is not None:
+                res.violations += 1
+                res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
+                if res.counterexample is None:
+                    res.counterexample = _schedule_to(parent, cid)
+                    res.counterexample_violation = violation
+            elif not child_moves:
+                res.terminal_states += 1
+                res.ipis_min = child.ipis if res.ipis_min is None else min(res.ipis_min, child.ipis)
+                res.ipis_max = child.ipis if res.ipis_max is None else max(res.ipis_max, child.ipis)
+            else:
+                todo.append((cid, child, child_moves))
+    res.states = len(parent)
+    res.seconds = time.perf_counter() - t0
+    if res.violations and shortest:
+        res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
+    return res
+
+
+def _schedule_to(parent: list[tuple[int, Choice | None]], sid: int) -> list[Choice]:
+    path = []
+    while parent[sid][0] >= 0:
+        path.append(parent[sid][1])
+        sid = parent[sid][0]
+    return path[::-1]
+
+
+def shortest_counterexample(config: Config, max_states: int) -> tuple[list[Choice], Violation]:
+    """Breadth first until the first violating state: a counterexample with the fewest moves."""
+    visited = {ModelMachine(config).key()}
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
     frontier = [0]
-    depth = 0
-
-    def schedule_to(sid: int) -> list[Choice]:
-        path = []
-        while parent[sid][0] >= 0:
-            path.append(parent[sid][1])
-            sid = parent[sid][0]
-        return path[::-1]
-
     while frontier:
         nxt = []
-        depth += 1
         for sid in frontier:
-            path = schedule_to(sid)
-            m = replay(config, path)
-            moves = m.choices()
-            for i, choice in enumerate(moves):
-                child = m if i == len(moves) - 1 else replay(config, path)
+            path = _schedule_to(parent, sid)
+            moves = replay(config, path).choices()
+            for choice in moves:
+                child = replay(config, path)
                 child.apply(choice)
-                res.transitions += 1
                 k = child.key()
                 if k in visited:
                     continue
                 visited.add(k)
                 parent.append((sid, choice))
-                cid = len(parent) - 1
-                if len(parent) > max_states:
-                    raise StateLimitError(f"more than {max_states:,} states (depth {depth}); use fewer CPUs or "
-                                          f"calls, or raise --max-states")
+                child_moves = child.choices()
                 violation = child.violation
-                terminal = not child.choices()
-                if violation is None and terminal:
+                if violation is None and not child_moves:
                     violation = child.terminal_violation()
                 if violation is not None:
-                    res.violations += 1
-                    res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
-                    if res.counterexample is None:
-                        res.counterexample = schedule_to(cid)
-                        res.counterexample_violation = violation
-                    continue
-                if terminal:
-                    res.terminal_states += 1
-                    res.ipis_min = child.ipis if res.ipis_min is None else min(res.ipis_min, child.ipis)
-                    res.ipis_max = child.ipis if res.ipis_max is None else max(res.ipis_max, child.ipis)
-                    res.max_depth = max(res.max_depth, depth)
-                    continue
-                nxt.append(cid)
-            if progress is not None:
-                progress(len(parent))
+                    return _schedule_to(parent, len(parent) - 1), violation
+                if len(parent) > max_states:
+                    raise StateLimitError(f"more than {max_states:,} states looking for a shortest counterexample")
+                if child_moves:
+                    nxt.append(len(parent) - 1)
         frontier = nxt
-    res.states = len(parent)
-    res.seconds = time.perf_counter() - t0
-    return res
+    raise RuntimeError("the depth-first search saw a violation the breadth-first one cannot reach")
 
 
 def iter_steps(config: Config, schedule: list[Choice]) -> Iterator[tuple[Choice, str, list[Event]]]:

@@ -19,7 +19,6 @@ RESULT_DOCS: dict[str, str] = {
               "+ IPIs sent so far), the initial state included",
     "transitions": "moves taken from expanded states, including those that led to a state already seen",
     "terminal_states": "states with no move left that pass every check (every program done, queues empty)",
-    "max_depth": "most moves in one complete run (a move is one atomic step of one CPU, or an interrupt entry)",
     "ipis_min": "fewest function-call IPIs sent (one per target CPU) over all complete runs",
     "ipis_max": "most function-call IPIs sent over all complete runs",
     "violations": "states that break a check (lost wakeup, deadlock, a function run twice or never, a waiting "
