@@ -27,7 +27,7 @@ from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
 from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
 from ipilab.trace.read import TraceFormatError
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
-from ipilab.verify.promela import write_promela
+from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
 from ipilab.verify.variants import VARIANTS
 from ipilab.workloads import WORKLOADS, WorkloadError, workload_from_settings
@@ -368,14 +368,13 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
 @main.command("verify")
 @click.option("--kernel", "-k", "kernel_specs", multiple=True,
               help="A kernel (`ipilab kernels`), repeatable; default: v4.12 and v4.13 side by side.")
-@click.option("--variant", type=click.Choice(["none", *VARIANTS]), default="none", show_default=True,
-              help="Inject a known-broken change; the search must find its violation.")
-@click.option("--cpus", type=click.IntRange(2, MAX_CPUS), default=2, show_default=True, help="CPUs in the model.")
-@click.option("--calls", type=click.IntRange(1, MAX_CALLS), default=2, show_default=True,
-              help="Calls in each CPU's program.")
+@click.option("--variant", default="none", show_default=True,
+              help=f"Inject a known-broken change ({', '.join(VARIANTS)}); the search must find its violation.")
+@click.option("--cpus", type=int, default=2, show_default=True, help=f"CPUs in the model (2 to {MAX_CPUS}).")
+@click.option("--calls", type=int, default=2, show_default=True, help=f"Calls in each CPU's program (1 to {MAX_CALLS}).")
 @click.option("--mix", default=",".join(CALL_KINDS), show_default=True,
               help="Call kinds the programs cycle through: CPU i's k-th call is MIX[(2i+k) mod len(MIX)].")
-@click.option("--max-states", type=click.IntRange(1000, 100_000_000), default=2_000_000, show_default=True,
+@click.option("--max-states", type=int, default=2_000_000, show_default=True,
               help="Give up (exit 2) past this many states.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--promela", type=click.Path(dir_okay=False, path_type=Path),
@@ -393,6 +392,12 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     functions ran and never deadlocks, no CSD reused while locked. Exit status 1 when a check fails.
     2 CPUs x 2 calls takes about a second; 3 CPUs x 1 call several minutes.
     """
+    if variant != "none" and variant not in VARIANTS:
+        fail(f"--variant: unknown {variant!r}; known: none, {', '.join(VARIANTS)}")
+    for name, value, low, high in (("--cpus", cpus, 2, MAX_CPUS), ("--calls", calls, 1, MAX_CALLS),
+                                   ("--max-states", max_states, 1000, 10**9)):
+        if not low <= value <= high:
+            fail(f"{name} must be {low} to {high:,}, got {value}")
     for path in (promela, trace_out):
         if path is not None and not path.resolve().parent.is_dir():
             fail(f"{path}: folder {path.parent} does not exist")
@@ -404,12 +409,18 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     if not mix_calls:
         fail(f"--mix: give at least one of {', '.join(CALL_KINDS)}")
     programs = default_programs(cpus, calls, mix_calls)
+    model = None
+    if promela is not None:
+        try:
+            model = promela_model(Config(kernels[0], programs, variant=variant))
+        except PromelaError as e:
+            fail(str(e))
     try:
         data, found = run_verify(kernels, programs, variant, max_states)
     except StateLimitError as e:
         fail(str(e))
-    if promela is not None:
-        write_promela(promela, Config(kernels[0], programs, variant=variant))
+    if model is not None:
+        write_promela(promela, model)
     first = next((r for r in found if r.counterexample is not None), None)
     if trace_out is not None and first is not None:
         write_counterexample_trace(trace_out, first)

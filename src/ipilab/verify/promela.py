@@ -18,7 +18,10 @@ tlb_skip_lazy does not touch these calls); other kernels are refused.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ipilab.files import publish
@@ -35,7 +38,7 @@ class PromelaError(ValueError):
 def promela_model(config: Config) -> str:
     unsupported = config.kernel.features - SUPPORTED
     if unsupported:
-        raise PromelaError(f"--promela encodes kernels up to v4.20; {config.kernel.name} has "
+        raise PromelaError(f"--promela encodes kernels up to v4.20; {config.kernel.name} also has "
                            f"{', '.join(sorted(unsupported))}")
     n, m = config.ncpus, max(len(p) for p in config.programs)
     k = config.kernel
@@ -205,9 +208,33 @@ active proctype final() {{
 """
 
 
-def write_promela(path: Path, config: Config) -> None:
-    text = promela_model(config)
+def write_promela(path: Path, text: str) -> None:
+    """Publish the model text at `path` atomically."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     with os.fdopen(fd, "w") as f:
         f.write(text)
     publish(tmp, path)
+
+
+@dataclass(frozen=True)
+class SpinResult:
+    errors: int  # pan's "errors: N" (it stops at the first: 0 or 1)
+    states: int  # "states, stored"
+    first_error: str  # pan's line naming the first violation, or ""
+
+
+def run_spin(model: str, lo: int | None = None, hi: int | None = None, spin: str = "spin") -> SpinResult:
+    """Check `model` with SPIN in a temporary folder: spin -a, gcc pan.c (no partial-order reduction, so
+    every reachable state is stored), ./pan. `lo`/`hi` set the IPI bounds asserted at the end."""
+    defines = [f"-D{name}={v}" for name, v in (("LO", lo), ("HI", hi)) if v is not None]
+    with tempfile.TemporaryDirectory(prefix="ipilab-spin-") as d:
+        Path(d, "model.pml").write_text(model)
+        subprocess.run([spin, *defines, "-a", "model.pml"], cwd=d, check=True, capture_output=True, text=True)
+        subprocess.run(["gcc", "-O1", "-DNOREDUCE", "-o", "pan", "pan.c"], cwd=d, check=True, capture_output=True)
+        out = subprocess.run(["./pan", "-m100000"], cwd=d, capture_output=True, text=True).stdout
+    errors = re.search(r"errors: (\d+)", out)
+    states = re.search(r"(\d+) states, stored", out)
+    if errors is None or states is None:
+        raise RuntimeError(f"unexpected pan output:\n{out}")
+    first = next((line.strip() for line in out.splitlines() if line.startswith("pan:1:")), "")
+    return SpinResult(int(errors.group(1)), int(states.group(1)), first)

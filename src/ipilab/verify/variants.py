@@ -44,8 +44,8 @@ class UnlockBeforeFuncSync(Smp):
 
     def csd_do_func(self, cpu: int, csd: Csd, func: SmpFunc, info: Any) -> KernelCode:
         if csd.sync:
+            yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock (early)")
             self.csd_unlock(csd)
-            yield Busy(0, "csd_unlock (early)")
         yield from super().csd_do_func(cpu, csd, func, info)
 
 
