@@ -371,7 +371,8 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
 @click.option("--variant", default="none", show_default=True,
               help=f"Inject a known-broken change ({', '.join(VARIANTS)}); the search must find its violation.")
 @click.option("--cpus", type=int, default=2, show_default=True, help=f"CPUs in the model (2 to {MAX_CPUS}).")
-@click.option("--calls", type=int, default=2, show_default=True, help=f"Calls in each CPU's program (1 to {MAX_CALLS}).")
+@click.option("--calls", type=int, default=2, show_default=True,
+              help=f"Calls in each CPU's program (1 to {MAX_CALLS}).")
 @click.option("--mix", default=",".join(CALL_KINDS), show_default=True,
               help="Call kinds the programs cycle through: CPU i's k-th call is MIX[(2i+k) mod len(MIX)].")
 @click.option("--max-states", type=int, default=2_000_000, show_default=True,
