@@ -417,7 +417,8 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
         except PromelaError as e:
             fail(str(e))
     try:
-        data, found = run_verify(kernels, programs, variant, max_states)
+        with _progress(as_json) as step:
+            data, found = run_verify(kernels, programs, variant, max_states, progress=step)
     except StateLimitError as e:
         fail(str(e))
     if model is not None:

@@ -1,46 +1,63 @@
 """An exhaustive model checker of the cross-call protocol, driving the kernel model in kernel/smp.py.
 
 `ModelMachine` implements the `Platform` protocol (as `ipilab.sim.machine.SimMachine` does for the
-simulator), but instead of time it offers choices. In a state, the possible next moves are:
+simulator), but instead of time it offers choices. In a state, the possible moves are:
 
 - `run cpuN`: CPU N's running context (its task, its idle loop, or an interrupt handler on top of them)
-  executes up to its next yield, i.e. one of the kernel model's atomic steps (list add that reports
-  emptiness, detach-all, CSD lock/unlock, an ICR write, interrupts off/on, ...). `Busy(ns)` is only an
-  interleaving point here; a `SpinUntil` makes the CPU unable to move until its condition holds; `Halt`
-  until an interrupt is pending.
-- `deliver cpuN vV`: one IPI in flight to CPU N reaches its APIC and sets the IRR bit of vector V; if that
-  bit is already set, the IPI is absorbed (hardware merges same-vector IPIs).
-- `irq cpuN`: CPU N, with interrupts on and a vector pending, takes the interrupt (interrupt entry). As on
-  the hardware (and in the simulator), a CPU with interrupts on and a pending vector does nothing else
-  first: the delay is in the delivery, which is a choice of its own.
+  executes up to its next yield, i.e. one of the kernel model's atomic steps (llist_add that reports
+  emptiness, the detach-all, a CSD lock or unlock, an ICR write, interrupts off/on, ...). `Busy(ns)` is
+  only an interleaving point here; a `SpinUntil` keeps the CPU from moving until its condition holds; a
+  `Halt` until an interrupt is pending.
+- `irq cpuN`: CPU N, with interrupts on and a vector pending in its APIC, takes the interrupt (interrupt
+  entry: the highest vector leaves the IRR and the handler's context is pushed). As on the hardware and in
+  the simulator, a CPU with interrupts on and a vector pending takes it before its next step.
 
-What a state is. Generators cannot be copied, so the search is stateless in the sense of VeriSoft: a
-state is reached by re-executing the kernel model from the initial state along the schedule (the list of
-choices) that leads to it (`replay`). Its identity, for the visited set, is `ModelMachine.key()`:
+The APIC pending bit. An ICR write sets the target's IRR bit at once, and an IPI whose vector is already
+pending there is absorbed. The delivery latency is not a separate move, which halves the states. What
+that leaves out: runs where a travelling IPI lands after the target accepted an earlier one of the same
+vector and so causes one more interrupt (the same IPI, delivered at once, is absorbed). Every other effect
+of a latency is a reordering the search does make (the target's moves before the ICR write instead of
+after it). The extra interrupt only flushes the queue once more, so a run with it strands no CSD that
+the same run without it (which is explored) does not strand too; no check is missed, and the IPIs sent
+(counted at the ICR write) are the same either way; only interrupts and merges would differ, and they
+are not reported.
+
+LOCAL STEPS. Every access by the kernel code to state another CPU can see (queues, CSD fields, idle
+flags, the APIC, the record of functions run) is noticed (`_touched`). A `run` move keeps going while the
+steps it runs touch nothing shared, and ends with the first step that does, or when the CPU blocks, or
+when its interrupts have just come on (or a vector is pending with them on). This loses no behaviour: a
+step that touches nothing shared commutes with every move of the other CPUs and with interrupt delivery
+(the handler touches only shared state and its own locals), so the interleavings it cuts are reorderings
+of ones that are kept; and a point where an interrupt could newly be taken always ends a move.
+
+What a state is. Generators cannot be copied, so a state is reached by re-executing the kernel model
+from the initial state along the schedule (the list of moves) that leads to it (`replay`), as VeriSoft
+does. Its identity, for the visited set, is `ModelMachine.key()`:
   * the shared memory: every CPU's call_single_queue (as CSD names), every CSD's fields (locked, sync,
-    func, info, dst), the APICs (IRR bits and the IPIs in flight), the idle flags;
-  * each CPU's context stack: per context, the interrupt flag, the kind of step it last yielded, and the
+    func, info, dst), each APIC's IRR bits, the idle flags;
+  * each CPU's context stack: per context, its interrupt flag, the kind of step it yielded last, and the
     exact position of its code: for every generator in the `yield from` chain, its function, its bytecode
-    offset, its local variables and the iterators on its evaluation stack, by value (CSDs by name);
+    offset, its locals and the iterators on its evaluation stack, by value (CSDs by name);
   * what the checks need: which (call, target) pairs have run their function, and the IPIs sent so far
-    (so that the minimum and maximum IPIs over complete runs are read off the terminal states).
-Merging two schedules that reach the same key is sound because the kernel model's future depends on
-nothing else: its code reads only its locals and this shared state (time and costs are constant here, and
-statistics counters are written but never read), and CSD names are the same whatever the schedule
-(`cfd` CSDs by sender and target, `data` by sender, on-stack ones by sender and the how-manieth of its
-calls it serves). So two schedules with one key have the same set of continuations.
+    (so the minimum and maximum over complete runs are read off the terminal states).
+Merging two schedules that reach one key is sound because the model's future depends on nothing else: its
+code reads only its locals and this shared state (costs are 0, time is never read, statistics counters
+are written but never read), and CSD names do not depend on the schedule (`cfd` CSDs by sender and
+target, `data` by sender, on-stack ones by sender and how many it made before). The visited set holds
+64-bit hashes of keys (hash compaction, as SPIN's -DHC): two distinct states collide with probability
+about n^2 / 2^65 for n states, i.e. below 1e-6 up to 6 million states.
 
 What is checked (each a `Violation.kind`):
   * `lost-wakeup`: a CSD sits in a queue and no flush of that queue will ever come. Stated per state: CPU
     c's queue is non-empty in state s and some continuation of s never flushes it. Every run is finite (a
-    program makes finitely many calls, every interrupt consumes an IPI, every step advances a generator)
+    program makes finitely many calls, every interrupt consumes an IPI, every move advances a generator)
     and ends in a terminal state (no move possible), so this holds iff some terminal state reachable from
     s still has a CSD queued on c; the checker therefore tests every terminal state for a non-empty queue,
     which finds exactly the states violating the per-state form. (The weaker-looking "an IPI is pending or
     an interrupt is in progress" is NOT an invariant of the correct kernel: between llist_add and its ICR
     write the sender owes the IPI and nothing is pending yet.)
   * `deadlock`: a terminal state in which some CPU has not finished its program (a waiting sender never
-    returns, or a sender spins on a CSD lock forever).
+    returns, or a sender spins on a CSD lock forever), or a CSD is left locked.
   * `ran-twice` / `not-run`: every queued (call, target) runs its function exactly once: a second run is
     caught when it happens, a missing one at the terminal state.
   * `early-return`: a caller with wait=1 returned before its function ran on every target.
@@ -142,7 +159,7 @@ class Cpu:
     irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
 
 
-Choice = tuple  # ("run", cpu) | ("irq", cpu) | ("deliver", cpu, vector) | ("timeout", cpu)
+Choice = tuple  # ("run", cpu) | ("irq", cpu) | ("timeout", cpu): a polling idle loop gives up
 
 
 def _verify_func_body(p: Any, cpu: int, info: Any) -> KernelCode:
@@ -517,7 +534,8 @@ def replay(config: Config, schedule: list[Choice], record: bool = False) -> Mode
     return m
 
 
-def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True) -> Result:
+def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True,
+            progress: Callable[[int, int | None], None] | None = None) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
     not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
     search then finds a shortest counterexample."""
@@ -545,6 +563,8 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True) 
             visited.add(k)
             parent.append((sid, choice))
             cid = len(parent) - 1
+            if progress is not None and cid % 1000 == 0:
+                progress(cid, None)
             if cid >= max_states:
                 raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
                                       f"--max-states")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,14 @@ def print_report(data: dict[str, Any], console: Console) -> None:
 
 
 def run_verify(kernels: list[Kernel], programs: tuple[tuple[Call, ...], ...], variant: str,
-               max_states: int) -> tuple[dict[str, Any], list[Result]]:
+               max_states: int, progress: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
+               ) -> tuple[dict[str, Any], list[Result]]:
     """Search every kernel with the same programs and variant; the results as plain data, and as found."""
     smp_class = VARIANTS[variant].smp_class if variant != "none" else Smp
     results, found = {}, []
     for k in kernels:
-        r = explore(Config(k, programs, smp_class, variant), max_states=max_states)
+        step = progress(f"{k.name}: states") if progress is not None else None
+        r = explore(Config(k, programs, smp_class, variant), max_states=max_states, progress=step)
         found.append(r)
         results[k.name] = result_dict(r)
     return {
