@@ -374,7 +374,8 @@ class ModelMachine:
         while True:
             top = c.stack[-1]
             irqs_were_on = top.irqs_on
-            self.labels.append(_step_label(top.pending))
+            if self.events is not None:  # only counterexamples are described
+                self.labels.append(_step_label(top.pending))
             _touched[0] = False
             self._send(c, value)
             value = None

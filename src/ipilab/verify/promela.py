@@ -84,7 +84,8 @@ def _inlines(config: Config) -> str:
                 "RAN(f / NCALLS, f % NCALLS, me) = 1 }"
     if v == "check-then-add":
         queue = ("atomic { we = (qlen[t] == 0) };\n"
-                 "    atomic { q[t * QMAX + qlen[t]] = x; qlen[t]++ }")
+                 "  irq_point();\n"
+                 "  atomic { q[t * QMAX + qlen[t]] = x; qlen[t]++ }")
     else:
         queue = "atomic { we = (qlen[t] == 0); q[t * QMAX + qlen[t]] = x; qlen[t]++ }"
     if v == "no-csd-lock":
