@@ -245,3 +245,17 @@ def test_bad_verify_input_is_one_clear_error_line(args: list[str], words: list[s
 def test_promela_refuses_kernels_it_does_not_encode(tmp_path: Path):
     assert_user_error(ipilab("verify", "-k", "v6.18", "--cpus", "2", "--calls", "1", "--promela",
                              str(tmp_path / "m.pml")), "v6.18", "promela")
+
+
+@pytest.mark.parametrize("variant", ["none", "check-then-add", "ipi-before-add", "unlock-before-func-sync"])
+def test_merging_local_steps_loses_no_behaviour(variant: str):
+    """The same search with every yield a move of its own (no merging of steps that touch nothing shared)
+    reaches more states but the same end states, the same IPI bounds and the same kinds of violation."""
+    progs = default_programs(2, 2)
+    merged = explored("v4.13", progs, variant) if variant == "none" else explore(config("v4.13", progs, variant))
+    cfg = config("v4.13", progs, variant)
+    split = explore(Config(cfg.kernel, progs, cfg.smp_class, variant, merge_local_steps=False), shortest=False)
+    assert split.states > merged.states
+    assert (split.terminal_states, split.ipis_min, split.ipis_max) == \
+           (merged.terminal_states, merged.ipis_min, merged.ipis_max)
+    assert set(split.violations_by_kind) == set(merged.violations_by_kind)

@@ -126,6 +126,7 @@ class Config:
     programs: tuple[tuple[Call, ...], ...]
     smp_class: type[Smp] = Smp
     variant: str = "none"
+    merge_local_steps: bool = True  # False: every yield is a move of its own (tests hold the two equal)
 
     @property
     def ncpus(self) -> int:
@@ -380,7 +381,7 @@ class ModelMachine:
             self._send(c, value)
             value = None
             now = c.stack[-1]
-            if _touched[0] or type(now.pending) in (SpinUntil, Halt):
+            if _touched[0] or type(now.pending) in (SpinUntil, Halt) or not self.config.merge_local_steps:
                 return
             if now.irqs_on and (not irqs_were_on or c.irr):
                 return
