@@ -372,11 +372,13 @@ class ModelMachine:
         shared state (see LOCAL STEPS in the module doc for why that loses no behaviour)."""
         value = True if type(c.stack[-1].pending) is SpinUntil else None
         self.labels = []
+        first = c.stack[-1]
         while True:
             top = c.stack[-1]
             irqs_were_on = top.irqs_on
             if self.events is not None:  # only counterexamples are described
-                self.labels.append(_step_label(top.pending))
+                label = _step_label(top.pending)
+                self.labels.append(label if top is first else f"then {top.kind}: {label}")
             _touched[0] = False
             self._send(c, value)
             value = None
