@@ -391,7 +391,7 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     order of its atomic steps. It checks: no lost wakeup (no CSD left queued with no flush to come),
     every call's function runs exactly once on every target, a waiting sender returns only after its
     functions ran and never deadlocks, no CSD reused while locked. Exit status 1 when a check fails.
-    2 CPUs x 2 calls takes about a second; 3 CPUs x 1 call 3 (v4.13) to 17 (v4.12) minutes.
+    2 CPUs x 2 calls takes about a second; 3 CPUs x 1 call about 3 (v4.13) and 8 (v4.12) minutes.
     """
     if variant != "none" and variant not in VARIANTS:
         fail(f"--variant: unknown {variant!r}; known: none, {', '.join(VARIANTS)}")
