@@ -1,9 +1,11 @@
 """The verified configuration as a Promela model, so that SPIN can check it independently.
 
 Same configuration as `ipilab verify` (CPUs, each CPU's program of calls, the kernel's features, the broken
-variant); the kernel steps are written as Promela statements, one `atomic` block per step of the Python
-checker (the list add that reports emptiness, the detach, a CSD lock or unlock, an ICR write, the function
-run, interrupt entry). As in the checker, an ICR write sets the target's IRR bit at once (a bit already set
+variant); the kernel's steps are written as Promela `atomic` blocks (the list add that reports emptiness,
+the detach, a CSD lock or unlock, an ICR write, the function run, interrupt entry), and interrupts are
+taken at the points where the Python checker lets them in. It is a second encoding of the protocol (by
+hand, from the same reading of kernel/smp.c), not a translation of the Python model: SPIN agreeing with
+the checker is evidence for both. As in the checker, an ICR write sets the target's IRR bit at once (a bit already set
 absorbs the IPI), a CPU with interrupts on and a vector pending takes it before its next step, and the
 send loop runs with interrupts off. The same checks are assertions: `ran-twice` and `reuse-while-locked`
 where they happen, `early-return` after a waiting call, and at the end (SPIN's `timeout`: no process can
