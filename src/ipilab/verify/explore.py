@@ -1,0 +1,666 @@
+"""An exhaustive model checker of the cross-call protocol, driving the kernel model in kernel/smp.py.
+
+`ModelMachine` implements the `Platform` protocol (as `ipilab.sim.machine.SimMachine` does for the
+simulator), but instead of time it offers choices. In a state, the possible moves are:
+
+- `run cpuN`: CPU N's running context (its task, its idle loop, or an interrupt handler on top of them)
+  executes up to its next yield, i.e. one of the kernel model's atomic steps (llist_add that reports
+  emptiness, the detach-all, a CSD lock or unlock, an ICR write, interrupts off/on, ...). `Busy(ns)` is
+  only an interleaving point here; a `SpinUntil` keeps the CPU from moving until its condition holds; a
+  `Halt` until an interrupt is pending.
+- `irq cpuN`: CPU N, with interrupts on and a vector pending in its APIC, takes the interrupt (interrupt
+  entry: the highest vector leaves the IRR and the handler's context is pushed). As on the hardware and in
+  the simulator, a CPU with interrupts on and a vector pending takes it before its next step.
+
+The APIC pending bit. An ICR write sets the target's IRR bit at once, and an IPI whose vector is already
+pending there is absorbed. The delivery latency is not a separate move, which halves the states. What
+that leaves out: runs where a travelling IPI lands after the target accepted an earlier one of the same
+vector and so causes one more interrupt (the same IPI, delivered at once, is absorbed). Every other effect
+of a latency is a reordering the search does make (the target's moves before the ICR write instead of
+after it). The extra interrupt only flushes the queue once more, so a run with it strands no CSD that
+the same run without it (which is explored) does not strand too; no check is missed, and the IPIs sent
+(counted at the ICR write) are the same either way; only interrupts and merges would differ, and they
+are not reported.
+
+LOCAL STEPS. Every access by the kernel code to state another CPU can see (queues, CSD fields, idle
+flags, the APIC, the record of functions run) is noticed (`_touched`). A `run` move keeps going while the
+steps it runs touch nothing shared, and ends with the first step that does, or when the CPU blocks, or
+when its interrupts have just come on (or a vector is pending with them on). This loses no behaviour: a
+step that touches nothing shared commutes with every move of the other CPUs and with interrupt delivery
+(the handler touches only shared state and its own locals), so the interleavings it cuts are reorderings
+of ones that are kept; and a point where an interrupt could newly be taken always ends a move.
+
+What a state is. Generators cannot be copied, so a state is reached by re-executing the kernel model
+from the initial state along the schedule (the list of moves) that leads to it (`replay`), as VeriSoft
+does. Its identity, for the visited set, is `ModelMachine.key()`:
+  * the shared memory: every CPU's call_single_queue (as CSD names), every CSD's fields (locked, sync,
+    func, info, dst), each APIC's IRR bits, the idle flags;
+  * each CPU's context stack: per context, its interrupt flag, the kind of step it yielded last, and the
+    exact position of its code: for every generator in the `yield from` chain, its function, its bytecode
+    offset, its locals and the iterators on its evaluation stack, by value (CSDs by name);
+  * what the checks need: which (call, target) pairs have run their function, and the IPIs sent so far
+    (so the minimum and maximum over complete runs are read off the terminal states).
+Merging two schedules that reach one key is sound because the model's future depends on nothing else: its
+code reads only its locals and this shared state (costs are 0, time is never read, statistics counters
+are written but never read), and CSD names do not depend on the schedule (`cfd` CSDs by sender and
+target, `data` by sender, on-stack ones by sender and how many it made before). The visited set holds
+64-bit hashes of keys (hash compaction, as SPIN's -DHC): two distinct states collide with probability
+about n^2 / 2^65 for n states, i.e. below 1e-6 up to 6 million states.
+
+What is checked (each a `Violation.kind`):
+  * `lost-wakeup`: a CSD sits in a queue and no flush of that queue will ever come. Stated per state: CPU
+    c's queue is non-empty in state s and some continuation of s never flushes it. Every run is finite (a
+    program makes finitely many calls, every interrupt consumes an IPI, every move advances a generator)
+    and ends in a terminal state (no move possible), so this holds iff some terminal state reachable from
+    s still has a CSD queued on c; the checker therefore tests every terminal state for a non-empty queue,
+    which finds exactly the states violating the per-state form. (The weaker-looking "an IPI is pending or
+    an interrupt is in progress" is NOT an invariant of the correct kernel: between llist_add and its ICR
+    write the sender owes the IPI and nothing is pending yet.)
+  * `deadlock`: a terminal state in which some CPU has not finished its program (a waiting sender never
+    returns, or a sender spins on a CSD lock forever), or a CSD is left locked.
+  * `ran-twice` / `not-run`: every queued (call, target) runs its function exactly once: a second run is
+    caught when it happens, a missing one at the terminal state.
+  * `early-return`: a caller with wait=1 returned before its function ran on every target.
+  * `reuse-while-locked`: a CSD got a new call's func/info while it was still locked by the previous one.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipilab.events import Event
+from ipilab.kernel.features import Kernel
+from ipilab.kernel.idle import IdleState, do_idle
+from ipilab.kernel.smp import CallSingleQueue, Csd, Smp, SmpFunc
+from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil, Step
+from ipilab.kernel.x86 import Apic
+
+CALL_KINDS = ("many:wait", "single:async", "many:async", "single:wait")
+MAX_CPUS = 6
+MAX_CALLS = 6
+
+# When a CPU's interrupted context was halted, HLT returns once the handler is done.
+RESUMED = Busy(0, "hlt returns")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a CPU's program: `many` = smp_call_function_many() to every other CPU, `single` =
+    smp_call_function_single() to the next CPU (cpu+1 mod N); `wait` as the kernel's wait argument."""
+
+    kind: str  # "many" or "single"
+    wait: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Call:
+        if text not in CALL_KINDS:
+            raise ValueError(f"unknown call {text!r}; known: {', '.join(CALL_KINDS)}")
+        kind, how = text.split(":")
+        return cls(kind, how == "wait")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{'wait' if self.wait else 'async'}"
+
+    def targets(self, cpu: int, ncpus: int) -> list[int]:
+        if self.kind == "many":
+            return [t for t in range(ncpus) if t != cpu]
+        return [(cpu + 1) % ncpus]
+
+
+def default_programs(ncpus: int, calls: int, mix: list[Call] | None = None) -> tuple[tuple[Call, ...], ...]:
+    """CPU i's k-th call is mix[(2i + k) mod len(mix)]: with the default mix of all four kinds, 2 CPUs x 2
+    calls already make every kind once (many:wait, single:async | many:async, single:wait)."""
+    mix = mix or [Call.parse(k) for k in CALL_KINDS]
+    return tuple(tuple(mix[(2 * i + k) % len(mix)] for k in range(calls)) for i in range(ncpus))
+
+
+@dataclass(frozen=True)
+class Config:
+    """What is checked: the kernel, the CPUs' programs, and the (broken) variant of the model."""
+
+    kernel: Kernel
+    programs: tuple[tuple[Call, ...], ...]
+    smp_class: type[Smp] = Smp
+    variant: str = "none"
+    merge_local_steps: bool = True  # False: every yield is a move of its own (tests hold the two equal)
+
+    @property
+    def ncpus(self) -> int:
+        return len(self.programs)
+
+    def expected_runs(self) -> frozenset[tuple[int, int, int]]:
+        """Every (sender, call index, target) whose function must run exactly once."""
+        return frozenset((cpu, k, t) for cpu, prog in enumerate(self.programs) for k, call in enumerate(prog)
+                         for t in call.targets(cpu, self.ncpus))
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    message: str
+
+
+@dataclass(eq=False)
+class Context:
+    code: KernelCode
+    kind: str  # "task", "idle" or "irq"
+    irqs_on: bool
+    pending: Step | None = None  # what the code yielded last; None: not started
+
+
+@dataclass(eq=False)
+class Cpu:
+    id: int
+    stack: list[Context]
+    idle: IdleState
+    irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
+
+
+Choice = tuple  # ("run", cpu) | ("irq", cpu) | ("timeout", cpu): a polling idle loop gives up
+
+
+def _verify_func_body(p: Any, cpu: int, info: Any) -> KernelCode:
+    """The called function: one step, then it records that it ran."""
+    yield Busy(0, "verify_func")
+    p.func_ran(cpu, info)
+
+
+VERIFY_FUNC = SmpFunc("verify_func", _verify_func_body)
+
+
+# Set whenever kernel code reads or writes state another CPU can see (the queues, the CSDs, the idle flags,
+# the APIC, the record of functions run): a step that leaves it unset touched only its own CPU.
+_touched = [False]
+_SHARED_CSD_FIELDS = frozenset(("src", "dst", "func", "info", "locked", "sync"))
+
+
+class _WatchedQueue(CallSingleQueue):
+    def llist_add(self, csd: Csd) -> bool:
+        _touched[0] = True
+        return super().llist_add(csd)
+
+    def llist_del_all(self) -> list[Csd]:
+        _touched[0] = True
+        return super().llist_del_all()
+
+    def __len__(self) -> int:
+        _touched[0] = True
+        return super().__len__()
+
+
+class _WatchedCsd(Csd):
+    def __getattribute__(self, name: str) -> Any:
+        if name in _SHARED_CSD_FIELDS:
+            _touched[0] = True
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _touched[0] = True
+        object.__setattr__(self, name, value)
+
+
+def _watched_slot(slot: Any) -> property:
+    def get(self: IdleState) -> Any:
+        _touched[0] = True
+        return slot.__get__(self)
+
+    def put(self: IdleState, value: Any) -> None:
+        _touched[0] = True
+        slot.__set__(self, value)
+    return property(get, put)
+
+
+class _WatchedIdleState(IdleState):
+    __slots__ = ()
+    polling = _watched_slot(IdleState.polling)
+    need_resched = _watched_slot(IdleState.need_resched)
+
+
+class ModelMachine:
+    """Implements `ipilab.kernel.steps.Platform` with choices instead of time (see the module doc)."""
+
+    def __init__(self, config: Config, record: bool = False) -> None:
+        self.config = config
+        self.ncpus = n = config.ncpus
+        self.steps = 0
+        self.ipis = 0  # IPIs sent (raise_ipi calls: one per target CPU)
+        self.apic_merged = 0
+        self.ran: set[tuple[int, int, int]] = set()
+        self.violation: Violation | None = None
+        self.labels: list[str] = []  # what the last `run` move went through (for counterexamples)
+        self.stack_keys: list[tuple | None] = [None] * n  # per CPU, the part of key() its own moves change
+        self.events: list[Event] | None = [] if record else None
+        # physical x2APIC: one ICR write (one interleaving point) per target CPU
+        apic = Apic("x2apic_phys", tuple(range(n)), use_shorthand=False)
+        self.smp = smp = config.smp_class(config.kernel, n, apic, self)
+        self._names: dict[int, tuple] = {}
+        self._csds: list[Csd] = []
+        for src in range(n):
+            for dst in range(n):
+                self._name(smp.cfd_csd[src][dst], ("cfd", src, dst))
+            self._name(smp.csd_data[src], ("data", src))
+        self._stack_csds = [0] * n
+        smp._new_csd = self._new_stack_csd  # on-stack CSDs get schedule-independent names
+        smp.call_single_queue = [_WatchedQueue() for _ in range(n)]
+        self.cpus = [Cpu(i, [], _WatchedIdleState()) for i in range(n)]
+        for c in self.cpus:
+            c.stack = [Context(do_idle(smp, c.id, c.idle, 0), "idle", True),
+                       Context(self._program(c.id), "task", True)]
+
+    def _name(self, csd: Csd, name: tuple) -> None:
+        csd.__class__ = _WatchedCsd
+        self._names[id(csd)] = name
+        self._csds.append(csd)
+
+    def _new_stack_csd(self, src: int, dst: int) -> Csd:
+        self._stack_csds[src] += 1
+        csd = Csd(1000 * (src + 1) + self._stack_csds[src], src, dst)
+        self._name(csd, ("stack", src, self._stack_csds[src]))
+        return csd
+
+    # --- the workload: each CPU's program, written with the kernel model's own calls ---------------
+
+    def _program(self, cpu: int) -> KernelCode:
+        smp = self.smp
+        for k, call in enumerate(self.config.programs[cpu]):
+            targets = call.targets(cpu, self.ncpus)
+            info = (cpu, k)
+            if call.kind == "many":
+                yield from smp.smp_call_function_many_cond(cpu, targets, VERIFY_FUNC, info, wait=call.wait)
+            else:
+                yield from smp.smp_call_function_single(cpu, targets[0], VERIFY_FUNC, info, call.wait)
+            if call.wait:
+                _touched[0] = True  # reads which functions ran
+                missing = [t for t in targets if (cpu, k, t) not in self.ran]
+                if missing:
+                    self.fail("early-return", f"cpu{cpu}'s call {k} ({call}) returned before its function ran "
+                                              f"on cpu{','.join(map(str, missing))}")
+
+    def func_ran(self, cpu: int, info: tuple[int, int]) -> None:
+        _touched[0] = True
+        run = (info[0], info[1], cpu)
+        if run in self.ran:
+            self.fail("ran-twice", f"cpu{info[0]}'s call {info[1]} ran twice on cpu{cpu}")
+        self.ran.add(run)
+
+    def fail(self, kind: str, message: str) -> None:
+        if self.violation is None:
+            self.violation = Violation(kind, message)
+
+    # --- Platform ------------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> int:
+        return self.steps * 1000  # one microsecond per step: only orders the events of a counterexample
+
+    def cost(self, what: str, cpu: int, other: int | None = None) -> int:
+        return 0
+
+    def raise_ipi(self, src: int, dst: int, vector: int) -> None:
+        _touched[0] = True
+        self.ipis += 1
+        c = self.cpus[dst]
+        if vector in c.irr:
+            self.apic_merged += 1  # the same vector is already pending: the APIC absorbs this IPI
+        else:
+            c.irr.add(vector)
+
+    def notify(self, watch: object) -> None:
+        pass  # every spinning CPU's condition is re-tested in every state
+
+    def trace(self, cpu: int, name: str, /, **fields: object) -> None:
+        if self.events is None:
+            return
+        c = self.cpus[cpu]
+        top = c.stack[-1]
+        in_irq = any(ctx.kind == "irq" for ctx in c.stack)
+        need_resched = IdleState.need_resched.__get__(c.idle)  # not a shared access: recording changes nothing
+        flags = ("." if top.irqs_on else "d") + ("N" if need_resched else ".") + \
+                ("h" if in_irq else ".") + "1."
+        task, pid = (f"prog{cpu}", 100 + cpu) if c.stack[1:2] and c.stack[1].kind == "task" else ("<idle>", 0)
+        self.events.append(Event(self.now, cpu, name, task, pid, flags, fields))
+
+    def set_nr_if_polling(self, cpu: int) -> bool:
+        return self.cpus[cpu].idle.set_nr_if_polling()
+
+    def is_lazy_tlb(self, cpu: int) -> bool:
+        return False
+
+    # --- moves ---------------------------------------------------------------------------------------
+
+    def choices(self) -> list[Choice]:
+        out: list[Choice] = []
+        for c in self.cpus:
+            top = c.stack[-1]
+            p = top.pending
+            if top.irqs_on and c.irr:
+                out.append(("irq", c.id))
+            elif type(p) is SpinUntil:
+                if p.cond():
+                    out.append(("run", c.id))
+                elif p.timeout_ns is not None:
+                    out.append(("timeout", c.id))
+            elif type(p) is not Halt:
+                out.append(("run", c.id))
+        return out
+
+    def apply(self, choice: Choice, check: bool = True) -> None:
+        """Take one move. `check=False` when replaying a schedule whose states were checked already."""
+        move, cpu = choice[0], choice[1]
+        self.stack_keys[cpu] = None
+        if check:
+            self._seen = {self._names[id(x)]: (x.__dict__["info"], x.__dict__["locked"]) for x in self._csds}
+        c = self.cpus[cpu]
+        self.steps += 1
+        if move == "run":
+            self._run(c)
+        elif move == "timeout":
+            self._send(c, False)
+        elif move == "irq":
+            vector = max(c.irr)  # the APIC delivers the highest pending vector first
+            c.irr.discard(vector)
+            c.stack.append(Context(self.smp.sysvec_call_function(cpu, vector), "irq", False))
+        if check:
+            self._check_reuse()
+
+    def _run(self, c: Cpu) -> None:
+        """Run CPU c's top context through its local segments up to and including the first that touches
+        shared state (see LOCAL STEPS in the module doc for why that loses no behaviour)."""
+        value = True if type(c.stack[-1].pending) is SpinUntil else None
+        self.labels = []
+        first = c.stack[-1]
+        while True:
+            top = c.stack[-1]
+            irqs_were_on = top.irqs_on
+            if self.events is not None:  # only counterexamples are described
+                label = _step_label(top.pending)
+                self.labels.append(label if top is first else f"then {top.kind}: {label}")
+            _touched[0] = False
+            self._send(c, value)
+            value = None
+            now = c.stack[-1]
+            if _touched[0] or type(now.pending) in (SpinUntil, Halt) or not self.config.merge_local_steps:
+                return
+            if now.irqs_on and (not irqs_were_on or c.irr):
+                return
+
+    def _send(self, c: Cpu, value: Any) -> None:
+        top = c.stack[-1]
+        try:
+            step = top.code.send(value)
+        except StopIteration:
+            c.stack.pop()
+            if top.kind == "irq" and type(c.stack[-1].pending) is Halt:
+                c.stack[-1].pending = RESUMED
+            elif top.kind == "idle":
+                raise RuntimeError("the idle loop returned") from None
+            return
+        if type(step) is LocalIrq:
+            top.irqs_on = step.enable
+        elif type(step) not in (Busy, SpinUntil, Halt):
+            raise TypeError(f"kernel code yielded {step!r}")
+        top.pending = step
+
+    def _check_reuse(self) -> None:
+        for csd in self._csds:
+            name = self._names[id(csd)]
+            info, locked = self._seen.get(name, (None, False))
+            if csd.__dict__["info"] != info and locked:
+                self.fail("reuse-while-locked", f"CSD {_csd_label(name)} got call {csd.__dict__['info']} while "
+                                                f"still locked by call {info}")
+
+    def terminal_violation(self) -> Violation | None:
+        """Called in a state with no move: what the checks say about how the run ended."""
+        for c, q in enumerate(self.smp.call_single_queue):
+            if len(q):
+                names = ", ".join(_csd_label(self._names[id(x)]) for x in q.entries)
+                return Violation("lost-wakeup", f"CSD {names} stranded on cpu{c}'s call_single_queue: no IPI "
+                                                f"pending, no interrupt in progress, no flush to come")
+        for c in self.cpus:
+            if c.stack[-1].kind != "idle":
+                p = c.stack[-1].pending
+                what = p.what if isinstance(p, Busy | SpinUntil) else type(p).__name__
+                return Violation("deadlock", f"cpu{c.id} never finishes its program: stuck in {what}")
+        missing = self.config.expected_runs() - self.ran
+        if missing:
+            return Violation("not-run", "calls never ran: " + ", ".join(
+                f"cpu{s}'s call {k} on cpu{t}" for s, k, t in sorted(missing)))
+        locked = [_csd_label(self._names[id(x)]) for x in self._csds if x.locked]
+        if locked:
+            return Violation("deadlock", f"CSDs left locked: {', '.join(locked)}")
+        return None
+
+    # --- the state's identity ------------------------------------------------------------------------
+
+    def key(self) -> int:
+        """The state's identity (see the module doc), hashed: the visited set keeps 64-bit hashes."""
+        canon = self._canon
+        stacks = self.stack_keys
+        for i, c in enumerate(self.cpus):
+            if stacks[i] is None:
+                # Only a CPU's own moves change its code positions and locals (other CPUs' CSDs appear in
+                # them by name, their fields are in the shared part), so the others' keys are reused.
+                stacks[i] = tuple((ctx.kind, ctx.irqs_on, _step_key(ctx.pending), _gen_key(ctx.code, canon))
+                                  for ctx in c.stack)
+        cpus = tuple((stacks[i], tuple(sorted(c.irr)), c.idle.polling, c.idle.need_resched)
+                     for i, c in enumerate(self.cpus))
+        queues = tuple(tuple(self._names[id(x)] for x in q.entries) for q in self.smp.call_single_queue)
+        csds = tuple(sorted((self._names[id(x)], d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name,
+                             d["info"]) for x in self._csds for d in (x.__dict__,)))
+        return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis))
+
+    def _canon(self, v: Any) -> Any:
+        if v is None or type(v) in (bool, int, str, float):
+            return v
+        if type(v) is _WatchedCsd:
+            return ("csd", self._names[id(v)])
+        if type(v) in (list, tuple):
+            return tuple(self._canon(x) for x in v)
+        if type(v) in _ITERATORS:
+            return (type(v).__name__, self._canon(v.__reduce__()[1:]))
+        if type(v) in (SmpFunc, Call):
+            return str(v) if type(v) is Call else v.name
+        if v is self or isinstance(v, _ENVIRONMENT) or callable(v):
+            return type(v).__name__  # the same object in every state of one run
+        if type(v).__name__ == "generator":
+            return _gen_key(v, self._canon)
+        raise TypeError(f"model checker: cannot name a {type(v).__name__} in a kernel-model local")
+
+
+_ITERATORS = tuple(type(it) for it in (iter([]), iter(()), iter(range(0)), enumerate([]), zip()))
+_ENVIRONMENT = (Smp, Kernel, Apic, IdleState, Cpu, CallSingleQueue)
+
+
+def _step_key(step: Step | None) -> Any:
+    if step is None:
+        return None
+    if type(step) is LocalIrq:
+        return ("irq", step.enable)
+    return (type(step).__name__, getattr(step, "what", ""))
+
+
+def _gen_key(gen: Any, canon: Callable[[Any], Any]) -> tuple:
+    """A generator chain's position: per `yield from` level, function, bytecode offset, locals and the
+    iterators on its evaluation stack."""
+    out = []
+    while gen is not None and hasattr(gen, "gi_frame"):
+        frame = gen.gi_frame
+        if frame is None:
+            out.append((gen.gi_code.co_qualname, "finished"))
+            break
+        local = tuple((k, canon(v)) for k, v in frame.f_locals.items() if k != "self")
+        stack = tuple(canon(r) for r in gc.get_referents(gen) if type(r) in _ITERATORS)
+        out.append((gen.gi_code.co_qualname, frame.f_lasti, local, stack))
+        gen = gen.gi_yieldfrom
+    return tuple(out)
+
+
+def _csd_label(name: tuple) -> str:
+    if name[0] == "cfd":
+        return f"cfd_data[cpu{name[1]}].csd[cpu{name[2]}]"
+    if name[0] == "data":
+        return f"csd_data[cpu{name[1]}]"
+    return f"on-stack csd #{name[2]} of cpu{name[1]}"
+
+
+# --- the search ------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """What an exhaustive search found; see RESULT_DOCS for what each number counts."""
+
+    config: Config
+    states: int = 0
+    transitions: int = 0
+    terminal_states: int = 0
+    seconds: float = 0.0
+    ipis_min: int | None = None
+    ipis_max: int | None = None
+    violations: int = 0
+    violations_by_kind: dict[str, int] = field(default_factory=dict)
+    counterexample: list[Choice] | None = None
+    counterexample_violation: Violation | None = None
+
+
+class StateLimitError(RuntimeError):
+    """The search would exceed the state budget; the message says how far it got."""
+
+
+def replay(config: Config, schedule: list[Choice], record: bool = False) -> ModelMachine:
+    """A fresh machine taken along `schedule` from the initial state."""
+    m = ModelMachine(config, record)
+    for choice in schedule:
+        m.apply(choice, check=False)
+    return m
+
+
+def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True,
+            progress: Callable[[int, int | None], None] | None = None) -> Result:
+    """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
+    not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
+    search then finds a shortest counterexample."""
+    t0 = time.perf_counter()
+    res = Result(config)
+    root = ModelMachine(config)
+    visited = {root.key()}
+    parent: list[tuple[int, Choice | None]] = [(-1, None)]
+    todo = [(0, root, root.choices())]  # states to expand, each with a machine standing in it
+    while todo:
+        sid, m, moves = todo.pop()
+        path = _schedule_to(parent, sid) if len(moves) > 1 else []
+        keys = list(m.stack_keys)
+        for i, choice in enumerate(moves):
+            if i < len(moves) - 1:
+                child = replay(config, path)
+                child.stack_keys = list(keys)
+            else:
+                child = m  # the last move takes the machine itself: no replay
+            child.apply(choice)
+            res.transitions += 1
+            k = child.key()
+            if k in visited:
+                continue
+            visited.add(k)
+            parent.append((sid, choice))
+            cid = len(parent) - 1
+            if progress is not None and cid % 1000 == 0:
+                progress(cid, None)
+            if cid >= max_states:
+                raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
+                                      f"--max-states")
+            child_moves = child.choices()
+            violation = child.violation
+            if violation is None and not child_moves:
+                violation = child.terminal_violation()
+            if violation is not None:
+                res.violations += 1
+                res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
+                if res.counterexample is None:
+                    res.counterexample = _schedule_to(parent, cid)
+                    res.counterexample_violation = violation
+            elif not child_moves:
+                res.terminal_states += 1
+                res.ipis_min = child.ipis if res.ipis_min is None else min(res.ipis_min, child.ipis)
+                res.ipis_max = child.ipis if res.ipis_max is None else max(res.ipis_max, child.ipis)
+            else:
+                todo.append((cid, child, child_moves))
+    res.states = len(parent)
+    res.seconds = time.perf_counter() - t0
+    if res.violations and shortest:
+        res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
+    return res
+
+
+def _schedule_to(parent: list[tuple[int, Choice | None]], sid: int) -> list[Choice]:
+    path = []
+    while parent[sid][0] >= 0:
+        path.append(parent[sid][1])
+        sid = parent[sid][0]
+    return path[::-1]
+
+
+def shortest_counterexample(config: Config, max_states: int) -> tuple[list[Choice], Violation]:
+    """Breadth first until the first violating state: a counterexample with the fewest moves."""
+    visited = {ModelMachine(config).key()}
+    parent: list[tuple[int, Choice | None]] = [(-1, None)]
+    frontier = [0]
+    while frontier:
+        nxt = []
+        for sid in frontier:
+            path = _schedule_to(parent, sid)
+            moves = replay(config, path).choices()
+            for choice in moves:
+                child = replay(config, path)
+                child.apply(choice)
+                k = child.key()
+                if k in visited:
+                    continue
+                visited.add(k)
+                parent.append((sid, choice))
+                child_moves = child.choices()
+                violation = child.violation
+                if violation is None and not child_moves:
+                    violation = child.terminal_violation()
+                if violation is not None:
+                    return _schedule_to(parent, len(parent) - 1), violation
+                if len(parent) > max_states:
+                    raise StateLimitError(f"more than {max_states:,} states looking for a shortest counterexample")
+                if child_moves:
+                    nxt.append(len(parent) - 1)
+        frontier = nxt
+    raise RuntimeError("the depth-first search saw a violation the breadth-first one cannot reach")
+
+
+def iter_steps(config: Config, schedule: list[Choice]) -> Iterator[tuple[Choice, str, list[Event]]]:
+    """Re-run a schedule and say, for every step, what the moving CPU did and which events it traced."""
+    m = ModelMachine(config, record=True)
+    for choice in schedule:
+        before = len(m.events or [])
+        move, c = choice[0], m.cpus[choice[1]]
+        where = {"task": "", "idle": "idle: ", "irq": "irq: "}[c.stack[-1].kind]
+        vector = max(c.irr) if move == "irq" else 0
+        m.apply(choice)
+        if move == "irq":
+            what = f"interrupt entry (vector {vector})"
+        elif move == "timeout":
+            what = f"{where}poll times out"
+        else:
+            what = where + ", ".join(m.labels)
+        yield choice, what, (m.events or [])[before:]
+
+
+def _step_label(step: Step | None) -> str:
+    """The action a context performs when it moves on from `step` (a Busy names what comes next)."""
+    if step is None:
+        return "start"
+    if type(step) is LocalIrq:
+        return f"local_irq_{'enable' if step.enable else 'disable'}d"
+    if type(step) is SpinUntil:
+        return f"{step.what} sees its condition"
+    if type(step) is Halt:
+        return "hlt"
+    return step.what

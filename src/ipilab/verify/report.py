@@ -1,0 +1,118 @@
+"""`ipilab verify`'s results as data (every number named and explained) and as tables for people."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ipilab.kernel.features import Kernel
+from ipilab.kernel.smp import Smp
+from ipilab.trace.ftrace import FtraceWriter, format_event
+from ipilab.verify.explore import Call, Config, Result, explore, iter_steps
+from ipilab.verify.variants import VARIANTS
+
+RESULT_DOCS: dict[str, str] = {
+    "states": "distinct states reached (shared memory + every CPU's code position and locals + functions run "
+              "+ IPIs sent so far), the initial state included",
+    "transitions": "moves taken from expanded states, including those that led to a state already seen",
+    "terminal_states": "states with no move left that pass every check (every program done, queues empty)",
+    "ipis_min": "fewest function-call IPIs sent (one per target CPU) over all complete runs",
+    "ipis_max": "most function-call IPIs sent over all complete runs",
+    "violations": "states that break a check (lost wakeup, deadlock, a function run twice or never, a waiting "
+                  "sender returning early, a CSD reused while locked); 0 when all hold",
+    "seconds": "wall-clock time of the search",
+}
+
+
+def result_dict(r: Result) -> dict[str, Any]:
+    out: dict[str, Any] = {k: getattr(r, k) for k in RESULT_DOCS}
+    out["seconds"] = round(r.seconds, 3)
+    out["violations_by_kind"] = dict(r.violations_by_kind)
+    out["counterexample"] = None
+    if r.counterexample is not None:
+        steps, ftrace = [], []
+        for i, (choice, what, events) in enumerate(iter_steps(r.config, r.counterexample), 1):
+            lines = [format_event(e) for e in events]
+            steps.append({"step": i, "cpu": choice[1], "move": choice[0], "what": what, "events": lines})
+            ftrace.extend(lines)
+        v = r.counterexample_violation
+        out["counterexample"] = {"violation": v.kind, "message": v.message, "steps": steps, "ftrace": ftrace}
+    return out
+
+
+def print_report(data: dict[str, Any], console: Console) -> None:
+    cfg = data["config"]
+    console.print(f"[bold]ipilab verify[/bold]: {cfg['cpus']} CPUs, {cfg['calls']} call(s) each, variant "
+                  f"[bold]{cfg['variant']}[/bold]; every interleaving of the kernel model's atomic steps",
+                  highlight=False)
+    for cpu, prog in enumerate(cfg["programs"]):
+        console.print(f"  cpu{cpu} calls: {', '.join(prog)}", highlight=False)
+    kernels = data["kernels"]
+    t = Table(title="exhaustive search", title_justify="left")
+    t.add_column("metric")
+    for name in kernels:
+        t.add_column(name, justify="right")
+    t.add_column("what it counts")
+    for key, doc in RESULT_DOCS.items():
+        cells = []
+        for r in kernels.values():
+            v = r[key]
+            cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else f"{v:,}")
+        t.add_row(key, *cells, doc)
+    console.print(t)
+    for name, r in kernels.items():
+        if r["violations_by_kind"]:
+            console.print(f"{name}: violations by kind: " + ", ".join(
+                f"{k} {n:,}" for k, n in r["violations_by_kind"].items()), highlight=False)
+        ce = r["counterexample"]
+        if ce is None:
+            continue
+        console.print(f"\n[bold red]{name}: {ce['violation']}[/bold red]: {ce['message']}", highlight=False)
+        steps = Table(title=f"a shortest counterexample ({len(ce['steps'])} moves), one column per CPU",
+                      title_justify="left")
+        steps.add_column("#", justify="right")
+        for cpu in range(cfg["cpus"]):
+            steps.add_column(f"cpu{cpu}")
+        for s in ce["steps"]:
+            text = s["what"] + "".join(f"\n  → {line.split(': ', 1)[1]}" for line in s["events"])
+            steps.add_row(str(s["step"]), *(text if c == s["cpu"] else "" for c in range(cfg["cpus"])))
+        console.print(steps)
+        console.print("as ftrace text (one microsecond per move; `--trace-out FILE` writes it for "
+                      "`ipilab analyze`):", highlight=False)
+        for line in ce["ftrace"]:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def run_verify(kernels: list[Kernel], programs: tuple[tuple[Call, ...], ...], variant: str,
+               max_states: int, progress: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
+               ) -> tuple[dict[str, Any], list[Result]]:
+    """Search every kernel with the same programs and variant; the results as plain data, and as found."""
+    smp_class = VARIANTS[variant].smp_class if variant != "none" else Smp
+    results, found = {}, []
+    for k in kernels:
+        step = progress(f"{k.name}: states") if progress is not None else None
+        r = explore(Config(k, programs, smp_class, variant), max_states=max_states, progress=step)
+        found.append(r)
+        results[k.name] = result_dict(r)
+    return {
+        "config": {"cpus": len(programs), "calls": len(programs[0]),
+                   "programs": [[str(c) for c in prog] for prog in programs], "variant": variant,
+                   "calls_meaning": "many = smp_call_function_many() to every other CPU, single = "
+                                    "smp_call_function_single() to the next CPU; wait = the caller waits"},
+        "kernels": results,
+        "violations": sum(r["violations"] for r in results.values()),
+        "docs": RESULT_DOCS,
+    }, found
+
+
+def write_counterexample_trace(path: Path, r: Result) -> int:
+    """The counterexample of `r` as ftrace text (published atomically); returns the events written."""
+    with FtraceWriter(path, r.config.ncpus) as out:
+        for _choice, _what, events in iter_steps(r.config, r.counterexample or []):
+            for e in events:
+                out(e)
+    return out.count

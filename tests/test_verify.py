@@ -1,0 +1,261 @@
+"""`ipilab verify`: the model checker on litmus-sized cases worked out by hand, every broken variant caught,
+the correct kernels clean, and SPIN (on the Promela export) agreeing.
+
+How the checker counts (explore.py's module doc has the full rules): a *move* is one atomic step of one
+CPU's running context -- the kernel model's code from one yield to the next, with steps that touch no
+shared state run on into the next one -- or an interrupt entry. An ICR write sets the target's IRR bit
+at once; a CPU with interrupts on and a bit pending takes the interrupt before anything else.
+
+The moves of an async smp_call_function_single() from cpu0 to cpu1 on v4.13 (2 CPUs):
+  cpu0 T1 csd_lock + fill csd_data, T2 llist_add (found empty; interrupts off for the send),
+       T3 ICR write (cpu1's IRR set), T4 interrupts on, the program ends, the idle loop starts and halts.
+  cpu1 (empty program) U: task ends, idle loop starts and halts. With the IPI pending: irq entry, then
+       H1 irq_entry + llist_del_all (detach), H2 csd_unlock, H3 the function, H4 irq_exit (handler
+       returns; interrupts come back on, so the move ends there); if it interrupted the halted idle loop,
+       R: hlt returns, the loop halts again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli import assert_user_error, ipilab
+
+from ipilab.kernel.features import resolve_kernel
+from ipilab.kernel.smp import Smp
+from ipilab.verify.explore import Call, Config, ModelMachine, Result, default_programs, explore, iter_steps
+from ipilab.verify.promela import promela_model, run_spin
+from ipilab.verify.variants import VARIANTS
+
+
+def programs(*cpus: str) -> tuple[tuple[Call, ...], ...]:
+    """One comma-separated list of calls per CPU ('' = no calls)."""
+    return tuple(tuple(Call.parse(c) for c in text.split(",") if c) for text in cpus)
+
+
+def config(kernel: str, progs: tuple[tuple[Call, ...], ...], variant: str = "none") -> Config:
+    return Config(resolve_kernel(kernel), progs, VARIANTS[variant].smp_class if variant != "none" else Smp, variant)
+
+
+@functools.cache
+def explored(kernel: str, progs: tuple[tuple[Call, ...], ...], variant: str = "none") -> Result:
+    """One search per case for the whole file (the 3-CPU one takes several seconds)."""
+    return explore(config(kernel, progs, variant))
+
+
+# --- small cases counted by hand ------------------------------------------------------------------------
+
+def test_one_async_call_has_32_states():
+    """cpu0: single:async to cpu1; cpu1: nothing. With the moves of the module doc:
+    before the IPI (cpu0 at 0, 1 or 2 moves done) cpu1 is either before U or halted: 3 x 2 = 6 states.
+    After it (cpu0 at 3 or 4 moves) cpu1 is in one of 13 places: IPI pending before U or while halted (2);
+    in the handler before H1, H2, H3 or H4, over either (4 x 2 = 8); done: before U, or halted with hlt to
+    return (R), or halted again (3). 2 x 13 = 26. Total 32, one terminal state, exactly 1 IPI."""
+    r = explore(config("v4.13", programs("single:async", "")))
+    assert (r.states, r.terminal_states, r.violations) == (32, 1, 0)
+    assert (r.ipis_min, r.ipis_max) == (1, 1)
+
+
+def test_the_seed_saves_ipis_only_where_queues_are_shared():
+    """cpu0 and cpu1 each call smp_call_function_many(async) on the other two CPUs; cpu2 only receives.
+    v4.12 IPIs every target of a mask: 2 + 2 = 4 in every run. v4.13 IPIs a target only if its queue was
+    empty: cpu1's and cpu0's queues each get one CSD (always an IPI); cpu2's gets two, and the second
+    finds the first still queued (no IPI) unless cpu2's interrupt detached it in between (an IPI):
+    3 or 4."""
+    progs = programs("many:async", "many:async", "")
+    old, new = explored("v4.12", progs), explored("v4.13", progs)
+    assert (old.ipis_min, old.ipis_max, old.violations) == (4, 4, 0)
+    assert (new.ipis_min, new.ipis_max, new.violations) == (3, 4, 0)
+
+
+def test_with_two_cpus_v412_and_v413_are_the_same_machine():
+    """With 2 CPUs a multi-target call has one target and takes the single-target path (many_single_shortcut)
+    in both kernels, so the seed changes nothing: same states, same IPI bounds."""
+    progs = default_programs(2, 2)
+    old, new = explored("v4.12", progs), explored("v4.13", progs)
+    assert (old.states, old.ipis_min, old.ipis_max) == (new.states, new.ipis_min, new.ipis_max)
+    assert old.violations == new.violations == 0
+
+
+@pytest.mark.parametrize("kernel", ["v4.12", "v4.13", "v6.18"])
+def test_correct_kernels_are_clean(kernel: str):
+    """Every call kind (many/single, wait/async) on 2 CPUs x 2 calls: no violation; every complete run
+    sends at least one IPI per call (each call's first target queue starts empty) and at most one per
+    target (4 targets in all)."""
+    r = explored(kernel, default_programs(2, 2))
+    assert r.violations == 0 and r.counterexample is None
+    assert r.terminal_states >= 1
+    assert 2 <= r.ipis_min <= r.ipis_max <= 4
+
+
+# --- broken variants: caught, with a shortest counterexample counted by hand -------------------------------
+
+CASES = {
+    # cpu0 T1 lock+fill, T2 llist_add, T3 ICR write; cpu1 irq entry, H1 detach, H2 early unlock;
+    # cpu0 T4 csd_lock_wait sees it unlocked and returns: the function has not run. 7 moves.
+    "unlock-before-func-sync": (programs("many:wait", ""), "early-return", 7),
+    # cpu0 T1 lock+fill, T2 ICR write; cpu1 irq entry, H1 detach (empty), H2 irq_exit; cpu0 T3 csd_queue_cpu
+    # trace, T4 llist_add, T5 idle halts; cpu1 U halts. The CSD stays queued: 9 moves.
+    "ipi-before-add": (programs("single:async", ""), "lost-wakeup", 9),
+    # cpu0's async call (T1-T5, with its IPI), then its waiting call: T6 lock+fill, T7 sees cpu1's queue
+    # non-empty; cpu1 irq entry + H1 detaches it; cpu0 T8 adds to the now empty queue, sends nothing and
+    # spins; cpu1 H2-H4, U. 13 moves.
+    "check-then-add": (programs("single:async,single:wait", ""), "lost-wakeup", 13),
+    # cpu0 T1-T3 (first async call, IPI sent); T4 the second call takes csd_data while the first still
+    # holds it. 4 moves.
+    "no-csd-lock": (programs("single:async,single:async", ""), "reuse-while-locked", 4),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_broken_variant_is_caught_with_a_shortest_counterexample(variant: str):
+    progs, kind, moves = CASES[variant]
+    cfg = config("v4.13", progs, variant)
+    r = explore(cfg)
+    assert r.violations >= 1
+    assert r.counterexample_violation.kind == kind
+    assert len(r.counterexample) == moves
+    # The counterexample is real: re-running the schedule, checks on, ends in the violation.
+    m = ModelMachine(cfg)
+    for move in r.counterexample:
+        m.apply(move)
+    found = m.violation or (m.terminal_violation() if not m.choices() else None)
+    assert found is not None and found.kind == kind
+    # ... and the correct kernel on the same programs is clean.
+    assert explore(config("v4.13", progs)).violations == 0
+
+
+def test_lost_wakeup_trace_shows_a_csd_queued_and_never_run():
+    """The counterexample's ftrace events, read independently: some CSD has a csd_queue_cpu event after
+    which no csd_function_entry of it follows."""
+    cfg = config("v4.13", CASES["ipi-before-add"][0], "ipi-before-add")
+    r = explore(cfg)
+    events = [e for _c, _w, evs in iter_steps(cfg, r.counterexample) for e in evs]
+    pending = {}
+    for e in events:
+        if e.name == "csd_queue_cpu":
+            pending[e.fields["csd"]] = e
+        elif e.name == "csd_function_entry":
+            pending.pop(e.fields["csd"], None)
+    assert len(pending) == 1
+    names = [e.name for e in events]
+    # the IPI went out first, and the one interrupt it caused ran no function
+    assert names[0] == "ipi_send_cpu"
+    entry = names.index("call_function_single_entry")
+    assert names[entry + 1] == "call_function_single_exit"
+    assert names.count("call_function_single_entry") == 1
+
+
+def test_every_variant_is_caught_by_the_default_mix_on_3_cpus_or_fewer():
+    """The command's default programs (2 CPUs x 2 calls) catch the three required variants."""
+    for variant in ("check-then-add", "ipi-before-add", "unlock-before-func-sync"):
+        r = explore(config("v4.13", default_programs(2, 2), variant), shortest=False)
+        assert r.violations >= 1, variant
+        assert r.counterexample_violation.kind == VARIANTS[variant].expected
+
+
+# --- SPIN on the Promela export ---------------------------------------------------------------------------
+
+needs_spin = pytest.mark.skipif(shutil.which("spin") is None or shutil.which("gcc") is None,
+                                reason="SPIN and gcc are installed by .ci/run")
+
+
+@needs_spin
+@pytest.mark.parametrize("variant", ["none", *sorted(CASES)])
+def test_spin_agrees_on_violations(variant: str):
+    """SPIN finds an assertion violation (or an invalid end state) exactly when the checker does."""
+    progs = CASES[variant][0] if variant != "none" else default_programs(2, 2)
+    cfg = config("v4.13", progs, variant)
+    ours = explore(cfg, shortest=False)
+    spin = run_spin(promela_model(cfg))
+    assert (spin.errors > 0) == (ours.violations > 0), (spin, ours.violations_by_kind)
+
+
+@needs_spin
+@pytest.mark.parametrize(("kernel", "progs"), [
+    ("v4.12", programs("many:async", "many:async", "")),
+    ("v4.13", programs("many:async", "many:async", "")),
+])
+def test_spin_confirms_the_ipi_bounds(kernel: str, progs):
+    """SPIN asserts min <= IPIs <= max at the end of every run: it holds with the checker's bounds, and
+    tightening either by one is violated (so both bounds are reached).
+
+    State counts are printed, not compared: they cannot be equal in this encoding. SPIN stores a state at
+    every Promela statement boundary outside `atomic` blocks (e.g. between the `if` that picks a target
+    and its ICR write, and at each pass of the handler's loop), while the checker stores one state per
+    move, where a move runs the Python model to its next yield and on through steps that touch nothing
+    shared; and SPIN's state vector holds the Promela locals, the checker's the Python generators' locals
+    (different sets of variables describing the same position)."""
+    r = explored(kernel, progs)
+    model = promela_model(config(kernel, progs))
+    exact = run_spin(model, lo=r.ipis_min, hi=r.ipis_max)
+    assert exact.errors == 0, exact
+    assert run_spin(model, lo=r.ipis_min, hi=r.ipis_max - 1).errors == 1
+    assert run_spin(model, lo=r.ipis_min + 1, hi=r.ipis_max).errors == 1
+    print(f"{kernel} {[[str(c) for c in p] for p in progs]}: checker {r.states} states, SPIN {exact.states}")
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+def test_verify_json_names_every_number_and_compares_kernels():
+    proc = ipilab("verify", "--cpus", "2", "--calls", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert list(data["kernels"]) == ["v4.12", "v4.13"]
+    assert data["violations"] == 0
+    for r in data["kernels"].values():
+        assert set(data["docs"]) <= set(r)
+        assert r["violations"] == 0 and r["counterexample"] is None
+        assert r["ipis_min"] <= r["ipis_max"]
+
+
+def test_verify_variant_exits_1_and_writes_a_trace_analyze_reads(tmp_path: Path):
+    trace = tmp_path / "ce.trace"
+    pml = tmp_path / "model.pml"
+    proc = ipilab("verify", "-k", "v4.13", "--variant", "ipi-before-add", "--trace-out", str(trace),
+                  "--promela", str(pml))
+    assert proc.returncode == 1, proc.stderr
+    assert "lost-wakeup" in proc.stdout
+    assert "proctype cpu0" in pml.read_text()
+    text = trace.read_text()
+    queued = len(re.findall(r": csd_queue_cpu: ", text))
+    ran = len(re.findall(r": csd_function_entry: ", text))
+    assert queued > ran  # a stranded CSD never runs
+    audit = ipilab("analyze", str(trace), "--json")
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout)["csd_enqueues"] == queued
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--cpus", "99"], ["--cpus"]),
+    (["--mix", "many:maybe"], ["--mix", "many:maybe"]),
+    (["-k", "v9.99"], ["v9.99"]),
+    (["--variant", "nope"], ["--variant"]),
+    (["--promela", "/nonexistent/dir/m.pml"], ["/nonexistent/dir"]),
+])
+def test_bad_verify_input_is_one_clear_error_line(args: list[str], words: list[str]):
+    assert_user_error(ipilab("verify", *args), *words)
+
+
+def test_promela_refuses_kernels_it_does_not_encode(tmp_path: Path):
+    assert_user_error(ipilab("verify", "-k", "v6.18", "--cpus", "2", "--calls", "1", "--promela",
+                             str(tmp_path / "m.pml")), "v6.18", "promela")
+
+
+@pytest.mark.parametrize("variant", ["none", "check-then-add", "ipi-before-add", "unlock-before-func-sync"])
+def test_merging_local_steps_loses_no_behaviour(variant: str):
+    """The same search with every yield a move of its own (no merging of steps that touch nothing shared)
+    reaches more states but the same end states, the same IPI bounds and the same kinds of violation."""
+    progs = default_programs(2, 2)
+    merged = explored("v4.13", progs, variant) if variant == "none" else explore(config("v4.13", progs, variant))
+    cfg = config("v4.13", progs, variant)
+    split = explore(Config(cfg.kernel, progs, cfg.smp_class, variant, merge_local_steps=False), shortest=False)
+    assert split.states > merged.states
+    assert (split.terminal_states, split.ipis_min, split.ipis_max) == \
+           (merged.terminal_states, merged.ipis_min, merged.ipis_max)
+    assert set(split.violations_by_kind) == set(merged.violations_by_kind)
