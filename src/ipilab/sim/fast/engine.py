@@ -1230,9 +1230,14 @@ def resume(s: State, c: int) -> tuple[bool, int]:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def run(s: State, c: int, value: int) -> None:
-    """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
-    now = s.g[NOW]
+def run(s: State, c: int, value: int, until: int, margin: int) -> None:
+    """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt.
+
+    A Busy whose end comes strictly before every queued timer (and by `until`) would be the very next
+    timer popped, with nothing able to run in between: it is run here, as that timer, without the
+    push and pop. Equal times still go through the queue, which keeps the reference's tie order."""
+    g = s.g
+    now = g[NOW]
     cpu = s.cpu[c]
     while True:
         k = top_ctx(s, c)
@@ -1251,7 +1256,15 @@ def run(s: State, c: int, value: int) -> None:
         value = -1
         if step == ST_BUSY:
             if cpu[STEP_NS] > 0:
-                _block_busy(s, c, now + cpu[STEP_NS])
+                end = now + cpu[STEP_NS]
+                if end <= until and (g[HEAP_N] == 0 or s.heap[0, 0] > end) and not _needs_host(s, margin):
+                    # _block_busy then the timer's _busy_done: the wait ends before it could be seen.
+                    # The timer still counts as a processed engine event (engine_events stays the same).
+                    cpu[WAIT_GEN] += 1
+                    g[NOW] = now = end
+                    g[EVENTS] += 1
+                    continue
+                _block_busy(s, c, end)
                 return
         elif step == ST_SPIN:
             if cond_holds(s, cpu[STEP_COND], cpu[STEP_A], cpu[STEP_B]):
@@ -1340,15 +1353,22 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     return False, -1
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _needs_host(s: State, margin: int) -> bool:
+    """Whether a buffer lacks `margin` rows of room (or gaps run low): checked before every event."""
+    g = s.g
+    return (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
+            or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
+            or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW] != 0)
+
+
 @njit(cache=True, _nrt=False)
 def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
     g = s.g
     while g[HEAP_N] > 0 and s.heap[0, 0] <= until:
-        if (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
-                or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
-                or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW]):
+        if _needs_host(s, margin):
             return 1
         when = s.heap[0, 0]
         slot = s.heap[0, 2]
@@ -1362,6 +1382,6 @@ def run_until(s: State, until: int, margin: int) -> int:
         g[EVENTS] += 1
         go, value = dispatch(s, kind, c, arg)
         if go:
-            run(s, c, value)
+            run(s, c, value, until, margin)
     g[NOW] = max(g[NOW], until)
     return 0
