@@ -126,7 +126,8 @@ class State(NamedTuple):
     g: np.ndarray  # [NG]
     cpu: np.ndarray  # [ncpus, NCPU]
     ctx: np.ndarray  # [ncpus, 3, CTX_WIDTH]
-    heap: np.ndarray  # [cap, 3] Engine._queue: a 4-ary heap of rows (when, seq, timer slot)
+    heap: np.ndarray  # [cap] Engine._queue: a 4-ary heap of keys when << SEQ_BITS | seq
+    heap_slot: np.ndarray  # [cap] the timer slot of each heap entry
     ev: np.ndarray  # [cap, 4] the Timer behind each slot: what to call, and whether cancelled
     ev_free: np.ndarray  # stack of free timer slots
     watch_head: np.ndarray  # SimMachine._watchers: per watch, a list of (cpu, gen) in the pool
@@ -194,20 +195,32 @@ SY_GAP, SY_CALL, SY_DONE = range(125, 128)
 BL_LOOP = 128
 
 
-# === the Engine: a binary heap of (when, seq, timer slot) ============================================
+# === the Engine: a 4-ary heap of (when, seq) packed in one int64, and each entry's timer slot ==========
+
+# A heap key is when << SEQ_BITS | seq: one integer comparison orders (when, seq) as Engine's heapq does.
+# when stays below 2^(63 - SEQ_BITS) ns (about 274 s; runs are at most 120 s with the warm-up). seq
+# needs to order only the timers queued at once, so before it reaches SEQ_LIMIT the host numbers the
+# queued ones again from 1 in the same order (FastSim._renumber_timers); new timers still come after.
+SEQ_BITS = 25
+SEQ_LIMIT = 1 << (SEQ_BITS - 1)  # the host renumbers from here: half the room left for one event's pushes
+WHEN_LIMIT = 1 << (63 - SEQ_BITS)
+
 
 @njit(cache=True, _nrt=False, inline="always")
 def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
     """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order. Returns the timer.
 
-    The queue is a 4-ary heap ordered by (when, seq), seq unique: it pops in exactly Engine's order
-    (heapq's binary heap, same keys); four children to a row block halve the levels a pop walks."""
+    Keys are unique, so the queue pops in exactly Engine's order whatever its shape; four children to
+    a node halve the levels a pop walks compared with heapq's two."""
     g = s.g
     h = s.heap
+    hs = s.heap_slot
     if g[EV_NFREE] == 0 or g[HEAP_N] == len(h):
         raise RuntimeError("fast engine: timer heap full")
+    if when >= WHEN_LIMIT or g[SEQ] >= (1 << SEQ_BITS) - 1:
+        raise RuntimeError("fast engine: timer key out of range")
     g[SEQ] += 1
-    seq = g[SEQ]
+    key = (when << SEQ_BITS) | g[SEQ]
     g[EV_NFREE] -= 1
     slot = s.ev_free[g[EV_NFREE]]
     s.ev[slot, EV_KIND] = kind
@@ -218,38 +231,50 @@ def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
     g[HEAP_N] = i + 1
     while i > 0:  # sift up
         parent = (i - 1) >> 2
-        pw = h[parent, 0]
-        if pw < when or (pw == when and h[parent, 1] < seq):
+        if h[parent] < key:
             break
-        h[i, 0], h[i, 1], h[i, 2] = pw, h[parent, 1], h[parent, 2]
+        h[i] = h[parent]
+        hs[i] = hs[parent]
         i = parent
-    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
+    h[i] = key
+    hs[i] = slot
     return slot
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _heap_pop(s: State) -> None:
+    """Remove the root. Floyd's way: the hole walks down to a leaf along the smallest children, then the
+    last entry rises from there; it belongs near the bottom, so this skips a hard-to-predict compare
+    per level."""
     g = s.g
     h = s.heap
+    hs = s.heap_slot
     n = g[HEAP_N] - 1
     g[HEAP_N] = n
-    when, seq, slot = h[n, 0], h[n, 1], h[n, 2]  # the last row sinks from the root
+    key, slot = h[n], hs[n]
     i = 0
     while True:
         first = 4 * i + 1
         if first >= n:
             break
         best = first
-        bw, bs = h[first, 0], h[first, 1]
+        bk = h[first]
         for child in range(first + 1, min(first + 4, n)):
-            cw = h[child, 0]
-            if cw < bw or (cw == bw and h[child, 1] < bs):
-                best, bw, bs = child, cw, h[child, 1]
-        if when < bw or (when == bw and seq < bs):
-            break
-        h[i, 0], h[i, 1], h[i, 2] = bw, bs, h[best, 2]
+            ck = h[child]
+            if ck < bk:
+                best, bk = child, ck
+        h[i] = bk
+        hs[i] = hs[best]
         i = best
-    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
+    while i > 0:
+        parent = (i - 1) >> 2
+        if h[parent] < key:
+            break
+        h[i] = h[parent]
+        hs[i] = hs[parent]
+        i = parent
+    h[i] = key
+    hs[i] = slot
 
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
@@ -1257,7 +1282,7 @@ def run(s: State, c: int, value: int, until: int, margin: int) -> None:
         if step == ST_BUSY:
             if cpu[STEP_NS] > 0:
                 end = now + cpu[STEP_NS]
-                if end <= until and (g[HEAP_N] == 0 or s.heap[0, 0] > end) and not _needs_host(s, margin):
+                if end <= until and (g[HEAP_N] == 0 or (s.heap[0] >> SEQ_BITS) > end) and not _needs_host(s, margin):
                     # _block_busy then the timer's _busy_done: the wait ends before it could be seen.
                     # The timer still counts as a processed engine event (engine_events stays the same).
                     cpu[WAIT_GEN] += 1
@@ -1355,11 +1380,12 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
 
 @njit(cache=True, _nrt=False, inline="always")
 def _needs_host(s: State, margin: int) -> bool:
-    """Whether a buffer lacks `margin` rows of room (or gaps run low): checked before every event."""
+    """Whether a buffer lacks `margin` rows of room, gaps run low or seq needs renumbering: checked
+    before every event."""
     g = s.g
     return (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
             or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
-            or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW] != 0)
+            or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
 
 
 @njit(cache=True, _nrt=False)
@@ -1367,11 +1393,11 @@ def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
     g = s.g
-    while g[HEAP_N] > 0 and s.heap[0, 0] <= until:
+    while g[HEAP_N] > 0 and (s.heap[0] >> SEQ_BITS) <= until:
         if _needs_host(s, margin):
             return 1
-        when = s.heap[0, 0]
-        slot = s.heap[0, 2]
+        when = s.heap[0] >> SEQ_BITS
+        slot = s.heap_slot[0]
         _heap_pop(s)
         kind, c, arg, cancelled = s.ev[slot, EV_KIND], s.ev[slot, EV_CPU], s.ev[slot, EV_ARG], s.ev[slot, EV_CANCELLED]
         s.ev_free[g[EV_NFREE]] = slot

@@ -99,7 +99,7 @@ class FastSim:
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
             ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
-            heap=np.zeros((cap, 3), np.int64),
+            heap=np.zeros(cap, np.int64), heap_slot=np.zeros(cap, np.int64),
             ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
@@ -257,12 +257,15 @@ class FastSim:
                     self._draw_gaps(c)
         if g[E.HEAP_N] + MARGIN > len(s.heap) or g[E.EV_NFREE] < MARGIN:
             cap = len(s.heap)
-            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros((cap, 3), np.int64)]),
+            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros(cap, np.int64)]),
+                                    heap_slot=np.concatenate([s.heap_slot, np.zeros(cap, np.int64)]),
                                     ev=np.concatenate([s.ev, np.zeros((cap, 4), np.int64)]),
                                     ev_free=np.concatenate([s.ev_free[:g[E.EV_NFREE]],
                                                             np.arange(cap, 2 * cap, dtype=np.int64),
                                                             np.zeros(cap - g[E.EV_NFREE], np.int64)]))
             g[E.EV_NFREE] += cap
+        if g[E.SEQ] >= E.SEQ_LIMIT:
+            self._renumber_timers()
         if g[E.W_NFREE] < MARGIN:
             cap = len(s.wpool)
             self.s = s = s._replace(wpool=np.concatenate([s.wpool, np.zeros((cap, 3), np.int64)]),
@@ -270,6 +273,17 @@ class FastSim:
                                                            np.arange(cap, 2 * cap, dtype=np.int64),
                                                            np.zeros(cap - g[E.W_NFREE], np.int64)]))
             g[E.W_NFREE] += cap
+
+    def _renumber_timers(self) -> None:
+        """Number the queued timers' seq 1..n again in their order (the heap keeps its shape, since the
+        order of keys does not change), so seq stays within its SEQ_BITS; later timers still come after."""
+        s, g = self.s, self.s.g
+        n = g[E.HEAP_N]
+        keys = s.heap[:n]
+        rank = np.empty(n, np.int64)
+        rank[np.argsort(keys)] = np.arange(1, n + 1, dtype=np.int64)
+        s.heap[:n] = ((keys >> E.SEQ_BITS) << E.SEQ_BITS) | rank
+        g[E.SEQ] = n
 
     def _fold_latencies(self) -> None:
         g = self.s.g
