@@ -1255,14 +1255,9 @@ def resume(s: State, c: int) -> tuple[bool, int]:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def run(s: State, c: int, value: int, until: int, margin: int) -> None:
-    """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt.
-
-    A Busy whose end comes strictly before every queued timer (and by `until`) would be the very next
-    timer popped, with nothing able to run in between: it is run here, as that timer, without the
-    push and pop. Equal times still go through the queue, which keeps the reference's tie order."""
-    g = s.g
-    now = g[NOW]
+def run(s: State, c: int, value: int) -> None:
+    """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
+    now = s.g[NOW]
     cpu = s.cpu[c]
     while True:
         k = top_ctx(s, c)
@@ -1281,15 +1276,7 @@ def run(s: State, c: int, value: int, until: int, margin: int) -> None:
         value = -1
         if step == ST_BUSY:
             if cpu[STEP_NS] > 0:
-                end = now + cpu[STEP_NS]
-                if end <= until and (g[HEAP_N] == 0 or (s.heap[0] >> SEQ_BITS) > end) and not _needs_host(s, margin):
-                    # _block_busy then the timer's _busy_done: the wait ends before it could be seen.
-                    # The timer still counts as a processed engine event (engine_events stays the same).
-                    cpu[WAIT_GEN] += 1
-                    g[NOW] = now = end
-                    g[EVENTS] += 1
-                    continue
-                _block_busy(s, c, end)
+                _block_busy(s, c, now + cpu[STEP_NS])
                 return
         elif step == ST_SPIN:
             if cond_holds(s, cpu[STEP_COND], cpu[STEP_A], cpu[STEP_B]):
@@ -1408,6 +1395,6 @@ def run_until(s: State, until: int, margin: int) -> int:
         g[EVENTS] += 1
         go, value = dispatch(s, kind, c, arg)
         if go:
-            run(s, c, value, until, margin)
+            run(s, c, value)
     g[NOW] = max(g[NOW], until)
     return 0
