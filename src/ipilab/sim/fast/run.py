@@ -99,8 +99,7 @@ class FastSim:
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
             ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
-            heap=np.zeros(cap, np.int64), heap_slot=np.zeros(cap, np.int64),
-            ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
+            heap=np.zeros(cap, np.int64), heap_timer=np.zeros(cap, np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
             csd=np.zeros((ncsd, E.NCSD), np.int64),
@@ -118,7 +117,6 @@ class FastSim:
             tmask=np.zeros((TRACE_ROWS * 4 if tracer else MARGIN * 2 * n), np.int64),
             lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
         g = s.g
-        g[E.EV_NFREE] = cap
         g[E.W_NFREE] = cap
         g[E.TRACE_ON] = tracer is not None
         g[E.NCPUS] = n
@@ -144,7 +142,6 @@ class FastSim:
             s.csd[n * n + n + src, [E.SRC, E.DST]] = src, src
         s.cpu[:, E.Q_HEAD] = -1
         s.cpu[:, E.Q_TAIL] = -1
-        s.cpu[:, E.WAIT_TIMER] = -1
         for c in range(n):
             s.ctx[c, E.IDLE, E.IRQS_ON] = 1
             s.ctx[c, E.IDLE, E.PC] = E.ID_TOP
@@ -255,15 +252,10 @@ class FastSim:
             for c in self._rngs:
                 if s.cpu[c, E.GAP_N] - s.cpu[c, E.GAP_POS] < GAPS // 2:
                     self._draw_gaps(c)
-        if g[E.HEAP_N] + MARGIN > len(s.heap) or g[E.EV_NFREE] < MARGIN:
+        if g[E.HEAP_N] + MARGIN > len(s.heap):
             cap = len(s.heap)
             self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros(cap, np.int64)]),
-                                    heap_slot=np.concatenate([s.heap_slot, np.zeros(cap, np.int64)]),
-                                    ev=np.concatenate([s.ev, np.zeros((cap, 4), np.int64)]),
-                                    ev_free=np.concatenate([s.ev_free[:g[E.EV_NFREE]],
-                                                            np.arange(cap, 2 * cap, dtype=np.int64),
-                                                            np.zeros(cap - g[E.EV_NFREE], np.int64)]))
-            g[E.EV_NFREE] += cap
+                                    heap_timer=np.concatenate([s.heap_timer, np.zeros(cap, np.int64)]))
         if g[E.SEQ] >= E.SEQ_LIMIT:
             self._renumber_timers()
         if g[E.W_NFREE] < MARGIN:
