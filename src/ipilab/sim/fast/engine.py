@@ -253,10 +253,21 @@ def _heap_pop(s: State) -> None:
             break
         best = first
         bk = h[first]
-        for child in range(first + 1, min(first + 4, n)):
-            ck = h[child]
+        if first + 3 < n:  # all four children: written out, so the compiler keeps it branch-free
+            ck = h[first + 1]
             if ck < bk:
-                best, bk = child, ck
+                best, bk = first + 1, ck
+            ck = h[first + 2]
+            if ck < bk:
+                best, bk = first + 2, ck
+            ck = h[first + 3]
+            if ck < bk:
+                best, bk = first + 3, ck
+        else:
+            for child in range(first + 1, n):
+                ck = h[child]
+                if ck < bk:
+                    best, bk = child, ck
         h[i] = bk
         hs[i] = hs[best]
         i = best
