@@ -2,10 +2,10 @@
 (kernel/*.py) for the workloads it covers, as one explicit state machine over integer arrays.
 
 numba compiles functions over numpy arrays well, and over Python objects not at all, so every object
-of the reference engine (a SimCpu, a Context, a Csd, a PgData with its lru_lock, an Engine timer) is a
-row of an int64 array here, and each attribute a named column named after it. A generator of the
-kernel model becomes a run of program-counter states: the code between two yields is one state, a
-`yield from` a call that pushes the state to return to on the context's own stack. Each state's
+of the reference engine (a SimCpu, a Context, a Csd, a PgData with its lru_lock) is a row of an int64
+array here, and each attribute a named column named after it; an Engine timer is two int64s in the heap.
+A generator of the kernel model becomes a run of program-counter states: the code between two yields is
+one state, a `yield from` a call that pushes the state to return to on the context's own stack. Each state's
 comment names the reference function it mirrors. Everything the reference schedules with Engine.at,
 this schedules with `at`, at the same points and in the same order, so ties break the same way and
 both engines produce the same events.
@@ -30,7 +30,7 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NOW, SEQ, EVENTS, HEAP_N, G_SPARE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)  # G_SPARE: unused
+NOW, SEQ, EVENTS, HEAP_N, G_SPARE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)  # G_SPARE: free (was the timer table)
 TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD, STACK_CSD0, CSD_DATA0 = range(8, 16)
 APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT = range(16, 21)
 F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH = range(21, 24)
@@ -45,6 +45,7 @@ MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN = range(53, 56)
 GAP_LOW = 56
 NG = 57
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
+# (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE = range(0, 8)
 WAIT_GEN, IRR, IRQ_NS, INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK = range(8, 16)
 IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL, NONEMPTY_SINCE, PVEC = range(16, 24)
@@ -193,7 +194,7 @@ SY_GAP, SY_CALL, SY_DONE = range(125, 128)
 BL_LOOP = 128
 
 
-# === the Engine: a 4-ary heap of (when, seq) packed in one int64, and each entry's timer slot ==========
+# === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
 
 # A heap key is when << SEQ_BITS | seq: one integer comparison orders (when, seq) as Engine's heapq does.
 # when stays below 2^(63 - SEQ_BITS) ns (about 274 s; runs are at most 120 s with the warm-up). seq
