@@ -246,31 +246,37 @@ def _heap_pop(s: State) -> None:
     g = s.g
     h = s.heap
     hs = s.heap_timer
-    n = g[HEAP_N] - 1
-    g[HEAP_N] = n
-    key, slot = h[n], hs[n]
-    i = 0
+    last = g[HEAP_N] - 1
+    g[HEAP_N] = last
+    key, slot = h[last], hs[last]
+    # Indices are unsigned here: numba then skips the negative-index wraparound on every access.
+    one, bits = np.uint64(1), np.uint64(ARITY_BITS)
+    n = np.uint64(last)
+    i = np.uint64(0)
     while True:
-        first = (i << ARITY_BITS) + 1
+        first = (i << bits) + one
         if first >= n:
             break
         best = first
         bk = h[first]
-        if first + ARITY <= n:  # a full set of children: a loop of fixed length, unrolled and branch-free
+        if first + np.uint64(ARITY) <= n:  # a full set of children: a loop of fixed length, unrolled, branch-free
             for d in range(1, ARITY):
-                ck = h[first + d]
-                if ck < bk:
-                    best, bk = first + d, ck
-        else:
-            for child in range(first + 1, n):
+                child = first + np.uint64(d)
                 ck = h[child]
                 if ck < bk:
                     best, bk = child, ck
+        else:
+            child = first + one
+            while child < n:
+                ck = h[child]
+                if ck < bk:
+                    best, bk = child, ck
+                child += one
         h[i] = bk
         hs[i] = hs[best]
         i = best
     while i > 0:
-        parent = (i - 1) >> ARITY_BITS
+        parent = (i - one) >> bits
         if h[parent] < key:
             break
         h[i] = h[parent]
