@@ -225,10 +225,11 @@ def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     g[SEQ] += 1
     key = (when << SEQ_BITS) | g[SEQ]
     slot = kind | (c << EV_CPU_SHIFT) | (arg << EV_ARG_SHIFT)
-    i = g[HEAP_N]
-    g[HEAP_N] = i + 1
+    n = g[HEAP_N]
+    g[HEAP_N] = n + 1
+    i = np.uint64(n)  # unsigned, as in _heap_pop: no wraparound
     while i > 0:  # sift up
-        parent = (i - 1) >> ARITY_BITS
+        parent = (i - np.uint64(1)) >> np.uint64(ARITY_BITS)
         if h[parent] < key:
             break
         h[i] = h[parent]
