@@ -207,3 +207,37 @@ def test_a_machine_beyond_the_fast_engines_tables_runs_on_the_reference_engine()
     assert choose_engine(m, resolve_kernel("v4.13"), w) == "reference"
     with pytest.raises(WorkloadError, match="1024"):
         choose_engine(m, resolve_kernel("v4.13"), w, "fast")
+
+
+def test_renumbering_the_queued_timers_mid_run_changes_no_event(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heap key packs seq into SEQ_BITS, so the host numbers the queued timers again before it runs out
+    (every ~16 M timers: real runs rarely get there). Here each renumbering jumps seq back to 50 short of the
+    limit, so it happens every ~50 timers; the events and results must still be the reference's."""
+    from ipilab.sim.fast import engine as E
+
+    original = FastSim._renumber_timers
+    calls = []
+
+    def renumber_then_jump(self: FastSim) -> None:
+        original(self)
+        g, n = self.s.g, self.s.g[E.HEAP_N]
+        jump = E.SEQ_LIMIT - 50 - g[E.SEQ]
+        self.s.heap[:n] += jump  # every queued seq moves up alike: their order, and the heap, stay
+        g[E.SEQ] += jump
+        calls.append(n)
+
+    def run_from_near_the_limit(self: FastSim, until: int) -> None:
+        if not calls:
+            renumber_then_jump(self)
+        original_run(self, until)
+
+    original_run = FastSim.run
+    monkeypatch.setattr(FastSim, "_renumber_timers", renumber_then_jump)
+    monkeypatch.setattr(FastSim, "run", run_from_near_the_limit)
+    m = build_machine("vm-2cpu", {"cores_per_socket": "6"}, {})
+    settings = {"senders": "all", "rate": "5000000", "wait": "false", "func_ns": "3000"}
+    ref, fast, ref_trace, fast_trace = both(m, "v4.12", "synthetic", settings, {"seconds": 0.002}, 1, tmp_path)
+    assert len(calls) > 100 and max(calls) > 1
+    assert filecmp.cmp(ref_trace, fast_trace, shallow=False)
+    assert ref == fast

@@ -413,7 +413,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
     broadwell-ep-2s-88t under v4.12 (before the patch) and v4.13 (after), and compares them with the
     paper. No cost is fitted to the paper's numbers; `--explain` shows each cost's source and how the
-    prediction moves with it. The default window takes about 10 s on 2 cores (about 50 s the first time, when the
+    prediction moves with it. The default window takes about 5 s on 2 cores (about 50 s the first time, when the
     fast engine is compiled and cached).
     """
     if plot is not None and not plot.resolve().parent.is_dir():

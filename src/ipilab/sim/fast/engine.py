@@ -2,10 +2,10 @@
 (kernel/*.py) for the workloads it covers, as one explicit state machine over integer arrays.
 
 numba compiles functions over numpy arrays well, and over Python objects not at all, so every object
-of the reference engine (a SimCpu, a Context, a Csd, a PgData with its lru_lock, an Engine timer) is a
-row of an int64 array here, and each attribute a named column named after it. A generator of the
-kernel model becomes a run of program-counter states: the code between two yields is one state, a
-`yield from` a call that pushes the state to return to on the context's own stack. Each state's
+of the reference engine (a SimCpu, a Context, a Csd, a PgData with its lru_lock) is a row of an int64
+array here, and each attribute a named column named after it; an Engine timer is two int64s in the heap.
+A generator of the kernel model becomes a run of program-counter states: the code between two yields is
+one state, a `yield from` a call that pushes the state to return to on the context's own stack. Each state's
 comment names the reference function it mirrors. Everything the reference schedules with Engine.at,
 this schedules with `at`, at the same points and in the same order, so ties break the same way and
 both engines produce the same events.
@@ -30,7 +30,7 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NOW, SEQ, EVENTS, HEAP_N, EV_NFREE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)
+NOW, SEQ, EVENTS, HEAP_N, G_SPARE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)  # G_SPARE: free (was the timer table)
 TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD, STACK_CSD0, CSD_DATA0 = range(8, 16)
 APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT = range(16, 21)
 F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH = range(21, 24)
@@ -45,7 +45,8 @@ MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN = range(53, 56)
 GAP_LOW = 56
 NG = 57
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
-WAIT_KIND, WAIT_END, WAIT_TIMER, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE = range(0, 8)
+# (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
+WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE = range(0, 8)
 WAIT_GEN, IRR, IRQ_NS, INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK = range(8, 16)
 IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL, NONEMPTY_SINCE, PVEC = range(16, 24)
 PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS = range(24, 32)
@@ -83,7 +84,7 @@ ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
 COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE = 0, 1, 2, 3
 # Engine timers: the SimMachine method each one calls
 EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN = 0, 1, 2, 3, 4, 5
-EV_KIND, EV_CPU, EV_ARG, EV_CANCELLED = 0, 1, 2, 3
+EV_CPU_SHIFT, EV_ARG_SHIFT = 3, 14  # a timer packs kind | cpu << 3 | arg << 14 (cpu < 2048, arg >= 0)
 # Watcher pool columns
 WP_CPU, WP_GEN, WP_NEXT = 0, 1, 2
 # Task programs
@@ -126,9 +127,8 @@ class State(NamedTuple):
     g: np.ndarray  # [NG]
     cpu: np.ndarray  # [ncpus, NCPU]
     ctx: np.ndarray  # [ncpus, 3, CTX_WIDTH]
-    heap: np.ndarray  # [cap, 3] Engine._queue: a 4-ary heap of rows (when, seq, timer slot)
-    ev: np.ndarray  # [cap, 4] the Timer behind each slot: what to call, and whether cancelled
-    ev_free: np.ndarray  # stack of free timer slots
+    heap: np.ndarray  # [cap] Engine._queue: a 4-ary heap of keys when << SEQ_BITS | seq
+    heap_timer: np.ndarray  # [cap] what each heap entry calls: kind | cpu << EV_CPU_SHIFT | arg << EV_ARG_SHIFT
     watch_head: np.ndarray  # SimMachine._watchers: per watch, a list of (cpu, gen) in the pool
     watch_tail: np.ndarray
     wpool: np.ndarray  # [wcap, 3]
@@ -194,62 +194,97 @@ SY_GAP, SY_CALL, SY_DONE = range(125, 128)
 BL_LOOP = 128
 
 
-# === the Engine: a binary heap of (when, seq, timer slot) ============================================
+# === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
+
+# A heap key is when << SEQ_BITS | seq: one integer comparison orders (when, seq) as Engine's heapq does.
+# when stays below 2^(63 - SEQ_BITS) ns (about 274 s; runs are at most 120 s with the warm-up). seq
+# needs to order only the timers queued at once, so before it reaches SEQ_LIMIT the host numbers the
+# queued ones again from 1 in the same order (FastSim._renumber_timers); new timers still come after.
+SEQ_BITS = 25
+SEQ_LIMIT = 1 << (SEQ_BITS - 1)  # the host renumbers from here: half the room left for one event's pushes
+WHEN_LIMIT = 1 << (63 - SEQ_BITS)
+ARITY_BITS = 2
+ARITY = 1 << ARITY_BITS  # children per node: 4 (8 measured slower on the seed scenario)
+
 
 @njit(cache=True, _nrt=False, inline="always")
-def at(s: State, when: int, kind: int, c: int, arg: int) -> int:
-    """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order. Returns the timer.
+def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
+    """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order.
 
-    The queue is a 4-ary heap ordered by (when, seq), seq unique: it pops in exactly Engine's order
-    (heapq's binary heap, same keys); four children to a row block halve the levels a pop walks."""
+    Keys are unique, so the queue pops in exactly Engine's order whatever its shape; four children to
+    a node halve the levels a pop walks compared with heapq's two. No timer is ever cancelled here:
+    the reference cancels exactly the Busy and spin-timeout timers whose wait has ended another way,
+    and run_until recognises those by their wait generation instead (see there)."""
     g = s.g
     h = s.heap
-    if g[EV_NFREE] == 0 or g[HEAP_N] == len(h):
+    hs = s.heap_timer
+    if g[HEAP_N] == len(h):
         raise RuntimeError("fast engine: timer heap full")
+    if when >= WHEN_LIMIT or g[SEQ] >= (1 << SEQ_BITS) - 1:
+        raise RuntimeError("fast engine: timer key out of range")
     g[SEQ] += 1
-    seq = g[SEQ]
-    g[EV_NFREE] -= 1
-    slot = s.ev_free[g[EV_NFREE]]
-    s.ev[slot, EV_KIND] = kind
-    s.ev[slot, EV_CPU] = c
-    s.ev[slot, EV_ARG] = arg
-    s.ev[slot, EV_CANCELLED] = 0
-    i = g[HEAP_N]
-    g[HEAP_N] = i + 1
+    key = (when << SEQ_BITS) | g[SEQ]
+    slot = kind | (c << EV_CPU_SHIFT) | (arg << EV_ARG_SHIFT)
+    n = g[HEAP_N]
+    g[HEAP_N] = n + 1
+    i = np.uint64(n)  # unsigned, as in _heap_pop: no wraparound
     while i > 0:  # sift up
-        parent = (i - 1) >> 2
-        pw = h[parent, 0]
-        if pw < when or (pw == when and h[parent, 1] < seq):
+        parent = (i - np.uint64(1)) >> np.uint64(ARITY_BITS)
+        if h[parent] < key:
             break
-        h[i, 0], h[i, 1], h[i, 2] = pw, h[parent, 1], h[parent, 2]
+        h[i] = h[parent]
+        hs[i] = hs[parent]
         i = parent
-    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
-    return slot
+    h[i] = key
+    hs[i] = slot
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _heap_pop(s: State) -> None:
+    """Remove the root. Floyd's way: the hole walks down to a leaf along the smallest children, then the
+    last entry rises from there; it belongs near the bottom, so this skips a hard-to-predict compare
+    per level."""
     g = s.g
     h = s.heap
-    n = g[HEAP_N] - 1
-    g[HEAP_N] = n
-    when, seq, slot = h[n, 0], h[n, 1], h[n, 2]  # the last row sinks from the root
-    i = 0
+    hs = s.heap_timer
+    last = g[HEAP_N] - 1
+    g[HEAP_N] = last
+    key, slot = h[last], hs[last]
+    # Indices are unsigned here: numba then skips the negative-index wraparound on every access.
+    one, bits = np.uint64(1), np.uint64(ARITY_BITS)
+    n = np.uint64(last)
+    i = np.uint64(0)
     while True:
-        first = 4 * i + 1
+        first = (i << bits) + one
         if first >= n:
             break
         best = first
-        bw, bs = h[first, 0], h[first, 1]
-        for child in range(first + 1, min(first + 4, n)):
-            cw = h[child, 0]
-            if cw < bw or (cw == bw and h[child, 1] < bs):
-                best, bw, bs = child, cw, h[child, 1]
-        if when < bw or (when == bw and seq < bs):
-            break
-        h[i, 0], h[i, 1], h[i, 2] = bw, bs, h[best, 2]
+        bk = h[first]
+        if first + np.uint64(ARITY) <= n:  # a full set of children: a loop of fixed length, unrolled, branch-free
+            for d in range(1, ARITY):
+                child = first + np.uint64(d)
+                ck = h[child]
+                if ck < bk:
+                    best, bk = child, ck
+        else:
+            child = first + one
+            while child < n:
+                ck = h[child]
+                if ck < bk:
+                    best, bk = child, ck
+                child += one
+        h[i] = bk
+        hs[i] = hs[best]
         i = best
-    h[i, 0], h[i, 1], h[i, 2] = when, seq, slot
+    while i > 0:
+        parent = (i - one) >> bits
+        if h[parent] < key:
+            break
+        h[i] = h[parent]
+        hs[i] = hs[parent]
+        i = parent
+    h[i] = key
+    hs[i] = slot
 
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
@@ -1155,10 +1190,9 @@ def _block(s: State, c: int, kind: int) -> None:
 @njit(cache=True, _nrt=False, inline="always")
 def _block_busy(s: State, c: int, end: int) -> None:
     gen = s.cpu[c, WAIT_GEN] + 1
-    timer = at(s, end, EV_BUSY_DONE, c, gen)
+    at(s, end, EV_BUSY_DONE, c, gen)
     _block(s, c, W_BUSY)
     s.cpu[c, WAIT_END] = end
-    s.cpu[c, WAIT_TIMER] = timer
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -1169,11 +1203,9 @@ def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int)
         return False
     cpu = s.cpu[c]
     gen = cpu[WAIT_GEN] + 1
-    timer = -1
     if deadline >= 0:
-        timer = at(s, deadline, EV_SPIN_TIMEOUT, c, gen)
+        at(s, deadline, EV_SPIN_TIMEOUT, c, gen)
     _block(s, c, W_SPIN)
-    cpu[WAIT_TIMER] = timer
     cpu[WAIT_COND] = cond
     cpu[WAIT_A] = a
     cpu[WAIT_B] = b
@@ -1280,13 +1312,10 @@ def preempt(s: State, c: int) -> bool:
     cpu[WAIT_GEN] += 1
     cpu[WAIT_KIND] = W_NONE
     now = s.g[NOW]
-    if kind == W_BUSY:
-        s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+    if kind == W_BUSY:  # the reference cancels the Busy timer: its generation has just passed
         x[SAVED_KIND] = S_BUSY
         x[SAVED_END] = cpu[WAIT_END] - now
-    elif kind == W_SPIN:
-        if cpu[WAIT_TIMER] >= 0:
-            s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+    elif kind == W_SPIN:  # and the spin's timeout timer, if any
         x[SAVED_KIND] = S_SPIN
         x[SAVED_COND] = cpu[WAIT_COND]
         x[SAVED_A] = cpu[WAIT_A]
@@ -1319,8 +1348,8 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
         if cpu[WAIT_GEN] != arg:
             return False, -1
         if cond_holds(s, cpu[WAIT_COND], cpu[WAIT_A], cpu[WAIT_B]):
-            if cpu[WAIT_TIMER] >= 0:
-                s.ev[cpu[WAIT_TIMER], EV_CANCELLED] = 1
+            # The reference cancels the timeout timer; the CPU blocks anew (a new generation) before
+            # this event ends, so the timer is recognised as cancelled when it comes up.
             cpu[WAIT_KIND] = W_NONE
             return True, 1
         watch_add(s, cpu[WAIT_WATCH], c, arg)
@@ -1340,23 +1369,35 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     return False, -1
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _needs_host(s: State, margin: int) -> bool:
+    """Whether a buffer lacks `margin` rows of room, gaps run low or seq needs renumbering: checked
+    before every event."""
+    g = s.g
+    return (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
+            or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
+            or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
+
+
 @njit(cache=True, _nrt=False)
 def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
     g = s.g
-    while g[HEAP_N] > 0 and s.heap[0, 0] <= until:
-        if (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
-                or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
-                or g[EV_NFREE] < margin or g[W_NFREE] < margin or g[GAP_LOW]):
+    while g[HEAP_N] > 0 and (s.heap[0] >> SEQ_BITS) <= until:
+        if _needs_host(s, margin):
             return 1
-        when = s.heap[0, 0]
-        slot = s.heap[0, 2]
+        when = s.heap[0] >> SEQ_BITS
+        timer = s.heap_timer[0]
         _heap_pop(s)
-        kind, c, arg, cancelled = s.ev[slot, EV_KIND], s.ev[slot, EV_CPU], s.ev[slot, EV_ARG], s.ev[slot, EV_CANCELLED]
-        s.ev_free[g[EV_NFREE]] = slot
-        g[EV_NFREE] += 1
-        if cancelled:
+        kind = timer & ((1 << EV_CPU_SHIFT) - 1)
+        c = (timer >> EV_CPU_SHIFT) & ((1 << (EV_ARG_SHIFT - EV_CPU_SHIFT)) - 1)
+        arg = timer >> EV_ARG_SHIFT
+        # Timer.cancelled: the reference cancels a Busy or spin-timeout timer exactly when its wait ends
+        # another way (an interrupt preempts it, or the spin's condition comes true), and each of those
+        # moves the CPU's wait generation past the timer's within the same event. Such a timer is skipped
+        # unseen: no event, the clock stays.
+        if (kind == EV_BUSY_DONE or kind == EV_SPIN_TIMEOUT) and s.cpu[c, WAIT_GEN] != arg:
             continue
         g[NOW] = when
         g[EVENTS] += 1

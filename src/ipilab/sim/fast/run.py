@@ -99,8 +99,7 @@ class FastSim:
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
             ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
-            heap=np.zeros((cap, 3), np.int64),
-            ev=np.zeros((cap, 4), np.int64), ev_free=np.arange(cap, dtype=np.int64),
+            heap=np.zeros(cap, np.int64), heap_timer=np.zeros(cap, np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
             csd=np.zeros((ncsd, E.NCSD), np.int64),
@@ -118,7 +117,6 @@ class FastSim:
             tmask=np.zeros((TRACE_ROWS * 4 if tracer else MARGIN * 2 * n), np.int64),
             lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
         g = s.g
-        g[E.EV_NFREE] = cap
         g[E.W_NFREE] = cap
         g[E.TRACE_ON] = tracer is not None
         g[E.NCPUS] = n
@@ -144,7 +142,6 @@ class FastSim:
             s.csd[n * n + n + src, [E.SRC, E.DST]] = src, src
         s.cpu[:, E.Q_HEAD] = -1
         s.cpu[:, E.Q_TAIL] = -1
-        s.cpu[:, E.WAIT_TIMER] = -1
         for c in range(n):
             s.ctx[c, E.IDLE, E.IRQS_ON] = 1
             s.ctx[c, E.IDLE, E.PC] = E.ID_TOP
@@ -255,14 +252,12 @@ class FastSim:
             for c in self._rngs:
                 if s.cpu[c, E.GAP_N] - s.cpu[c, E.GAP_POS] < GAPS // 2:
                     self._draw_gaps(c)
-        if g[E.HEAP_N] + MARGIN > len(s.heap) or g[E.EV_NFREE] < MARGIN:
+        if g[E.HEAP_N] + MARGIN > len(s.heap):
             cap = len(s.heap)
-            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros((cap, 3), np.int64)]),
-                                    ev=np.concatenate([s.ev, np.zeros((cap, 4), np.int64)]),
-                                    ev_free=np.concatenate([s.ev_free[:g[E.EV_NFREE]],
-                                                            np.arange(cap, 2 * cap, dtype=np.int64),
-                                                            np.zeros(cap - g[E.EV_NFREE], np.int64)]))
-            g[E.EV_NFREE] += cap
+            self.s = s = s._replace(heap=np.concatenate([s.heap, np.zeros(cap, np.int64)]),
+                                    heap_timer=np.concatenate([s.heap_timer, np.zeros(cap, np.int64)]))
+        if g[E.SEQ] >= E.SEQ_LIMIT:
+            self._renumber_timers()
         if g[E.W_NFREE] < MARGIN:
             cap = len(s.wpool)
             self.s = s = s._replace(wpool=np.concatenate([s.wpool, np.zeros((cap, 3), np.int64)]),
@@ -270,6 +265,17 @@ class FastSim:
                                                            np.arange(cap, 2 * cap, dtype=np.int64),
                                                            np.zeros(cap - g[E.W_NFREE], np.int64)]))
             g[E.W_NFREE] += cap
+
+    def _renumber_timers(self) -> None:
+        """Number the queued timers' seq 1..n again in their order (the heap keeps its shape, since the
+        order of keys does not change), so seq stays within its SEQ_BITS; later timers still come after."""
+        s, g = self.s, self.s.g
+        n = g[E.HEAP_N]
+        keys = s.heap[:n]
+        rank = np.empty(n, np.int64)
+        rank[np.argsort(keys)] = np.arange(1, n + 1, dtype=np.int64)
+        s.heap[:n] = ((keys >> E.SEQ_BITS) << E.SEQ_BITS) | rank
+        g[E.SEQ] = n
 
     def _fold_latencies(self) -> None:
         g = self.s.g
