@@ -10,23 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ipilab.analysis.replay import TraceModel, predict, trace_events
+from ipilab.analysis.replay import predict, read_with_and_without_decisions
 from ipilab.kernel.features import resolve_kernel
-from ipilab.trace.read import ReadStats
-
-SENDS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})
 
 
 def check(path: Path) -> dict[str, object]:
-    full, bare = TraceModel(), TraceModel()
-    n = 0
-    for seq, (event, lineno) in enumerate(trace_events(path, ReadStats())):
-        full.feed(seq, event, lineno)
-        if event.name not in SENDS:
-            bare.feed(n, event, lineno)
-            n += 1
-    full.finish()
-    bare.finish()
+    full, bare = read_with_and_without_decisions(path)
     preds = {k: predict(bare, resolve_kernel(k)) for k in ("v6.18", "v4.13", "v4.12")}
     # Under kernels before shared_queue remote wakeups are no calls: no decision.
     by_line = {k: {q.lineno: p.decisions.get(q.seq) for q in bare.enqueues} for k, p in preds.items()}

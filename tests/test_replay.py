@@ -11,7 +11,15 @@ import pytest
 from conftest import SHARED_TRACES
 from test_cli import assert_user_error, ipilab
 
-from ipilab.analysis.replay import NEVER, TraceModel, predict, read_model, replay_trace, trace_events
+from ipilab.analysis.replay import (
+    DECISION_EVENTS,
+    NEVER,
+    predict,
+    read_model,
+    read_with_and_without_decisions,
+    replay_trace,
+    trace_events,
+)
 from ipilab.kernel.features import resolve_kernel
 from ipilab.machine.model import load_machine
 from ipilab.sim.run import simulate
@@ -21,7 +29,7 @@ from ipilab.workloads import WorkloadError, workload_from_settings
 TRACES = SHARED_TRACES
 REAL = sorted(TRACES.glob("*.xz"))
 needs_traces = pytest.mark.skipif(not REAL, reason=f"no real traces in {TRACES}")
-SENDS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})
+SENDS = DECISION_EVENTS
 CALLBACK = "callback=generic_smp_call_function_single_interrupt+0x0/0x10"
 
 
@@ -269,24 +277,10 @@ def test_a_halt_poll_window_keeps_a_halting_cpu_polling(tmp_path: Path) -> None:
 
 # --- the real traces, with the send lines removed ---------------------------------------------------------
 
-def truth_and_prediction(path: Path, halt_poll_ns: int | None = None) -> tuple[TraceModel, TraceModel]:
-    """One read, two models: the whole trace (the truth) and the trace without its send lines."""
-    full, bare = TraceModel(), TraceModel(halt_poll_ns)
-    n = 0
-    for seq, (event, lineno) in enumerate(trace_events(path, ReadStats())):
-        full.feed(seq, event, lineno)
-        if event.name not in SENDS:
-            bare.feed(n, event, lineno)
-            n += 1
-    full.finish()
-    bare.finish()
-    return full, bare
-
-
 @needs_traces
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_traces_without_their_send_lines_predict_the_removed_decisions(path: Path) -> None:
-    full, bare = truth_and_prediction(path)
+    full, bare = read_with_and_without_decisions(path)
     assert bare.audit_result["decisions_known"] is False
     kernel = resolve_kernel("v6.18")
     predicted = predict(bare, kernel)
@@ -323,7 +317,7 @@ def test_a_simulated_run_replays_to_its_own_decisions(tmp_path: Path, machine: s
     sim = simulate(m, resolve_kernel(kernel), workload_from_settings(workload, settings), seconds=0.0005, seed=3,
                    trace_out=out)
     # A simulated trace has no guest_halt_poll_ns events: the window is given, as --halt-poll-ns would.
-    full, bare = truth_and_prediction(out, halt_poll_ns)
+    full, bare = read_with_and_without_decisions(out, halt_poll_ns)
     p = predict(bare, resolve_kernel(kernel))
     by_line = {q.lineno: p.decisions[q.seq] for q in bare.enqueues}
     real = {q.lineno: q.real.decision for q in full.enqueues if q.real is not None and q.real.decision is not None}

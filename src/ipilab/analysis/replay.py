@@ -407,6 +407,25 @@ def read_model(events: Iterable[tuple[Event, int]], halt_poll_ns: int | None = N
     return m
 
 
+# The lines that carry a kernel's decisions; a prediction must work without them.
+DECISION_EVENTS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})
+
+
+def read_with_and_without_decisions(path: Path, halt_poll_ns: int | None = None) -> tuple[TraceModel, TraceModel]:
+    """One read of a trace, two models: the whole trace (its own decisions, the truth to check against)
+    and the trace with its DECISION_EVENTS lines removed (what a prediction may use)."""
+    full, bare = TraceModel(), TraceModel(halt_poll_ns)
+    n = 0
+    for seq, (event, lineno) in enumerate(trace_events(path, ReadStats())):
+        full.feed(seq, event, lineno)
+        if event.name not in DECISION_EVENTS:
+            bare.feed(n, event, lineno)
+            n += 1
+    full.finish()
+    bare.finish()
+    return full, bare
+
+
 def trace_calls(m: TraceModel) -> tuple[list[TraceCall], dict[str, int]]:
     """The trace's calls for the closed-loop replay (workloads/replay.py), timed from the first one, and
     each function's median run time (ns)."""
