@@ -21,6 +21,7 @@ from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
+from ipilab.trace.ftrace import irq_flags
 
 
 @dataclass(eq=False)
@@ -127,8 +128,7 @@ class SimMachine:
         c = self.cpus[cpu]
         top = c.stack[-1]
         in_irq = any(ctx.kind == "irq" for ctx in c.stack)
-        flags = ("." if top.irqs_on else "d") + ("N" if c.idle.need_resched else ".") + \
-                ("h" if in_irq else ".") + "1."
+        flags = irq_flags(not top.irqs_on, c.idle.need_resched, in_irq)
         comm, pid = (c.comm, c.pid) if c.stack[1:2] and c.stack[1].kind == "task" else ("<idle>", 0)
         self.tracer(Event(self.engine.now, cpu, name, comm, pid, flags, fields))
 

@@ -19,6 +19,12 @@ from ipilab.events import FORMATS, Event, Kind
 from ipilab.files import PublishOnExit, publish
 
 
+def irq_flags(irqs_off: bool, need_resched: bool, in_hardirq: bool) -> str:
+    """The latency-format flags column as the kernel prints it for a simulated CPU: irqs-off, need-resched,
+    hardirq, a preempt count of 1 and no migrate-disable."""
+    return ("d" if irqs_off else ".") + ("N" if need_resched else ".") + ("h" if in_hardirq else ".") + "1."
+
+
 def format_cpumask(cpus: tuple[int, ...]) -> str:
     """The kernel's %*pb: hex bitmap, most significant 32-bit word first, comma-separated."""
     bits = 0

@@ -78,6 +78,7 @@ from ipilab.kernel.idle import IdleState, do_idle
 from ipilab.kernel.smp import CallSingleQueue, Csd, Smp, SmpFunc
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil, Step
 from ipilab.kernel.x86 import Apic
+from ipilab.trace.ftrace import irq_flags
 
 CALL_KINDS = ("many:wait", "single:async", "many:async", "single:wait")
 MAX_CPUS = 6
@@ -319,8 +320,7 @@ class ModelMachine:
         top = c.stack[-1]
         in_irq = any(ctx.kind == "irq" for ctx in c.stack)
         need_resched = IdleState.need_resched.__get__(c.idle)  # not a shared access: recording changes nothing
-        flags = ("." if top.irqs_on else "d") + ("N" if need_resched else ".") + \
-                ("h" if in_irq else ".") + "1."
+        flags = irq_flags(not top.irqs_on, need_resched, in_irq)
         task, pid = (f"prog{cpu}", 100 + cpu) if c.stack[1:2] and c.stack[1].kind == "task" else ("<idle>", 0)
         self.events.append(Event(self.now, cpu, name, task, pid, flags, fields))
 

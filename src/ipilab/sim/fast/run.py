@@ -21,6 +21,7 @@ from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
 from ipilab.machine.model import Machine, load_machine
 from ipilab.sim.fast import engine as E
 from ipilab.sim.machine import MachineStats
+from ipilab.trace.ftrace import irq_flags
 from ipilab.workloads.base import Workload, parse_cpulist
 from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeqMt, watermarks
 from ipilab.workloads.synthetic import Synthetic
@@ -318,8 +319,7 @@ class FastSim:
             fields = {"state": f0, "cpu_id": f1}
         else:
             fields = {"vector": f0}
-        flags = ("d" if fl & E.FL_IRQS_OFF else ".") + ("N" if fl & E.FL_NEED_RESCHED else ".") + \
-                ("h" if fl & E.FL_HARDIRQ else ".") + "1."
+        flags = irq_flags(bool(fl & E.FL_IRQS_OFF), bool(fl & E.FL_NEED_RESCHED), bool(fl & E.FL_HARDIRQ))
         comm, pid = (self._comm[c], self._pid[c]) if fl & E.FL_TASK else ("<idle>", 0)
         return Event(ts, c, kind, comm, pid, flags, fields)
 
