@@ -28,6 +28,7 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
+from ipilab.verify.dpor import explore_dpor
 from ipilab.verify.explore import Call, Config, ModelMachine, Result, default_programs, explore, iter_steps
 from ipilab.verify.promela import promela_model, run_spin
 from ipilab.verify.variants import VARIANTS
@@ -157,6 +158,53 @@ def test_every_variant_is_caught_by_the_default_mix_on_3_cpus_or_fewer():
         r = explore(config("v4.13", default_programs(2, 2), variant), shortest=False)
         assert r.violations >= 1, variant
         assert r.counterexample_violation.kind == VARIANTS[variant].expected
+
+
+# --- the partial-order search against the full one ----------------------------------------------------------
+
+@pytest.mark.parametrize(("kernel", "progs"), [
+    ("v4.12", default_programs(2, 2)),
+    ("v6.18", default_programs(2, 3)),
+    ("v4.12", programs("many:async", "many:async", "")),
+    ("v4.13", programs("many:async", "many:async", "")),
+    ("v4.13", programs("many:wait", "single:async", "single:wait")),
+])
+def test_dpor_reaches_exactly_the_end_states_of_the_full_search(kernel: str, progs):
+    """A second implementation as the truth: the full search stores every reachable state; the
+    partial-order one skips reorderings of independent moves. Both must end in the very same set of
+    terminal states (compared by their full identity: memory, code positions, functions run, IPIs)."""
+    full = explore(config(kernel, progs), keep_terminal_keys=True)
+    dpor = explore_dpor(config(kernel, progs), keep_terminal_keys=True)
+    assert dpor.terminal_keys == full.terminal_keys and dpor.terminal_keys
+    assert (dpor.ipis_min, dpor.ipis_max, dpor.violations) == (full.ipis_min, full.ipis_max, 0)
+    assert dpor.states <= full.states
+    if len(progs) == 3:
+        assert dpor.states * 3 < full.states  # with 3 CPUs, most moves are independent of a third one
+
+
+def test_dpor_runs_two_unrelated_pairs_of_cpus_one_after_the_other():
+    """cpu0 -> cpu1 and cpu2 -> cpu3, one async single call each: the two pairs share nothing. The full
+    search reaches every combination of the two pairs' 32 states (test_one_async_call_has_32_states):
+    32 x 32 = 1024. Every move of one pair is independent of every move of the other, so the
+    partial-order search runs them in one order only: the first pair's states with the second at its
+    start, then the second pair's from the first pair's one end state. If one pair alone takes S states,
+    the two take S + S - 1 (the state where the first pair ended and the second starts is shared)."""
+    one = explore_dpor(config("v4.13", programs("single:async", "")))
+    both_progs = programs("single:async", "", "single:async", "")
+    both = explore_dpor(config("v4.13", both_progs))
+    assert explore(config("v4.13", both_progs)).states == 32 * 32
+    assert one.states < 32
+    assert both.states == 2 * one.states - 1
+    assert (both.terminal_states, both.ipis_min, both.ipis_max) == (1, 2, 2)
+
+
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_dpor_catches_every_variant(variant: str):
+    progs, kind, moves = CASES[variant]
+    r = explore_dpor(config("v4.13", progs, variant))
+    assert r.violations >= 1 and r.counterexample_violation.kind == kind
+    assert len(r.counterexample) == moves  # the shortest, as the full search finds it
+    assert explore_dpor(config("v4.13", progs)).violations == 0
 
 
 # --- SPIN on the Promela export ---------------------------------------------------------------------------

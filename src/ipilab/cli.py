@@ -619,6 +619,9 @@ def report_cmd(source: Path, out: Path) -> None:
               help=f"Calls in each CPU's program (1 to {MAX_CALLS}).")
 @click.option("--mix", default=",".join(CALL_KINDS), show_default=True,
               help="Call kinds the programs cycle through: CPU i's k-th call is MIX[(2i+k) mod len(MIX)].")
+@click.option("--search", type=click.Choice(["dpor", "full"]), default="dpor", show_default=True,
+              help="dpor: one run per class of interleavings equal up to the order of independent moves "
+                   "(same end states, checks and IPI bounds, far fewer states); full: every reachable state.")
 @click.option("--max-states", type=int, default=2_000_000, show_default=True,
               help="Give up (exit 2) past this many states.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
@@ -626,8 +629,8 @@ def report_cmd(source: Path, out: Path) -> None:
               help="Also write the same model (first kernel) as Promela for SPIN.")
 @click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the first counterexample as ftrace text (`ipilab analyze` reads it).")
-def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: int, mix: str, max_states: int,
-               as_json: bool, promela: Path | None, trace_out: Path | None) -> None:
+def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: int, mix: str, search: str,
+               max_states: int, as_json: bool, promela: Path | None, trace_out: Path | None) -> None:
     """Check the cross-call protocol on every interleaving of a few CPUs (a model checker).
 
     Each CPU runs a short program of smp_call_function_many()/_single() calls, with and without wait, and
@@ -665,7 +668,7 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
             fail(str(e))
     try:
         with _progress(as_json) as step:
-            data, found = run_verify(kernels, programs, variant, max_states, progress=step)
+            data, found = run_verify(kernels, programs, variant, max_states, search, progress=step)
     except StateLimitError as e:
         fail(str(e))
     if model is not None:

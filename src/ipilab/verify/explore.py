@@ -23,7 +23,7 @@ the same run without it (which is explored) does not strand too; no check is mis
 are not reported.
 
 LOCAL STEPS. Every access by the kernel code to state another CPU can see (queues, CSD fields, idle
-flags, the APIC, the record of functions run) is noticed (`_touched`). A `run` move keeps going while the
+flags, the APIC, the record of functions run) is noticed (`_accesses`). A `run` move keeps going while the
 steps it runs touch nothing shared, and ends with the first step that does, or when the CPU blocks, or
 when its interrupts have just come on (or a vector is pending with them on). This loses no behaviour: a
 step that touches nothing shared commutes with every move of the other CPUs and with interrupt delivery
@@ -173,52 +173,63 @@ def _verify_func_body(p: Any, cpu: int, info: Any) -> KernelCode:
 VERIFY_FUNC = SmpFunc("verify_func", _verify_func_body)
 
 
-# Set whenever kernel code reads or writes state another CPU can see (the queues, the CSDs, the idle flags,
-# the APIC, the record of functions run): a step that leaves it unset touched only its own CPU.
-_touched = [False]
+# Every read and write kernel code makes of state another CPU can see (the queues, the CSDs' fields, the
+# idle flags, the APIC, the record of functions run), as (object, is_write), since the current move began:
+# a step that adds nothing touched only its own CPU. The partial-order search (dpor.py) reads them as the
+# move's footprint.
+_accesses: list[tuple[tuple, bool]] = []
 _SHARED_CSD_FIELDS = frozenset(("src", "dst", "func", "info", "locked", "sync"))
 
 
 class _WatchedQueue(CallSingleQueue):
+    def __init__(self, cpu: int) -> None:
+        super().__init__()
+        self.obj = ("call_single_queue", cpu)
+
     def llist_add(self, csd: Csd) -> bool:
-        _touched[0] = True
+        _accesses.append((self.obj, True))
         return super().llist_add(csd)
 
     def llist_del_all(self) -> list[Csd]:
-        _touched[0] = True
+        _accesses.append((self.obj, True))
         return super().llist_del_all()
 
     def __len__(self) -> int:
-        _touched[0] = True
+        _accesses.append((self.obj, False))
         return super().__len__()
 
 
 class _WatchedCsd(Csd):
+    # `vname` (set once, by ModelMachine._name) is the CSD's schedule-independent name.
     def __getattribute__(self, name: str) -> Any:
         if name in _SHARED_CSD_FIELDS:
-            _touched[0] = True
+            _accesses.append(((object.__getattribute__(self, "vname"), name), False))
         return object.__getattribute__(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _touched[0] = True
+        _accesses.append(((object.__getattribute__(self, "vname"), name), True))
         object.__setattr__(self, name, value)
 
 
-def _watched_slot(slot: Any) -> property:
-    def get(self: IdleState) -> Any:
-        _touched[0] = True
+def _watched_slot(slot: Any, field_name: str) -> property:
+    def get(self: _WatchedIdleState) -> Any:
+        _accesses.append((("idle", self.cpu, field_name), False))
         return slot.__get__(self)
 
-    def put(self: IdleState, value: Any) -> None:
-        _touched[0] = True
+    def put(self: _WatchedIdleState, value: Any) -> None:
+        _accesses.append((("idle", self.cpu, field_name), True))
         slot.__set__(self, value)
     return property(get, put)
 
 
 class _WatchedIdleState(IdleState):
-    __slots__ = ()
-    polling = _watched_slot(IdleState.polling)
-    need_resched = _watched_slot(IdleState.need_resched)
+    __slots__ = ("cpu",)
+    polling = _watched_slot(IdleState.polling, "polling")
+    need_resched = _watched_slot(IdleState.need_resched, "need_resched")
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        super().__init__()
 
 
 class ModelMachine:
@@ -246,13 +257,14 @@ class ModelMachine:
             self._name(smp.csd_data[src], ("data", src))
         self._stack_csds = [0] * n
         smp._new_csd = self._new_stack_csd  # on-stack CSDs get schedule-independent names
-        smp.call_single_queue = [_WatchedQueue() for _ in range(n)]
-        self.cpus = [Cpu(i, [], _WatchedIdleState()) for i in range(n)]
+        smp.call_single_queue = [_WatchedQueue(c) for c in range(n)]
+        self.cpus = [Cpu(i, [], _WatchedIdleState(i)) for i in range(n)]
         for c in self.cpus:
             c.stack = [Context(do_idle(smp, c.id, c.idle, 0), "idle", True),
                        Context(self._program(c.id), "task", True)]
 
     def _name(self, csd: Csd, name: tuple) -> None:
+        object.__setattr__(csd, "vname", name)
         csd.__class__ = _WatchedCsd
         self._names[id(csd)] = name
         self._csds.append(csd)
@@ -275,15 +287,15 @@ class ModelMachine:
             else:
                 yield from smp.smp_call_function_single(cpu, targets[0], VERIFY_FUNC, info, call.wait)
             if call.wait:
-                _touched[0] = True  # reads which functions ran
+                _accesses.extend((("ran", (cpu, k, t)), False) for t in targets)
                 missing = [t for t in targets if (cpu, k, t) not in self.ran]
                 if missing:
                     self.fail("early-return", f"cpu{cpu}'s call {k} ({call}) returned before its function ran "
                                               f"on cpu{','.join(map(str, missing))}")
 
     def func_ran(self, cpu: int, info: tuple[int, int]) -> None:
-        _touched[0] = True
         run = (info[0], info[1], cpu)
+        _accesses.append((("ran", run), True))
         if run in self.ran:
             self.fail("ran-twice", f"cpu{info[0]}'s call {info[1]} ran twice on cpu{cpu}")
         self.ran.add(run)
@@ -302,7 +314,7 @@ class ModelMachine:
         return 0
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
-        _touched[0] = True
+        _accesses.append((("irr", dst), True))
         self.ipis += 1
         c = self.cpus[dst]
         if vector in c.irr:
@@ -356,11 +368,16 @@ class ModelMachine:
             self._seen = {self._names[id(x)]: (x.__dict__["info"], x.__dict__["locked"]) for x in self._csds}
         c = self.cpus[cpu]
         self.steps += 1
+        _accesses.clear()
+        if c.stack[-1].irqs_on:
+            # Whether this CPU runs on or takes an interrupt depended on its IRR.
+            _accesses.append((("irr", cpu), False))
         if move == "run":
             self._run(c)
         elif move == "timeout":
             self._send(c, False)
         elif move == "irq":
+            _accesses.append((("irr", cpu), True))
             vector = max(c.irr)  # the APIC delivers the highest pending vector first
             c.irr.discard(vector)
             c.stack.append(Context(self.smp.sysvec_call_function(cpu, vector), "irq", False))
@@ -370,7 +387,9 @@ class ModelMachine:
     def _run(self, c: Cpu) -> None:
         """Run CPU c's top context through its local segments up to and including the first that touches
         shared state (see LOCAL STEPS in the module doc for why that loses no behaviour)."""
-        value = True if type(c.stack[-1].pending) is SpinUntil else None
+        value = None
+        if type(c.stack[-1].pending) is SpinUntil:
+            value = c.stack[-1].pending.cond()  # True (the move was offered), read again for the footprint
         self.labels = []
         first = c.stack[-1]
         while True:
@@ -379,14 +398,16 @@ class ModelMachine:
             if self.events is not None:  # only counterexamples are described
                 label = _step_label(top.pending)
                 self.labels.append(label if top is first else f"then {top.kind}: {label}")
-            _touched[0] = False
+            mark = len(_accesses)
             self._send(c, value)
             value = None
             now = c.stack[-1]
-            if _touched[0] or type(now.pending) in (SpinUntil, Halt) or not self.config.merge_local_steps:
+            if len(_accesses) > mark or type(now.pending) in (SpinUntil, Halt) or not self.config.merge_local_steps:
                 return
-            if now.irqs_on and (not irqs_were_on or c.irr):
-                return
+            if now.irqs_on:
+                _accesses.append((("irr", c.id), False))  # whether an interrupt is due decides where the move ends
+                if not irqs_were_on or c.irr:
+                    return
 
     def _send(self, c: Cpu, value: Any) -> None:
         top = c.stack[-1]
@@ -514,7 +535,9 @@ class Result:
     """What an exhaustive search found; see RESULT_DOCS for what each number counts."""
 
     config: Config
+    search: str = "full"  # "full": every state (explore); "dpor": one run per trace class (dpor.py)
     states: int = 0
+    executions: int = 0  # dpor: complete runs made
     transitions: int = 0
     terminal_states: int = 0
     seconds: float = 0.0
@@ -524,6 +547,7 @@ class Result:
     violations_by_kind: dict[str, int] = field(default_factory=dict)
     counterexample: list[Choice] | None = None
     counterexample_violation: Violation | None = None
+    terminal_keys: set[int] | None = None  # the terminal states' keys, when asked for (tests compare searches)
 
 
 class StateLimitError(RuntimeError):
@@ -538,13 +562,13 @@ def replay(config: Config, schedule: list[Choice], record: bool = False) -> Mode
     return m
 
 
-def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True,
+def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
             progress: Callable[[int, int | None], None] | None = None) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
     not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
     search then finds a shortest counterexample."""
     t0 = time.perf_counter()
-    res = Result(config)
+    res = Result(config, terminal_keys=set() if keep_terminal_keys else None)
     root = ModelMachine(config)
     visited = {root.key()}
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
@@ -586,6 +610,8 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True,
                 res.terminal_states += 1
                 res.ipis_min = child.ipis if res.ipis_min is None else min(res.ipis_min, child.ipis)
                 res.ipis_max = child.ipis if res.ipis_max is None else max(res.ipis_max, child.ipis)
+                if res.terminal_keys is not None:
+                    res.terminal_keys.add(k)
             else:
                 todo.append((cid, child, child_moves))
     res.states = len(parent)

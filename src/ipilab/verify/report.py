@@ -12,13 +12,20 @@ from rich.table import Table
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import Smp
 from ipilab.trace.ftrace import FtraceWriter, format_event
+from ipilab.verify.dpor import explore_dpor
 from ipilab.verify.explore import Call, Config, Result, explore, iter_steps
 from ipilab.verify.variants import VARIANTS
 
+SEARCHES = {
+    "dpor": "one run per class of interleavings that differ only in the order of independent moves "
+            "(dynamic partial-order reduction): every end state, check and IPI count of the full search",
+    "full": "every reachable state",
+}
+
 RESULT_DOCS: dict[str, str] = {
     "states": "distinct states reached (shared memory + every CPU's code position and locals + functions run "
-              "+ IPIs sent so far), the initial state included",
-    "transitions": "moves taken from expanded states, including those that led to a state already seen",
+              "+ IPIs sent so far), the initial state included; with --search dpor, those its runs reached",
+    "transitions": "moves taken, including those that led to a state already seen",
     "terminal_states": "states with no move left that pass every check (every program done, queues empty)",
     "ipis_min": "fewest function-call IPIs sent (one per target CPU) over all complete runs",
     "ipis_max": "most function-call IPIs sent over all complete runs",
@@ -49,6 +56,7 @@ def print_report(data: dict[str, Any], console: Console) -> None:
     console.print(f"[bold]ipilab verify[/bold]: {cfg['cpus']} CPUs, {cfg['calls']} call(s) each, variant "
                   f"[bold]{cfg['variant']}[/bold]; every interleaving of the kernel model's atomic steps",
                   highlight=False)
+    console.print(f"  search {cfg['search']}: {cfg['search_meaning']}", highlight=False)
     for cpu, prog in enumerate(cfg["programs"]):
         console.print(f"  cpu{cpu} calls: {', '.join(prog)}", highlight=False)
     kernels = data["kernels"]
@@ -88,19 +96,22 @@ def print_report(data: dict[str, Any], console: Console) -> None:
 
 
 def run_verify(kernels: list[Kernel], programs: tuple[tuple[Call, ...], ...], variant: str,
-               max_states: int, progress: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
+               max_states: int, search: str = "dpor",
+               progress: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
                ) -> tuple[dict[str, Any], list[Result]]:
     """Search every kernel with the same programs and variant; the results as plain data, and as found."""
     smp_class = VARIANTS[variant].smp_class if variant != "none" else Smp
+    search_fn = explore_dpor if search == "dpor" else explore
     results, found = {}, []
     for k in kernels:
         step = progress(f"{k.name}: states") if progress is not None else None
-        r = explore(Config(k, programs, smp_class, variant), max_states=max_states, progress=step)
+        r = search_fn(Config(k, programs, smp_class, variant), max_states=max_states, progress=step)
         found.append(r)
         results[k.name] = result_dict(r)
     return {
         "config": {"cpus": len(programs), "calls": len(programs[0]),
                    "programs": [[str(c) for c in prog] for prog in programs], "variant": variant,
+                   "search": search, "search_meaning": SEARCHES[search],
                    "calls_meaning": "many = smp_call_function_many() to every other CPU, single = "
                                     "smp_call_function_single() to the next CPU; wait = the caller waits"},
         "kernels": results,

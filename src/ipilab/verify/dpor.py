@@ -1,0 +1,306 @@
+"""The partial-order search: every interleaving up to reordering of independent moves.
+
+Two moves of different CPUs are *independent* when neither writes an object the other reads or writes
+(the objects are those explore.py records: each queue, each CSD field, each idle flag, each CPU's IRR,
+each (call, target) entry of the record of functions run). Independent moves commute: taken in either
+order from one state they lead to one state. Two runs that differ only by swapping adjacent independent
+moves are equivalent (one Mazurkiewicz trace): they end in the same state and pass or fail the same
+checks, since every check reads only what the moves wrote. So it suffices to run one representative of
+every class. That is what dynamic partial-order reduction does (Flanagan and Godefroid, POPL 2005), here
+with source sets and sleep sets (Abdulla, Aronis, Jonsson and Sagonas, POPL 2014):
+
+- Run one complete interleaving, noting each move's footprint (its reads and writes) and, by vector
+  clocks, which earlier moves it depends on (happens-before).
+- A *race* is two dependent moves of different CPUs with no chain of dependencies between them through
+  other moves. For each race (e, f), the run could have gone the other way: from the state before e,
+  some CPU that can start the reversed order (an *initial* of the moves after e that do not depend on e,
+  followed by f) is added to that state's backtrack set, unless one of the initials is already there.
+- A CPU whose move was explored from a state sleeps there: its move need not be tried again after moves
+  independent of it (the sleep set), since every such run was covered from where it was first taken.
+
+Every run of the model is finite, so each complete interleaving ends in a state with no move left; every
+trace class (so every reachable terminal state, every value of the IPI count at the end, every check)
+is covered. A race whose reversal is impossible (the second move was blocked until the first: a spin
+that waits for an unlock, an interrupt entry that waits for its IPI) adds nothing.
+
+What is not preserved is the number of distinct intermediate states: the search reports the runs it made
+(`executions`), the moves it took, and the distinct states those runs passed through. The full search
+(explore.py) reports every reachable state, and tests hold the two to the same terminal states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ipilab.verify import explore as ex
+from ipilab.verify.explore import Choice, Config, ModelMachine, Result, StateLimitError, replay, shortest_counterexample
+
+
+@dataclass(slots=True)
+class _Move:
+    cpu: int
+    choice: Choice
+    reads: frozenset
+    writes: frozenset
+    seq: int  # the how-many-th move of its CPU in this run (from 1)
+    clock: list[int]  # vector clock: clock[c] = how many of CPU c's moves happen before it (itself included)
+    bits: int = 0  # its accesses, as bits of an access set (see _Bits)
+    conflicts: int = 0  # the accesses of other CPUs that would depend on it
+
+
+@dataclass(slots=True)
+class _Node:
+    """A state on the current run: the CPUs that can move there, which to try, which were tried, which
+    sleep (with their move's footprint), and every access made by the moves taken from it so far."""
+
+    key: int
+    enabled: dict[int, Choice]
+    backtrack: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set)
+    sleep: dict[int, tuple[frozenset, frozenset]] = field(default_factory=dict)
+    slept: frozenset = frozenset()  # the CPUs asleep on arrival (what the visited set records)
+    summary: int = 0
+    revisit: bool = False  # reached before with more CPUs asleep: only those are tried now
+
+
+class _Bits:
+    """Access sets as integers: one bit per (object, read or write, CPU)."""
+
+    def __init__(self, ncpus: int) -> None:
+        self.n = ncpus
+        self.index: dict[tuple, int] = {}
+        self.cpu_masks: list[int] = []  # per CPU, all its bits (grown as objects appear)
+
+    def _base(self, obj: tuple) -> int:
+        i = self.index.get(obj)
+        if i is None:
+            i = self.index[obj] = len(self.index)
+            base = 2 * self.n * i
+            if not self.cpu_masks:
+                self.cpu_masks = [0] * self.n
+            for q in range(self.n):
+                self.cpu_masks[q] |= (1 << (base + q)) | (1 << (base + self.n + q))
+        return 2 * self.n * i
+
+    def of(self, move: _Move) -> None:
+        n, cpu, others = self.n, move.cpu, [q for q in range(self.n) if q != move.cpu]
+        bits = conflicts = 0
+        for obj in move.reads:
+            b = self._base(obj)
+            bits |= 1 << (b + cpu)
+            conflicts |= sum(1 << (b + n + q) for q in others)
+        for obj in move.writes:
+            b = self._base(obj)
+            bits |= 1 << (b + n + cpu)
+            conflicts |= sum((1 << (b + q)) | (1 << (b + n + q)) for q in others)
+        move.bits, move.conflicts = bits, conflicts
+
+    def cpus_in(self, bits: int) -> list[int]:
+        return [q for q, mask in enumerate(self.cpu_masks) if bits & mask]
+
+
+def _footprint() -> tuple[frozenset, frozenset]:
+    reads = frozenset(obj for obj, write in ex._accesses if not write)
+    writes = frozenset(obj for obj, write in ex._accesses if write)
+    return reads, writes
+
+
+def _independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset]) -> bool:
+    (ra, wa), (rb, wb) = a, b
+    return not (wa & rb or wa & wb or ra & wb)
+
+
+def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
+                 keep_terminal_keys: bool = False,
+                 progress: Callable[[int, int | None], None] | None = None) -> Result:
+    """Every class of equivalent interleavings, each state expanded at most once (see the module doc).
+    With violations and `shortest`, a breadth-first search of the full state space then looks for a
+    shortest counterexample (keeping the one found when that search would pass `max_states`)."""
+    t0 = time.perf_counter()
+    res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
+    n = config.ncpus
+    bits = _Bits(n)
+    m: ModelMachine | None = ModelMachine(config)
+    root = _Node(m.key(), _enabled(m))
+    root.backtrack.add(min(root.enabled))
+    # Finished states: key -> (every access made from them, the CPUs that slept when they were expanded).
+    visited: dict[int, tuple[int, frozenset]] = {}
+    nodes, moves = [root], []
+    while nodes:
+        node = nodes[-1]
+        todo = node.backtrack - node.done - node.sleep.keys()
+        if not todo:
+            nodes.pop()
+            if node.revisit:
+                summary, slept = visited[node.key]
+                visited[node.key] = (summary | node.summary, slept & node.slept)
+            else:
+                visited[node.key] = (node.summary, node.slept)
+            if moves:
+                nodes[-1].summary |= moves.pop().bits | node.summary
+            m = None  # the machine stands past this state: the next move from an earlier state replays
+            continue
+        cpu = min(todo)
+        node.done.add(cpu)
+        if m is None:
+            m = replay(config, [mv.choice for mv in moves])
+        m.apply(node.enabled[cpu])
+        res.transitions += 1
+        move = _new_move(moves, cpu, node.enabled[cpu], *_footprint(), n)
+        bits.of(move)
+        _add_backtracks(nodes, moves, move)
+        moves.append(move)
+        fp = (move.reads, move.writes)
+        sleep = {q: f for q, f in node.sleep.items() if _independent(f, fp)}
+        node.sleep[cpu] = fp
+        key = m.key()
+        seen = visited.get(key)
+        if seen is not None:
+            # Its successors were explored from another run: their moves may race with this run's.
+            summary, slept = seen
+            _add_backtracks_for(nodes, moves, summary, bits)
+            node.summary |= move.bits | summary
+            if slept <= sleep.keys():
+                moves.pop()
+                m = None
+                continue
+            # It was expanded with CPUs asleep that are awake now: try those from it.
+            child = _Node(key, _enabled(m), sleep=sleep, slept=frozenset(sleep), revisit=True)
+            child.backtrack = set(slept - sleep.keys()) & child.enabled.keys()
+            nodes.append(child)
+            continue
+        if len(visited) + len(nodes) >= max_states:
+            raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise --max-states")
+        if progress is not None and len(visited) % 1000 == 0:
+            progress(len(visited), None)
+        enabled = _enabled(m)
+        violation = m.violation
+        if violation is None and not enabled:
+            violation = m.terminal_violation()
+        if violation is not None or not enabled:
+            res.executions += 1
+            if violation is not None:
+                res.violations += 1
+                res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
+                if res.counterexample is None:
+                    res.counterexample = [mv.choice for mv in moves]
+                    res.counterexample_violation = violation
+            else:
+                res.terminal_states += 1
+                res.ipis_min = m.ipis if res.ipis_min is None else min(res.ipis_min, m.ipis)
+                res.ipis_max = m.ipis if res.ipis_max is None else max(res.ipis_max, m.ipis)
+                if res.terminal_keys is not None:
+                    res.terminal_keys.add(key)
+            visited[key] = (0, frozenset())
+            node.summary |= move.bits
+            moves.pop()
+            m = None
+            continue
+        child = _Node(key, enabled, sleep=sleep, slept=frozenset(sleep))
+        awake = [c for c in enabled if c not in sleep]
+        if awake:
+            child.backtrack.add(awake[0])
+        nodes.append(child)
+    res.states = len(visited)
+    res.seconds = time.perf_counter() - t0
+    if res.violations and shortest:
+        with contextlib.suppress(StateLimitError):
+            res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
+    return res
+
+
+def _enabled(m: ModelMachine) -> dict[int, Choice]:
+    return {choice[1]: choice for choice in m.choices()}
+
+
+def _new_move(moves: list[_Move], cpu: int, choice: Choice, reads: frozenset, writes: frozenset,
+              n: int) -> _Move:
+    """The move with its vector clock: after its CPU's previous move and after every earlier move it
+    depends on."""
+    clock = [0] * n
+    seq = 1
+    for prev in reversed(moves):
+        if prev.cpu == cpu:
+            clock = list(prev.clock)
+            seq = prev.seq + 1
+            break
+    clock[cpu] = seq
+    return _Move(cpu, choice, reads, writes, seq, clock)
+
+
+def _depends(a: _Move, b: _Move) -> bool:
+    return bool(a.writes & b.reads or a.writes & b.writes or a.reads & b.writes)
+
+
+def _happens_before(a: _Move, b: _Move) -> bool:
+    return b.clock[a.cpu] >= a.seq
+
+
+def _add_backtracks(path: list[_Node], moves: list[_Move], new: _Move) -> None:
+    """Find the races of `new` with the run so far (latest first, so a move that happens before a later
+    dependent one is no race), give each a way to be reversed, and complete `new`'s clock."""
+    clock = new.clock
+    for i in range(len(moves) - 1, -1, -1):
+        e = moves[i]
+        if e.cpu == new.cpu or not _depends(e, new):
+            continue
+        if clock[e.cpu] < e.seq:
+            _reverse(path[i], moves, i, new)
+        for c, v in enumerate(e.clock):
+            if v > clock[c]:
+                clock[c] = v
+
+
+def _reverse(before: _Node, moves: list[_Move], i: int, new: _Move) -> None:
+    """Make sure the state before moves[i] tries a CPU that can start the run where `new` comes first."""
+    e = moves[i]
+    v = [x for x in moves[i + 1:] if not _happens_before(e, x)]
+    v.append(new)
+    initials = []
+    for j, x in enumerate(v):
+        if x.cpu in initials:
+            continue
+        if not any(_happens_before(y, x) for y in v[:j]):
+            initials.append(x.cpu)
+    startable = [c for c in initials if c in before.enabled]
+    if not startable or any(c in before.backtrack for c in startable):
+        return
+    before.backtrack.add(new.cpu if new.cpu in startable else startable[0])
+
+
+def _add_backtracks_for(path: list[_Node], moves: list[_Move], summary: int, bits: _Bits) -> None:
+    """The run reached a finished state whose successors made the accesses in `summary`. An access by
+    CPU q comes after q's last move in this run, so it races with a move e of the run that it depends on
+    unless e happens before that last move (and so before all of q's later ones). For each such race, as
+    in _reverse, the state before e must try a CPU that can start the reversed order: one of the first
+    moves after e that do not depend on it, if there are any (they are initials whatever the successors
+    do); otherwise q, or, when q cannot move there, every CPU that made an access in `summary`."""
+    last = [[0] * len(bits.cpu_masks) for _ in bits.cpu_masks]  # per CPU, the clock of its last move
+    for e in moves:
+        last[e.cpu] = e.clock
+    for i, e in enumerate(moves):
+        hit = summary & e.conflicts
+        if not hit:
+            continue
+        racing = [q for q in bits.cpus_in(hit) if last[q][e.cpu] < e.seq]
+        if not racing:
+            continue
+        before = path[i]
+        v = [x for x in moves[i + 1:] if not _happens_before(e, x)]
+        initials = set()
+        for j, x in enumerate(v):
+            if x.cpu not in initials and not any(_happens_before(y, x) for y in v[:j]):
+                initials.add(x.cpu)
+        startable = initials & before.enabled.keys()
+        if startable:
+            if not startable & before.backtrack:
+                before.backtrack.add(min(startable))
+            continue
+        for q in racing:
+            if q in before.enabled:
+                before.backtrack.add(q)
+            else:
+                before.backtrack.update(c for c in bits.cpus_in(summary) if c in before.enabled)
