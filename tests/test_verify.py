@@ -198,6 +198,22 @@ def test_dpor_runs_two_unrelated_pairs_of_cpus_one_after_the_other():
     assert (both.terminal_states, both.ipis_min, both.ipis_max) == (1, 2, 2)
 
 
+@pytest.mark.parametrize(("kernel", "bounds"), [("v4.12", (6, 9)), ("v4.13", (5, 9))])
+def test_three_cpus_two_calls_each_are_clean_with_the_ipi_bounds_worked_out_by_hand(kernel: str, bounds):
+    """The issue's size: 3 CPUs x 2 calls, the default mix. cpu0 and cpu2 run many:wait then single:async,
+    cpu1 many:async then single:wait; `many` goes to both other CPUs, `single` to the next CPU.
+    v4.12: a multi-target call IPIs every target (3 calls x 2 = 6); each single call IPIs only a queue it
+    finds empty, and each can find it non-empty (cpu0's to cpu1 behind cpu2's many, cpu1's to cpu2
+    behind its own many:async, cpu2's to cpu0 behind cpu1's many:async): 6 to 9.
+    v4.13: a target is IPId only when its queue was empty, so at most one IPI per CSD (9 CSDs). At
+    least: cpu1's queue gets cpu0's many:wait CSD and later cpu0's single, which is queued only after
+    the first ran, i.e. after cpu1 emptied its queue: two IPIs; the same for cpu0's queue (cpu2's
+    many:wait, then cpu2's single); cpu2's queue one. 5 to 9."""
+    r = explore_dpor(config(kernel, default_programs(3, 2)))
+    assert r.violations == 0 and r.terminal_states >= 1
+    assert (r.ipis_min, r.ipis_max) == bounds
+
+
 @pytest.mark.parametrize("variant", sorted(CASES))
 def test_dpor_catches_every_variant(variant: str):
     progs, kind, moves = CASES[variant]

@@ -6,26 +6,34 @@ each (call, target) entry of the record of functions run). Independent moves com
 order from one state they lead to one state. Two runs that differ only by swapping adjacent independent
 moves are equivalent (one Mazurkiewicz trace): they end in the same state and pass or fail the same
 checks, since every check reads only what the moves wrote. So it suffices to run one representative of
-every class. That is what dynamic partial-order reduction does (Flanagan and Godefroid, POPL 2005), here
-with source sets and sleep sets (Abdulla, Aronis, Jonsson and Sagonas, POPL 2014):
+every class. That is dynamic partial-order reduction (Flanagan and Godefroid, POPL 2005), here with
+source sets and sleep sets (Abdulla, Aronis, Jonsson and Sagonas, POPL 2014):
 
-- Run one complete interleaving, noting each move's footprint (its reads and writes) and, by vector
-  clocks, which earlier moves it depends on (happens-before).
+- Runs are made depth first, noting each move's footprint (its reads and writes) and, by vector clocks,
+  which earlier moves it depends on (happens-before).
 - A *race* is two dependent moves of different CPUs with no chain of dependencies between them through
-  other moves. For each race (e, f), the run could have gone the other way: from the state before e,
-  some CPU that can start the reversed order (an *initial* of the moves after e that do not depend on e,
-  followed by f) is added to that state's backtrack set, unless one of the initials is already there.
+  other moves. For each race (e, f) the run could have gone the other way: from the state before e, some
+  CPU that can start the reversed order (an *initial* of the moves after e that do not depend on e,
+  followed by f) is added to that state's backtrack set, unless one of the initials is already there. A
+  race whose reversal is impossible (f was blocked until e: a spin that waits for an unlock, an interrupt
+  entry that waits for its IPI) adds nothing.
 - A CPU whose move was explored from a state sleeps there: its move need not be tried again after moves
   independent of it (the sleep set), since every such run was covered from where it was first taken.
 
-Every run of the model is finite, so each complete interleaving ends in a state with no move left; every
-trace class (so every reachable terminal state, every value of the IPI count at the end, every check)
-is covered. A race whose reversal is impossible (the second move was blocked until the first: a spin
-that waits for an unlock, an interrupt entry that waits for its IPI) adds nothing.
+Every run of the model is finite, so each class of complete runs ends in a state with no move left, and
+every class is run: every reachable terminal state, every final IPI count and every check is covered.
 
-What is not preserved is the number of distinct intermediate states: the search reports the runs it made
-(`executions`), the moves it took, and the distinct states those runs passed through. The full search
-(explore.py) reports every reachable state, and tests hold the two to the same terminal states.
+The visited set. Runs that meet in one state would explore its successors again; instead, a state
+finished once keeps a summary of every access its successors made (one bit per object, read or write,
+and CPU). A run that reaches it again treats each of those accesses as a possible race with its own
+moves: an access by CPU q comes after q's last move of the run, so only moves that do not happen before
+that last move can race with it, and for each such race the state before it gets a CPU to try, as
+above (an initial among the run's own moves after it when there is one, else q, else every CPU in the
+summary). A state first expanded with CPUs asleep that are awake when it is reached again is expanded
+again for those CPUs. Tests hold the result to the full search's (explore.py): the same set of
+terminal states, compared by their whole identity, on every kernel and on 2- and 3-CPU programs.
+
+What is not preserved is the number of intermediate states: `states` counts those the runs reached.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ target, `data` by sender, on-stack ones by sender and how many it made before). 
 64-bit hashes of keys (hash compaction, as SPIN's -DHC): two distinct states collide with probability
 about n^2 / 2^65 for n states, i.e. below 1e-6 up to 6 million states.
 
+This search (`explore`) expands every reachable state. dpor.py expands fewer, on the same machine: it
+runs one interleaving per class of interleavings that differ only in the order of independent moves,
+from the accesses each move records (`_accesses`).
+
 What is checked (each a `Violation.kind`):
   * `lost-wakeup`: a CSD sits in a queue and no flush of that queue will ever come. Stated per state: CPU
     c's queue is non-empty in state s and some continuation of s never flushes it. Every run is finite (a
@@ -151,6 +155,7 @@ class Context:
     kind: str  # "task", "idle" or "irq"
     irqs_on: bool
     pending: Step | None = None  # what the code yielded last; None: not started
+    key: tuple | None = None  # its part of ModelMachine.key(), kept until the context runs again
 
 
 @dataclass(eq=False)
@@ -251,6 +256,8 @@ class ModelMachine:
         self.smp = smp = config.smp_class(config.kernel, n, apic, self)
         self._names: dict[int, tuple] = {}
         self._csds: list[Csd] = []
+        self._fields: list[tuple[tuple, dict]] = []  # per CSD, its name and its fields
+        self._levels: dict[int, tuple] = {}  # _gen_key's cache
         for src in range(n):
             for dst in range(n):
                 self._name(smp.cfd_csd[src][dst], ("cfd", src, dst))
@@ -268,6 +275,7 @@ class ModelMachine:
         csd.__class__ = _WatchedCsd
         self._names[id(csd)] = name
         self._csds.append(csd)
+        self._fields.append((name, object.__getattribute__(csd, "__dict__")))  # read without being noticed
 
     def _new_stack_csd(self, src: int, dst: int) -> Csd:
         self._stack_csds[src] += 1
@@ -365,7 +373,7 @@ class ModelMachine:
         move, cpu = choice[0], choice[1]
         self.stack_keys[cpu] = None
         if check:
-            self._seen = {self._names[id(x)]: (x.__dict__["info"], x.__dict__["locked"]) for x in self._csds}
+            self._seen = {name: (d["info"], d["locked"]) for name, d in self._fields}
         c = self.cpus[cpu]
         self.steps += 1
         _accesses.clear()
@@ -411,12 +419,14 @@ class ModelMachine:
 
     def _send(self, c: Cpu, value: Any) -> None:
         top = c.stack[-1]
+        top.key = None
         try:
             step = top.code.send(value)
         except StopIteration:
             c.stack.pop()
             if top.kind == "irq" and type(c.stack[-1].pending) is Halt:
                 c.stack[-1].pending = RESUMED
+                c.stack[-1].key = None
             elif top.kind == "idle":
                 raise RuntimeError("the idle loop returned") from None
             return
@@ -427,11 +437,10 @@ class ModelMachine:
         top.pending = step
 
     def _check_reuse(self) -> None:
-        for csd in self._csds:
-            name = self._names[id(csd)]
+        for name, d in self._fields:
             info, locked = self._seen.get(name, (None, False))
-            if csd.__dict__["info"] != info and locked:
-                self.fail("reuse-while-locked", f"CSD {_csd_label(name)} got call {csd.__dict__['info']} while "
+            if d["info"] != info and locked:
+                self.fail("reuse-while-locked", f"CSD {_csd_label(name)} got call {d['info']} while "
                                                 f"still locked by call {info}")
 
     def terminal_violation(self) -> Violation | None:
@@ -464,23 +473,28 @@ class ModelMachine:
         for i, c in enumerate(self.cpus):
             if stacks[i] is None:
                 # Only a CPU's own moves change its code positions and locals (other CPUs' CSDs appear in
-                # them by name, their fields are in the shared part), so the others' keys are reused.
-                stacks[i] = tuple((ctx.kind, ctx.irqs_on, _step_key(ctx.pending), _gen_key(ctx.code, canon))
-                                  for ctx in c.stack)
+                # them by name, their fields are in the shared part), so the others' keys are reused; and
+                # of its contexts, only those that ran (see _send).
+                for ctx in c.stack:
+                    if ctx.key is None:
+                        ctx.key = (ctx.kind, ctx.irqs_on, _step_key(ctx.pending),
+                                   _gen_key(ctx.code, canon, self._levels))
+                stacks[i] = tuple(ctx.key for ctx in c.stack)
         cpus = tuple((stacks[i], tuple(sorted(c.irr)), c.idle.polling, c.idle.need_resched)
                      for i, c in enumerate(self.cpus))
         queues = tuple(tuple(self._names[id(x)] for x in q.entries) for q in self.smp.call_single_queue)
-        csds = tuple(sorted((self._names[id(x)], d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name,
-                             d["info"]) for x in self._csds for d in (x.__dict__,)))
+        csds = tuple(sorted((name, d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name, d["info"])
+                            for name, d in self._fields))
         return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis))
 
     def _canon(self, v: Any) -> Any:
-        if v is None or type(v) in (bool, int, str, float):
+        t = type(v)
+        if t is int or t is bool or v is None or t is str or t is float:
             return v
-        if type(v) is _WatchedCsd:
-            return ("csd", self._names[id(v)])
-        if type(v) in (list, tuple):
-            return tuple(self._canon(x) for x in v)
+        if t is _WatchedCsd:
+            return object.__getattribute__(v, "vname")
+        if t is list or t is tuple:
+            return tuple([self._canon(x) for x in v])
         if type(v) in _ITERATORS:
             return (type(v).__name__, self._canon(v.__reduce__()[1:]))
         if type(v) in (SmpFunc, Call):
@@ -504,19 +518,33 @@ def _step_key(step: Step | None) -> Any:
     return (type(step).__name__, getattr(step, "what", ""))
 
 
-def _gen_key(gen: Any, canon: Callable[[Any], Any]) -> tuple:
+def _gen_key(gen: Any, canon: Callable[[Any], Any], cache: dict[int, tuple] | None = None) -> tuple:
     """A generator chain's position: per `yield from` level, function, bytecode offset, locals and the
-    iterators on its evaluation stack."""
+    iterators on its evaluation stack.
+
+    A level still delegating to the very generator it delegated to when its key was cached has not run
+    since (it resumes only when that generator finishes), so `cache` (id -> (generator, delegate, key))
+    gives its key back; holding both objects keeps their ids from being reused."""
     out = []
     while gen is not None and hasattr(gen, "gi_frame"):
         frame = gen.gi_frame
         if frame is None:
             out.append((gen.gi_code.co_qualname, "finished"))
             break
+        inner = gen.gi_yieldfrom
+        if cache is not None and inner is not None:
+            hit = cache.get(id(gen))
+            if hit is not None and hit[0] is gen and hit[1] is inner:
+                out.append(hit[2])
+                gen = inner
+                continue
         local = tuple((k, canon(v)) for k, v in frame.f_locals.items() if k != "self")
         stack = tuple(canon(r) for r in gc.get_referents(gen) if type(r) in _ITERATORS)
-        out.append((gen.gi_code.co_qualname, frame.f_lasti, local, stack))
-        gen = gen.gi_yieldfrom
+        level = (gen.gi_code.co_qualname, frame.f_lasti, local, stack)
+        if cache is not None and inner is not None:
+            cache[id(gen)] = (gen, inner, level)
+        out.append(level)
+        gen = inner
     return tuple(out)
 
 
