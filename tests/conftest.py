@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ from ipilab.sim.fast.run import warm_up
 SHARED_TRACES = next((p / "shared" / "traces" for p in Path(__file__).resolve().parents
                       if (p / "shared" / "traces").is_dir()),
                      Path(__file__).resolve().parents[2] / "shared" / "traces")
+
+
+def sigint_default() -> None:
+    """A Popen preexec_fn: a child started from a background job inherits SIGINT ignored (so Python would
+    never raise KeyboardInterrupt); the Ctrl-C tests need it delivered as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_machine(ncpus: int = 3, apic_mode: str = "x2apic_phys", **costs: int) -> Machine:

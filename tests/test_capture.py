@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_default
 from test_cli import ipilab
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -101,7 +102,7 @@ def test_a_failing_command_still_writes_the_trace_and_restores_tracefs(tmp_path:
 def test_ctrl_c_restores_tracefs(tmp_path: Path, tracefs_state) -> None:
     out = tmp_path / "stopped.trace"
     child = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "capture", "-o", str(out), "--duration", "30"],
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     time.sleep(2)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)

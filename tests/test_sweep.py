@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import sigint_default
 from test_cli import assert_user_error, ipilab
 
 from ipilab.sweep.spec import SpecError, expand, load_spec
@@ -141,7 +142,7 @@ def _kill_midway(tmp_path: Path, sig: int, workers: int = 1) -> tuple[subprocess
     parts = tmp_path / "slow.parquet.parts"
     proc = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "sweep", str(spec), "--out", str(out), "-j",
                              str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if parts.is_dir() and len([p for p in parts.iterdir() if not p.name.startswith(".")]) >= 2:

@@ -124,7 +124,8 @@ def _independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset])
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
                  keep_terminal_keys: bool = False,
                  progress: Callable[[int, int | None], None] | None = None) -> Result:
-    """Every class of equivalent interleavings, each state expanded at most once (see the module doc).
+    """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
+    slept at its first expansion and are awake when it is reached again; see the module doc).
     With violations and `shortest`, a breadth-first search of the full state space then looks for a
     shortest counterexample (keeping the one found when that search would pass `max_states`)."""
     t0 = time.perf_counter()
@@ -240,7 +241,7 @@ def _new_move(moves: list[_Move], cpu: int, choice: Choice, reads: frozenset, wr
 
 
 def _depends(a: _Move, b: _Move) -> bool:
-    return bool(a.writes & b.reads or a.writes & b.writes or a.reads & b.writes)
+    return not _independent((a.reads, a.writes), (b.reads, b.writes))
 
 
 def _happens_before(a: _Move, b: _Move) -> bool:
