@@ -263,18 +263,22 @@ def _add_backtracks(path: list[_Node], moves: list[_Move], new: _Move) -> None:
                 clock[c] = v
 
 
-def _reverse(before: _Node, moves: list[_Move], i: int, new: _Move) -> None:
-    """Make sure the state before moves[i] tries a CPU that can start the run where `new` comes first."""
+def _initials(moves: list[_Move], i: int, then: tuple[_Move, ...] = ()) -> list[int]:
+    """The CPUs that can start the moves after moves[i] that do not depend on it, followed by `then`:
+    those whose first such move depends on none before it."""
     e = moves[i]
     v = [x for x in moves[i + 1:] if not _happens_before(e, x)]
-    v.append(new)
-    initials = []
+    v.extend(then)
+    out: list[int] = []
     for j, x in enumerate(v):
-        if x.cpu in initials:
-            continue
-        if not any(_happens_before(y, x) for y in v[:j]):
-            initials.append(x.cpu)
-    startable = [c for c in initials if c in before.enabled]
+        if x.cpu not in out and not any(_happens_before(y, x) for y in v[:j]):
+            out.append(x.cpu)
+    return out
+
+
+def _reverse(before: _Node, moves: list[_Move], i: int, new: _Move) -> None:
+    """Make sure the state before moves[i] tries a CPU that can start the run where `new` comes first."""
+    startable = [c for c in _initials(moves, i, (new,)) if c in before.enabled]
     if not startable or any(c in before.backtrack for c in startable):
         return
     before.backtrack.add(new.cpu if new.cpu in startable else startable[0])
@@ -298,12 +302,7 @@ def _add_backtracks_for(path: list[_Node], moves: list[_Move], summary: int, bit
         if not racing:
             continue
         before = path[i]
-        v = [x for x in moves[i + 1:] if not _happens_before(e, x)]
-        initials = set()
-        for j, x in enumerate(v):
-            if x.cpu not in initials and not any(_happens_before(y, x) for y in v[:j]):
-                initials.add(x.cpu)
-        startable = initials & before.enabled.keys()
+        startable = set(_initials(moves, i)) & before.enabled.keys()
         if startable:
             if not startable & before.backtrack:
                 before.backtrack.add(min(startable))
