@@ -192,17 +192,9 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
         if violation is not None or not enabled:
             res.executions += 1
             if violation is not None:
-                res.violations += 1
-                res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
-                if res.counterexample is None:
-                    res.counterexample = [mv.choice for mv in moves]
-                    res.counterexample_violation = violation
+                res.add_violation(violation, lambda: [mv.choice for mv in moves])
             else:
-                res.terminal_states += 1
-                res.ipis_min = m.ipis if res.ipis_min is None else min(res.ipis_min, m.ipis)
-                res.ipis_max = m.ipis if res.ipis_max is None else max(res.ipis_max, m.ipis)
-                if res.terminal_keys is not None:
-                    res.terminal_keys.add(key)
+                res.add_terminal(m, key)
             visited[key] = (0, frozenset())
             node.summary |= move.bits
             moves.pop()

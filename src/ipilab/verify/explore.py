@@ -254,8 +254,6 @@ class ModelMachine:
         # physical x2APIC: one ICR write (one interleaving point) per target CPU
         apic = Apic("x2apic_phys", tuple(range(n)), use_shorthand=False)
         self.smp = smp = config.smp_class(config.kernel, n, apic, self)
-        self._names: dict[int, tuple] = {}
-        self._csds: list[Csd] = []
         self._fields: list[tuple[tuple, dict]] = []  # per CSD, its name and its fields
         self._levels: dict[int, tuple] = {}  # _gen_key's cache
         for src in range(n):
@@ -273,8 +271,6 @@ class ModelMachine:
     def _name(self, csd: Csd, name: tuple) -> None:
         object.__setattr__(csd, "vname", name)
         csd.__class__ = _WatchedCsd
-        self._names[id(csd)] = name
-        self._csds.append(csd)
         self._fields.append((name, object.__getattribute__(csd, "__dict__")))  # read without being noticed
 
     def _new_stack_csd(self, src: int, dst: int) -> Csd:
@@ -447,7 +443,7 @@ class ModelMachine:
         """Called in a state with no move: what the checks say about how the run ended."""
         for c, q in enumerate(self.smp.call_single_queue):
             if len(q):
-                names = ", ".join(_csd_label(self._names[id(x)]) for x in q.entries)
+                names = ", ".join(_csd_label(x.vname) for x in q.entries)
                 return Violation("lost-wakeup", f"CSD {names} stranded on cpu{c}'s call_single_queue: no IPI "
                                                 f"pending, no interrupt in progress, no flush to come")
         for c in self.cpus:
@@ -459,7 +455,7 @@ class ModelMachine:
         if missing:
             return Violation("not-run", "calls never ran: " + ", ".join(
                 f"cpu{s}'s call {k} on cpu{t}" for s, k, t in sorted(missing)))
-        locked = [_csd_label(self._names[id(x)]) for x in self._csds if x.locked]
+        locked = [_csd_label(name) for name, d in self._fields if d["locked"]]
         if locked:
             return Violation("deadlock", f"CSDs left locked: {', '.join(locked)}")
         return None
@@ -482,7 +478,7 @@ class ModelMachine:
                 stacks[i] = tuple(ctx.key for ctx in c.stack)
         cpus = tuple((stacks[i], tuple(sorted(c.irr)), c.idle.polling, c.idle.need_resched)
                      for i, c in enumerate(self.cpus))
-        queues = tuple(tuple(self._names[id(x)] for x in q.entries) for q in self.smp.call_single_queue)
+        queues = tuple(tuple(x.vname for x in q.entries) for q in self.smp.call_single_queue)
         csds = tuple(sorted((name, d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name, d["info"])
                             for name, d in self._fields))
         return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis))
@@ -577,6 +573,22 @@ class Result:
     counterexample_violation: Violation | None = None
     terminal_keys: set[int] | None = None  # the terminal states' keys, when asked for (tests compare searches)
 
+    def add_violation(self, violation: Violation, schedule: Callable[[], list[Choice]]) -> None:
+        """Count a violating state; the first one's schedule (asked for only then) is the counterexample."""
+        self.violations += 1
+        self.violations_by_kind[violation.kind] = self.violations_by_kind.get(violation.kind, 0) + 1
+        if self.counterexample is None:
+            self.counterexample = schedule()
+            self.counterexample_violation = violation
+
+    def add_terminal(self, m: ModelMachine, key: int) -> None:
+        """Count a terminal state that passed every check, and its IPIs in the bounds."""
+        self.terminal_states += 1
+        self.ipis_min = m.ipis if self.ipis_min is None else min(self.ipis_min, m.ipis)
+        self.ipis_max = m.ipis if self.ipis_max is None else max(self.ipis_max, m.ipis)
+        if self.terminal_keys is not None:
+            self.terminal_keys.add(key)
+
 
 class StateLimitError(RuntimeError):
     """The search would exceed the state budget; the message says how far it got."""
@@ -629,17 +641,9 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
             if violation is None and not child_moves:
                 violation = child.terminal_violation()
             if violation is not None:
-                res.violations += 1
-                res.violations_by_kind[violation.kind] = res.violations_by_kind.get(violation.kind, 0) + 1
-                if res.counterexample is None:
-                    res.counterexample = _schedule_to(parent, cid)
-                    res.counterexample_violation = violation
+                res.add_violation(violation, lambda cid=cid: _schedule_to(parent, cid))
             elif not child_moves:
-                res.terminal_states += 1
-                res.ipis_min = child.ipis if res.ipis_min is None else min(res.ipis_min, child.ipis)
-                res.ipis_max = child.ipis if res.ipis_max is None else max(res.ipis_max, child.ipis)
-                if res.terminal_keys is not None:
-                    res.terminal_keys.add(k)
+                res.add_terminal(child, k)
             else:
                 todo.append((cid, child, child_moves))
     res.states = len(parent)
