@@ -11,6 +11,7 @@ from __future__ import annotations
 from ipilab.events import CPU_IDLE_EXIT
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, Halt, KernelCode, SpinUntil
+from ipilab.machine.costs import CostId
 
 
 class IdleState:
@@ -42,7 +43,7 @@ def do_idle(smp: Smp, cpu: int, idle: IdleState, halt_poll_ns: int) -> KernelCod
             yield Halt()
         p.trace(cpu, "cpu_idle", state=CPU_IDLE_EXIT, cpu_id=cpu)
         if idle.need_resched:
-            yield Busy(p.cost("poll_notice", cpu), "poll_notice")
+            yield Busy(p.cost(CostId.POLL_NOTICE, cpu), "poll_notice")
             # do_idle() flushes a non-empty queue itself, interrupts off (no interrupt taken), then
             # schedule_idle() clears NEED_RESCHED.
             if len(smp.call_single_queue[cpu]):

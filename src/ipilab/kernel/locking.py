@@ -50,7 +50,7 @@ def spin_lock(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
         yield SpinUntil(lambda: lock.serving == ticket, watch, f"spin_lock({lock.name})")
         lock.spin_ns += p.now - t0
     if lock.last_owner is not None and lock.last_owner != cpu:
-        yield Busy(p.cost("cacheline", cpu, lock.last_owner), f"spin_lock({lock.name})")
+        yield Busy(p.cacheline(cpu, lock.last_owner), f"spin_lock({lock.name})")
     lock.owner = cpu
     lock.acquisitions += 1
 

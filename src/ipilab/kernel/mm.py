@@ -17,6 +17,7 @@ from typing import Any
 
 from ipilab.kernel.locking import SpinLock, spin_lock_irq, spin_unlock_irq
 from ipilab.kernel.steps import Busy, KernelCode, Platform
+from ipilab.machine.costs import CostId
 
 PAGEVEC_SIZE = 14  # include/linux/pagevec.h (4.12)
 SWAP_CLUSTER_MAX = 32  # include/linux/swap.h: pages per reclaim batch
@@ -97,7 +98,7 @@ class Memory:
 
 def __pagevec_lru_add(p: Platform, cpu: int, pgdat: PgData, pages: list[Page]) -> KernelCode:
     yield from spin_lock_irq(p, cpu, pgdat.lru_lock)
-    yield Busy(len(pages) * p.cost("lru_page", cpu), "__pagevec_lru_add")
+    yield Busy(len(pages) * p.cost(CostId.LRU_PAGE, cpu), "__pagevec_lru_add")
     pgdat.active.extendleft(pages)
     yield from spin_unlock_irq(p, cpu, pgdat.lru_lock)
 
@@ -140,7 +141,7 @@ def __alloc_pages(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
 def do_anonymous_page(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
                       direct_reclaim: Any) -> Generator[Any, Any, Page]:
     """A write fault on a never-touched page: allocate, zero, map it and queue it for the LRU."""
-    yield Busy(p.cost("page_fault", cpu), "page_fault")
+    yield Busy(p.cost(CostId.PAGE_FAULT, cpu), "page_fault")
     page = yield from __alloc_pages(p, cpu, mem, pgdat, direct_reclaim)
     page.mapped = True
     mem.stats.faults += 1

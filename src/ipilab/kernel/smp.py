@@ -18,6 +18,7 @@ from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, FUN
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.kernel.x86 import Apic, send_IPI, send_IPI_mask
+from ipilab.machine.costs import CostId
 
 # What a queued call does when it runs on `cpu`: a generator of steps (its cost and effects).
 FuncBody = Callable[[Platform, int, Any], KernelCode]
@@ -147,7 +148,7 @@ class Smp:
         if csd.locked:
             yield SpinUntil(lambda: not csd.locked, csd, "csd_lock_wait")
             # Seeing the unlock pulls the CSD's line back from the CPU that unlocked it.
-            yield Busy(self.p.cost("cacheline", cpu, csd.dst), "csd_lock_wait")
+            yield Busy(self.p.cacheline(cpu, csd.dst), "csd_lock_wait")
 
     def csd_lock(self, cpu: int, csd: Csd) -> KernelCode:
         yield from self.csd_lock_wait(cpu, csd)
@@ -164,7 +165,7 @@ class Smp:
         self.p.trace(cpu, "csd_queue_cpu", cpu=csd.dst, callsite=callsite, func=csd.func.name,
                      csd=csd.pointer)
         self.stats.csd_enqueues += 1  # counted where traced, so a trace and the counters agree
-        yield Busy(self.p.cost("llist_add", cpu, csd.dst), "llist_add")
+        yield Busy(self.p.cacheline(cpu, csd.dst), "llist_add")
         was_empty = self.call_single_queue[csd.dst].llist_add(csd)
         if was_empty:
             self._nonempty_since[csd.dst] = self.p.now
@@ -284,7 +285,7 @@ class Smp:
 
     def flush_smp_call_function_queue(self, cpu: int, from_irq: bool) -> Generator[Any, Any, int]:
         """Detach the whole queue and run every entry; return how many ran."""
-        yield Busy(self.p.cost("llist_del_all", cpu), "llist_del_all")
+        yield Busy(0, "llist_del_all")
         entries = self.call_single_queue[cpu].llist_del_all()
         if entries:
             self.stats.queue_windows += 1
@@ -301,11 +302,11 @@ class Smp:
                 self.stats.csds_run_from_idle += 1
             if csd.sync:
                 yield from self.csd_do_func(cpu, csd, func, info)
-                yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock")
+                yield Busy(self.p.cacheline(cpu, csd.src), "csd_unlock")
                 self.csd_unlock(csd)
             else:
                 # An async CSD may be reused as soon as it is unlocked: copy func/info first.
-                yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock")
+                yield Busy(self.p.cacheline(cpu, csd.src), "csd_unlock")
                 self.csd_unlock(csd)
                 yield from self.csd_do_func(cpu, csd, func, info)
         return len(entries)
@@ -313,11 +314,11 @@ class Smp:
     def sysvec_call_function(self, cpu: int, vector: int) -> KernelCode:
         """The CALL_FUNCTION(_SINGLE) interrupt: both vectors flush the same queue."""
         name = "call_function_single" if vector == CALL_FUNCTION_SINGLE_VECTOR else "call_function"
-        yield Busy(self.p.cost("irq_entry", cpu), "irq_entry")
+        yield Busy(self.p.cost(CostId.IRQ_ENTRY, cpu), "irq_entry")
         self.stats.cal_interrupts += 1
         self.p.trace(cpu, f"{name}_entry", vector=vector)
         ran = yield from self.flush_smp_call_function_queue(cpu, from_irq=True)
         if ran == 0:
             self.stats.empty_interrupts += 1
         self.p.trace(cpu, f"{name}_exit", vector=vector)
-        yield Busy(self.p.cost("irq_exit", cpu), "irq_exit")
+        yield Busy(self.p.cost(CostId.IRQ_EXIT, cpu), "irq_exit")

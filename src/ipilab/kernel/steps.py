@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ipilab.machine.costs import CostId
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +63,12 @@ class Platform(Protocol):
         """The current time in nanoseconds (for statistics only: the model's behaviour never reads it)."""
         ...
 
-    def cost(self, what: str, cpu: int, other: int | None = None) -> int:
-        """Nanoseconds that operation `what` takes on `cpu` (with `other` the CPU whose line it touches)."""
+    def cost(self, what: CostId, cpu: int) -> int:
+        """Nanoseconds that operation `what` takes on `cpu` this time (a distribution is drawn anew)."""
+        ...
+
+    def cacheline(self, cpu: int, other: int) -> int:
+        """Nanoseconds for `cpu` to pull a cache line that `other` wrote last (by their distance)."""
         ...
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:

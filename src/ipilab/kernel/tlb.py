@@ -14,6 +14,7 @@ from typing import Any
 
 from ipilab.kernel.smp import Smp, SmpFunc
 from ipilab.kernel.steps import Busy, KernelCode, Platform
+from ipilab.machine.costs import CostId
 
 TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 TLB_FLUSH_ALL = -1
@@ -27,9 +28,9 @@ class FlushTlbInfo:
 def _flush_tlb_func(p: Platform, cpu: int, info: Any) -> KernelCode:
     pages = info.pages
     if pages == TLB_FLUSH_ALL or pages > TLB_SINGLE_PAGE_FLUSH_CEILING:
-        yield Busy(p.cost("tlb_flush_full", cpu), "flush_tlb_func")
+        yield Busy(p.cost(CostId.TLB_FLUSH_FULL, cpu), "flush_tlb_func")
     else:
-        yield Busy(pages * p.cost("invlpg", cpu), "flush_tlb_func")
+        yield Busy(pages * p.cost(CostId.INVLPG, cpu), "flush_tlb_func")
 
 
 flush_tlb_func = SmpFunc("flush_tlb_func", _flush_tlb_func)

@@ -23,6 +23,7 @@ from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, Page, PgData
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.kernel.tlb import flush_tlb_batched
+from ipilab.machine.costs import CostId
 
 
 @dataclass(eq=False)
@@ -48,7 +49,7 @@ class Reclaim:
 
     def try_to_unmap(self, cpu: int, ubc: TlbUbc, page: Page) -> KernelCode:
         p = self.smp.p
-        yield Busy(p.cost("try_to_unmap", cpu), "try_to_unmap")
+        yield Busy(p.cost(CostId.TRY_TO_UNMAP, cpu), "try_to_unmap")
         page.mapped = False
         page.tlb_stale = True
         # set_tlb_ubc_flush_pending: the PTE was dirty (the page was written), so writable.
@@ -81,7 +82,7 @@ class Reclaim:
     def _isolate(self, cpu: int, pgdat: PgData, lru: Any, n: int) -> Generator[Any, Any, list[Page]]:
         p = self.smp.p
         yield from spin_lock_irq(p, cpu, pgdat.lru_lock)
-        yield Busy(n * p.cost("lru_page", cpu), "isolate_lru_pages")
+        yield Busy(n * p.cost(CostId.LRU_PAGE, cpu), "isolate_lru_pages")
         pages = [pgdat.lru_tail(lru) for _ in range(n)]
         yield from spin_unlock_irq(p, cpu, pgdat.lru_lock)
         return pages
@@ -90,9 +91,9 @@ class Reclaim:
         p = self.smp.p
         pages = yield from self._isolate(cpu, pgdat, pgdat.active, self.batch)
         # page_referenced() clears the accessed bits; anonymous pages are deactivated even if young.
-        yield Busy(len(pages) * p.cost("page_referenced", cpu), "page_referenced")
+        yield Busy(len(pages) * p.cost(CostId.PAGE_REFERENCED, cpu), "page_referenced")
         yield from spin_lock_irq(p, cpu, pgdat.lru_lock)
-        yield Busy(len(pages) * p.cost("lru_page", cpu), "move_active_pages_to_lru")
+        yield Busy(len(pages) * p.cost(CostId.LRU_PAGE, cpu), "move_active_pages_to_lru")
         pgdat.inactive.extendleft(pages)
         yield from spin_unlock_irq(p, cpu, pgdat.lru_lock)
         self.mem.stats.pages_deactivated += len(pages)
@@ -102,8 +103,8 @@ class Reclaim:
         ubc = TlbUbc()
         freed: list[Page] = []
         for page in pages:
-            yield Busy(p.cost("page_referenced", cpu), "page_referenced")
-            yield Busy(p.cost("add_to_swap", cpu), "add_to_swap")
+            yield Busy(p.cost(CostId.PAGE_REFERENCED, cpu), "page_referenced")
+            yield Busy(p.cost(CostId.ADD_TO_SWAP, cpu), "add_to_swap")
             yield from self.try_to_unmap(cpu, ubc, page)
             if self.flush == "per-page":
                 yield from self.try_to_unmap_flush_dirty(cpu, ubc)
@@ -117,10 +118,10 @@ class Reclaim:
 
     def _pageout(self, cpu: int, page: Page, freed: list[Page]) -> KernelCode:
         p = self.smp.p
-        yield Busy(p.cost("swap_writepage", cpu), "swap_writepage")
+        yield Busy(p.cost(CostId.SWAP_WRITEPAGE, cpu), "swap_writepage")
         # __remove_mapping: the swap cache's tree_lock is taken with interrupts off.
         yield IRQS_OFF
-        yield Busy(p.cost("remove_mapping", cpu), "__remove_mapping")
+        yield Busy(p.cost(CostId.REMOVE_MAPPING, cpu), "__remove_mapping")
         yield IRQS_ON
         freed.append(page)
         self.mem.stats.pages_reclaimed += 1
@@ -134,7 +135,7 @@ class Reclaim:
         yield from spin_lock_irq(p, cpu, pgdat.lru_lock)
         yield from spin_unlock_irq(p, cpu, pgdat.lru_lock)
         # free_hot_cold_page_list()
-        yield Busy(len(freed) * p.cost("free_page", cpu), "free_hot_cold_page_list")
+        yield Busy(len(freed) * p.cost(CostId.FREE_PAGE, cpu), "free_hot_cold_page_list")
         pgdat.free.extend(freed)
         return len(freed)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform
+from ipilab.machine.costs import CostId
 
 APIC_MODES = ("x2apic_phys", "x2apic_cluster", "kvm_pv")
 
@@ -38,7 +39,7 @@ def send_IPI_mask(apic: Apic, p: Platform, src: int, mask: list[int], vector: in
     # The send loop runs with interrupts off (local_irq_save in __x2apic_send_IPI_mask and kvm_send_ipi_mask).
     yield IRQS_OFF
     for targets in writes:
-        yield Busy(p.cost("icr_write", src), "icr_write")
+        yield Busy(p.cost(CostId.ICR_WRITE, src), "icr_write")
         for dst in targets:
             p.raise_ipi(src, dst, vector)
     yield IRQS_ON
@@ -47,7 +48,7 @@ def send_IPI_mask(apic: Apic, p: Platform, src: int, mask: list[int], vector: in
 
 def send_IPI(apic: Apic, p: Platform, src: int, dst: int, vector: int) -> KernelCode:
     yield IRQS_OFF  # one WRMSR: an interrupt cannot come between its start and the IPI leaving
-    yield Busy(p.cost("icr_write", src), "icr_write")
+    yield Busy(p.cost(CostId.ICR_WRITE, src), "icr_write")
     p.raise_ipi(src, dst, vector)
     yield IRQS_ON
     return 1

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import tomllib
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
+import scipy.special
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ipilab.kernel.x86 import APIC_MODES, Apic
@@ -29,6 +34,11 @@ COST_FIELDS: dict[str, str] = {
     "madvise_syscall": "madvise(MADV_DONTNEED) without its TLB flush: syscall, page-table walk, zap",
 }
 
+# Costs of background interrupts; needed only when the machine's [background] turns them on.
+BACKGROUND_COST_FIELDS: dict[str, str] = {
+    "tick": "the local timer interrupt's handler body (local_timer_entry -> local_timer_exit)",
+}
+
 # Costs of the reclaim path (the swap-w-seq-mt workload); a preset may leave them out if no workload
 # it runs needs them.
 RECLAIM_COST_FIELDS: dict[str, str] = {
@@ -41,13 +51,102 @@ RECLAIM_COST_FIELDS: dict[str, str] = {
     "remove_mapping": "__remove_mapping: dropping the page from the swap cache, interrupts off",
     "free_page": "returning one reclaimed page to the page allocator",
 }
-ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS}
+ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS, **BACKGROUND_COST_FIELDS}
+
+
+# z such that P(Z <= z) = 0.9 for a standard normal: a lognormal's p90 is median * exp(sigma * Z90).
+Z90 = 1.2815515655446004
+MAX_COST_NS = 10_000_000
 
 
 class Cost(BaseModel):
+    """What one operation costs: a constant, or a distribution every use draws from (see machine/costs.py).
+
+    - constant: `ns = 300`
+    - lognormal (for hand-written presets, from a published median and spread): `dist = "lognormal"`,
+      `median`, `p90`
+    - empirical (as `ipilab calibrate` writes it): `dist = "empirical"`, `quantiles`: the sample's value at
+      probabilities 0, 1/(k-1), ..., 1 (k >= 2 values, non-decreasing); a draw interpolates between them.
+
+    `ns` is the cost's nominal value: the constant, or a distribution's median (filled in when absent); the
+    sensitivity tables scale it. `n`, `estimator`, `trace` and `p50`/`p90`/`p99` record where a measured
+    distribution came from."""
+
     model_config = ConfigDict(extra="forbid")
-    ns: int = Field(ge=0, le=10_000_000)
     source: str = Field(min_length=3)
+    ns: int | None = Field(None, ge=0, le=MAX_COST_NS)
+    dist: Literal["constant", "lognormal", "empirical"] = "constant"
+    median: int | None = Field(None, ge=0, le=MAX_COST_NS)
+    p90: int | None = Field(None, ge=0, le=MAX_COST_NS)
+    quantiles: list[int] | None = Field(None, min_length=2, max_length=10_001)
+    n: int | None = Field(None, ge=0, description="sample size behind a measured distribution")
+    estimator: str | None = Field(None, description="what was measured, between which events")
+    trace: str | None = Field(None, description="the trace(s) it was measured on")
+    p50: int | None = Field(None, ge=0)
+    p99: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cost:
+        if self.dist == "constant":
+            if self.ns is None:
+                raise ValueError("a constant cost needs ns (whole nanoseconds, 0 to 10,000,000)")
+            if self.median is not None or self.quantiles is not None:
+                raise ValueError('median/p90/quantiles belong to a distribution: set dist = "lognormal" or '
+                                 '"empirical"')
+        elif self.dist == "lognormal":
+            if self.median is None or self.p90 is None:
+                raise ValueError('dist = "lognormal" needs median and p90 (ns)')
+            if not 0 < self.median <= self.p90:
+                raise ValueError(f"lognormal: need 0 < median <= p90, got median {self.median}, p90 {self.p90}")
+            if self.ns is None:
+                self.ns = self.median
+        else:
+            q = self.quantiles
+            if q is None:
+                raise ValueError('dist = "empirical" needs quantiles (ns at evenly spaced probabilities 0..1)')
+            if any(v < 0 or v > MAX_COST_NS for v in q):
+                raise ValueError(f"quantiles must be 0 to {MAX_COST_NS:,} ns")
+            if any(b < a for a, b in itertools.pairwise(q)):
+                raise ValueError("quantiles must be non-decreasing")
+            if self.ns is None:
+                self.ns = round(float(np.interp(0.5, np.linspace(0, 1, len(q)), q)))
+        return self
+
+    @property
+    def is_constant(self) -> bool:
+        return self.dist == "constant" or (self.dist == "empirical" and self.quantiles[0] == self.quantiles[-1])
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        """The cost at each uniform draw `u` in [0, 1) (inverse transform), as whole nanoseconds."""
+        if self.dist == "constant":
+            return np.full(len(u), self.ns, np.int64)
+        if self.dist == "lognormal":
+            sigma = math.log(self.p90 / self.median) / Z90
+            x = self.median * np.exp(sigma * scipy.special.ndtri(u))
+        else:
+            x = np.interp(u, np.linspace(0, 1, len(self.quantiles)), self.quantiles)
+        return np.minimum(np.rint(x), MAX_COST_NS).astype(np.int64)
+
+    def describe(self) -> str:
+        """The cost in a few words: `300 ns`, `lognormal p50 300 ns, p90 600 ns`, `empirical p50 ... (n=...)`."""
+        if self.dist == "constant":
+            return f"{self.ns} ns"
+        if self.dist == "lognormal":
+            return f"lognormal p50 {self.median} ns, p90 {self.p90} ns"
+        q = np.array(self.quantiles, float)
+        p = np.linspace(0, 1, len(q))
+        p50, p90, p99 = (round(float(np.interp(x, p, q))) for x in (0.5, 0.9, 0.99))
+        n = f", n={self.n:,}" if self.n is not None else ""
+        return f"empirical p50 {p50} ns, p90 {p90} ns, p99 {p99} ns{n}"
+
+
+class Background(BaseModel):
+    """Interrupts that are not cross-CPU calls but decide when those run: the periodic timer tick."""
+
+    model_config = ConfigDict(extra="forbid")
+    tick_hz: int = Field(0, ge=0, le=10_000, description="local timer interrupts per second on each CPU that "
+                         "is not halted (0: none; CONFIG_HZ is 100 to 1000); the handler's body costs `tick`")
+    source: str = Field("none: no background interrupts modelled", min_length=3)
 
 
 class Topology(BaseModel):
@@ -84,6 +183,7 @@ class Machine(BaseModel):
     description: str
     topology: Topology
     costs: dict[str, Cost]
+    background: Background = Field(default_factory=Background)
 
     @model_validator(mode="after")
     def _all_costs_given(self) -> Machine:
@@ -91,6 +191,8 @@ class Machine(BaseModel):
         unknown = sorted(self.costs.keys() - set(ALL_COST_FIELDS))
         if missing or unknown:
             raise ValueError(f"costs: missing {missing}, unknown {unknown}; allowed: {sorted(ALL_COST_FIELDS)}")
+        if self.background.tick_hz and "tick" not in self.costs:
+            raise ValueError("background.tick_hz is set but costs.tick (the timer handler's body) is not given")
         return self
 
     @property
@@ -106,11 +208,6 @@ class Machine(BaseModel):
                 for core in range(t.cores_per_socket):
                     out.append((socket, core, thread))
         return out
-
-    @cached_property
-    def _cacheline_ns(self) -> dict[int, int]:
-        return {0: self.costs["cacheline_smt"].ns, 1: self.costs["cacheline_same_socket"].ns,
-                2: self.costs["cacheline_cross_socket"].ns}
 
     def socket_of(self, cpu: int) -> int:
         return self._placement[cpu][0]
@@ -133,13 +230,6 @@ class Machine(BaseModel):
         if sa != sb:
             return 2
         return 0 if ca == cb else 1
-
-    def cacheline_ns(self, a: int, b: int) -> int:
-        return self._cacheline_ns[self.distance(a, b)]
-
-    def ipi_latency_ns(self, src: int, dst: int) -> int:
-        key = "ipi_latency_cross_socket" if self.distance(src, dst) == 2 else "ipi_latency_same_socket"
-        return self.costs[key].ns
 
     def apic(self, use_shorthand: bool) -> Apic:
         # x2APIC logical cluster = APIC ID >> 4; APIC IDs are (socket, core, thread) packed, so a

@@ -19,6 +19,7 @@ from ipilab.kernel.features import Kernel
 from ipilab.kernel.idle import IdleState, do_idle
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
+from ipilab.machine.costs import ABSENT, CostId, RunCosts
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
 from ipilab.trace.ftrace import irq_flags
@@ -50,6 +51,9 @@ class SimCpu:
     user_mm: bool = False  # runs a user task's mm (not lazy-TLB)
 
 
+DRAW_BLOCK = 1024  # draws taken from a cost's stream at a time (any size gives the same sequence)
+
+
 @dataclass
 class MachineStats:
     apic_merged: int = 0  # IPIs absorbed by a same vector already pending in the target's IRR
@@ -60,7 +64,7 @@ class SimMachine:
     """Implements `ipilab.kernel.steps.Platform` on simulated hardware."""
 
     def __init__(self, machine: Machine, kernel: Kernel, engine: Engine | None = None,
-                 tracer: Callable[[Event], None] | None = None) -> None:
+                 tracer: Callable[[Event], None] | None = None, seed: int = 0) -> None:
         self.machine = machine
         self.kernel = kernel
         self.engine = engine or Engine()
@@ -70,14 +74,11 @@ class SimMachine:
         self.smp = Smp(kernel, self.ncpus, machine.apic(kernel.has("ipi_shorthand")), self)
         self.stats = MachineStats()
         self._watchers: dict[int, tuple[object, list[tuple[SimCpu, int]]]] = {}
-        c = machine.costs
-        self._fixed = {k: v.ns for k, v in c.items()}
-        self._fixed["llist_del_all"] = 0
+        self.costs = RunCosts(machine, seed)
+        self._constant = self.costs.constant  # the same list: a workload's pin() shows here too
+        # Drawn costs not used yet, per (cost, CPU), last draw first.
+        self._drawn: list[list[list[int]]] = [[[] for _ in range(self.ncpus)] for _ in CostId]
         self._halt_poll_ns = machine.topology.halt_poll_ns
-        # CPU-pair costs looked up on every cross-CPU step: tables, not recomputed.
-        cpus = range(self.ncpus)
-        self._cacheline = [[machine.cacheline_ns(a, b) for b in cpus] for a in cpus]
-        self._ipi_latency = [[machine.ipi_latency_ns(a, b) for b in cpus] for a in cpus]
 
     # --- starting work -----------------------------------------------------------------------------
 
@@ -99,19 +100,27 @@ class SimMachine:
     def now(self) -> int:
         return self.engine.now
 
-    def set_cost(self, what: str, ns: int) -> None:
-        """Override one cost for this run (a workload parameter such as the swap device's speed)."""
-        self._fixed[what] = ns
-
     # --- Platform ----------------------------------------------------------------------------------
 
-    def cost(self, what: str, cpu: int, other: int | None = None) -> int:
-        if what in ("cacheline", "llist_add", "csd_unlock"):
-            return self._cacheline[cpu][cpu if other is None else other]
-        return self._fixed[what]
+    def cost(self, what: CostId, cpu: int) -> int:
+        ns = self._constant[what]
+        if ns >= 0:
+            return ns
+        return self._draw(what, cpu)
+
+    def _draw(self, what: CostId, cpu: int) -> int:
+        if self._constant[what] == ABSENT:
+            raise self.costs.missing(what)
+        left = self._drawn[what][cpu]
+        if not left:
+            left.extend(reversed(self.costs.draw(what, cpu, DRAW_BLOCK).tolist()))
+        return left.pop()
+
+    def cacheline(self, cpu: int, other: int) -> int:
+        return self.cost(self.costs.cacheline[cpu][other], cpu)
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
-        latency = self._ipi_latency[src][dst]
+        latency = self.cost(self.costs.ipi_latency[src][dst], src)
         self.cpus[dst].ipis_in_flight += 1
         self.engine.at(self.engine.now + latency, lambda: self._ipi_arrives(self.cpus[dst], vector))
 
@@ -267,7 +276,7 @@ class SimMachine:
             top.saved = ("halt",)
             self._block(c, ("waking",))
             gen = c.wait_gen
-            self.engine.at(now + self._fixed["idle_exit"], lambda: self._woken(c, gen))
+            self.engine.at(now + self.cost(CostId.IDLE_EXIT, c.id), lambda: self._woken(c, gen))
             return
         self._take_interrupt(c)
         self._run(c, None)

@@ -14,6 +14,7 @@ import scipy.stats
 
 from ipilab import __version__
 from ipilab.kernel.features import Kernel
+from ipilab.machine.costs import CostId
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
 from ipilab.sim.fast.run import FastSim, unsupported, warm_up
@@ -86,7 +87,7 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
             sim: Any = FastSim(machine, kernel, workload, seed, writer)
             run, counters = sim.run, sim.counters
         else:
-            sim = SimMachine(machine, kernel, Engine(), tracer=writer)
+            sim = SimMachine(machine, kernel, Engine(), tracer=writer, seed=seed)
             workload.start(sim, seed)
             run, counters = sim.engine.run, workload.counters
             compile_seconds = 0.0
@@ -229,7 +230,5 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
                   "rates": "per simulated second, with the half-width of a 95% confidence interval "
                   "(t-distribution over the intervals; null with fewer than 2)"},
         "metrics": METRIC_DOCS,
-        "costs": {k: {"ns": sim._fixed[k], "source": v.source if sim._fixed[k] == v.ns else
-                      f"set by the workload ({sim._fixed[k]} ns; preset {v.ns} ns)"}
-                  for k, v in machine.costs.items()},
+        "costs": {c.key: sim.costs.describe(c) for c in CostId if c.key in machine.costs},
     }

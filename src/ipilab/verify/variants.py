@@ -22,9 +22,9 @@ class CheckThenAdd(Smp):
         self.p.trace(cpu, "csd_queue_cpu", cpu=csd.dst, callsite=callsite, func=csd.func.name, csd=csd.pointer)
         self.stats.csd_enqueues += 1
         queue = self.call_single_queue[csd.dst]
-        yield Busy(self.p.cost("llist_add", cpu, csd.dst), "llist_empty")
+        yield Busy(self.p.cacheline(cpu, csd.dst), "llist_empty")
         was_empty = len(queue) == 0
-        yield Busy(self.p.cost("llist_add", cpu, csd.dst), "llist_add")
+        yield Busy(self.p.cacheline(cpu, csd.dst), "llist_add")
         queue.llist_add(csd)
         return was_empty
 
@@ -44,7 +44,7 @@ class UnlockBeforeFuncSync(Smp):
 
     def csd_do_func(self, cpu: int, csd: Csd, func: SmpFunc, info: Any) -> KernelCode:
         if csd.sync:
-            yield Busy(self.p.cost("csd_unlock", cpu, csd.src), "csd_unlock (early)")
+            yield Busy(self.p.cacheline(cpu, csd.src), "csd_unlock (early)")
             self.csd_unlock(csd)
         yield from super().csd_do_func(cpu, csd, func, info)
 

@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, MmStruct, PgData, do_anonymous_page
 from ipilab.kernel.steps import Busy, KernelCode
 from ipilab.kernel.vmscan import Reclaim
+from ipilab.machine.costs import CostId
 from ipilab.machine.model import RECLAIM_COST_FIELDS, Machine
 from ipilab.sim.machine import SimMachine
 from ipilab.workloads.base import Workload, WorkloadError
@@ -123,7 +124,7 @@ class SwapWSeqMt(Workload):
         run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch),
                                   [0] * len(usemem), usemem, kswapd)
         if self.swap_gb_s is not None:
-            sim.set_cost("swap_writepage", round(PAGE_SIZE / self.swap_gb_s))
+            sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
         rng = np.random.default_rng(seed)
         stagger = rng.integers(0, STAGGER_NS, size=len(usemem))
@@ -142,11 +143,10 @@ class SwapWSeqMt(Workload):
     def _usemem(sim: SimMachine, run: SwapRun, cpu: int, i: int, start_ns: int) -> KernelCode:
         yield Busy(start_ns, "usemem start")
         pgdat = run.mem.nodes[sim.machine.node_of(cpu)]
-        write = sim.cost("user_write_page", cpu)
         direct = run.reclaim.try_to_free_pages
         while True:
             yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct)
-            yield Busy(write, "usemem write")
+            yield Busy(sim.cost(CostId.USER_WRITE_PAGE, cpu), "usemem write")
             run.written[i] += 1
 
     def counters(self) -> dict[str, int]:

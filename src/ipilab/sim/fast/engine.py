@@ -30,43 +30,34 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NOW, SEQ, EVENTS, HEAP_N, G_SPARE, W_NFREE, TRACE_ON, TRACE_N = range(0, 8)  # G_SPARE: free (was the timer table)
-TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD, STACK_CSD0, CSD_DATA0 = range(8, 16)
-APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT = range(16, 21)
-F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH = range(21, 24)
-F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE, BATCH, PER_PAGE_FLUSH = range(24, 29)
-ST_CSD_ENQUEUES, ST_CSD_IPIS, ST_NO_IPI_QUEUED = range(29, 32)
-ST_NO_IPI_POLLING, ST_IPIS_TO_NONEMPTY, ST_ICR_WRITES, ST_CAL_INTERRUPTS, ST_CSDS_RUN_IN_IRQ = range(32, 37)
-ST_CSDS_RUN_FROM_IDLE, ST_EMPTY_INTERRUPTS, ST_LOCAL_CALLS = range(37, 40)
-ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED = range(40, 45)
-MM_FAULTS, MM_PAGES_ALLOCATED, MM_ALLOC_DIRECT_RECLAIM = range(45, 48)
-MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED, MM_RECLAIMED_BY_KSWAPD = range(48, 53)
-MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN = range(53, 56)
-GAP_LOW = 56
-NG = 57
+NG = 58
+(NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
+ STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
+ F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
+ BATCH, PER_PAGE_FLUSH, ST_CSD_ENQUEUES, ST_CSD_IPIS, ST_NO_IPI_QUEUED, ST_NO_IPI_POLLING, ST_IPIS_TO_NONEMPTY,
+ ST_ICR_WRITES, ST_CAL_INTERRUPTS, ST_CSDS_RUN_IN_IRQ, ST_CSDS_RUN_FROM_IDLE, ST_EMPTY_INTERRUPTS, ST_LOCAL_CALLS,
+ ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
+ MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
+ MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
-WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE = range(0, 8)
-WAIT_GEN, IRR, IRQ_NS, INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK = range(8, 16)
-IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL, NONEMPTY_SINCE, PVEC = range(16, 24)
-PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS = range(24, 32)
-NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A = range(32, 40)
-STEP_B, STEP_WATCH, STEP_TIMEOUT = range(40, 43)
 NCPU = 43
+(WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
+ INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
+ NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
+ NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
-IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE = range(0, 8)
-STARTED, PC, SP, L_RET, L_LOCK, L_TICKET, L_T0, L_CSD = range(8, 16)
-L_TARGET, L_I, L_J, L_FUNC, L_INFO, L_WAIT, L_RUN_LOCAL, L_COND = range(16, 24)
-L_CALLSITE, L_FROM_IRQ, L_N, L_G, L_RECLAIMED_FIRST, L_FLUSH_T0, L_VECTOR, L_LRU = range(24, 32)
-L_PAGE = 32
 NCTX = 33
+(IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
+ L_LOCK, L_TICKET, L_T0, L_CSD, L_TARGET, L_I, L_J, L_FUNC, L_INFO, L_WAIT, L_RUN_LOCAL, L_COND, L_CALLSITE,
+ L_FROM_IRQ, L_N, L_G, L_RECLAIMED_FIRST, L_FLUSH_T0, L_VECTOR, L_LRU, L_PAGE) = range(NCTX)
 # --- csd: one row per struct call_single_data -------------------------------------------------------
-LOCKED, SRC, DST, FUNC, INFO, SYNC, IDENT, NEXT = range(8)
 NCSD = 8
+(LOCKED, SRC, DST, FUNC, INFO, SYNC, IDENT, NEXT) = range(NCSD)
 # --- node: one row per pglist_data with its lru_lock ---------------------------------------------------
-FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE = range(0, 8)
-LK_NEXT_TICKET, LK_SERVING, LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS = range(8, 14)
 NNODE = 14
+(FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE, LK_NEXT_TICKET, LK_SERVING,
+ LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS) = range(NNODE)
 
 STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
 CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
@@ -101,14 +92,18 @@ TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 PAGEVEC_SIZE = 14
 IRR_SINGLE, IRR_MANY = 1, 2  # bits of the IRR for vectors 251 and 252
 
-# Costs, by index (Machine.costs names)
-COST_NAMES = ("page_fault", "icr_write", "irq_entry", "irq_exit", "idle_exit", "poll_notice", "invlpg",
-              "tlb_flush_full",
-              "user_write_page", "lru_page", "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage",
-              "remove_mapping", "free_page")
-(C_PAGE_FAULT, C_ICR_WRITE, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT, C_POLL_NOTICE, C_INVLPG, C_TLB_FLUSH_FULL,
- C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP, C_SWAP_WRITEPAGE,
- C_REMOVE_MAPPING, C_FREE_PAGE) = range(len(COST_NAMES))
+# Costs, by id: machine/costs.py CostId, written out here because numba's cache notices changes to this file
+# only (fast/run.py checks at import that the two agree).
+COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket", "irq_entry", "irq_exit",
+              "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
+              "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
+              "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
+              "tick")
+NCOSTS = len(COST_NAMES)
+(C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
+ C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
+ C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
+ C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK) = range(NCOSTS)
 
 # Trace records: one row per tracepoint hit
 TR_TS, TR_CPU, TR_NAME, TR_F0, TR_F1, TR_F2, TR_F3, TR_FLAGS = range(8)
@@ -141,12 +136,15 @@ class State(NamedTuple):
     ipi: np.ndarray  # [ncpus, ncpus]: cfd->cpumask_ipi
     order: np.ndarray  # [ncpus, ncpus]: the IPI mask in ICR-write order
     gstart: np.ndarray  # [ncpus, ncpus + 1]: where each ICR write's targets start in `order`
-    cacheline: np.ndarray  # [ncpus, ncpus] ns
-    ipi_latency: np.ndarray  # [ncpus, ncpus] ns
+    cacheline: np.ndarray  # [ncpus, ncpus] the cost id of a cache-line transfer from the second CPU to the first
+    ipi_latency: np.ndarray  # [ncpus, ncpus] the cost id of an IPI's delivery from the first CPU to the second
     cluster_rank: np.ndarray  # [ncpus] x2APIC cluster, ranked
     by_cluster: np.ndarray  # [ncpus] the CPUs sorted by (cluster, cpu)
     mask_mark: np.ndarray  # [ncpus, ncpus] scratch: which CPUs are in the mask being sent
-    cost: np.ndarray  # [len(COST_NAMES)] ns
+    cost: np.ndarray  # [NCOSTS] RunCosts.constant: ns, or VARIABLE (drawn), or ABSENT
+    cost_slot: np.ndarray  # [NCOSTS] where a drawn cost's streams are in `draws` (-1: not drawn)
+    draws: np.ndarray  # [ncpus, variable costs, block] each (CPU, cost) stream's next draws
+    draw_pos: np.ndarray  # [ncpus, variable costs] how many of them were used
     usemem: np.ndarray  # mm_cpumask: the usemem CPUs, sorted
     node: np.ndarray  # [nnodes, NNODE]
     lock_waiting: np.ndarray  # [nnodes, ncpus + 1]: lru_lock._waiting by ticket modulo ncpus + 1
@@ -157,41 +155,39 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED = range(0, 7)
-ID_FLUSH_DONE = 7
-SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE = range(8, 12)
-FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN = range(12, 19)
-BD_START, BD_DONE = range(19, 21)
-UM_START, UM_FAULT, UM_WRITE, UM_WRITTEN = range(21, 25)
-DA_START, DA_ALLOC, DA_ALLOCATED, DA_DONE = range(25, 29)
-AL_START, AL_CHECK = range(29, 31)
-PV_START, PV_LOCKED, PV_ADD, PV_DONE = range(31, 35)
-SN_START, SN_INACTIVE, SN_DONE = range(35, 38)
-SA_START, SA_ISOLATED, SA_REFERENCED, SA_LOCKED, SA_MOVED, SA_DONE = range(38, 44)
-IS_START, IS_LOCKED, IS_TAKEN, IS_DONE = range(44, 48)
-SI_START, SI_ISOLATED, SI_LISTED, SI_PUTBACK_LOCKED, SI_PUTBACK_DONE, SI_FREED = range(48, 54)
-SP_START, SP_NEXT, SP_ADD_TO_SWAP, SP_UNMAP, SP_UNMAPPED, SP_PAGEOUT, SP_PAGED = range(54, 61)
-SP_AFTER_LOOP, SP_BATCH_OUT = range(61, 63)
-SP_BATCH_NEXT, SP_BATCH_PAGED, SP_FINAL, SP_DONE = range(63, 67)
-UF_START, UF_DONE = range(67, 69)
-PO_START, PO_OFF, PO_REMOVE, PO_ON, PO_DONE = range(69, 74)
-FT_START, FT_OTHERS, FT_DONE = range(74, 77)
-MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT = range(77, 84)
-MC_WAIT, MC_WAIT_NEXT, MC_WAITED = range(84, 87)
-MC_LOCAL_LAST, MC_RET = range(87, 89)
-CR_START, CR_LOCKED, CR_QUEUED, CR_DONE = range(89, 93)
-GE_START, GE_QUEUED, GE_DONE = range(93, 96)
-SQ_START, SQ_ADD = range(96, 98)
-CL_START, CL_LOCKED = range(98, 100)
-CW_START, CW_SEEN, CW_DONE = range(100, 103)
-SS_START, SS_ICR, SS_RAISE, SS_DONE = range(103, 107)
-SM_START, SM_WRITE, SM_RAISE, SM_DONE = range(107, 111)
-RL_START, RL_ENTRY, RL_EXIT, RL_DONE = range(111, 115)
-KS_TOP, KS_SHRINK, KS_DONE = range(115, 118)
-SL_START, SL_TICKET, SL_SPUN, SL_OWN, SL_DONE = range(118, 123)
-SU_START, SU_DONE = range(123, 125)
-SY_GAP, SY_CALL, SY_DONE = range(125, 128)
-BL_LOOP = 128
+NPC = 129  # one state per piece of code between two yields, grouped by the function they mirror
+(ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
+ SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
+ FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
+ BD_START, BD_DONE,
+ UM_START, UM_FAULT, UM_WRITE, UM_WRITTEN,
+ DA_START, DA_ALLOC, DA_ALLOCATED, DA_DONE,
+ AL_START, AL_CHECK,
+ PV_START, PV_LOCKED, PV_ADD, PV_DONE,
+ SN_START, SN_INACTIVE, SN_DONE,
+ SA_START, SA_ISOLATED, SA_REFERENCED, SA_LOCKED, SA_MOVED, SA_DONE,
+ IS_START, IS_LOCKED, IS_TAKEN, IS_DONE,
+ SI_START, SI_ISOLATED, SI_LISTED, SI_PUTBACK_LOCKED, SI_PUTBACK_DONE, SI_FREED,
+ SP_START, SP_NEXT, SP_ADD_TO_SWAP, SP_UNMAP, SP_UNMAPPED, SP_PAGEOUT, SP_PAGED, SP_AFTER_LOOP, SP_BATCH_OUT,
+ SP_BATCH_NEXT, SP_BATCH_PAGED, SP_FINAL, SP_DONE,
+ UF_START, UF_DONE,
+ PO_START, PO_OFF, PO_REMOVE, PO_ON, PO_DONE,
+ FT_START, FT_OTHERS, FT_DONE,
+ MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT, MC_WAIT, MC_WAIT_NEXT, MC_WAITED,
+ MC_LOCAL_LAST, MC_RET,
+ CR_START, CR_LOCKED, CR_QUEUED, CR_DONE,
+ GE_START, GE_QUEUED, GE_DONE,
+ SQ_START, SQ_ADD,
+ CL_START, CL_LOCKED,
+ CW_START, CW_SEEN, CW_DONE,
+ SS_START, SS_ICR, SS_RAISE, SS_DONE,
+ SM_START, SM_WRITE, SM_RAISE, SM_DONE,
+ RL_START, RL_ENTRY, RL_EXIT, RL_DONE,
+ KS_TOP, KS_SHRINK, KS_DONE,
+ SL_START, SL_TICKET, SL_SPUN, SL_OWN, SL_DONE,
+ SU_START, SU_DONE,
+ SY_GAP, SY_CALL, SY_DONE,
+ BL_LOOP) = range(NPC)
 
 
 # === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
@@ -347,7 +343,7 @@ def notify(s: State, watch: int) -> None:
 @njit(cache=True, _nrt=False)
 def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
     s.cpu[dst, IN_FLIGHT] += 1
-    at(s, s.g[NOW] + s.ipi_latency[src, dst], EV_IPI_ARRIVES, dst, vector)
+    at(s, s.g[NOW] + cost(s, src, s.ipi_latency[src, dst]), EV_IPI_ARRIVES, dst, vector)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -422,6 +418,29 @@ def _latency(s: State, ns: int) -> None:
     s.g[LAT_N] = i + 1
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def cost(s: State, c: int, k: int) -> int:
+    """SimMachine.cost: what cost `k` takes on CPU `c` this time: its constant, or the next draw of its stream."""
+    ns = s.cost[k]
+    if ns >= 0:
+        return ns
+    return _draw(s, c, k)
+
+
+@njit(cache=True, _nrt=False)
+def _draw(s: State, c: int, k: int) -> int:
+    slot = s.cost_slot[k]
+    if slot < 0:
+        raise RuntimeError("fast engine: a cost the machine does not give was used")
+    i = s.draw_pos[c, slot]
+    if i == s.draws.shape[2]:
+        raise RuntimeError("fast engine: a cost's draws ran out within one event")
+    s.draw_pos[c, slot] = i + 1
+    if i >= s.g[DRAW_MARK]:
+        s.g[DRAW_LOW] = 1
+    return s.draws[c, slot, i]
+
+
 # === the kernel model: one step of a context (kernel/*.py) ===========================================
 
 @njit(cache=True, _nrt=False)
@@ -466,12 +485,12 @@ def _step(x: np.ndarray, step: int, nxt: int) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def func_cost(s: State, func: int, info: int) -> int:
-    """The body of an SmpFunc: tlb.py _flush_tlb_func, or the synthetic workload's function."""
+def func_cost(s: State, c: int, func: int, info: int) -> int:
+    """The body of an SmpFunc on CPU `c`: tlb.py _flush_tlb_func, or the synthetic workload's function."""
     if func == FUNC_FLUSH_TLB:
         if info == TLB_FLUSH_ALL or info > TLB_SINGLE_PAGE_FLUSH_CEILING:
-            return s.cost[C_TLB_FLUSH_FULL]
-        return info * s.cost[C_INVLPG]
+            return cost(s, c, C_TLB_FLUSH_FULL)
+        return info * cost(s, c, C_INVLPG)
     return info
 
 
@@ -556,7 +575,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             if g[TRACE_ON]:
                 trace(s, c, T_CPU_IDLE, CPU_IDLE_EXIT, c, 0, 0)
             if cpu[NEED_RESCHED]:
-                return _busy(cpu, x, s.cost[C_POLL_NOTICE], ID_NOTICED)
+                return _busy(cpu, x, cost(s, c, C_POLL_NOTICE), ID_NOTICED)
             x[PC] = ID_TOP
         elif pc == ID_NOTICED:
             if cpu[Q_HEAD] >= 0:
@@ -573,7 +592,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             x[PC] = ID_TOP
         # --- kernel/smp.py sysvec_call_function --------------------------------------------------------
         elif pc == SV_ENTRY:
-            return _busy(cpu, x, s.cost[C_IRQ_ENTRY], SV_FLUSH)
+            return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), SV_FLUSH)
         elif pc == SV_FLUSH:
             g[ST_CAL_INTERRUPTS] += 1
             single = x[L_VECTOR] == CALL_FUNCTION_SINGLE_VECTOR
@@ -587,7 +606,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             single = x[L_VECTOR] == CALL_FUNCTION_SINGLE_VECTOR
             if g[TRACE_ON]:
                 trace(s, c, T_CALL_FUNCTION_SINGLE_EXIT if single else T_CALL_FUNCTION_EXIT, x[L_VECTOR], 0, 0, 0)
-            return _busy(cpu, x, s.cost[C_IRQ_EXIT], SV_DONE)
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), SV_DONE)
         elif pc == SV_DONE:
             return ST_RETURN
         # --- kernel/smp.py flush_smp_call_function_queue ------------------------------------------------
@@ -639,12 +658,12 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 _call(x, BD_START, FL_SYNC_RAN)
             else:
                 # An async CSD may be reused as soon as it is unlocked: func and info were copied first.
-                return _busy(cpu, x, s.cacheline[c, s.csd[csd, SRC]], FL_ASYNC_UNLOCKED)
+                return _busy(cpu, x, cost(s, c, s.cacheline[c, s.csd[csd, SRC]]), FL_ASYNC_UNLOCKED)
         elif pc == FL_SYNC_RAN:
             csd = x[L_CSD]
             if g[TRACE_ON]:
                 trace(s, c, T_CSD_FUNCTION_EXIT, x[L_FUNC], s.csd[csd, IDENT], 0, 0)
-            return _busy(cpu, x, s.cacheline[c, s.csd[csd, SRC]], FL_SYNC_UNLOCKED)
+            return _busy(cpu, x, cost(s, c, s.cacheline[c, s.csd[csd, SRC]]), FL_SYNC_UNLOCKED)
         elif pc == FL_SYNC_UNLOCKED:
             csd_unlock(s, x[L_CSD])
             x[L_I] += 1
@@ -662,7 +681,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             x[PC] = FL_NEXT
         # --- the called function's body (tlb.py _flush_tlb_func, synthetic_func) ------------------------
         elif pc == BD_START:
-            return _busy(cpu, x, func_cost(s, x[L_FUNC], x[L_INFO]), BD_DONE)
+            return _busy(cpu, x, func_cost(s, c, x[L_FUNC], x[L_INFO]), BD_DONE)
         elif pc == BD_DONE:
             _return(x)
         # --- workloads/swap.py _usemem -----------------------------------------------------------------
@@ -671,13 +690,13 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == UM_FAULT:
             _call(x, DA_START, UM_WRITE)
         elif pc == UM_WRITE:
-            return _busy(cpu, x, s.cost[C_USER_WRITE_PAGE], UM_WRITTEN)
+            return _busy(cpu, x, cost(s, c, C_USER_WRITE_PAGE), UM_WRITTEN)
         elif pc == UM_WRITTEN:
             g[MM_PAGES_WRITTEN] += 1
             x[PC] = UM_FAULT
         # --- kernel/mm.py do_anonymous_page, lru_cache_add_active --------------------------------------
         elif pc == DA_START:
-            return _busy(cpu, x, s.cost[C_PAGE_FAULT], DA_ALLOC)
+            return _busy(cpu, x, cost(s, c, C_PAGE_FAULT), DA_ALLOC)
         elif pc == DA_ALLOC:
             _call(x, AL_START, DA_ALLOCATED)
         elif pc == DA_ALLOCATED:
@@ -716,7 +735,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == PV_START:
             _call(x, SL_START, PV_LOCKED)
         elif pc == PV_LOCKED:
-            return _busy(cpu, x, PAGEVEC_SIZE * s.cost[C_LRU_PAGE], PV_ADD)
+            return _busy(cpu, x, PAGEVEC_SIZE * cost(s, c, C_LRU_PAGE), PV_ADD)
         elif pc == PV_ADD:
             s.node[cpu[PGDAT], ACTIVE] += PAGEVEC_SIZE
             _call(x, SU_START, PV_DONE)
@@ -734,11 +753,11 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             x[L_LRU] = ACTIVE
             _call(x, IS_START, SA_ISOLATED)
         elif pc == SA_ISOLATED:
-            return _busy(cpu, x, g[BATCH] * s.cost[C_PAGE_REFERENCED], SA_REFERENCED)
+            return _busy(cpu, x, g[BATCH] * cost(s, c, C_PAGE_REFERENCED), SA_REFERENCED)
         elif pc == SA_REFERENCED:
             _call(x, SL_START, SA_LOCKED)
         elif pc == SA_LOCKED:
-            return _busy(cpu, x, g[BATCH] * s.cost[C_LRU_PAGE], SA_MOVED)
+            return _busy(cpu, x, g[BATCH] * cost(s, c, C_LRU_PAGE), SA_MOVED)
         elif pc == SA_MOVED:
             s.node[cpu[PGDAT], INACTIVE] += g[BATCH]
             _call(x, SU_START, SA_DONE)
@@ -749,7 +768,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == IS_START:
             _call(x, SL_START, IS_LOCKED)
         elif pc == IS_LOCKED:
-            return _busy(cpu, x, g[BATCH] * s.cost[C_LRU_PAGE], IS_TAKEN)
+            return _busy(cpu, x, g[BATCH] * cost(s, c, C_LRU_PAGE), IS_TAKEN)
         elif pc == IS_TAKEN:
             node = s.node[cpu[PGDAT]]
             node[x[L_LRU]] = max(0, node[x[L_LRU]] - g[BATCH])
@@ -768,7 +787,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == SI_PUTBACK_LOCKED:
             _call(x, SU_START, SI_PUTBACK_DONE)
         elif pc == SI_PUTBACK_DONE:
-            return _busy(cpu, x, g[BATCH] * s.cost[C_FREE_PAGE], SI_FREED)  # every page was freed
+            return _busy(cpu, x, g[BATCH] * cost(s, c, C_FREE_PAGE), SI_FREED)  # every page was freed
         elif pc == SI_FREED:
             s.node[cpu[PGDAT], FREE] += g[BATCH]
             x[L_RET] = g[BATCH]
@@ -783,11 +802,11 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             if x[L_PAGE] == g[BATCH]:
                 x[PC] = SP_AFTER_LOOP
                 continue
-            return _busy(cpu, x, s.cost[C_PAGE_REFERENCED], SP_ADD_TO_SWAP)
+            return _busy(cpu, x, cost(s, c, C_PAGE_REFERENCED), SP_ADD_TO_SWAP)
         elif pc == SP_ADD_TO_SWAP:
-            return _busy(cpu, x, s.cost[C_ADD_TO_SWAP], SP_UNMAP)
+            return _busy(cpu, x, cost(s, c, C_ADD_TO_SWAP), SP_UNMAP)
         elif pc == SP_UNMAP:
-            return _busy(cpu, x, s.cost[C_TRY_TO_UNMAP], SP_UNMAPPED)
+            return _busy(cpu, x, cost(s, c, C_TRY_TO_UNMAP), SP_UNMAPPED)
         elif pc == SP_UNMAPPED:
             cpu[UBC_FLUSH_REQUIRED] = 1
             cpu[UBC_WRITABLE] = 1
@@ -837,11 +856,11 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             _return(x)
         # --- kernel/vmscan.py _pageout -------------------------------------------------------------------------
         elif pc == PO_START:
-            return _busy(cpu, x, s.cost[C_SWAP_WRITEPAGE], PO_OFF)
+            return _busy(cpu, x, cost(s, c, C_SWAP_WRITEPAGE), PO_OFF)
         elif pc == PO_OFF:
             return _step(x, ST_IRQS_OFF, PO_REMOVE)
         elif pc == PO_REMOVE:
-            return _busy(cpu, x, s.cost[C_REMOVE_MAPPING], PO_ON)
+            return _busy(cpu, x, cost(s, c, C_REMOVE_MAPPING), PO_ON)
         elif pc == PO_ON:
             return _step(x, ST_IRQS_ON, PO_DONE)
         elif pc == PO_DONE:
@@ -1006,7 +1025,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             if g[TRACE_ON]:
                 trace(s, c, T_CSD_QUEUE_CPU, dst, x[L_CALLSITE], s.csd[csd, FUNC], s.csd[csd, IDENT])
             g[ST_CSD_ENQUEUES] += 1
-            return _busy(cpu, x, s.cacheline[c, dst], SQ_ADD)  # llist_add
+            return _busy(cpu, x, cost(s, c, s.cacheline[c, dst]), SQ_ADD)  # llist_add
         elif pc == SQ_ADD:
             csd = x[L_CSD]
             dst = s.csd[csd, DST]
@@ -1034,7 +1053,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             _return(x)
         elif pc == CW_SEEN:
             # Seeing the unlock pulls the CSD's line back from the CPU that unlocked it.
-            return _busy(cpu, x, s.cacheline[c, s.csd[x[L_CSD], DST]], CW_DONE)
+            return _busy(cpu, x, cost(s, c, s.cacheline[c, s.csd[x[L_CSD], DST]]), CW_DONE)
         elif pc == CW_DONE:
             _return(x)
         # --- kernel/smp.py send_call_function_single_ipi, kernel/x86.py send_IPI --------------------------
@@ -1051,7 +1070,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             g[ST_CSD_IPIS] += 1
             return _step(x, ST_IRQS_OFF, SS_ICR)
         elif pc == SS_ICR:
-            return _busy(cpu, x, s.cost[C_ICR_WRITE], SS_RAISE)
+            return _busy(cpu, x, cost(s, c, C_ICR_WRITE), SS_RAISE)
         elif pc == SS_RAISE:
             raise_ipi(s, c, x[L_TARGET], CALL_FUNCTION_SINGLE_VECTOR)
             return _step(x, ST_IRQS_ON, SS_DONE)
@@ -1077,7 +1096,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == SM_WRITE:
             if x[L_G] == cpu[NGROUPS]:
                 return _step(x, ST_IRQS_ON, SM_DONE)
-            return _busy(cpu, x, s.cost[C_ICR_WRITE], SM_RAISE)
+            return _busy(cpu, x, cost(s, c, C_ICR_WRITE), SM_RAISE)
         elif pc == SM_RAISE:
             grp = x[L_G]
             for i in range(s.gstart[c, grp], s.gstart[c, grp + 1]):
@@ -1134,7 +1153,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == SL_OWN:
             last = s.node[cpu[PGDAT], LK_LAST_OWNER]
             if last >= 0 and last != c:
-                return _busy(cpu, x, s.cacheline[c, last], SL_DONE)
+                return _busy(cpu, x, cost(s, c, s.cacheline[c, last]), SL_DONE)
             x[PC] = SL_DONE
         elif pc == SL_DONE:
             s.node[cpu[PGDAT], LK_ACQUISITIONS] += 1
@@ -1326,7 +1345,7 @@ def preempt(s: State, c: int) -> bool:
         # A halted CPU accepts the interrupt only once awake; meanwhile the vector stays in IRR.
         x[SAVED_KIND] = S_HALT
         _block(s, c, W_WAKING)
-        at(s, now + s.cost[C_IDLE_EXIT], EV_WOKEN, c, cpu[WAIT_GEN])
+        at(s, now + cost(s, c, C_IDLE_EXIT), EV_WOKEN, c, cpu[WAIT_GEN])
         return False
     take_interrupt(s, c)
     return True  # and run(c, None)
@@ -1376,7 +1395,7 @@ def _needs_host(s: State, margin: int) -> bool:
     g = s.g
     return (g[TRACE_N] + margin > len(s.trace) or g[TMASK_N] + margin * g[NCPUS] > len(s.tmask)
             or g[LAT_N] + margin > len(s.lat) or g[HEAP_N] + margin > len(s.heap)
-            or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
+            or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[DRAW_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
 
 
 @njit(cache=True, _nrt=False)

@@ -18,7 +18,8 @@ import numpy as np
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
-from ipilab.machine.model import Machine, load_machine
+from ipilab.machine.costs import CostId, MissingCost, RunCosts
+from ipilab.machine.model import COST_FIELDS, Machine, load_machine
 from ipilab.sim.fast import engine as E
 from ipilab.sim.machine import MachineStats
 from ipilab.trace.ftrace import irq_flags
@@ -31,6 +32,20 @@ TRACE_ROWS = 1 << 16
 LAT_ROWS = 1 << 14
 GAPS = 4096  # synthetic gaps drawn ahead per sender
 MAX_CPUS = 1024  # its CPU x CPU tables (costs, CSDs, masks) take 8 x 8 bytes x ncpus^2: 64 MB here
+# A drawn cost's block holds this many draws past the refill mark per CPU: one event draws at most one per
+# queued entry or IPI target (3n) from one stream.
+DRAW_SPARE_PER_CPU = 4
+DRAW_BLOCK = 512
+MAX_CPUS_DRAWN = 256  # [ncpus, drawn costs, block] grows with ncpus^2 through the spare
+
+# The kernel features this engine implements; a kernel with any other is run by the reference engine.
+# shared_queue changes nothing here: these workloads queue no remote wakeups or irq_work.
+FEATURES = frozenset({"single_ipi_if_empty", "many_single_shortcut", "coalesce_many", "tlb_skip_lazy",
+                      "sync_first_flush", "skip_polling_idle", "local_after_send", "single_ipi_for_one",
+                      "ipi_shorthand", "shared_queue"})
+
+if tuple(c.key for c in CostId) != E.COST_NAMES:
+    raise ImportError("sim/fast/engine.py COST_NAMES and machine/costs.py CostId disagree")
 
 
 _warm = False
@@ -56,6 +71,13 @@ def unsupported(machine: Machine, kernel: Kernel, workload: Workload) -> str | N
         return f"APIC mode {machine.topology.apic_mode} is not in the fast engine"
     if machine.ncpus > MAX_CPUS:
         return f"{machine.ncpus} CPUs: the fast engine's CPU-pair tables stop at {MAX_CPUS}"
+    drawn = [k for k, c in machine.costs.items() if not c.is_constant]
+    if drawn and machine.ncpus > MAX_CPUS_DRAWN:
+        return (f"{machine.ncpus} CPUs with drawn costs ({', '.join(drawn)}): the fast engine's draw blocks stop "
+                f"at {MAX_CPUS_DRAWN} CPUs")
+    missing = sorted(kernel.features - FEATURES)
+    if missing:
+        return f"kernel feature(s) {', '.join(missing)} are modelled by the reference engine only"
     return None
 
 
@@ -87,8 +109,11 @@ class FastSim:
         self.workload = workload
         self.tracer = tracer
         n = self.ncpus = machine.ncpus
-        self._fixed = {k: v.ns for k, v in machine.costs.items()}
-        self._fixed["llist_del_all"] = 0
+        self.costs = RunCosts(machine, seed)
+        needed = [*COST_FIELDS, *workload.costs_needed]
+        lacking = [k for k in needed if machine.costs.get(k) is None]
+        if lacking:
+            raise MissingCost(f"machine {machine.name} gives no cost {', '.join(lacking)}")
         self.latencies: Counter[int] = Counter()  # exact: value -> count, so memory grows with distinct values
         self._rngs: dict[int, np.random.Generator] = {}  # the synthetic senders' generators
         self._comm = ["<idle>"] * n
@@ -108,10 +133,11 @@ class FastSim:
             flushbuf=np.zeros((n, 3 * n), np.int64), flushtmp=np.zeros((n, 3 * n), np.int64),
             targets=np.zeros((n, n), np.int64), queued=np.zeros((n, n), np.int64), ipi=np.zeros((n, n), np.int64),
             order=np.zeros((n, n), np.int64), gstart=np.zeros((n, n + 1), np.int64),
-            cacheline=np.array([[machine.cacheline_ns(a, b) for b in range(n)] for a in range(n)], np.int64),
-            ipi_latency=np.array([[machine.ipi_latency_ns(a, b) for b in range(n)] for a in range(n)], np.int64),
+            cacheline=np.array(self.costs.cacheline, np.int64), ipi_latency=np.array(self.costs.ipi_latency, np.int64),
             cluster_rank=np.zeros(n, np.int64), by_cluster=np.zeros(n, np.int64),
-            mask_mark=np.zeros((n, n), np.int64), cost=np.zeros(len(E.COST_NAMES), np.int64),
+            mask_mark=np.zeros((n, n), np.int64), cost=np.zeros(E.NCOSTS, np.int64),
+            cost_slot=np.full(E.NCOSTS, -1, np.int64), draws=np.zeros((n, 0, 1), np.int64),
+            draw_pos=np.zeros((n, 0), np.int64),
             usemem=np.zeros(n, np.int64), node=np.zeros((nodes, E.NNODE), np.int64),
             lock_waiting=np.zeros((nodes, n + 1), np.int64),
             trace=np.zeros((TRACE_ROWS if tracer else MARGIN * 2, 8), np.int64),
@@ -150,8 +176,7 @@ class FastSim:
             self._start_swap(workload, seed)
         else:
             self._start_synthetic(workload, seed)
-        for i, name in enumerate(E.COST_NAMES):
-            self.s.cost[i] = self._fixed.get(name, 0)
+        self._start_draws()
 
     # --- workloads' start(): what runs where ---------------------------------------------------------
 
@@ -189,7 +214,7 @@ class FastSim:
         s.g[E.NUSEMEM] = len(usemem)
         s.usemem[:len(usemem)] = usemem
         if w.swap_gb_s is not None:
-            self._fixed["swap_writepage"] = round(PAGE_SIZE / w.swap_gb_s)
+            self.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / w.swap_gb_s))
         stagger = np.random.default_rng(seed).integers(0, STAGGER_NS, size=len(usemem))
         for c in range(m.ncpus):
             self._targets(c, usemem)
@@ -235,6 +260,32 @@ class FastSim:
         s.cpu[c, E.GAP_POS] = 0
         s.cpu[c, E.GAP_N] = GAPS
 
+    def _start_draws(self) -> None:
+        """RunCosts into the engine's tables: constants, and a block of draws per (CPU, drawn cost)."""
+        n, costs = self.ncpus, self.costs
+        drawn = costs.variable()
+        block = DRAW_BLOCK + DRAW_SPARE_PER_CPU * n
+        s = self.s = self.s._replace(draws=np.zeros((n, len(drawn), block), np.int64),
+                                     draw_pos=np.zeros((n, len(drawn)), np.int64))
+        s.cost[:] = costs.constant
+        for slot, k in enumerate(drawn):
+            s.cost_slot[k] = slot
+            for c in range(n):
+                s.draws[c, slot] = costs.draw(k, c, block)
+        s.g[E.DRAW_MARK] = DRAW_BLOCK
+        self._drawn = drawn
+
+    def _refill_draws(self) -> None:
+        s = self.s
+        mark = s.g[E.DRAW_MARK]
+        for c, slot in zip(*np.nonzero(s.draw_pos >= mark), strict=True):
+            pos = s.draw_pos[c, slot]
+            left = s.draws[c, slot, pos:].copy()
+            s.draws[c, slot, :len(left)] = left
+            s.draws[c, slot, len(left):] = self.costs.draw(self._drawn[slot], int(c), int(pos))
+            s.draw_pos[c, slot] = 0
+        s.g[E.DRAW_LOW] = 0
+
     # --- running -------------------------------------------------------------------------------------
 
     def run(self, until: int) -> None:
@@ -248,6 +299,8 @@ class FastSim:
         s, g = self.s, self.s.g
         self._write_trace()
         self._fold_latencies()
+        if g[E.DRAW_LOW]:
+            self._refill_draws()
         if g[E.GAP_LOW]:
             g[E.GAP_LOW] = 0
             for c in self._rngs:
