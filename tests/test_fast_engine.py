@@ -41,13 +41,23 @@ def random_machine(rng: random.Random) -> Machine:
                 "apic_mode": rng.choice(["x2apic_phys", "x2apic_cluster", "kvm_pv"]), "cpu_model": "test",
                 "halt_poll_ns": rng.choice([0, 2000, 20_000, 200_000])}
     costs = {}
+    spread = rng.random() < 0.5  # half the machines draw their costs from distributions
     for name in ALL_COST_FIELDS:
         ns = rng.choice([40, 100, 300, 1000, 3000])
         if name in MAY_BE_ZERO and rng.random() < 0.15:
             ns = 0
         costs[name] = {"ns": ns, "source": "random test value"}
+        if spread and ns and rng.random() < 0.7:
+            if rng.random() < 0.5:
+                costs[name] = {"dist": "lognormal", "median": ns, "p90": ns * rng.choice([1, 2, 5]),
+                               "source": "random test value"}
+            else:
+                low = 0 if name in MAY_BE_ZERO else 1
+                costs[name] = {"dist": "empirical", "quantiles": sorted(rng.randint(low, 3 * ns) for _ in range(5)),
+                               "source": "random test value"}
+    background = {"tick_hz": rng.choice([0, 0, 1000, 10_000])}
     return Machine.model_validate({"name": "random", "description": "a random small machine",
-                                   "topology": topology, "costs": costs})
+                                   "topology": topology, "costs": costs, "background": background})
 
 
 def random_case(i: int) -> tuple[Machine, str, str, dict[str, str], dict[str, Any]]:
@@ -241,3 +251,12 @@ def test_renumbering_the_queued_timers_mid_run_changes_no_event(tmp_path: Path,
     assert len(calls) > 100 and max(calls) > 1
     assert filecmp.cmp(ref_trace, fast_trace, shallow=False)
     assert ref == fast
+
+
+def test_the_random_cases_cover_drawn_costs_and_timer_ticks() -> None:
+    """The differential test above is only as good as what it exercises: enough of its machines must draw
+    costs from distributions and take timer ticks."""
+    machines = [random_case(i)[0] for i in range(200)]
+    drawn = sum(any(not c.is_constant for c in m.costs.values()) for m in machines)
+    ticking = sum(m.background.tick_hz > 0 for m in machines)
+    assert drawn >= 60 and ticking >= 60, (drawn, ticking)

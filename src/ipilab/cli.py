@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,9 +29,10 @@ from ipilab.analysis.render import counts_table, print_audit, print_replay
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
-from ipilab.machine.model import COST_FIELDS, Machine, MachineError, load_machine, preset_names
+from ipilab.machine.model import ALL_COST_FIELDS, COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
+from ipilab.reproduce.seed import SeedError, build_machine, split_settings
 from ipilab.sim.fast.run import unsupported
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
@@ -105,7 +105,7 @@ def machines(as_json: bool) -> None:
     """Machine presets: topology and the cost of every operation, each with its source."""
     loaded = [load_machine(name) for name in preset_names()]
     if as_json:
-        emit_json({m.name: {**m.model_dump(), "ncpus": m.ncpus, "cost_meanings": COST_FIELDS}
+        emit_json({m.name: {**m.model_dump(exclude_none=True), "ncpus": m.ncpus, "cost_meanings": ALL_COST_FIELDS}
                    for m in loaded})
         return
     for m in loaded:
@@ -116,11 +116,14 @@ def machines(as_json: bool) -> None:
                       f"APIC {t.apic_mode}, halt-poll {t.halt_poll_ns} ns; {t.cpu_model}", highlight=False)
         table = Table(show_header=True, expand=True)
         table.add_column("cost", no_wrap=True)
-        table.add_column("ns", justify="right")
+        table.add_column("ns (each use draws anew from a distribution)", justify="right")
         table.add_column("source", ratio=1)
         for key, cost in m.costs.items():
-            table.add_row(key, str(cost.ns), cost.source)
+            table.add_row(key, cost.describe(), cost.source)
         console.print(table)
+        bg = m.background
+        console.print(f"  background: timer tick {bg.tick_hz} Hz per busy CPU ({bg.source}); `--set tick_hz=250` "
+                      "turns it on", highlight=False)
 
 
 def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -141,7 +144,8 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--workload", "-w", default="synthetic", show_default=True,
               type=click.Choice(sorted(WORKLOADS)), help="What drives the calls.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="A workload parameter (repeatable); see the list below.")
+              help="A workload parameter (see the list below), a machine topology field (cores_per_socket=8), "
+                   "tick_hz=250 (the timer tick's background interrupts) or a cost in ns (repeatable).")
 @click.option("--cost", "costs", multiple=True, metavar="NAME=NS",
               help="Override one machine cost in nanoseconds (repeatable).")
 @click.option("--seconds", "-s", type=float, default=0.01, show_default=True,
@@ -180,22 +184,25 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
 def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
                seconds: float) -> tuple[Machine, Kernel, Workload]:
     """Machine, kernel and workload from simulate's options (errors: MachineError, KernelSpecError,
-    WorkloadError, or a user error)."""
-    m = load_machine(machine)
-    if costs:
-        overrides = parse_settings(costs)
-        try:
-            ns = {k: int(v) for k, v in overrides.items()}
-        except ValueError:
-            fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
-        try:
-            m = m.with_costs(**ns)
-        except KeyError as e:
-            fail(f"--cost: unknown cost {e.args[0]!r}; known: {', '.join(COST_FIELDS)}")
-        except ValidationError as e:
-            fail(f"--cost: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)")
+    WorkloadError, or a user error). --set takes the workload's fields first, then a machine's topology or
+    background field or a cost; --cost only costs."""
+    if workload not in WORKLOADS:
+        fail(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    try:
+        wanted, topology, set_costs = split_settings(parse_settings(settings), tuple(WORKLOADS[workload].model_fields))
+    except SeedError as e:
+        fail(str(e))
+    overrides = parse_settings(costs)
+    try:
+        ns = {k: int(v) for k, v in overrides.items()}
+    except ValueError:
+        fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
+    unknown = [k for k in ns if k not in ALL_COST_FIELDS]
+    if unknown:
+        fail(f"--cost: unknown cost {unknown[0]!r}; known: {', '.join(ALL_COST_FIELDS)}")
+    m = build_machine(machine, topology, {**set_costs, **ns})
     k = resolve_kernel(kernel)
-    w = workload_from_settings(workload, parse_settings(settings))
+    w = workload_from_settings(workload, wanted)
     if not 0 < seconds <= MAX_SECONDS:
         fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
     return m, k, w

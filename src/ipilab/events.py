@@ -14,6 +14,7 @@ from enum import Enum
 CALL_FUNCTION_SINGLE_VECTOR = 251
 CALL_FUNCTION_VECTOR = 252
 RESCHEDULE_VECTOR = 253
+LOCAL_TIMER_VECTOR = 236
 
 # The handler the kernel names as the callback of every function-call IPI it traces.
 FUNCTION_CALL_CALLBACK = "generic_smp_call_function_single_interrupt+0x0/0x10"
@@ -58,6 +59,8 @@ FORMATS: dict[str, EventFormat] = {
     "call_function_single_exit": EventFormat("irq_vectors", (("vector", Kind.INT),)),
     "reschedule_entry": EventFormat("irq_vectors", (("vector", Kind.INT),)),
     "reschedule_exit": EventFormat("irq_vectors", (("vector", Kind.INT),)),
+    "local_timer_entry": EventFormat("irq_vectors", (("vector", Kind.INT),)),
+    "local_timer_exit": EventFormat("irq_vectors", (("vector", Kind.INT),)),
     "sched_wake_idle_without_ipi": EventFormat("sched", (("cpu", Kind.INT),)),
     "cpu_idle": EventFormat("power", (("state", Kind.INT), ("cpu_id", Kind.INT))),
 }

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from ipilab import __version__
 from ipilab.kernel.features import resolve_kernel
-from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError, Topology, load_machine
+from ipilab.machine.model import ALL_COST_FIELDS, Background, Machine, MachineError, Topology, load_machine
 from ipilab.sim.fast.run import warm_up
 from ipilab.sim.run import simulate
 from ipilab.workloads import workload_from_settings
@@ -54,6 +54,7 @@ SENSITIVITY_WARMUP = 0.002
 SENSITIVITY_INTERVALS = 5
 SENSITIVITY_FACTORS = (0.5, 1.5)
 TOPOLOGY_KEYS = tuple(k for k in Topology.model_fields if k not in ("cpu_model",))
+BACKGROUND_KEYS = tuple(k for k in Background.model_fields if k != "source")
 SEED_WORKLOAD_KEYS = tuple(k for k in SwapWSeqMt.model_fields if k != "phase")  # both phases always run
 
 
@@ -69,7 +70,7 @@ def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SE
     for key, value in settings.items():
         if key in workload_keys:
             workload[key] = value
-        elif key in TOPOLOGY_KEYS:
+        elif key in TOPOLOGY_KEYS or key in BACKGROUND_KEYS:
             topology[key] = value
         elif key in ALL_COST_FIELDS:
             try:
@@ -78,7 +79,8 @@ def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SE
                 raise SeedError(f"--set {key}: a cost is whole nanoseconds, got {value!r}") from None
         else:
             raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(workload_keys)}; "
-                            f"machine: {', '.join(TOPOLOGY_KEYS)}; or a cost name (`ipilab machines`)")
+                            f"machine: {', '.join((*TOPOLOGY_KEYS, *BACKGROUND_KEYS))}; or a cost name "
+                            "(`ipilab machines`)")
     return workload, topology, costs
 
 
@@ -86,7 +88,10 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
     m = load_machine(name)
     if topology:
         data = m.model_dump()
-        data["topology"].update(topology)
+        data["topology"].update({k: v for k, v in topology.items() if k not in BACKGROUND_KEYS})
+        data["background"].update({k: v for k, v in topology.items() if k in BACKGROUND_KEYS})
+        if any(k in BACKGROUND_KEYS for k in topology):
+            data["background"]["source"] = "set by the user"
         try:
             m = Machine.model_validate(data)
         except ValidationError as e:

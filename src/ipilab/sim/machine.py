@@ -14,11 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, Event
+import numpy as np
+
+from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, LOCAL_TIMER_VECTOR, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.idle import IdleState, do_idle
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
+from ipilab.kernel.time import TICK_SALT, local_timer_interrupt
 from ipilab.machine.costs import ABSENT, CostId, RunCosts
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
@@ -58,6 +61,7 @@ DRAW_BLOCK = 1024  # draws taken from a cost's stream at a time (any size gives 
 class MachineStats:
     apic_merged: int = 0  # IPIs absorbed by a same vector already pending in the target's IRR
     ipis_delivered: int = 0
+    ticks: int = 0  # local timer interrupts taken
 
 
 class SimMachine:
@@ -92,6 +96,24 @@ class SimMachine:
             c.stack.append(Context(code, "task", True))
             c.comm, c.pid, c.user_mm = comm, pid, user_mm
         self.engine.at(self.engine.now, lambda: self._run(c, None))
+
+    def start_background(self, seed: int) -> None:
+        """Start the machine's background interrupts, after the workload has started every CPU: each CPU's
+        timer tick at a seeded phase within the first period (CPUs' ticks are not aligned)."""
+        hz = self.machine.background.tick_hz
+        if not hz:
+            return
+        period = round(1e9 / hz)
+        phases = np.random.default_rng([seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+        for c in self.cpus:
+            self.engine.at(self.engine.now + int(phases[c.id]), lambda c=c: self._tick(c, period))
+
+    def _tick(self, c: SimCpu, period: int) -> None:
+        """The local APIC timer fires. With NO_HZ idle the tick is stopped while a CPU idles: no interrupt."""
+        self.engine.at(self.engine.now + period, lambda: self._tick(c, period))
+        if c.stack[-1].kind == "idle":
+            return
+        self._raise(c, LOCAL_TIMER_VECTOR)
 
     def _idle_code(self, c: SimCpu) -> KernelCode:
         return do_idle(self.smp, c.id, c.idle, self._halt_poll_ns)
@@ -253,6 +275,12 @@ class SimMachine:
             self.stats.apic_merged += 1
             c.apic_merged += 1
             return
+        self._raise(c, vector)
+
+    def _raise(self, c: SimCpu, vector: int) -> None:
+        """`vector` becomes pending in `c`'s APIC (a second one of a vector already pending is absorbed)."""
+        if vector in c.irr:
+            return
         c.irr.add(vector)
         if c.wait is not None and c.wait[0] != "waking" and c.stack[-1].irqs_on:
             self._preempt(c)
@@ -289,12 +317,17 @@ class SimMachine:
     def _take_interrupt(self, c: SimCpu) -> None:
         vector = max(c.irr)  # the APIC delivers the highest pending vector first
         c.irr.discard(vector)
-        c.interrupts += 1
+        if vector == LOCAL_TIMER_VECTOR:
+            self.stats.ticks += 1
+        else:
+            c.interrupts += 1
         c.stack.append(Context(self._handler(c, vector), "irq", False, self.engine.now))
 
     def _handler(self, c: SimCpu, vector: int) -> KernelCode:
         if vector in (CALL_FUNCTION_VECTOR, CALL_FUNCTION_SINGLE_VECTOR):
             yield from self.smp.sysvec_call_function(c.id, vector)
+        elif vector == LOCAL_TIMER_VECTOR:
+            yield from local_timer_interrupt(self, c.id)
         else:
             raise ValueError(f"no handler for vector {vector}")
 

@@ -40,6 +40,7 @@ METRIC_DOCS: dict[str, str] = {
     "empty_interrupts": "function-call interrupts that found the queue already emptied",
     "calls": "cross-CPU calls made (smp_call_function_many_cond / _single)",
     "ipis_in_flight_at_end": "IPIs sent but not yet handled when the window closed (pending or travelling)",
+    "ticks": "local timer interrupts taken (the machine's background.tick_hz on CPUs running a task; 0 when off)",
     "csds_undecided_at_end": "CSDs queued whose sender had not yet sent (or decided not to send) an IPI "
                              "when the window closed",
 }
@@ -89,6 +90,7 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
         else:
             sim = SimMachine(machine, kernel, Engine(), tracer=writer, seed=seed)
             workload.start(sim, seed)
+            sim.start_background(seed)
             run, counters = sim.engine.run, workload.counters
             compile_seconds = 0.0
         run(warmup_ns)
@@ -117,6 +119,7 @@ def _snapshot(sim: Any, workload_counts: dict[str, int]) -> dict[str, Any]:
     s = sim.smp.stats
     counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
     counts["apic_merged"] = sim.stats.apic_merged
+    counts["ticks"] = sim.stats.ticks
     counts.update(workload_counts)
     return {"now": sim.engine.now, "counts": counts, "workload_keys": list(workload_counts),
             "cpu_interrupts": [c.interrupts for c in sim.cpus], "cpu_irq_ns": [c.irq_ns for c in sim.cpus],
@@ -209,7 +212,8 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
         "calls": d["calls"],
         "local_calls": d["local_calls"],
         "ipis_in_flight_at_end": in_flight,
-        "csds_undecided_at_end": s.csd_enqueues - s.csd_ipis - s.csd_no_ipi_queued - s.csd_no_ipi_polling,
+        "ticks": d["ticks"],
+    "csds_undecided_at_end": s.csd_enqueues - s.csd_ipis - s.csd_no_ipi_queued - s.csd_no_ipi_polling,
         "counts": {k: v for k, v in d.items() if k not in workload_counts},
         "workload_counts": workload_counts,
         "rates": _rates(snaps),

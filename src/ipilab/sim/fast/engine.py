@@ -27,10 +27,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT
+from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 58
+NG = 60
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -38,7 +38,8 @@ NG = 58
  ST_ICR_WRITES, ST_CAL_INTERRUPTS, ST_CSDS_RUN_IN_IRQ, ST_CSDS_RUN_FROM_IDLE, ST_EMPTY_INTERRUPTS, ST_LOCAL_CALLS,
  ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
- MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK) = range(NG)
+ MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
+ M_TICKS) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 NCPU = 43
@@ -74,7 +75,7 @@ ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
 # What a SpinUntil waits for: its cond() and watch
 COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE = 0, 1, 2, 3
 # Engine timers: the SimMachine method each one calls
-EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN = 0, 1, 2, 3, 4, 5
+EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN, EV_TICK = range(7)
 EV_CPU_SHIFT, EV_ARG_SHIFT = 3, 14  # a timer packs kind | cpu << 3 | arg << 14 (cpu < 2048, arg >= 0)
 # Watcher pool columns
 WP_CPU, WP_GEN, WP_NEXT = 0, 1, 2
@@ -90,7 +91,7 @@ CALLSITES = ("on_each_cpu_cond_mask+0x20/0x60", "native_flush_tlb_others+0x0/0x0
 TLB_FLUSH_ALL = -1
 TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 PAGEVEC_SIZE = 14
-IRR_SINGLE, IRR_MANY = 1, 2  # bits of the IRR for vectors 251 and 252
+IRR_SINGLE, IRR_MANY, IRR_TIMER = 1, 2, 4  # bits of the IRR for vectors 251, 252 and 236
 
 # Costs, by id: machine/costs.py CostId, written out here because numba's cache notices changes to this file
 # only (fast/run.py checks at import that the two agree).
@@ -109,10 +110,11 @@ NCOSTS = len(COST_NAMES)
 TR_TS, TR_CPU, TR_NAME, TR_F0, TR_F1, TR_F2, TR_F3, TR_FLAGS = range(8)
 TRACE_NAMES = ("csd_queue_cpu", "csd_function_entry", "csd_function_exit", "ipi_send_cpu", "ipi_send_cpumask",
                "call_function_entry", "call_function_exit", "call_function_single_entry",
-               "call_function_single_exit", "sched_wake_idle_without_ipi", "cpu_idle")
+               "call_function_single_exit", "sched_wake_idle_without_ipi", "cpu_idle", "local_timer_entry",
+               "local_timer_exit")
 (T_CSD_QUEUE_CPU, T_CSD_FUNCTION_ENTRY, T_CSD_FUNCTION_EXIT, T_IPI_SEND_CPU, T_IPI_SEND_CPUMASK,
  T_CALL_FUNCTION_ENTRY, T_CALL_FUNCTION_EXIT, T_CALL_FUNCTION_SINGLE_ENTRY, T_CALL_FUNCTION_SINGLE_EXIT,
- T_SCHED_WAKE_IDLE_WITHOUT_IPI, T_CPU_IDLE) = range(len(TRACE_NAMES))
+ T_SCHED_WAKE_IDLE_WITHOUT_IPI, T_CPU_IDLE, T_LOCAL_TIMER_ENTRY, T_LOCAL_TIMER_EXIT) = range(len(TRACE_NAMES))
 FL_IRQS_OFF, FL_NEED_RESCHED, FL_HARDIRQ, FL_TASK = 1, 2, 4, 8
 
 
@@ -155,7 +157,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 129  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 133  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -187,7 +189,8 @@ NPC = 129  # one state per piece of code between two yields, grouped by the func
  SL_START, SL_TICKET, SL_SPUN, SL_OWN, SL_DONE,
  SU_START, SU_DONE,
  SY_GAP, SY_CALL, SY_DONE,
- BL_LOOP) = range(NPC)
+ BL_LOOP,
+ TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE) = range(NPC)
 
 
 # === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
@@ -1194,6 +1197,19 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             x[PC] = SY_GAP
         elif pc == BL_LOOP:
             return _busy(cpu, x, 1_000_000, BL_LOOP)
+        # --- kernel/time.py local_timer_interrupt ------------------------------------------------------------
+        elif pc == TK_ENTRY:
+            return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), TK_BODY)
+        elif pc == TK_BODY:
+            if g[TRACE_ON]:
+                trace(s, c, T_LOCAL_TIMER_ENTRY, LOCAL_TIMER_VECTOR, 0, 0, 0)
+            return _busy(cpu, x, cost(s, c, C_TICK), TK_EXIT)
+        elif pc == TK_EXIT:
+            if g[TRACE_ON]:
+                trace(s, c, T_LOCAL_TIMER_EXIT, LOCAL_TIMER_VECTOR, 0, 0, 0)
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), TK_DONE)
+        elif pc == TK_DONE:
+            return ST_RETURN
         else:
             raise RuntimeError("fast engine: unknown program counter")
 
@@ -1238,19 +1254,26 @@ def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int)
 def take_interrupt(s: State, c: int) -> None:
     """SimMachine._take_interrupt: the highest pending vector; its handler goes on top of the stack."""
     cpu = s.cpu[c]
+    x = s.ctx[c, IRQ]
+    x[PC] = SV_ENTRY
     if cpu[IRR] & IRR_MANY:
         vector = CALL_FUNCTION_VECTOR
         cpu[IRR] &= ~IRR_MANY
-    else:
+    elif cpu[IRR] & IRR_SINGLE:
         vector = CALL_FUNCTION_SINGLE_VECTOR
         cpu[IRR] &= ~IRR_SINGLE
-    cpu[INTERRUPTS] += 1
+    else:
+        vector = LOCAL_TIMER_VECTOR
+        cpu[IRR] &= ~IRR_TIMER
+        x[PC] = TK_ENTRY
+    if vector == LOCAL_TIMER_VECTOR:
+        s.g[M_TICKS] += 1
+    else:
+        cpu[INTERRUPTS] += 1
     cpu[IN_IRQ] = 1
-    x = s.ctx[c, IRQ]
     x[IRQS_ON] = 0
     x[SAVED_KIND] = S_NONE
     x[STARTED] = s.g[NOW]
-    x[PC] = SV_ENTRY
     x[SP] = 0
     x[L_VECTOR] = vector
 
@@ -1373,15 +1396,21 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
             return True, 1
         watch_add(s, cpu[WAIT_WATCH], c, arg)
         return False, -1
-    # EV_IPI_ARRIVES
-    s.g[M_IPIS_DELIVERED] += 1
-    cpu[IN_FLIGHT] -= 1
-    bit = IRR_SINGLE if arg == CALL_FUNCTION_SINGLE_VECTOR else IRR_MANY
-    if cpu[IRR] & bit:
-        s.g[M_APIC_MERGED] += 1
-        cpu[APIC_MERGED] += 1
-        return False, -1
-    cpu[IRR] |= bit
+    if kind == EV_TICK:
+        # SimMachine._tick: the next tick first; none while the CPU idles (NO_HZ idle), then _raise.
+        at(s, s.g[NOW] + s.g[TICK_PERIOD], EV_TICK, c, 0)
+        if top_ctx(s, c) == IDLE or cpu[IRR] & IRR_TIMER:
+            return False, -1
+        cpu[IRR] |= IRR_TIMER
+    else:  # EV_IPI_ARRIVES
+        s.g[M_IPIS_DELIVERED] += 1
+        cpu[IN_FLIGHT] -= 1
+        bit = IRR_SINGLE if arg == CALL_FUNCTION_SINGLE_VECTOR else IRR_MANY
+        if cpu[IRR] & bit:
+            s.g[M_APIC_MERGED] += 1
+            cpu[APIC_MERGED] += 1
+            return False, -1
+        cpu[IRR] |= bit
     wait = cpu[WAIT_KIND]
     if wait != W_NONE and wait != W_WAKING and s.ctx[c, top_ctx(s, c), IRQS_ON]:
         return preempt(s, c), -1

@@ -18,6 +18,7 @@ import numpy as np
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
+from ipilab.kernel.time import TICK_SALT
 from ipilab.machine.costs import CostId, MissingCost, RunCosts
 from ipilab.machine.model import COST_FIELDS, Machine, load_machine
 from ipilab.sim.fast import engine as E
@@ -110,6 +111,7 @@ class FastSim:
         self.tracer = tracer
         n = self.ncpus = machine.ncpus
         self.costs = RunCosts(machine, seed)
+        self._seed = seed
         needed = [*COST_FIELDS, *workload.costs_needed]
         lacking = [k for k in needed if machine.costs.get(k) is None]
         if lacking:
@@ -194,6 +196,17 @@ class FastSim:
     def _start_all(self) -> None:
         for c in range(self.ncpus):
             E.at(self.s, 0, E.EV_RUN, c, 0)
+        self._start_background()
+
+    def _start_background(self) -> None:
+        """SimMachine.start_background: each CPU's tick at a seeded phase."""
+        hz = self.machine.background.tick_hz
+        if not hz:
+            return
+        period = self.s.g[E.TICK_PERIOD] = round(1e9 / hz)
+        phases = np.random.default_rng([self._seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+        for c in range(self.ncpus):
+            E.at(self.s, int(phases[c]), E.EV_TICK, c, 0)
 
     def _targets(self, c: int, mask: list[int]) -> None:
         t = sorted(set(mask) - {c})
@@ -397,7 +410,8 @@ class FastSim:
     @property
     def stats(self) -> MachineStats:
         g = self.s.g
-        return MachineStats(apic_merged=int(g[E.M_APIC_MERGED]), ipis_delivered=int(g[E.M_IPIS_DELIVERED]))
+        return MachineStats(apic_merged=int(g[E.M_APIC_MERGED]), ipis_delivered=int(g[E.M_IPIS_DELIVERED]),
+                            ticks=int(g[E.M_TICKS]))
 
     @property
     def cpus(self) -> list[_Cpu]:
