@@ -168,3 +168,37 @@ def test_cost_describe_says_what_a_distribution_is() -> None:
     c = Cost(dist="empirical", quantiles=list(range(0, 1001, 10)), n=1234, source="test")
     assert c.describe() == "empirical p50 500 ns, p90 900 ns, p99 990 ns, n=1,234"
     assert c.ns == 500
+
+
+def test_vcpu_preemption_hand_case() -> None:
+    """Two CPUs running busy loops on a host that takes each vCPU away for 50 us after every 100 us it ran
+    (constant costs). From time 0 a CPU is descheduled at 100, 250, 400, ... us: 100 + 150 k < 1,400 for
+    k = 0..8, so 9 times in a 1.4 ms window, each over by 1,350 us: 2 x 9 x 50 us = 900 us stolen. Ticks at
+    1 kHz would land in the stretches too, so they are off here; no interrupt is lost, only delayed."""
+    m = machine_with(2, vcpu_run={"ns": 100_000, "source": "test"}, vcpu_preempt={"ns": 50_000, "source": "test"})
+    data = m.model_dump(exclude_none=True)
+    data["background"]["vcpu_preemption"] = True
+    m = Machine.model_validate(data)
+    w = workload_from_settings("synthetic", {"senders": "0", "targets": "1", "rate": "1", "others": "busy"})
+    for engine in ("reference", "fast"):
+        r = simulate(m, resolve_kernel("v4.13"), w, seconds=0.0014, seed=2, engine=engine)
+        assert (r["vcpu_preemptions"], r["stolen_ns"]) == (18, 900_000), engine
+
+
+def test_a_descheduled_target_holds_its_calls() -> None:
+    """CPU 0 calls CPU 1 (busy loop) with wait=1; each vCPU's host takes it away for 200 us after every 200 to
+    400 us it ran (drawn: with a constant both vCPUs would be away together, and no call could span a
+    stretch). A call whose IPI lands while CPU 1 is away waits until it runs again, so some waits exceed
+    100 us, which none do on the same machine without preemption (IPI 1 us, handler 0.3 us, function 0.5 us)."""
+    base = dict(ipi_latency_same_socket={"ns": 1000, "source": "test"}, irq_entry={"ns": 150, "source": "test"},
+                irq_exit={"ns": 150, "source": "test"},
+                vcpu_run={"dist": "empirical", "quantiles": [200_000, 400_000], "source": "test"},
+                vcpu_preempt={"ns": 200_000, "source": "test"})
+    w = workload_from_settings("synthetic", {"senders": "0", "targets": "1", "rate": "20000", "func_ns": "500",
+                                             "others": "busy"})
+    k = resolve_kernel("v4.13")
+    data = machine_with(2, **base).model_dump(exclude_none=True)
+    quiet = simulate(Machine.model_validate(data), k, w, seconds=0.01, seed=1)["wait_latency_ns"]
+    data["background"]["vcpu_preemption"] = True
+    stolen = simulate(Machine.model_validate(data), k, w, seconds=0.01, seed=1)["wait_latency_ns"]
+    assert quiet["max"] < 100_000 < stolen["max"], (quiet, stolen)

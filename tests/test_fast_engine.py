@@ -55,7 +55,7 @@ def random_machine(rng: random.Random) -> Machine:
                 low = 0 if name in MAY_BE_ZERO else 1
                 costs[name] = {"dist": "empirical", "quantiles": sorted(rng.randint(low, 3 * ns) for _ in range(5)),
                                "source": "random test value"}
-    background = {"tick_hz": rng.choice([0, 0, 1000, 10_000])}
+    background = {"tick_hz": rng.choice([0, 0, 1000, 10_000]), "vcpu_preemption": rng.random() < 0.3}
     return Machine.model_validate({"name": "random", "description": "a random small machine",
                                    "topology": topology, "costs": costs, "background": background})
 
@@ -255,8 +255,9 @@ def test_renumbering_the_queued_timers_mid_run_changes_no_event(tmp_path: Path,
 
 def test_the_random_cases_cover_drawn_costs_and_timer_ticks() -> None:
     """The differential test above is only as good as what it exercises: enough of its machines must draw
-    costs from distributions and take timer ticks."""
+    costs from distributions, take timer ticks and have their vCPUs descheduled."""
     machines = [random_case(i)[0] for i in range(200)]
     drawn = sum(any(not c.is_constant for c in m.costs.values()) for m in machines)
     ticking = sum(m.background.tick_hz > 0 for m in machines)
-    assert drawn >= 60 and ticking >= 60, (drawn, ticking)
+    descheduled = sum(m.background.vcpu_preemption for m in machines)
+    assert drawn >= 60 and ticking >= 60 and descheduled >= 40, (drawn, ticking, descheduled)

@@ -29,9 +29,9 @@ from ipilab.analysis.render import counts_table, print_audit, print_replay
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
-from ipilab.machine.model import ALL_COST_FIELDS, COST_FIELDS, Machine, MachineError, load_machine, preset_names
+from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
-from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity
+from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
 from ipilab.sim.fast.run import unsupported
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
@@ -404,8 +404,9 @@ def reproduce() -> None:
               help="Write the comparison and the per-CPU interrupt timelines as a PNG.")
 @click.option("--explain", is_flag=True,
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
-                   "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays (about 100 "
-                   "more short simulations: about 2 minutes on 2 cores at the default --sensitivity-seconds).")
+                   "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays, and the spread "
+                   "table: every cost lognormal with p90 = 1, 1.25, 1.5, 2 and 3 x median (about 120 more short "
+                   "simulations: a few minutes on 2 cores at the default --sensitivity-seconds).")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "
@@ -440,6 +441,9 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
                 result["sensitivity_window"] = {"sim_seconds": sensitivity_seconds,
                                                 "warmup_seconds": seed_exp.SENSITIVITY_WARMUP,
                                                 "intervals": seed_exp.SENSITIVITY_INTERVALS}
+                result["spread"] = seed_exp.spread_sensitivity(parse_settings(settings), seconds=sensitivity_seconds,
+                                                               seed=rng_seed, workers=workers, engine=engine,
+                                                               progress=step("spread runs"))
     except (MachineError, KernelSpecError, WorkloadError, seed_exp.SeedError) as e:
         fail(str(e))
     if plot is not None:
@@ -451,6 +455,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     if explain:
         print_costs(result, console)
         print_sensitivity(rows or [], result["sensitivity_window"], console)
+        print_spread(result["spread"], result["sensitivity_window"], console)
     if plot is not None:
         console.print(f"plot written to {plot}", highlight=False)
 

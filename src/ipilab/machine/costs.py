@@ -46,6 +46,8 @@ class CostId(IntEnum):
     REMOVE_MAPPING = 20
     FREE_PAGE = 21
     TICK = 22
+    VCPU_RUN = 23
+    VCPU_PREEMPT = 24
 
     @property
     def key(self) -> str:

@@ -37,6 +37,8 @@ COST_FIELDS: dict[str, str] = {
 # Costs of background interrupts; needed only when the machine's [background] turns them on.
 BACKGROUND_COST_FIELDS: dict[str, str] = {
     "tick": "the local timer interrupt's handler body (local_timer_entry -> local_timer_exit)",
+    "vcpu_run": "how long a vCPU runs between two times its host deschedules it (background.vcpu_preemption)",
+    "vcpu_preempt": "how long a descheduled vCPU stays off its physical CPU (background.vcpu_preemption)",
 }
 
 # Costs of the reclaim path (the swap-w-seq-mt workload); a preset may leave them out if no workload
@@ -141,11 +143,14 @@ class Cost(BaseModel):
 
 
 class Background(BaseModel):
-    """Interrupts that are not cross-CPU calls but decide when those run: the periodic timer tick."""
+    """What takes CPUs away from the cross-CPU calls without being one: the periodic timer tick, and in a
+    VM the host descheduling vCPUs."""
 
     model_config = ConfigDict(extra="forbid")
     tick_hz: int = Field(0, ge=0, le=10_000, description="local timer interrupts per second on each CPU that "
                          "is not halted (0: none; CONFIG_HZ is 100 to 1000); the handler's body costs `tick`")
+    vcpu_preemption: bool = Field(False, description="the host deschedules each running vCPU for `vcpu_preempt` "
+                                  "ns after every `vcpu_run` ns (an overcommitted VM); nothing runs on it meanwhile")
     source: str = Field("none: no background interrupts modelled", min_length=3)
 
 
@@ -193,6 +198,8 @@ class Machine(BaseModel):
             raise ValueError(f"costs: missing {missing}, unknown {unknown}; allowed: {sorted(ALL_COST_FIELDS)}")
         if self.background.tick_hz and "tick" not in self.costs:
             raise ValueError("background.tick_hz is set but costs.tick (the timer handler's body) is not given")
+        if self.background.vcpu_preemption and not {"vcpu_run", "vcpu_preempt"} <= self.costs.keys():
+            raise ValueError("background.vcpu_preemption needs costs.vcpu_run and costs.vcpu_preempt")
         return self
 
     @property
@@ -247,6 +254,22 @@ class Machine(BaseModel):
                 raise KeyError(key)
             was = f"preset: {costs[key].ns} ns" if key in costs else "not in the preset"
             costs[key] = Cost(ns=value, source=f"set by the user ({was})")
+        return self.model_copy(update={"costs": costs})
+
+
+    def with_spread(self, ratio: float) -> Machine:
+        """A copy whose constant costs (above 0) become lognormal around the same median with p90 = ratio x
+        median: a stated assumption of spread where no measurement gives one (`--set spread=R`)."""
+        if not 1 <= ratio <= 100:
+            raise MachineError(f"spread: a p90/median ratio from 1 (none) to 100, got {ratio:g}")
+        if ratio == 1:
+            return self
+        costs = {}
+        for key, cost in self.costs.items():
+            if cost.dist == "constant" and cost.ns:
+                cost = Cost(dist="lognormal", median=cost.ns, p90=max(cost.ns, round(cost.ns * ratio)),
+                            source=f"{cost.source} [spread assumed: lognormal, p90 = {ratio:g} x median]")
+            costs[key] = cost
         return self.model_copy(update={"costs": costs})
 
 

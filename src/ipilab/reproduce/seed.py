@@ -53,6 +53,9 @@ SENSITIVITY_SECONDS = 0.005
 SENSITIVITY_WARMUP = 0.002
 SENSITIVITY_INTERVALS = 5
 SENSITIVITY_FACTORS = (0.5, 1.5)
+# Spreads (p90 / median of every cost, lognormal) the --explain spread table runs, from none to about what
+# the 2-vCPU VM's traces measure for the IPI path (see README: the seed with spread).
+SPREAD_RATIOS = (1.0, 1.25, 1.5, 2.0, 3.0)
 TOPOLOGY_KEYS = tuple(k for k in Topology.model_fields if k not in ("cpu_model",))
 BACKGROUND_KEYS = tuple(k for k in Background.model_fields if k != "source")
 SEED_WORKLOAD_KEYS = tuple(k for k in SwapWSeqMt.model_fields if k != "phase")  # both phases always run
@@ -70,7 +73,7 @@ def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SE
     for key, value in settings.items():
         if key in workload_keys:
             workload[key] = value
-        elif key in TOPOLOGY_KEYS or key in BACKGROUND_KEYS:
+        elif key in TOPOLOGY_KEYS or key in BACKGROUND_KEYS or key == "spread":
             topology[key] = value
         elif key in ALL_COST_FIELDS:
             try:
@@ -79,13 +82,16 @@ def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SE
                 raise SeedError(f"--set {key}: a cost is whole nanoseconds, got {value!r}") from None
         else:
             raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(workload_keys)}; "
-                            f"machine: {', '.join((*TOPOLOGY_KEYS, *BACKGROUND_KEYS))}; or a cost name "
-                            "(`ipilab machines`)")
+                            f"machine: {', '.join((*TOPOLOGY_KEYS, *BACKGROUND_KEYS))}, spread; or a cost "
+                            "name (`ipilab machines`)")
     return workload, topology, costs
 
 
 def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) -> Machine:
+    """A preset or machine file with --set's machine fields (topology, background, `spread`) and costs."""
     m = load_machine(name)
+    topology = dict(topology)
+    spread = topology.pop("spread", None)
     if topology:
         data = m.model_dump()
         data["topology"].update({k: v for k, v in topology.items() if k not in BACKGROUND_KEYS})
@@ -103,6 +109,12 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
             m = m.with_costs(**costs)
         except ValidationError as e:
             raise MachineError(f"--set: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)") from None
+    if spread is not None:
+        try:
+            ratio = float(spread)
+        except ValueError:
+            raise MachineError(f"--set spread: a p90/median ratio such as 2, got {spread!r}") from None
+        m = m.with_spread(ratio)
     return m
 
 
@@ -362,6 +374,28 @@ def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: floa
     reference = take(False)
     for row in rows:
         row["reference"] = reference
+    return rows
+
+
+def spread_sensitivity(settings: dict[str, str], *, seconds: float = SENSITIVITY_SECONDS,
+                       warmup: float = SENSITIVITY_WARMUP, intervals: int = SENSITIVITY_INTERVALS, seed: int = 1,
+                       workers: int | None = None, machine: str = MACHINE, engine: str = "fast",
+                       progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """How the two headline ratios move as every cost gets a spread: lognormal around the preset's value
+    with p90 = ratio x median, for each of SPREAD_RATIOS (1: the constants), both phases rerun."""
+    workload_set, topology, costs = split_settings(settings)
+    workload = workload_from_settings("swap-w-seq-mt", workload_set)
+    jobs = []
+    for ratio in SPREAD_RATIOS:
+        jobs += jobs_for(KERNELS, machine, workload_set, {**topology, "spread": str(ratio)}, costs, seconds, warmup,
+                         intervals, seed, engine=engine)
+    results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
+    rows, n = [], len(KERNELS)
+    for i, ratio in enumerate(SPREAD_RATIOS):
+        part = results[2 * n * i:2 * n * (i + 1)]
+        runs = [summarize(part[j], part[n + j], workload) for j in range(n)]
+        rows.append({"spread": ratio, **headline(runs[0], runs[1]),
+                     "csds_per_interrupt": {k: r["csds_per_interrupt"] for k, r in zip(KERNELS, runs, strict=True)}})
     return rows
 
 

@@ -31,10 +31,15 @@ from ipilab.trace.ftrace import irq_flags
 @dataclass(eq=False)
 class Context:
     code: KernelCode
-    kind: str  # "task", "idle" or "irq"
+    kind: str  # "task", "idle", "irq", or "steal" (the host has descheduled the vCPU)
     irqs_on: bool
     started: int = 0
     saved: tuple | None = None  # what the context was doing when an interrupt preempted it
+
+
+def _descheduled(ns: int) -> KernelCode:
+    """What a vCPU does while its host runs something else: nothing, for `ns`."""
+    yield Busy(ns, "vcpu descheduled")
 
 
 @dataclass(eq=False)
@@ -62,6 +67,8 @@ class MachineStats:
     apic_merged: int = 0  # IPIs absorbed by a same vector already pending in the target's IRR
     ipis_delivered: int = 0
     ticks: int = 0  # local timer interrupts taken
+    vcpu_preemptions: int = 0  # times the host descheduled a running vCPU
+    stolen_ns: int = 0  # time vCPUs spent descheduled
 
 
 class SimMachine:
@@ -100,13 +107,27 @@ class SimMachine:
     def start_background(self, seed: int) -> None:
         """Start the machine's background interrupts, after the workload has started every CPU: each CPU's
         timer tick at a seeded phase within the first period (CPUs' ticks are not aligned)."""
-        hz = self.machine.background.tick_hz
-        if not hz:
+        bg = self.machine.background
+        if bg.tick_hz:
+            period = round(1e9 / bg.tick_hz)
+            phases = np.random.default_rng([seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+            for c in self.cpus:
+                self.engine.at(self.engine.now + int(phases[c.id]), lambda c=c: self._tick(c, period))
+        if bg.vcpu_preemption:
+            for c in self.cpus:
+                self.engine.at(self.engine.now + self.cost(CostId.VCPU_RUN, c.id), lambda c=c: self._deschedule(c))
+
+    def _deschedule(self, c: SimCpu) -> None:
+        """The host takes `c`'s physical CPU away for a while, whatever `c` was doing (interrupts on or off):
+        it runs nothing, and interrupts sent to it stay pending. A halted vCPU loses nothing."""
+        off = self.cost(CostId.VCPU_PREEMPT, c.id)
+        self.engine.at(self.engine.now + off + self.cost(CostId.VCPU_RUN, c.id), lambda: self._deschedule(c))
+        if c.wait is None or c.wait[0] in ("halt", "waking"):
             return
-        period = round(1e9 / hz)
-        phases = np.random.default_rng([seed, TICK_SALT]).integers(0, period, size=self.ncpus)
-        for c in self.cpus:
-            self.engine.at(self.engine.now + int(phases[c.id]), lambda c=c: self._tick(c, period))
+        self._park(c)
+        self.stats.vcpu_preemptions += 1
+        c.stack.append(Context(_descheduled(off), "steal", False, self.engine.now))
+        self._run(c, None)
 
     def _tick(self, c: SimCpu, period: int) -> None:
         """The local APIC timer fires. With NO_HZ idle the tick is stopped while a CPU idles: no interrupt."""
@@ -193,8 +214,11 @@ class SimMachine:
                 step = top.code.send(value)
             except StopIteration as stop:
                 c.stack.pop()
-                if top.kind == "irq":
-                    c.irq_ns += now - top.started
+                if top.kind in ("irq", "steal"):
+                    if top.kind == "irq":
+                        c.irq_ns += now - top.started
+                    else:
+                        self.stats.stolen_ns += now - top.started
                     done, value = self._resume(c)
                     if not done:
                         return
@@ -287,27 +311,30 @@ class SimMachine:
 
     def _preempt(self, c: SimCpu) -> None:
         """An interrupt arrives while `c` waits with interrupts on: park the wait and take it."""
+        if c.wait[0] == "halt":
+            # A halted CPU accepts the interrupt only once awake: until then the vector stays in IRR,
+            # where a second IPI of the same vector merges with it.
+            c.stack[-1].saved = ("halt",)
+            self._block(c, ("waking",))
+            gen = c.wait_gen
+            self.engine.at(self.engine.now + self.cost(CostId.IDLE_EXIT, c.id), lambda: self._woken(c, gen))
+            return
+        self._park(c)
+        self._take_interrupt(c)
+        self._run(c, None)
+
+    def _park(self, c: SimCpu) -> None:
+        """Set aside the busy step or spin `c` waits in, to be resumed when what comes on top of it ends."""
         wait, top = c.wait, c.stack[-1]
         c.wait_gen += 1
         c.wait = None
-        now = self.engine.now
         if wait[0] == "busy":
             wait[2].cancel()
-            top.saved = ("busy", wait[1] - now)
-        elif wait[0] == "spin":
+            top.saved = ("busy", wait[1] - self.engine.now)
+        else:
             if wait[3] is not None:
                 wait[3].cancel()
             top.saved = ("spin", wait[1], wait[2])
-        else:
-            # A halted CPU accepts the interrupt only once awake: until then the vector stays in IRR,
-            # where a second IPI of the same vector merges with it.
-            top.saved = ("halt",)
-            self._block(c, ("waking",))
-            gen = c.wait_gen
-            self.engine.at(now + self.cost(CostId.IDLE_EXIT, c.id), lambda: self._woken(c, gen))
-            return
-        self._take_interrupt(c)
-        self._run(c, None)
 
     def _woken(self, c: SimCpu, gen: int) -> None:
         if c.wait_gen == gen:

@@ -41,6 +41,8 @@ METRIC_DOCS: dict[str, str] = {
     "calls": "cross-CPU calls made (smp_call_function_many_cond / _single)",
     "ipis_in_flight_at_end": "IPIs sent but not yet handled when the window closed (pending or travelling)",
     "ticks": "local timer interrupts taken (the machine's background.tick_hz on CPUs running a task; 0 when off)",
+    "vcpu_preemptions": "times the host descheduled a running vCPU (background.vcpu_preemption; 0 when off)",
+    "stolen_ns": "time running vCPUs spent descheduled, summed over CPUs (ns)",
     "csds_undecided_at_end": "CSDs queued whose sender had not yet sent (or decided not to send) an IPI "
                              "when the window closed",
 }
@@ -120,6 +122,8 @@ def _snapshot(sim: Any, workload_counts: dict[str, int]) -> dict[str, Any]:
     counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
     counts["apic_merged"] = sim.stats.apic_merged
     counts["ticks"] = sim.stats.ticks
+    counts["vcpu_preemptions"] = sim.stats.vcpu_preemptions
+    counts["stolen_ns"] = sim.stats.stolen_ns
     counts.update(workload_counts)
     return {"now": sim.engine.now, "counts": counts, "workload_keys": list(workload_counts),
             "cpu_interrupts": [c.interrupts for c in sim.cpus], "cpu_irq_ns": [c.irq_ns for c in sim.cpus],
@@ -213,6 +217,8 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
         "local_calls": d["local_calls"],
         "ipis_in_flight_at_end": in_flight,
         "ticks": d["ticks"],
+        "vcpu_preemptions": d["vcpu_preemptions"],
+        "stolen_ns": d["stolen_ns"],
     "csds_undecided_at_end": s.csd_enqueues - s.csd_ipis - s.csd_no_ipi_queued - s.csd_no_ipi_polling,
         "counts": {k: v for k, v in d.items() if k not in workload_counts},
         "workload_counts": workload_counts,

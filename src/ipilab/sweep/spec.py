@@ -38,14 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ipilab.kernel.features import Kernel, KernelSpecError, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError
-from ipilab.reproduce.seed import TOPOLOGY_KEYS, SeedError, build_machine, split_settings
+from ipilab.reproduce.seed import BACKGROUND_KEYS, TOPOLOGY_KEYS, SeedError, build_machine, split_settings
 from ipilab.sim.run import MAX_SECONDS
 from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_settings
 
 Scalar = bool | int | float | str
 BASE_KEYS = ("machine", "kernel", "workload", "seconds", "warmup", "intervals")
 SETTING_KEYS = tuple(dict.fromkeys([*(k for w in WORKLOADS.values() for k in w.model_fields), *TOPOLOGY_KEYS,
-                                    *ALL_COST_FIELDS]))
+                                    *BACKGROUND_KEYS, "spread", *ALL_COST_FIELDS]))
 MAX_RUNS = 1_000_000
 
 

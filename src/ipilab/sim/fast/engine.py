@@ -30,7 +30,7 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 60
+NG = 62
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -39,14 +39,15 @@ NG = 60
  ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
- M_TICKS) = range(NG)
+ M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
-NCPU = 43
+NCPU = 44
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
- NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT) = range(NCPU)
+ NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
+ IN_STEAL) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
 NCTX = 33
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
@@ -64,7 +65,7 @@ STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -
 CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
 STK = NCTX
 
-IDLE, TASK, IRQ = 0, 1, 2  # contexts; a CPU's stack is idle [task] [irq]
+IDLE, TASK, IRQ, STEAL = 0, 1, 2, 3  # contexts; a CPU's stack is idle [task] [irq] [steal]
 
 # SimCpu.wait
 W_NONE, W_BUSY, W_SPIN, W_HALT, W_WAKING = 0, 1, 2, 3, 4
@@ -75,7 +76,7 @@ ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
 # What a SpinUntil waits for: its cond() and watch
 COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE = 0, 1, 2, 3
 # Engine timers: the SimMachine method each one calls
-EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN, EV_TICK = range(7)
+EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN, EV_TICK, EV_DESCHEDULE = range(8)
 EV_CPU_SHIFT, EV_ARG_SHIFT = 3, 14  # a timer packs kind | cpu << 3 | arg << 14 (cpu < 2048, arg >= 0)
 # Watcher pool columns
 WP_CPU, WP_GEN, WP_NEXT = 0, 1, 2
@@ -99,12 +100,12 @@ COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket"
               "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
               "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
               "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
-              "tick")
+              "tick", "vcpu_run", "vcpu_preempt")
 NCOSTS = len(COST_NAMES)
 (C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
  C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
  C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
- C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK) = range(NCOSTS)
+ C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT) = range(NCOSTS)
 
 # Trace records: one row per tracepoint hit
 TR_TS, TR_CPU, TR_NAME, TR_F0, TR_F1, TR_F2, TR_F3, TR_FLAGS = range(8)
@@ -157,7 +158,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 133  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 135  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -190,7 +191,8 @@ NPC = 133  # one state per piece of code between two yields, grouped by the func
  SU_START, SU_DONE,
  SY_GAP, SY_CALL, SY_DONE,
  BL_LOOP,
- TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE) = range(NPC)
+ TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE,
+ VS_START, VS_DONE) = range(NPC)
 
 
 # === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
@@ -351,6 +353,8 @@ def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
 
 @njit(cache=True, _nrt=False, inline="always")
 def top_ctx(s: State, c: int) -> int:
+    if s.cpu[c, IN_STEAL]:
+        return STEAL
     if s.cpu[c, IN_IRQ]:
         return IRQ
     return TASK if s.cpu[c, HAS_TASK] else IDLE
@@ -1210,6 +1214,11 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), TK_DONE)
         elif pc == TK_DONE:
             return ST_RETURN
+        # --- sim/machine.py _descheduled: the host runs something else on this vCPU's CPU --------------------
+        elif pc == VS_START:
+            return _busy(cpu, x, x[L_N], VS_DONE)
+        elif pc == VS_DONE:
+            return ST_RETURN
         else:
             raise RuntimeError("fast engine: unknown program counter")
 
@@ -1315,9 +1324,13 @@ def run(s: State, c: int, value: int) -> None:
             value = -1
             continue
         step = advance(s, c, k, value)
-        if step == ST_RETURN:  # only a handler returns
-            cpu[IN_IRQ] = 0
-            cpu[IRQ_NS] += now - s.ctx[c, IRQ, STARTED]
+        if step == ST_RETURN:  # only a handler (or a descheduled stretch) returns
+            if k == STEAL:
+                cpu[IN_STEAL] = 0
+                s.g[M_STOLEN_NS] += now - s.ctx[c, STEAL, STARTED]
+            else:
+                cpu[IN_IRQ] = 0
+                cpu[IRQ_NS] += now - s.ctx[c, IRQ, STARTED]
             done, value = resume(s, c)
             if not done:
                 return
@@ -1349,29 +1362,35 @@ def run(s: State, c: int, value: int) -> None:
 def preempt(s: State, c: int) -> bool:
     """SimMachine._preempt: an interrupt arrives while `c` waits with interrupts on. True: run `c`."""
     cpu = s.cpu[c]
+    if cpu[WAIT_KIND] == W_HALT:
+        # A halted CPU accepts the interrupt only once awake; meanwhile the vector stays in IRR.
+        s.ctx[c, top_ctx(s, c), SAVED_KIND] = S_HALT
+        _block(s, c, W_WAKING)
+        at(s, s.g[NOW] + cost(s, c, C_IDLE_EXIT), EV_WOKEN, c, cpu[WAIT_GEN])
+        return False
+    park(s, c)
+    take_interrupt(s, c)
+    return True  # and run(c, None)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def park(s: State, c: int) -> None:
+    """SimMachine._park: set aside the busy step or spin `c` waits in."""
+    cpu = s.cpu[c]
     x = s.ctx[c, top_ctx(s, c)]
     kind = cpu[WAIT_KIND]
     cpu[WAIT_GEN] += 1
     cpu[WAIT_KIND] = W_NONE
-    now = s.g[NOW]
     if kind == W_BUSY:  # the reference cancels the Busy timer: its generation has just passed
         x[SAVED_KIND] = S_BUSY
-        x[SAVED_END] = cpu[WAIT_END] - now
-    elif kind == W_SPIN:  # and the spin's timeout timer, if any
+        x[SAVED_END] = cpu[WAIT_END] - s.g[NOW]
+    else:  # and the spin's timeout timer, if any
         x[SAVED_KIND] = S_SPIN
         x[SAVED_COND] = cpu[WAIT_COND]
         x[SAVED_A] = cpu[WAIT_A]
         x[SAVED_B] = cpu[WAIT_B]
         x[SAVED_WATCH] = cpu[WAIT_WATCH]
         x[SAVED_DEADLINE] = cpu[WAIT_DEADLINE]
-    else:
-        # A halted CPU accepts the interrupt only once awake; meanwhile the vector stays in IRR.
-        x[SAVED_KIND] = S_HALT
-        _block(s, c, W_WAKING)
-        at(s, now + cost(s, c, C_IDLE_EXIT), EV_WOKEN, c, cpu[WAIT_GEN])
-        return False
-    take_interrupt(s, c)
-    return True  # and run(c, None)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -1396,6 +1415,24 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
             return True, 1
         watch_add(s, cpu[WAIT_WATCH], c, arg)
         return False, -1
+    if kind == EV_DESCHEDULE:
+        # SimMachine._deschedule: the next one first; a halted (or waking) vCPU loses nothing.
+        off = cost(s, c, C_VCPU_PREEMPT)
+        at(s, s.g[NOW] + off + cost(s, c, C_VCPU_RUN), EV_DESCHEDULE, c, 0)
+        wait = cpu[WAIT_KIND]
+        if wait == W_NONE or wait == W_HALT or wait == W_WAKING:
+            return False, -1
+        park(s, c)
+        s.g[M_VCPU_PREEMPTIONS] += 1
+        cpu[IN_STEAL] = 1
+        x = s.ctx[c, STEAL]
+        x[IRQS_ON] = 0
+        x[SAVED_KIND] = S_NONE
+        x[STARTED] = s.g[NOW]
+        x[PC] = VS_START
+        x[SP] = 0
+        x[L_N] = off
+        return True, -1
     if kind == EV_TICK:
         # SimMachine._tick: the next tick first; none while the CPU idles (NO_HZ idle), then _raise.
         at(s, s.g[NOW] + s.g[TICK_PERIOD], EV_TICK, c, 0)

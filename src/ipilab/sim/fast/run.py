@@ -126,7 +126,7 @@ class FastSim:
         cap = 8 * n + 1024
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
-            ctx=np.zeros((n, 3, E.CTX_WIDTH), np.int64),
+            ctx=np.zeros((n, 4, E.CTX_WIDTH), np.int64),
             heap=np.zeros(cap, np.int64), heap_timer=np.zeros(cap, np.int64),
             watch_head=np.full(nwatch, -1, np.int64), watch_tail=np.full(nwatch, -1, np.int64),
             wpool=np.zeros((cap, 3), np.int64), w_free=np.arange(cap, dtype=np.int64),
@@ -179,6 +179,7 @@ class FastSim:
         else:
             self._start_synthetic(workload, seed)
         self._start_draws()
+        self._start_background()
 
     # --- workloads' start(): what runs where ---------------------------------------------------------
 
@@ -196,17 +197,28 @@ class FastSim:
     def _start_all(self) -> None:
         for c in range(self.ncpus):
             E.at(self.s, 0, E.EV_RUN, c, 0)
-        self._start_background()
 
     def _start_background(self) -> None:
         """SimMachine.start_background: each CPU's tick at a seeded phase."""
-        hz = self.machine.background.tick_hz
-        if not hz:
-            return
-        period = self.s.g[E.TICK_PERIOD] = round(1e9 / hz)
-        phases = np.random.default_rng([self._seed, TICK_SALT]).integers(0, period, size=self.ncpus)
-        for c in range(self.ncpus):
-            E.at(self.s, int(phases[c]), E.EV_TICK, c, 0)
+        bg = self.machine.background
+        if bg.tick_hz:
+            period = self.s.g[E.TICK_PERIOD] = round(1e9 / bg.tick_hz)
+            phases = np.random.default_rng([self._seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+            for c in range(self.ncpus):
+                E.at(self.s, int(phases[c]), E.EV_TICK, c, 0)
+        if bg.vcpu_preemption:
+            for c in range(self.ncpus):
+                E.at(self.s, self._first_draw(CostId.VCPU_RUN, c), E.EV_DESCHEDULE, c, 0)
+
+    def _first_draw(self, cost: CostId, c: int) -> int:
+        """A draw taken by the host before the run (the engine's own draws come later in the same stream)."""
+        s = self.s
+        ns = s.cost[cost]
+        if ns >= 0:
+            return int(ns)
+        slot = s.cost_slot[cost]
+        s.draw_pos[c, slot] += 1
+        return int(s.draws[c, slot, s.draw_pos[c, slot] - 1])
 
     def _targets(self, c: int, mask: list[int]) -> None:
         t = sorted(set(mask) - {c})
@@ -411,7 +423,8 @@ class FastSim:
     def stats(self) -> MachineStats:
         g = self.s.g
         return MachineStats(apic_merged=int(g[E.M_APIC_MERGED]), ipis_delivered=int(g[E.M_IPIS_DELIVERED]),
-                            ticks=int(g[E.M_TICKS]))
+                            ticks=int(g[E.M_TICKS]), vcpu_preemptions=int(g[E.M_VCPU_PREEMPTIONS]),
+                            stolen_ns=int(g[E.M_STOLEN_NS]))
 
     @property
     def cpus(self) -> list[_Cpu]:
