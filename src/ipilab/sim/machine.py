@@ -207,6 +207,8 @@ class SimMachine:
         while True:
             top = c.stack[-1]
             if c.irr and top.irqs_on:
+                if top.saved is None:  # what the last step returned is the code's once the handler is done
+                    top.saved = ("value", value)
                 self._take_interrupt(c)
                 value = None
                 continue
@@ -287,8 +289,18 @@ class SimMachine:
 
     def _spin_timeout(self, c: SimCpu, gen: int) -> None:
         if c.wait_gen == gen:
+            self._unwatch(c, c.wait[1].watch)
             c.wait = None
             self._run(c, False)
+
+    def _unwatch(self, c: SimCpu, watch: object) -> None:
+        """`c` no longer spins on `watch` (its spin timed out or was set aside): drop its entry, so the
+        watchers stay one per spinning CPU however often spins end that way."""
+        entry = self._watchers.get(id(watch))
+        if entry is not None:
+            entry[1][:] = [w for w in entry[1] if w[0] is not c]
+            if not entry[1]:
+                del self._watchers[id(watch)]
 
     # --- interrupts --------------------------------------------------------------------------------
 
@@ -334,6 +346,7 @@ class SimMachine:
         else:
             if wait[3] is not None:
                 wait[3].cancel()
+            self._unwatch(c, wait[1].watch)
             top.saved = ("spin", wait[1], wait[2])
 
     def _woken(self, c: SimCpu, gen: int) -> None:
@@ -362,12 +375,14 @@ class SimMachine:
         """After a handler: continue what the interrupted context was doing. (False,_) if it blocks."""
         top = c.stack[-1]
         saved, top.saved = top.saved, None
-        if saved is None:  # the interrupt was taken at a step boundary
+        if saved is None:
             return True, None
         if c.irr and top.irqs_on:
             top.saved = saved  # another interrupt first; _run takes it and comes back here
             self._take_interrupt(c)
             return True, None
+        if saved[0] == "value":
+            return True, saved[1]
         if saved[0] == "busy":
             gen = c.wait_gen + 1
             end = self.engine.now + saved[1]

@@ -70,7 +70,7 @@ IDLE, TASK, IRQ, STEAL = 0, 1, 2, 3  # contexts; a CPU's stack is idle [task] [i
 # SimCpu.wait
 W_NONE, W_BUSY, W_SPIN, W_HALT, W_WAKING = 0, 1, 2, 3, 4
 # Context.saved
-S_NONE, S_BUSY, S_SPIN, S_HALT = 0, 1, 2, 3
+S_NONE, S_BUSY, S_SPIN, S_HALT, S_VALUE = 0, 1, 2, 3, 4
 # Steps a context yields (kernel/steps.py), and the end of a handler (StopIteration)
 ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
 # What a SpinUntil waits for: its cond() and watch
@@ -329,6 +329,27 @@ def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     else:
         s.watch_head[watch] = e
     s.watch_tail[watch] = e
+
+
+@njit(cache=True, _nrt=False)
+def watch_remove(s: State, watch: int, c: int) -> None:
+    """SimMachine._unwatch: drop CPU `c`'s entry from `watch`'s list (its spin ended without a notify)."""
+    prev = -1
+    e = s.watch_head[watch]
+    while e >= 0:
+        nxt = s.wpool[e, WP_NEXT]
+        if s.wpool[e, WP_CPU] == c:
+            if prev >= 0:
+                s.wpool[prev, WP_NEXT] = nxt
+            else:
+                s.watch_head[watch] = nxt
+            if s.watch_tail[watch] == e:
+                s.watch_tail[watch] = prev
+            s.w_free[s.g[W_NFREE]] = e
+            s.g[W_NFREE] += 1
+            return
+        prev = e
+        e = nxt
 
 
 @njit(cache=True, _nrt=False)
@@ -1300,6 +1321,8 @@ def resume(s: State, c: int) -> tuple[bool, int]:
         x[SAVED_KIND] = saved  # another interrupt first; run() takes it and comes back here
         take_interrupt(s, c)
         return True, -1
+    if saved == S_VALUE:
+        return True, x[SAVED_END]
     if saved == S_BUSY:
         _block_busy(s, c, s.g[NOW] + x[SAVED_END])
         return False, -1
@@ -1320,6 +1343,10 @@ def run(s: State, c: int, value: int) -> None:
     while True:
         k = top_ctx(s, c)
         if cpu[IRR] and s.ctx[c, k, IRQS_ON]:
+            x = s.ctx[c, k]
+            if x[SAVED_KIND] == S_NONE:  # what the last step returned is the code's once the handler is done
+                x[SAVED_KIND] = S_VALUE
+                x[SAVED_END] = value
             take_interrupt(s, c)
             value = -1
             continue
@@ -1385,6 +1412,7 @@ def park(s: State, c: int) -> None:
         x[SAVED_KIND] = S_BUSY
         x[SAVED_END] = cpu[WAIT_END] - s.g[NOW]
     else:  # and the spin's timeout timer, if any
+        watch_remove(s, cpu[WAIT_WATCH], c)
         x[SAVED_KIND] = S_SPIN
         x[SAVED_COND] = cpu[WAIT_COND]
         x[SAVED_A] = cpu[WAIT_A]
@@ -1403,7 +1431,10 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     if kind == EV_BUSY_DONE or kind == EV_SPIN_TIMEOUT or kind == EV_WOKEN:
         if cpu[WAIT_GEN] == arg:
             cpu[WAIT_KIND] = W_NONE
-            return True, (0 if kind == EV_SPIN_TIMEOUT else -1)
+            if kind == EV_SPIN_TIMEOUT:
+                watch_remove(s, cpu[WAIT_WATCH], c)
+                return True, 0
+            return True, -1
         return False, -1
     if kind == EV_SPIN_CHECK:
         if cpu[WAIT_GEN] != arg:
