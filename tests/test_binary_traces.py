@@ -29,17 +29,34 @@ from test_analyze import tally
 from ipilab.cli import main
 from ipilab.trace.read import ReadStats, read_trace
 
-# Three threads of one process on the 2+ CPUs: each munmap of pages another CPU may hold in its TLB
-# sends that CPU a flush_tlb_func call (csd_queue_cpu, ipi_send_cpu, call_function_single_entry...).
+# Calls queued on another CPU whatever else the machine runs: two threads pinned to two CPUs each unmap
+# memory both CPUs use (a TLB flush on the other CPU, flush_tlb_func), and two more, pinned apart, wake
+# each other through pipes (a wakeup queued to an idle CPU, sched_ttwu_pending) and reschedule IPIs.
 WORKLOAD = """
-import mmap, threading
-def run():
-    for _ in range(200):
+import mmap, os, threading
+cpus = sorted(os.sched_getaffinity(0))[:2]
+def pin(cpu):
+    os.sched_setaffinity(threading.get_native_id(), {cpu})
+def unmapper(cpu):
+    pin(cpu)
+    for _ in range(300):
         m = mmap.mmap(-1, 1 << 20)
         for i in range(0, 1 << 20, 4096):
             m[i] = 1
         m.close()
-threads = [threading.Thread(target=run) for _ in range(3)]
+def pingpong(cpu, rd, wr, first):
+    pin(cpu)
+    for _ in range(1000):
+        if not first:
+            os.read(rd, 1)
+        os.write(wr, b"x")
+        if first:
+            os.read(rd, 1)
+a, b = os.pipe()
+c, d = os.pipe()
+threads = [threading.Thread(target=unmapper, args=(cpu,)) for cpu in cpus]
+threads += [threading.Thread(target=pingpong, args=(cpus[0], c, b, True)),
+            threading.Thread(target=pingpong, args=(cpus[-1], a, d, False))]
 for t in threads:
     t.start()
 for t in threads:
@@ -75,6 +92,8 @@ COUNTS = ("csd_enqueues", "csd_ipis", "reschedule_ipis", "cal_interrupts", "resc
 def _can_record(tool: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("recording a trace needs root")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("cross-CPU calls need two CPUs")
     if "tracefs" not in Path("/proc/filesystems").read_text():
         pytest.skip("this kernel has no tracefs")
     for exe in (tool, "unshare"):

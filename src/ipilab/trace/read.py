@@ -24,6 +24,7 @@ import lzma
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import zlib
@@ -189,6 +190,8 @@ def printed(path: Path, fmt: BinaryFormat) -> Iterator[BinaryIO]:
                 proc.kill()
             proc.stdout.close()
             proc.wait()
+            if proc.returncode == -signal.SIGINT:  # Ctrl-C reached the tool too: not a failure of the file
+                raise KeyboardInterrupt
             if not stopped and proc.returncode != 0:
                 err.seek(0)
                 lines = [line.strip() for line in err.read().decode("utf-8", "replace").splitlines() if line.strip()]
