@@ -38,7 +38,7 @@ EVENT = re.compile(r"\[(\d+)\][^:]*\d+\.\d+:\s+(?:\w+:)?(\w+):\s*(.*)$")
 
 def tally(path: Path) -> Counter:
     out: Counter = Counter()
-    with lzma.open(path, "rt") as text:
+    with (lzma.open(path, "rt") if path.suffix == ".xz" else open(path)) as text:
         lines = text.readlines()
     for line in lines:
         m = EVENT.search(line)

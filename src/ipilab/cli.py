@@ -294,9 +294,11 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
     """Audit the IPIs in real (or simulated) traces: who queues calls on which CPU, which IPIs were needed.
 
     Reads ftrace `trace` text, `perf script` text and `trace-cmd report` text, recognised by their lines,
-    plain or compressed (.xz, .gz, .zst). It streams: memory stays flat however long the trace. Bad lines
-    are reported with file and line and skipped. A sidecar NAME.meta beside the trace (as `ipilab
-    capture` writes) adds a reconciliation with /proc/interrupts.
+    plain or compressed (.xz, .gz, .zst), and trace.dat (trace-cmd record) and perf.data (perf record),
+    recognised by their magic bytes and printed by the installed trace-cmd or perf (Debian packages
+    trace-cmd, linux-perf). It streams: memory stays flat however long the trace. Bad lines are reported
+    with file and line and skipped. A sidecar NAME.meta beside the trace (as `ipilab capture` writes)
+    adds a reconciliation with /proc/interrupts.
     """
     cpus = None
     if cpus_text is not None:

@@ -26,6 +26,7 @@ from ipilab.trace.read import (
     ReadStats,
     TraceFormatError,
     TraceWarning,
+    binary_format,
     decompressed,
     detect_format,
 )
@@ -335,8 +336,12 @@ def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
                progress: Callable[[int, int], None] | None = None, top_n: int = 5) -> dict[str, Any] | None:
     """The audit of an ftrace text file (see the module doc); None when it declines."""
     try:
-        with open(path, "rb") as raw, decompressed(raw, path) as stream:
-            return _fast_audit(path, raw, stream, cpus, stats, progress, top_n)
+        with open(path, "rb") as raw:
+            if binary_format(raw.read(16)) is not None:
+                return None  # printed by its tool in trace-cmd or perf text, which read.py reads
+            raw.seek(0)
+            with decompressed(raw, path) as stream:
+                return _fast_audit(path, raw, stream, cpus, stats, progress, top_n)
     except (TraceFormatError, OSError):
         return None  # the reference reader says what is wrong
 

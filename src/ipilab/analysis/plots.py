@@ -1,7 +1,9 @@
-"""Pictures of results, written atomically (a reader never sees half a file)."""
+"""Pictures of results, written atomically (a reader never sees half a file), with tick labels in plain
+numbers (2.5, 20k, 1.5M), never powers of ten or an offset above the axis."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,57 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import Formatter, FuncFormatter, ScalarFormatter
 
 from ipilab.files import published
 
+SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def plain(value: float) -> str:
+    """A number as people write it on an axis: 0.05, 2.5, 300, 20k, 1.5M (no exponent)."""
+    if value == 0:
+        return "0"
+    for size, suffix in SUFFIXES:
+        if abs(value) >= size:
+            return np.format_float_positional(value / size, precision=3, trim="-") + suffix
+    return np.format_float_positional(value, precision=6, trim="-")
+
+
+class PlainLogFormatter(Formatter):
+    """Log-axis labels in plain numbers. As matplotlib's own, the powers of ten are labelled, and when
+    fewer than two are in view the ticks between them too (all of them within a decade, else 2x and
+    5x), so that every axis has numbers on it."""
+
+    def __init__(self, minor: bool) -> None:
+        self.minor = minor
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        if x <= 0:
+            return ""
+        if not self.minor:
+            return plain(x)
+        lo, hi = sorted(self.axis.get_view_interval())  # type: ignore[union-attr]
+        lo = max(lo, 1e-300)
+        if math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 >= 2:
+            return ""
+        leading = round(x / 10 ** math.floor(math.log10(x)))
+        return plain(x) if math.log10(hi / lo) < 1 or leading in (2, 5) else ""
+
+
+def plain_ticks(fig: Any) -> None:
+    """Every numeric axis of `fig` labelled in plain numbers (see `plain`); labels set by hand stay."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_major_formatter(PlainLogFormatter(minor=False))
+                axis.set_minor_formatter(PlainLogFormatter(minor=True))
+            elif axis.get_scale() == "linear" and isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.set_major_formatter(FuncFormatter(lambda v, _pos: plain(v)))
+
 
 def save_atomically(fig: Any, path: Path) -> None:
+    plain_ticks(fig)
     try:
         with published(path) as tmp:
             fig.savefig(tmp, dpi=110)

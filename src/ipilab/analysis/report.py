@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ipilab import __version__
 from ipilab.analysis.audit import AUDIT_DOCS, audit_trace
-from ipilab.analysis.plots import seed_figure
+from ipilab.analysis.plots import plain_ticks, seed_figure
 from ipilab.events import HANDLER_ENTRY
 from ipilab.files import published
 from ipilab.sim.run import METRIC_DOCS
@@ -99,6 +99,7 @@ th { background: #f4f4f4; } td:first-child, th:first-child, td:last-child { text
 
 def svg(fig: Any) -> Markup:
     """A matplotlib figure as an inline <svg> element (the XML prologue dropped)."""
+    plain_ticks(fig)
     buf = io.StringIO()
     with plt.rc_context({"svg.fonttype": "path", "svg.hashsalt": "ipilab"}):
         fig.savefig(buf, format="svg")
@@ -289,7 +290,9 @@ def _aggregate(rows: list[dict[str, Any]], x: str, value: Any) -> tuple[list[Any
         if v is not None:
             by_x[r[x]].append(v)
     xs = sorted(by_x, key=lambda v: (str(type(v)), v))
-    return (xs, [float(np.mean(by_x[v])) for v in xs], [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs])
+    # The mean of equal floats can land an ulp outside them, and matplotlib refuses a negative error bar.
+    return (xs, [float(np.clip(np.mean(by_x[v]), min(by_x[v]), max(by_x[v]))) for v in xs],
+            [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs])
 
 
 LADDER = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("max", "max"))
@@ -328,12 +331,14 @@ def _latency_ladders(rows: list[dict[str, Any]], varied: list[str]) -> Section:
 
 def _sweep_heatmaps(rows: list[dict[str, Any]], varied: list[str]) -> Section:
     """Per-CPU interrupts over time for one run per kernel: the last grid point, first seed."""
-    chosen: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("timeline_cpu_interrupts"):
-            best = chosen.get(r["kernel"])
-            if best is None or (r["run_index"], -r["seed"]) > (best["run_index"], -best["seed"]):
-                chosen[r["kernel"]] = r
+    last: dict[str, dict[str, Any]] = {}
+    timed = [r for r in rows if r.get("timeline_cpu_interrupts")]
+    for r in timed:
+        if r["kernel"] not in last or r["run_index"] > last[r["kernel"]]["run_index"]:
+            last[r["kernel"]] = r
+    # run_index counts the seeds too: the grid point is the last run's parameters, then its lowest seed.
+    chosen = {k: min((r for r in timed if all(r[p] == end[p] for p in varied) and r["kernel"] == k),
+                     key=lambda r: r["seed"]) for k, end in last.items()}
     picked = list(chosen.values())[:4]
     if not picked:
         return Section("Interrupts per CPU over time", notes=["No run has a timeline."])

@@ -1,14 +1,19 @@
-"""Reading real traces: ftrace `trace` text, `perf script` text and `trace-cmd report` text.
+"""Reading real traces: ftrace `trace` text, `perf script` text and `trace-cmd report` text, and the binary
+files those two tools print (trace.dat from `trace-cmd record`, perf.data from `perf record`).
 
-The format is recognised from the first event lines, and compression (xz, gzip, zstd) from the file's
-magic bytes. Each reader turns a line into an `Event` of the shared event language (events.py), with
+The format is recognised from the first event lines, and compression (xz, gzip, zstd) and the binary
+files from the file's magic bytes. A binary file is printed by its installed tool (`trace-cmd report`,
+`perf script`) and the tool's output read as it comes, as that text saved to a file would be.
+
+Each reader turns a line into an `Event` of the shared event language (events.py), with
 fields normalised so that the three formats of the same kernel event give the same Event:
 pointers as 16 hex digits (`(nil)` and `0x0` become zeros), cpumasks as sorted CPU tuples (from the
 ftrace hex bitmap or trace-cmd's CPU list), timestamps in integer nanoseconds.
 
 Bad lines do not stop a read: each becomes a `TraceWarning` naming the file and line, and the lines
-around it are still read. Only a file that is not a trace at all (empty, unreadable, binary, or
-compressed other than it says) raises `TraceFormatError`.
+around it are still read. Only a file that is not a trace at all (empty, unreadable, binary other than
+trace.dat or perf.data, or compressed other than it says), a missing tool or a tool that fails raises
+`TraceFormatError`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,15 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import os
 import re
+import shutil
+import signal
+import subprocess
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -104,12 +115,98 @@ def decompressed(raw: BinaryIO, path: Path) -> BinaryIO:
     return raw
 
 
+# --- binary trace files -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BinaryFormat:
+    """A binary trace file and the installed tool that prints it as text read.py reads."""
+
+    name: str  # what people call such a file
+    made_by: str
+    command: tuple[str, ...]  # the file's path goes last
+    package: str  # the Debian package with the tool
+
+    @property
+    def what(self) -> str:
+        return f"a {self.name} file ({self.made_by} output)"
+
+    def argv(self, path: Path) -> list[str]:
+        return [*self.command, str(path)]
+
+
+BINARY = {
+    # -t: nanoseconds (the default cuts timestamps to microseconds).
+    b"\x17\x08\x44tracing": BinaryFormat("trace.dat", "trace-cmd record",
+                                        ("trace-cmd", "report", "-t", "-i"), "trace-cmd"),
+    # -f: also a file recorded by another user; -F: only the fields the perf reader reads, times in ns.
+    b"PERFILE2": BinaryFormat("perf.data", "perf record",
+                              ("perf", "script", "-f", "--ns", "-F", "comm,tid,cpu,time,event,trace", "-i"),
+                              "linux-perf"),
+}
+
+
+def binary_format(head: bytes) -> BinaryFormat | None:
+    """The binary trace file that starts with `head` (its first 16 bytes or more), if any."""
+    return next((f for magic, f in BINARY.items() if head.startswith(magic)), None)
+
+
+class _EndSeen(io.RawIOBase):
+    """A tool's stdout that knows whether its reader saw the end (then the tool is exiting: not to be killed)."""
+
+    def __init__(self, pipe: BinaryIO) -> None:
+        self._pipe = pipe
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._pipe.readinto(b)  # type: ignore[attr-defined]
+        self.ended |= n == 0 and len(b) > 0
+        return n
+
+
+@contextmanager
+def printed(path: Path, fmt: BinaryFormat) -> Iterator[BinaryIO]:
+    """The text the tool prints for binary trace `path`, streamed from its stdout. TraceFormatError when
+    the tool is not installed, or when it fails (with the last line it wrote to stderr); a tool still
+    running when the reader is done with it is stopped."""
+    exe = shutil.which(fmt.command[0])
+    if exe is None:
+        raise TraceFormatError(f"{path}: {fmt.what}; reading it needs `{' '.join(fmt.command[:2])}`, which is not "
+                               f"installed (Debian package {fmt.package})")
+    # stderr to a file, not a pipe: a tool that warns a lot must not block on a pipe nobody drains.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([exe, *fmt.argv(path)[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env={**os.environ, "LC_ALL": "C"})
+        assert proc.stdout is not None
+        out = _EndSeen(proc.stdout)
+        stopped = False
+        try:
+            yield io.BufferedReader(out, 1 << 16)  # type: ignore[misc]
+        finally:
+            if not out.ended and proc.poll() is None:  # the reader stopped early
+                stopped = True
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+            if proc.returncode == -signal.SIGINT:  # Ctrl-C reached the tool too: not a failure of the file
+                raise KeyboardInterrupt
+            if not stopped and proc.returncode != 0:
+                err.seek(0)
+                lines = [line.strip() for line in err.read().decode("utf-8", "replace").splitlines() if line.strip()]
+                raise TraceFormatError(f"{path}: `{' '.join(fmt.argv(path))}` failed (exit {proc.returncode}): "
+                                       f"{lines[-1] if lines else 'no message'}") from None
+
+
 # --- line formats ------------------------------------------------------------------------------------
 
 TS = r"(?P<secs>\d+)\.(?P<frac>\d+)"
 FTRACE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
                     r"(?P<flags>[.a-zA-Z0-9]{4,5})\s+" + TS + r":\s+(?P<name>\w+):\s?(?P<rest>.*)$")
-TRACE_CMD = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
+# A trace-cmd line of an instance's buffer (`record -B NAME`) starts `NAME: `; a task name is printed right-aligned
+# in 16 columns and is at most 15 characters, so a line without that prefix starts with a space.
+TRACE_CMD = re.compile(r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
                        r":\s+(?P<name>\w+):\s*(?P<rest>.*)$")
 PERF = re.compile(r"^\s*(?P<task>.+?)\s+(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
                   r":\s+(?:\S+\s+)?(?P<system>\w+):(?P<name>\w+):\s*(?P<rest>.*)$")
@@ -212,6 +309,28 @@ class ReadStats:
             self.warnings.append(w)
 
 
+@contextmanager
+def trace_text(path: Path) -> Iterator[tuple[BinaryIO, BinaryFormat | None]]:
+    """The text of a trace file as bytes, and the binary format it was printed from (None for a text
+    file): decompressed by its magic bytes, or printed by the tool of a binary trace file."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below, after the text on top of it
+    except OSError as e:
+        raise TraceFormatError(f"{path}: {e.strerror}") from None
+    with raw:
+        try:
+            binary = binary_format(raw.read(16))
+            raw.seek(0)
+        except OSError as e:
+            raise TraceFormatError(f"{path}: {e.strerror}") from None
+        if binary is not None:
+            with printed(path, binary) as out:
+                yield out, binary
+        else:
+            with decompressed(raw, path) as data:
+                yield data, None
+
+
 def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = False) -> Iterator[Event]:
     """The events of the tracepoints ipilab knows, in file order (see the module doc); with `idle_events`,
     sched_switch and guest_halt_poll_ns too (fields: prev_comm, prev_pid, next_comm, next_pid; halt_poll_ns,
@@ -219,19 +338,23 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
     known = FORMATS.keys() | IDLE_EVENTS.keys() if idle_events else FORMATS.keys()
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed below, after the text on top of it
-    except OSError as e:
-        raise TraceFormatError(f"{path}: {e.strerror}") from None
-    with raw, io.TextIOWrapper(decompressed(raw, path), encoding="utf-8", errors="replace", newline="\n") as text:
-        stats.bytes_read = raw.tell
+    with trace_text(path) as (data, binary):
+        # Not closed by a `with` of its own: closing a tool's stdout before the tool is stopped would make it
+        # fail (broken pipe) when a reader stops early; trace_text closes `data` in the right order.
+        text = io.TextIOWrapper(data, encoding="utf-8", errors="replace", newline="\n")
+        stats.bytes_read = data.tell if binary is None else lambda: 0
+        # A bad line of a binary file is a line of its tool's output: the warning says which output.
+        where = str(path) if binary is None else f"{path} (`{' '.join(binary.argv(path))}` output)"
         try:
             head = [text.readline() for _ in range(64)]
         except DECOMPRESS_ERRORS as e:
             raise TraceFormatError(f"{path}: cannot decompress: {e}") from None
+        fmt = detect_format(head)
+        if fmt is None and binary is not None:
+            raise TraceFormatError(f"{path}: `{' '.join(binary.argv(path))}` printed no events (an empty or cut "
+                                   f"{binary.name}?)")
         if not any(line.strip() for line in head):
             raise TraceFormatError(f"{path}: empty: no lines at all")
-        fmt = detect_format(head)
         if fmt is None:
             first = next(line for line in head if line.strip())
             raise TraceFormatError(f"{path}: not an ftrace, perf script or trace-cmd report text; it starts "
@@ -245,7 +368,7 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             try:
                 yield from text
             except DECOMPRESS_ERRORS as e:
-                stats.warn(TraceWarning(str(path), lineno + 1, f"the compressed data ends early ({e})"))
+                stats.warn(TraceWarning(where, lineno + 1, f"the compressed data ends early ({e})"))
 
         for line in lines():
             lineno += 1
@@ -253,11 +376,11 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
                 continue
             stats.lines += 1
             if not line.endswith("\n"):
-                stats.warn(TraceWarning(str(path), lineno, "last line is cut short (no newline)"))
+                stats.warn(TraceWarning(where, lineno, "last line is cut short (no newline)"))
                 continue
             m = regex.match(line)
             if m is None:
-                stats.warn(TraceWarning(str(path), lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
+                stats.warn(TraceWarning(where, lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
                 continue
             name = m["name"]
             if name not in known:
@@ -266,7 +389,7 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             try:
                 fields = parse_fields(name, m["rest"])
             except ValueError as e:
-                stats.warn(TraceWarning(str(path), lineno, f"{name}: {e}"))
+                stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
                 continue
             frac = m["frac"]
             ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
