@@ -241,3 +241,54 @@ def test_written_file_runs_a_simulation(round_trip: tuple[dict, Path]) -> None:
     r = json.loads(proc.stdout)
     assert r["csd_enqueues"] > 0
 
+
+
+def test_hand_worked_trace(tmp_path: Path) -> None:
+    """25 rounds of one send, worked by hand. CPUs 0-1 are package 0, 2-3 package 1 (the .meta says so,
+    and that it is a KVM guest: one hypercall per send). Each round, at T (us):
+      CPU0 (task 10)  T     ipi_send_cpumask to CPUs 1-3;  T+4 its own local flush_tlb_func (to T+5)
+      CPU1 (task 11)  T+10  handler: flush_tlb_func T+10..T+11, exit T+12        busy, same socket
+      CPU2 (task 12)  T+20  handler: flush_tlb_func T+20..T+21, exit T+22        busy, cross socket
+      CPU3 (idle)     halted since T-50;  T+40 handler, flush T+40..T+41, exit T+42, leaves idle T+43
+    So: icr_write 4 us. The handler's time outside its function is 1 us: irq_entry = irq_exit = 500 ns.
+    ipi_latency same socket = 10 - 4 - 0.5 = 5.5 us; cross socket = 20 - 4 - 0.5 = 15.5 us.
+    idle_exit = (40 - 4 - 0.5) - 15.5 (the busy cross-socket median) = 20 us. The workload is tlbstorm, so
+    the flushes are ranges: invlpg = 1 us / 4 pages (--pages-per-range 4) = 250 ns."""
+    lines = []
+
+    def line(task: str, pid: int, cpu: int, flags: str, t_us: float, event: str) -> None:
+        lines.append((t_us, f"{task:>16}-{pid:<7} [{cpu:03d}] {flags} {t_us / 1e6:.6f}: {event}"))
+
+    flush = "csd_function_{}: func=flush_tlb_func, csd=ffff8881000001{}0"
+    for k in range(25):
+        t = 1_000_000 + 200 * k
+        line("<idle>", 0, 3, "d..1.", t - 50, "cpu_idle: state=1 cpu_id=3")
+        line("worker", 11, 1, "...1.", t - 40, "sys_enter: NR 1 (0, 0, 0)")
+        line("worker", 12, 2, "...1.", t - 40, "sys_enter: NR 1 (0, 0, 0)")
+        line("sender", 10, 0, "...1.", t, "ipi_send_cpumask: cpumask=00000000,0000000e callsite=x+0x0/0x1 "
+             "callback=generic_smp_call_function_single_interrupt+0x0/0x10")
+        line("sender", 10, 0, "d..1.", t + 4, "csd_function_entry: func=flush_tlb_func, csd=0000000000000000")
+        line("sender", 10, 0, "d..1.", t + 5, "csd_function_exit: func=flush_tlb_func, csd=0000000000000000")
+        for cpu, task, pid, at in ((1, "worker", 11, 10), (2, "worker", 12, 20), (3, "<idle>", 0, 40)):
+            line(task, pid, cpu, "d.h1.", t + at, "call_function_entry: vector=252")
+            line(task, pid, cpu, "d.h1.", t + at, flush.format("entry", cpu))
+            line(task, pid, cpu, "d.h1.", t + at + 1, flush.format("exit", cpu))
+            line(task, pid, cpu, "d.h1.", t + at + 2, "call_function_exit: vector=252")
+        line("<idle>", 0, 3, "d..1.", t + 43, "cpu_idle: state=4294967295 cpu_id=3")
+    trace = tmp_path / "hand.trace"
+    trace.write_text("# tracer: nop\n" + "\n".join(text for _, text in sorted(lines, key=lambda x: x[0])) + "\n")
+    meta = "".join(f"# === CPU {c} package {c // 2} core {c % 2} siblings {c}\n" for c in range(4))
+    (tmp_path / "hand.meta").write_text(f"# machine: KVM guest\n# command: tlbstorm 3 25\n{meta}")
+    out = tmp_path / "hand.toml"
+    code, _, stderr = calibrate(str(trace), "-o", str(out), "--pages-per-range", "4")
+    assert code == 0, stderr
+    m = load_machine(str(out))
+    t = m.topology
+    assert (t.sockets, t.cores_per_socket, t.threads_per_core, t.apic_mode) == (2, 2, 1, "kvm_pv")
+    expected = {"icr_write": (4000, 25), "irq_entry": (500, 75), "irq_exit": (500, 75),
+                "ipi_latency_same_socket": (5500, 25), "ipi_latency_cross_socket": (15500, 25),
+                "idle_exit": (20000, 25), "invlpg": (250, 75)}
+    for key, (ns, n) in expected.items():
+        cost = m.costs[key]
+        assert (cost.p50, cost.p99, cost.n) == (ns, ns, n), (key, cost.p50, cost.p99, cost.n)
+    assert m.costs["tlb_flush_full"].source.startswith("from base preset vm-2cpu")

@@ -461,6 +461,11 @@ def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | 
         writes = 1 if one_write else d.index + 1
         return round(d.ns - per_write * writes - irq_entry_typical)
 
+    dropped: dict[str, int] = defaultdict(int)
+    for t in samples:
+        for why, count in t.dropped.items():
+            dropped[why] += count
+    measurements["deliveries_not_used"] = dict(dropped)
     off = [v for t in samples for v in t.busy_irqs_off]
     measurements["delivery_busy_irqs_off"] = _summary(off)
     measurements["delivery_busy_any"] = _summary(off + [d.ns for t in samples for d in t.deliveries

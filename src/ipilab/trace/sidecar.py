@@ -101,7 +101,12 @@ def read_capture_info(path: Path) -> CaptureInfo:
     except OSError:
         return CaptureInfo()
     info = CaptureInfo(path)
+    in_command = False
     for line in text.splitlines():
+        if in_command and line.strip() and not line.startswith("#"):
+            info.command = f"{info.command} {line.strip()}"  # a multi-line command (python3 -c '...')
+            continue
+        in_command = False
         m = CPU_LINE.match(line)
         if m:
             info.cpus[int(m[1])] = (int(m[2]), int(m[3]))
@@ -120,4 +125,5 @@ def read_capture_info(path: Path) -> CaptureInfo:
                 info.numa_nodes = int(value)
         else:
             setattr(info, key, value)
+            in_command = key == "command"
     return info
