@@ -223,12 +223,11 @@ def test_trace_missing_events_still_writes_the_file(tmp_path: Path) -> None:
 def test_not_a_trace_is_one_error_line(tmp_path: Path) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("this is a shopping list\nmilk\n")
-    proc = subprocess.run([sys.executable, "-m", "ipilab.cli", "calibrate", str(bad), "-o", str(tmp_path / "m.toml")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ipilab: error:") and str(bad) in lines[0], proc.stderr
+    code, stdout, stderr = calibrate(str(bad), "-o", str(tmp_path / "m.toml"))
+    assert code == 2
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ipilab: error:") and str(bad) in lines[0], stderr
     assert not (tmp_path / "m.toml").exists()
 
 
