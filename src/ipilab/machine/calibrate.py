@@ -618,8 +618,8 @@ def _header(samples: list[TraceSamples], info: CaptureInfo, base: Machine, missi
             ncpus: int, pages: int) -> list[str]:
     lines = [f"Calibrated by `ipilab calibrate` from {', '.join(str(s.path) for s in samples)} ({ncpus} CPUs).",
              "Measured costs are empirical distributions (quantiles at p0, p1, ..., p100 of the sample); the",
-             "simulator draws them anew at each use. The rest comes from base preset "
-             f"{base.name}, as each source says. Range flushes are taken as {pages} pages each."]
+             f"simulator draws them anew at each use. The rest comes from base preset {base.name}, as each",
+             f"source says. Range flushes are taken as {pages} pages each."]
     for label, value in (("kernel", info.uname), ("cmdline", info.cmdline), ("cpuidle driver", info.cpuidle),
                          ("clocksource", info.clocksource), ("machine", info.machine), ("workload", info.command)):
         if value:
@@ -633,6 +633,7 @@ def _header(samples: list[TraceSamples], info: CaptureInfo, base: Machine, missi
                          f"{100 * missing['share_of_busy_time']:.1f}% of busy time")
         else:
             lines.append(f"missing time: no gap longer than {missing['threshold_ns']:,} ns on a busy CPU")
+        lines.append("missing_time = { " + ", ".join(f"{k} = {v}" for k, v in missing.items()) + " }")
     return lines
 
 
