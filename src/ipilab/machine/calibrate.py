@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from ipilab.analysis.audit import NULL_CSD, RESCHEDULE_CALLBACK
 from ipilab.events import CPU_IDLE_EXIT, HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
 from ipilab.files import published
 from ipilab.machine.costs import CostId
@@ -58,8 +59,6 @@ from ipilab.machine.model import MAX_COST_NS, Background, Cost, Machine
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.trace.sidecar import CaptureInfo, read_capture_info, sidecar_for
 
-NULL_CSD = "0" * 16
-RESCHEDULE_CALLBACK = "0x0"
 QUANTILES = 101  # p0, p1, ..., p100
 MIN_SAMPLES = 20  # fewer and the cost comes from --base
 GAP_FACTOR = 20
