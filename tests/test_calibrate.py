@@ -74,10 +74,12 @@ def calibrate(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def round_trip(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    """Three simulated traces of the known machine, calibrated together: tlbstorm (busy targets, range
-    flushes, sends followed by the local flush), synthetic calls to idle CPUs (halted targets), and reclaim
-    (full flushes)."""
+def round_trip(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]:
+    """Simulated traces of the known machine: tlbstorm (busy targets, range flushes, each send followed by
+    the sender's local flush) and synthetic calls to idle CPUs (halted targets), calibrated together; and
+    reclaim (full flushes), calibrated on its own: the reclaim model holds interrupts off in sections it
+    does not trace (__remove_mapping, lru_lock), so its deliveries carry waits no trace shows (a real
+    kernel's do too), and it serves here for tlb_flush_full only."""
     folder = tmp_path_factory.mktemp("roundtrip")
     machine, kernel = known_machine(), resolve_kernel("v6.18")
     runs = [("storm", "tlbstorm", {}, 0.04, "tlbstorm 4 0"),
@@ -91,28 +93,30 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         write_meta(trace, command)
         traces.append(str(trace))
     out = folder / "known-calibrated.toml"
-    code, stdout, stderr = calibrate(*traces, "-o", str(out), "--json")
+    code, stdout, stderr = calibrate(*traces[:2], "-o", str(out), "--json")
     assert code == 0, stderr
-    return json.loads(stdout), out
+    code, reclaim, stderr = calibrate(traces[2], "-o", str(folder / "reclaim.toml"), "--json")
+    assert code == 0, stderr
+    return json.loads(stdout), out, json.loads(reclaim)
 
 
 @pytest.mark.parametrize("key", sorted(KNOWN))
-def test_round_trip_recovers_each_cost(round_trip: tuple[dict, Path], key: str) -> None:
-    result, _ = round_trip
-    row = next(r for r in result["costs"] if r["cost"] == key)
+def test_round_trip_recovers_each_cost(round_trip: tuple[dict, Path, dict], key: str) -> None:
+    result, _, reclaim = round_trip
+    row = next(r for r in (reclaim if key == "tlb_flush_full" else result)["costs"] if r["cost"] == key)
     assert row["measured"], row
     median, p90 = KNOWN[key]
     assert row["n"] >= 60, row
-    assert math.isclose(row["p50"], median, rel_tol=0.10), (key, row["p50"], median)
-    assert math.isclose(row["p90"], p90, rel_tol=0.10), (key, row["p90"], p90)
+    assert abs(row["p50"] - median) <= 0.10 * median, (key, row["p50"], median)
+    assert abs(row["p90"] - p90) <= 0.10 * p90, (key, row["p90"], p90)
 
 
-def test_round_trip_file_is_a_machine(round_trip: tuple[dict, Path]) -> None:
-    _result, path = round_trip
+def test_round_trip_file_is_a_machine(round_trip: tuple[dict, Path, dict]) -> None:
+    _, path, _ = round_trip
     m = load_machine(str(path))
     assert (m.topology.sockets, m.topology.cores_per_socket, m.topology.threads_per_core) == (2, 2, 1)
     assert m.topology.apic_mode == "kvm_pv"  # the .meta says KVM
-    for key in KNOWN:
+    for key in set(KNOWN) - {"tlb_flush_full"}:
         cost = m.costs[key]
         assert cost.dist == "empirical" and len(cost.quantiles) == 101
         assert cost.n is not None and cost.trace and cost.estimator and "measured" in cost.source
@@ -231,8 +235,8 @@ def test_not_a_trace_is_one_error_line(tmp_path: Path) -> None:
     assert not (tmp_path / "m.toml").exists()
 
 
-def test_written_file_runs_a_simulation(round_trip: tuple[dict, Path]) -> None:
-    _, path = round_trip
+def test_written_file_runs_a_simulation(round_trip: tuple[dict, Path, dict]) -> None:
+    _, path, _ = round_trip
     proc = subprocess.run([sys.executable, "-m", "ipilab.cli", "simulate", "-m", str(path), "-w", "synthetic",
                            "-s", "0.001", "--engine", "reference", "--json"], capture_output=True, text=True,
                           timeout=120)
