@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,10 +26,13 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import counts_table, print_audit, print_replay
+from ipilab.analysis.render import counts_table, print_audit, print_calibration, print_replay
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
+from ipilab.kernel.x86 import APIC_MODES
+from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
+from ipilab.machine.calibrate import calibrate as run_calibrate
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
@@ -330,6 +334,73 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
         return
     for r in results:
         print_audit(r, console, by=by, top=top)
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The machine file to write (TOML; every command takes it as -m FILE).")
+@click.option("--base", default="vm-2cpu", show_default=True,
+              help="The preset (or machine file) that gives what the traces cannot show.")
+@click.option("--apic-mode", type=click.Choice(APIC_MODES), default=None,
+              help="Override the APIC mode (default: kvm_pv when the .meta says KVM, x2apic_phys when it names "
+              "another machine, the base's when it says nothing).")
+@click.option("--pages-per-range", type=click.IntRange(1, 33), default=16, show_default=True,
+              help="Pages in each range flush (the trace does not show it); invlpg = a range flush / this.")
+@click.option("--tlb-flush", type=click.Choice(FLUSH_KINDS), default=None,
+              help="Take every trace's flush_tlb_func runs as this kind (default: by the workload the .meta "
+              "names: usemem full, tlbstorm or madvise range).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | None, pages_per_range: int,
+              tlb_flush: str | None, as_json: bool) -> None:
+    """Measure a machine from traces of it: write a machine file of cost distributions.
+
+    Reads each TRACE (any format `analyze` reads) and its capture's NAME.meta beside it, and writes a
+    machine file whose costs are the empirical distributions measured there (101 quantiles each), per
+    CPU-pair class where the topology tells them apart: IPI delivery to a busy CPU (ipi_latency_*) and the
+    extra to a halted one (idle_exit), the sender's cost of a send (icr_write), the handler's entry and exit,
+    flush_tlb_func by kind (tlb_flush_full, invlpg), the idle loop's flush (poll_notice), the timer tick
+    (tick, background.tick_hz) and page faults, when the trace has their events. Each cost's source names
+    the traces, the events it was measured between, n and p50/p90/p99. What the traces cannot show comes
+    from --base, and its source says so; a cost a trace lacks events for gets one line on stderr. Time a
+    busy CPU was away (gaps between its events, a preempted vCPU) is reported and written as a comment.
+    The README's "Calibrate a machine from a trace" says how each cost is measured.
+    """
+    try:
+        base_machine = load_machine(base)
+    except MachineError as e:
+        fail(f"--base: {e}")
+    if not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    samples = []
+    for path in traces:
+        if not path.exists():
+            fail(f"{path}: no such file")
+        stats = ReadStats()
+        try:
+            with _progress(as_json) as step:
+                progress = step(f"reading {path.name}")
+                samples.append(sample_trace(path, stats, progress))
+        except (TraceFormatError, CalibrateError) as e:
+            fail(str(e))
+        for w in stats.warnings:
+            click.echo(f"ipilab: warning: {w}", err=True)
+        if stats.bad_lines > len(stats.warnings):
+            click.echo(f"ipilab: warning: {path}: {stats.bad_lines - len(stats.warnings):,} more bad lines", err=True)
+    try:
+        cal = run_calibrate(list(traces), base_machine, name=output_name(out), apic_mode=apic_mode,
+                            pages_per_range=pages_per_range, tlb_flush=tlb_flush, samples=samples)
+    except ValidationError as e:
+        first = e.errors()[0]
+        fail(f"the calibrated machine is not valid: field {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+    cal.write(out)
+    for note in cal.notes:
+        click.echo(f"ipilab: calibrate: {note}", err=True)
+    if as_json:
+        emit_json({**cal.as_json(), "output": str(out)})
+        return
+    print_calibration(cal, console)
+    console.print(f"machine file written to {out} (use it as -m {out})", highlight=False)
 
 
 @main.command()

@@ -146,3 +146,31 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return f"{v:,}"
+
+
+def print_calibration(cal: Any, console: Console) -> None:
+    """`ipilab calibrate`'s result: every cost of the machine written, measured or from the base preset."""
+    m = cal.machine
+    t = m.topology
+    console.print(f"[bold]{m.name}[/bold]: {m.ncpus} CPUs ({t.sockets} socket(s) x {t.cores_per_socket} cores x "
+                  f"{t.threads_per_core} threads), APIC {t.apic_mode}, halt-poll {t.halt_poll_ns} ns, tick "
+                  f"{m.background.tick_hz or 'off'}{' Hz' if m.background.tick_hz else ''}", highlight=False)
+    table = Table(title="costs (ns; measured ones are empirical distributions of the sample)", title_justify="left")
+    for col in ("cost", "p50", "p90", "p99", "n", "estimator"):
+        table.add_column(col, justify="left" if col in ("cost", "estimator") else "right",
+                         ratio=1 if col == "estimator" else None, no_wrap=col != "estimator")
+    for row in cal.rows():
+        if row["measured"]:
+            table.add_row(row["cost"], f"{row['p50']:,}", f"{row['p90']:,}", f"{row['p99']:,}", f"{row['n']:,}",
+                          row["short"])
+        else:
+            table.add_row(row["cost"], "", "", "", "", row["describe"])
+    console.print(table)
+    console.print("(the machine file gives each cost's estimator and source in full; `--json` too)", highlight=False)
+    gone = cal.missing_time
+    if gone is not None and gone["count"]:
+        console.print(f"missing time (a busy CPU's events paused for longer than {gone['threshold_ns']:,} ns, "
+                      f"{gone['count']:,} times, {gone['per_cpu_second']} per CPU-second; p50 {gone['p50_ns']:,} "
+                      f"ns, p90 {gone['p90_ns']:,} ns, p99 {gone['p99_ns']:,} ns; "
+                      f"{100 * gone['share_of_busy_time']:.1f}% of busy time): written as a comment, the "
+                      "simulator does not use it yet", highlight=False)

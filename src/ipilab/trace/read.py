@@ -228,6 +228,15 @@ IDLE_EVENTS: dict[str, tuple[re.Pattern[str], ...]] = {
     "guest_halt_poll_ns": (re.compile(r"halt_poll_ns (?P<halt_poll_ns>\d+) \((?:grow|shrink) (?P<old>\d+)\)"),),
 }
 
+# Events only `ipilab calibrate` reads (`read_trace(..., calibrate_events=True)`): the timer tick and user
+# page faults (exceptions/page_fault_user: `address=%ps ip=%ps error_code=0x%lx`).
+CALIBRATE_EVENTS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "local_timer_entry": (re.compile(r"vector=(?P<vector>\d+)"),),
+    "local_timer_exit": (re.compile(r"vector=(?P<vector>\d+)"),),
+    "page_fault_user": (re.compile(r"address=(?P<address>\S+)\s+ip=(?P<ip>\S+)\s+error_code=(?P<error_code>\S+)"),),
+}
+PATTERNED_EVENTS = {**IDLE_EVENTS, **CALIBRATE_EVENTS}
+
 
 def _pointer(text: str) -> str:
     if text in ("(nil)", "0", "0x0"):
@@ -250,8 +259,8 @@ def _cpulist(text: str) -> tuple[int, ...]:
 
 def parse_fields(name: str, rest: str) -> dict[str, object]:
     """The known fields of event `name` from its printed text, normalised (see the module doc)."""
-    if name in IDLE_EVENTS:
-        for pattern in IDLE_EVENTS[name]:
+    if name in PATTERNED_EVENTS:
+        for pattern in PATTERNED_EVENTS[name]:
             m = pattern.search(rest)
             if m is not None:
                 return {k: int(v) if v.isdigit() else v for k, v in m.groupdict().items()}
@@ -331,11 +340,15 @@ def trace_text(path: Path) -> Iterator[tuple[BinaryIO, BinaryFormat | None]]:
                 yield data, None
 
 
-def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = False) -> Iterator[Event]:
+def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = False,
+               calibrate_events: bool = False) -> Iterator[Event]:
     """The events of the tracepoints ipilab knows, in file order (see the module doc); with `idle_events`,
     sched_switch and guest_halt_poll_ns too (fields: prev_comm, prev_pid, next_comm, next_pid; halt_poll_ns,
-    old)."""
-    known = FORMATS.keys() | IDLE_EVENTS.keys() if idle_events else FORMATS.keys()
+    old); with `calibrate_events`, those and CALIBRATE_EVENTS too, and every other event line as an Event
+    without fields (calibrate times the gaps between a CPU's events, whatever they are)."""
+    known = FORMATS.keys() | IDLE_EVENTS.keys() if idle_events or calibrate_events else FORMATS.keys()
+    if calibrate_events:
+        known = known | CALIBRATE_EVENTS.keys()
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
     with trace_text(path) as (data, binary):
@@ -385,9 +398,10 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             name = m["name"]
             if name not in known:
                 stats.other_events[name] = stats.other_events.get(name, 0) + 1
-                continue
+                if not calibrate_events:
+                    continue
             try:
-                fields = parse_fields(name, m["rest"])
+                fields = parse_fields(name, m["rest"]) if name in known else {}
             except ValueError as e:
                 stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
                 continue
