@@ -350,9 +350,12 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
 @click.option("--tlb-flush", type=click.Choice(FLUSH_KINDS), default=None,
               help="Take every trace's flush_tlb_func runs as this kind (default: by the workload the .meta "
               "names: usemem full, tlbstorm or madvise range).")
+@click.option("--vcpu-preemption", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Model the time busy CPUs were away (a preempted vCPU) as background.vcpu_preemption: auto "
+              "does when the traces show user page faults (so user time between faults is not taken for it).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | None, pages_per_range: int,
-              tlb_flush: str | None, as_json: bool) -> None:
+              tlb_flush: str | None, vcpu_preemption: str, as_json: bool) -> None:
     """Measure a machine from traces of it: write a machine file of cost distributions.
 
     Reads each TRACE (any format `analyze` reads) and its capture's NAME.meta beside it, and writes a
@@ -363,7 +366,8 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
     (tick, background.tick_hz) and page faults, when the trace has their events. Each cost's source names
     the traces, the events it was measured between, n and p50/p90/p99. What the traces cannot show comes
     from --base, and its source says so; a cost a trace lacks events for gets one line on stderr. Time a
-    busy CPU was away (gaps between its events, a preempted vCPU) is reported and written as a comment.
+    busy CPU was away (gaps between its events, a preempted vCPU) becomes background.vcpu_preemption with
+    the costs vcpu_preempt and vcpu_run (see --vcpu-preemption), else a comment.
     The README's "Calibrate a machine from a trace" says how each cost is measured.
     """
     try:
@@ -389,7 +393,8 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
             click.echo(f"ipilab: warning: {path}: {stats.bad_lines - len(stats.warnings):,} more bad lines", err=True)
     try:
         cal = run_calibrate(list(traces), base_machine, name=output_name(out), apic_mode=apic_mode,
-                            pages_per_range=pages_per_range, tlb_flush=tlb_flush, samples=samples)
+                            pages_per_range=pages_per_range, tlb_flush=tlb_flush, samples=samples,
+                            vcpu_preemption=vcpu_preemption)
     except ValidationError as e:
         first = e.errors()[0]
         fail(f"the calibrated machine is not valid: field {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")

@@ -36,7 +36,14 @@ is the cost; the sources quote the mean):
 - page_fault: `page_fault_user` -> the same task's next `page_fault_user` on that CPU with no event
   between (it includes the user's own write of the page).
 - missing time: on a CPU that is not idle, a gap between consecutive events longer than GAP_FACTOR x
-  the median gap is time the CPU was away (a preempted vCPU); reported, and written as a comment.
+  the median gap is time the CPU was away (a preempted vCPU). When the traces show user page faults (so
+  a workload's own user time between faults is not taken for missing time), it becomes
+  background.vcpu_preemption: vcpu_preempt is those gaps' distribution, and vcpu_run exponential (the
+  descheduling taken as a Poisson process) with the mean busy time between two of them. Without page
+  faults it is an upper bound (untraced user code counts too), reported and written as a comment only.
+  Either way a CPU spinning on a call to a descheduled CPU (csd_lock, csd_lock_wait) shows the same
+  silence: the trace cannot tell that wait from the CPU's own absence, so on workloads of synchronous
+  calls the stretches come out more frequent and shorter than the host's.
 """
 
 from __future__ import annotations
@@ -386,7 +393,7 @@ def _tick_hz(rate: float) -> int:
 
 def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | None = None,
               pages_per_range: int = 16, tlb_flush: str | None = None,
-              samples: list[TraceSamples] | None = None) -> Calibration:
+              samples: list[TraceSamples] | None = None, vcpu_preemption: str = "auto") -> Calibration:
     """A machine from `traces` (see the module doc); `base` gives what they cannot show. `samples`: already
     collected (sample_trace) for these traces."""
     samples = samples if samples is not None else [sample_trace(p) for p in traces]
@@ -559,7 +566,26 @@ def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | 
     if topo["sockets"] == 1 and "ipi_latency_same_socket" in measured:
         costs["ipi_latency_cross_socket"] = measured["ipi_latency_same_socket"].model_copy(
             update={"source": "one socket: same as ipi_latency_same_socket"})
-    missing_time = _missing_time(samples)
+    missing_time, away = _missing_time(samples)
+    faults = any("page_fault_user" in t.seen for t in samples)
+    wanted = vcpu_preemption == "on" or (vcpu_preemption == "auto" and faults)
+    if missing_time is not None and len(away) < MIN_SAMPLES and vcpu_preemption == "on":
+        notes.append(f"vcpu_preemption: only {len(away)} missing stretches: left off")
+    if missing_time is not None and len(away) >= MIN_SAMPLES and wanted:
+        awake = sum(t.awake_ns for t in samples)
+        mean_run = (awake - float(away.sum())) / len(away)
+        estimator = (f"gaps longer than {missing_time['threshold_ns']:,} ns ({GAP_FACTOR} x the median gap) "
+                     "between consecutive events of a CPU that was not idle")
+        costs["vcpu_preempt"] = Measured("vcpu_preempt", away, estimator, names).cost()
+        costs["vcpu_run"] = Cost(
+            dist="empirical",
+            quantiles=[min(MAX_COST_NS, round(-mean_run * np.log1p(-p))) for p in np.linspace(0, 0.999, 101)],
+            n=len(away), estimator="busy time not missing / number of missing stretches, as an exponential",
+            trace=", ".join(names), source=f"measured: mean {mean_run:,.0f} ns between two missing stretches "
+            f"({len(away):,} of them over {awake / 1e9:.3f} CPU-seconds not idle); exponential (Poisson "
+            f"descheduling) is an assumption, cut at {MAX_COST_NS / 1e6:g} ms")
+        background = background.model_copy(update={"vcpu_preemption": True})
+        missing_time["used"] = True
     header = _header(samples, info, base, missing_time, ncpus, pages_per_range)
     description = (f"calibrated by ipilab calibrate from {', '.join(names)}; base preset {base.name}"
                    + (f"; kernel {info.uname}" if info.uname else "")
@@ -595,10 +621,11 @@ def _topology(info: CaptureInfo, ncpus: int, base: Machine) -> tuple[dict[str, A
     return topo, note
 
 
-def _missing_time(samples: list[TraceSamples]) -> dict[str, Any] | None:
+def _missing_time(samples: list[TraceSamples]) -> tuple[dict[str, Any] | None, np.ndarray]:
+    """A summary of the gaps taken as missing time, and those gaps (ns)."""
     gaps = np.array([g for t in samples for g in t.gaps], float)
     if not len(gaps):
-        return None
+        return None, gaps
     # Many events share a microsecond: a floor of one timestamp step keeps the threshold meaningful.
     median = max(float(np.median(gaps)), TIMESTAMP_RESOLUTION_NS)
     threshold = GAP_FACTOR * median
@@ -610,7 +637,7 @@ def _missing_time(samples: list[TraceSamples]) -> dict[str, Any] | None:
     if len(away):
         p50, p90, p99 = np.percentile(away, (50, 90, 99))
         out.update(p50_ns=round(float(p50)), p90_ns=round(float(p90)), p99_ns=round(float(p99)))
-    return out
+    return out, away
 
 
 def _header(samples: list[TraceSamples], info: CaptureInfo, base: Machine, missing: dict[str, Any] | None,
@@ -625,7 +652,9 @@ def _header(samples: list[TraceSamples], info: CaptureInfo, base: Machine, missi
             lines.append(f"{label}: {value}")
     if missing is not None:
         if missing["count"]:
-            lines.append(f"missing time (not yet used by the simulator): {missing['count']:,} gaps longer than "
+            use = ("used: background.vcpu_preemption" if missing.get("used") else
+                   "not used: without page_fault_user events untraced user time would count as missing")
+            lines.append(f"missing time ({use}): {missing['count']:,} gaps longer than "
                          f"{missing['threshold_ns']:,} ns ({GAP_FACTOR} x the median gap between a busy CPU's "
                          f"events) on CPUs not idle, {missing['per_cpu_second']} per CPU-second, p50 "
                          f"{missing['p50_ns']:,} ns, p90 {missing['p90_ns']:,} ns, p99 {missing['p99_ns']:,} ns, "

@@ -58,7 +58,7 @@ ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS, **BACKGROUND_COST_FIELD
 
 # z such that P(Z <= z) = 0.9 for a standard normal: a lognormal's p90 is median * exp(sigma * Z90).
 Z90 = 1.2815515655446004
-MAX_COST_NS = 10_000_000
+MAX_COST_NS = 1_000_000_000  # 1 s: a vCPU may run for hundreds of ms between two descheduling stretches
 
 
 class Cost(BaseModel):
@@ -91,7 +91,7 @@ class Cost(BaseModel):
     def _consistent(self) -> Cost:
         if self.dist == "constant":
             if self.ns is None:
-                raise ValueError("a constant cost needs ns (whole nanoseconds, 0 to 10,000,000)")
+                raise ValueError("a constant cost needs ns (whole nanoseconds, 0 to 1,000,000,000)")
             if self.median is not None or self.quantiles is not None:
                 raise ValueError('median/p90/quantiles belong to a distribution: set dist = "lognormal" or '
                                  '"empirical"')

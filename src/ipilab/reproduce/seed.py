@@ -108,7 +108,7 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
         try:
             m = m.with_costs(**costs)
         except ValidationError as e:
-            raise MachineError(f"--set: {e.errors()[0]['msg']} (costs are 0 to 10,000,000 ns)") from None
+            raise MachineError(f"--set: {e.errors()[0]['msg']} (costs are 0 to 1,000,000,000 ns)") from None
     if spread is not None:
         try:
             ratio = float(spread)
