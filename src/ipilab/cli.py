@@ -38,7 +38,7 @@ from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
-from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
+from ipilab.trace.capture import EVENT_SETS, CaptureError, Stopped, capture
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
@@ -235,16 +235,18 @@ def print_result(r: dict[str, Any]) -> None:
 @click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="replay", show_default=True,
               help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll.")
 @click.option("--buffer-kb", type=click.IntRange(64, 4 << 20), default=16384, show_default=True,
-              help="Ring buffer per CPU while recording (restored afterwards).")
+              help="Ring buffer per CPU of the capture's own tracefs instance.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, command: tuple[str, ...]) -> None:
     """Record the cross-call and IPI tracepoints while COMMAND runs (root): `ipilab capture -o run.trace --
     make -j2`.
 
-    Mounts tracefs if needed, enables the events, runs the command (or waits --duration seconds), and
-    writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
-    and the ring buffer's overruns. tracefs is left as it was found (events, buffer size, tracer,
-    tracing_on), also when the command fails or on Ctrl-C. Then: `ipilab analyze run.trace`.
+    Records into a tracefs instance of its own (instances/ipilab-PID), so the global trace buffer, its
+    events, tracer, buffer size and tracing_on, which another tracer may be using, are never touched.
+    Mounts tracefs if needed, enables the events there, runs the command (or waits --duration seconds),
+    and writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
+    and the ring buffer's overruns. The instance is removed however capture ends: the command fails,
+    Ctrl-C, SIGTERM, SIGHUP, an error. Then: `ipilab analyze run.trace`.
     """
     if bool(command) == (duration is not None):
         fail("give either a command after -- or --duration, not both or neither")
@@ -255,8 +257,14 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
     except CaptureError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        click.echo(f"ipilab: interrupted; what was recorded is in {out}; tracefs is restored", err=True)
+        click.echo(f"ipilab: interrupted; what was recorded is in {out}; the tracefs instance is removed", err=True)
         sys.exit(130)
+    except Stopped as e:
+        click.echo(f"ipilab: stopped by {e}; what was recorded is in {out}; the tracefs instance is removed",
+                   err=True)
+        sys.exit(128 + e.signum)
+    for name in result.stale_removed:
+        click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
     for event in result.events_missing:
         click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
     if result.lost:
@@ -264,6 +272,9 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
                    err=True)
     click.echo(f"wrote {result.trace} and {result.sidecar} ({result.seconds:.2f} s recorded)", err=True)
     if result.returncode:
+        if result.returncode < 0:  # killed by a signal: the shell's convention
+            click.echo(f"ipilab: the command was killed by signal {-result.returncode}", err=True)
+            sys.exit(128 - result.returncode)
         click.echo(f"ipilab: the command exited with status {result.returncode}", err=True)
         sys.exit(result.returncode)
 

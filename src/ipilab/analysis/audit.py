@@ -362,9 +362,11 @@ def reconcile(audit: dict[str, Any], side: Sidecar) -> dict[str, Any]:
                      "per_cpu_trace": traced, "trace_counts": key}
     return {"sidecar": str(side.path), "lost_events": side.lost, "rows": rows,
             "why_they_differ": "the /proc/interrupts snapshots bracket the capture: interrupts between a snapshot "
-                               "and the start or end of tracing count there and not in the trace; lost events "
-                               "(ring-buffer overruns) are missing from the trace; the TLB row also counts remote "
-                               "flushes done by paths other than flush_tlb_func"}
+                               "and the start or end of tracing count there and not in the trace; a trace that "
+                               "began before the first snapshot counts more than /proc (the QEMU harness's traces "
+                               "begin while it switched tracepoints on, each switch interrupting every other CPU); "
+                               "lost events (ring-buffer overruns) are missing from the trace; the TLB row also "
+                               "counts remote flushes done by paths other than flush_tlb_func"}
 
 
 class ParquetEvents(PublishOnExit):
