@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,9 @@ import pytest
 from conftest import sigint_default
 from test_cli import assert_user_error, ipilab
 
+from ipilab.analysis.audit import audit_trace
 from ipilab.trace import capture as capture_mod
+from ipilab.trace.sidecar import read_machine_facts, read_sidecar
 
 TRACEFS = Path("/sys/kernel/tracing")
 # The global tracing state another tracer owns; capture must leave every byte of it as it was.
@@ -223,3 +227,61 @@ def test_an_instance_left_by_a_killed_capture_is_removed(tmp_path: Path, other_t
 def test_no_command_and_no_duration_is_a_usage_error(tmp_path: Path) -> None:
     proc = ipilab("capture", "-o", str(tmp_path / "x.trace"))
     assert proc.returncode == 2 and "either a command" in proc.stderr
+
+
+# The function-call IPIs again, and madvise(MADV_DONTNEED) on touched pages: page faults and the system call.
+CALIBRATION_WORKLOAD = [*WORKLOAD[:2], WORKLOAD[2] + """
+import mmap
+m = mmap.mmap(-1, 1 << 16)
+for _ in range(50):
+    m[::4096] = b"x" * 16
+    m.madvise(mmap.MADV_DONTNEED)
+"""]
+CALIBRATOR_EVENT_LINE = re.compile(r": (local_timer_entry|local_timer_exit|page_fault_user): |: sys_madvise(\(| -> )")
+COUNTS = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling", "csds_undecided",
+          "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts", "csds_run_in_irq",
+          "csds_run_elsewhere", "tlb_flushes_received", "per_cpu", "by_callsite", "top_senders", "latency_ns",
+          "function_ns", "duration_ns")
+
+
+def test_the_calibrators_events_and_machine_facts_are_recorded_and_analyze_counts_as_before(
+        tmp_path: Path, other_tracer) -> None:
+    """A real capture with the default event set: the sidecar's machine facts are this machine's (as uname,
+    /proc and lscpu tell them), the timer tick, page faults and madvise are in the trace, and analyze (both
+    engines) reads them without a warning and counts exactly what it counts with those lines taken out."""
+    before = state()
+    out = tmp_path / "cal.trace"
+    result = capture_mod.capture(out, CALIBRATION_WORKLOAD, None)
+    assert result.returncode == 0
+    other_tracer.check_undisturbed(before)
+
+    facts = read_machine_facts(result.sidecar)
+    assert facts is not None and read_sidecar(result.sidecar) is not None  # the old reader still reads it
+    assert facts.kernel == os.uname().release
+    assert facts.cmdline == Path("/proc/cmdline").read_text().strip()
+    assert facts.trace_clock == "local"  # the default, which capture does not change
+    assert len(facts.cpus) == os.sysconf("SC_NPROCESSORS_ONLN")
+    if shutil.which("lscpu"):
+        rows = [line.split(",") for line in subprocess.run(["lscpu", "-p=CPU,SOCKET,CORE,NODE"], check=True,
+                capture_output=True, text=True).stdout.splitlines() if not line.startswith("#")]
+        assert facts.sockets == len({r[1] for r in rows}) and facts.cores == len({r[2] for r in rows})
+        assert [(c.cpu, c.node) for c in facts.cpus] == [(int(r[0]), int(r[3]) if r[3] else None) for r in rows]
+    assert set(facts.events) | set(facts.events_missing) == set(capture_mod.EVENT_SETS["calibrate"])
+
+    text = out.read_text()
+    if "irq_vectors:local_timer_entry" in facts.events:
+        assert ": local_timer_entry: vector=236" in text
+    stripped = tmp_path / "stripped" / "cal.trace"  # beside a copy of the sidecar
+    stripped.parent.mkdir()
+    shutil.copy(result.sidecar, stripped.with_suffix(".meta"))
+    stripped.write_text("".join(line for line in text.splitlines(keepends=True)
+                                if not CALIBRATOR_EVENT_LINE.search(line)))
+    plain = audit_trace(stripped)
+    for reference in (False, True):
+        r = audit_trace(out, reference=reference)
+        assert r["warnings"] == [] and r["bad_lines"] == 0
+        # Each calibrator event the kernel has, under its tracepoint name (a system call's too).
+        assert {e.split(":")[1] for e in facts.events if e in capture_mod.CALIBRATE_EVENTS} <= set(r["other_events"])
+        for key in COUNTS:
+            assert json.dumps(r[key], sort_keys=True) == json.dumps(plain[key], sort_keys=True), key
+        assert r["reconciliation"]["rows"] == plain["reconciliation"]["rows"]

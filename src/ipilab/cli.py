@@ -38,7 +38,7 @@ from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
-from ipilab.trace.capture import EVENT_SETS, CaptureError, Stopped, capture
+from ipilab.trace.capture import CALIBRATE_EVENTS, EVENT_SETS, CaptureError, Stopped, capture
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
@@ -232,8 +232,9 @@ def print_result(r: dict[str, Any]) -> None:
               help="Trace file to write (.xz, .gz or .zst compress it); NAME.meta beside it gets the sidecar.")
 @click.option("--duration", type=click.FloatRange(0, 86400), default=None,
               help="Record this many seconds instead of running a command.")
-@click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="replay", show_default=True,
-              help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll.")
+@click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="calibrate", show_default=True,
+              help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll; calibrate: "
+                   "also the timer tick, user page faults and madvise, where the kernel has them.")
 @click.option("--buffer-kb", type=click.IntRange(64, 4 << 20), default=16384, show_default=True,
               help="Ring buffer per CPU of the capture's own tracefs instance.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -245,8 +246,10 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
     events, tracer, buffer size and tracing_on, which another tracer may be using, are never touched.
     Mounts tracefs if needed, enables the events there, runs the command (or waits --duration seconds),
     and writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
-    and the ring buffer's overruns. The instance is removed however capture ends: the command fails,
-    Ctrl-C, SIGTERM, SIGHUP, an error. Then: `ipilab analyze run.trace`.
+    and the ring buffer's overruns, and the machine a calibration needs (sockets, cores, SMT siblings and
+    NUMA node of each CPU, kernel, cmdline, cpuidle driver, clocksource, trace clock, events missing).
+    The instance is removed however capture ends: the command fails, Ctrl-C, SIGTERM, SIGHUP, an error.
+    Then: `ipilab analyze run.trace`.
     """
     if bool(command) == (duration is not None):
         fail("give either a command after -- or --duration, not both or neither")
@@ -266,7 +269,11 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
     for name in result.stale_removed:
         click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
     for event in result.events_missing:
-        click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
+        if event in CALIBRATE_EVENTS:
+            click.echo(f"ipilab: note: this kernel has no {event} event; recorded without it (noted in "
+                       f"{result.sidecar.name})", err=True)
+        else:
+            click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
     if result.lost:
         click.echo(f"ipilab: warning: {result.lost:,} events were lost (ring buffer overrun): raise --buffer-kb",
                    err=True)
@@ -360,8 +367,8 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
     flushed its queue; the kernel model decides, per call, IPI or no IPI (queue already waiting, or target
     polling idle) and which IPIs become interrupts. A trace with ipi_send_* events is also compared, call
     by call, with what its own kernel did. Works without those events (decisions are predicted from the
-    rest); reads the same formats as `analyze`. Capture with `ipilab capture --events replay` to include
-    sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
+    rest); reads the same formats as `analyze`. `ipilab capture` (its default event set, or `--events
+    replay`) includes sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
     """
     if not trace.exists():
         fail(f"{trace}: no such file")

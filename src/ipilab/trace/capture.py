@@ -30,7 +30,8 @@ from pathlib import Path
 import zstandard
 
 from ipilab.files import published
-from ipilab.trace.sidecar import ROWS, sidecar_for
+from ipilab.trace.sidecar import MAX_CPUS, ROWS, CpuPlace, MachineFacts, sidecar_for
+from ipilab.workloads.base import WorkloadError, parse_cpulist
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -44,6 +45,12 @@ EVENT_SETS: dict[str, tuple[str, ...]] = {
 }
 # ... plus what replay needs to know whether each target was idle or polling.
 EVENT_SETS["replay"] = (*EVENT_SETS["ipi"], "sched:sched_switch", "power:cpu_idle", "power:guest_halt_poll_ns")
+# ... plus what a calibration measures: the timer tick (rate, duration), user page faults (the work between
+# calls), and madvise (when tlbstorm-like work drops its pages). Each is optional: a kernel without it is
+# recorded without it, and the sidecar says so.
+CALIBRATE_EVENTS = ("irq_vectors:local_timer_entry", "irq_vectors:local_timer_exit", "exceptions:page_fault_user",
+                    "syscalls:sys_enter_madvise", "syscalls:sys_exit_madvise")
+EVENT_SETS["calibrate"] = (*EVENT_SETS["replay"], *CALIBRATE_EVENTS)
 
 
 INSTANCE_PREFIX = "ipilab-"  # + the pid of the capture that owns it
@@ -239,6 +246,51 @@ def overruns(root: Path) -> int:
     return total
 
 
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def _cpus(text: str | None, what: str) -> list[int]:
+    try:
+        return parse_cpulist(text, MAX_CPUS, what) if text else []
+    except WorkloadError:
+        return []
+
+
+def machine_facts(sysfs: Path = Path("/sys"), proc: Path = Path("/proc"), trace_clock: str | None = None,
+                  events: tuple[str, ...] = (), events_missing: tuple[str, ...] = ()) -> MachineFacts:
+    """This machine as sysfs and procfs describe it (each fact that cannot be read is left out)."""
+    cpu_dir = sysfs / "devices/system/cpu"
+    node_dir = sysfs / "devices/system/node"
+    node_of: dict[int, int] = {}
+    nodes = sorted(node_dir.glob("node[0-9]*"))
+    for node in nodes:
+        for cpu in _cpus(_text(node / "cpulist"), str(node / "cpulist")):
+            node_of[cpu] = int(node.name[4:])
+    places = []
+    for cpu in _cpus(_text(cpu_dir / "online"), str(cpu_dir / "online")):
+        topo = cpu_dir / f"cpu{cpu}" / "topology"
+        package, core = _text(topo / "physical_package_id"), _text(topo / "core_id")
+        siblings = _cpus(_text(topo / "thread_siblings_list"), str(topo))
+        if package is None or core is None or not siblings:
+            continue
+        places.append(CpuPlace(cpu, int(package), int(core), tuple(siblings), node_of.get(cpu)))
+    return MachineFacts(cpus=tuple(places), kernel=_text(proc / "sys/kernel/osrelease"),
+                        cmdline=_text(proc / "cmdline"), cpuidle_driver=_text(cpu_dir / "cpuidle/current_driver"),
+                        clocksource=_text(sysfs / "devices/system/clocksource/clocksource0/current_clocksource"),
+                        trace_clock=trace_clock, numa_nodes=len(nodes) or None, events=events,
+                        events_missing=events_missing)
+
+
+def current_trace_clock(inst: Path) -> str | None:
+    """The clock the instance stamps events with: the bracketed one of `trace_clock`."""
+    m = re.search(r"\[(\S+)\]", _text(inst / "trace_clock") or "")
+    return m[1] if m else None
+
+
 def enable_events(inst: Path, events: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Enable `events` in the instance; (enabled, missing on this kernel)."""
     enabled, missing = [], []
@@ -251,7 +303,7 @@ def enable_events(inst: Path, events: tuple[str, ...]) -> tuple[list[str], list[
     return enabled, missing
 
 
-def capture(out: Path, command: list[str] | None, duration: float | None, events: str = "replay",
+def capture(out: Path, command: list[str] | None, duration: float | None, events: str = "calibrate",
             buffer_kb: int = 16384, root: Path = TRACEFS) -> CaptureResult:
     """Record `command` (or `duration` seconds) into `out` and its sidecar; see the module doc."""
     if events not in EVENT_SETS:
@@ -297,8 +349,10 @@ def _record(inst: Path, out: Path, command: list[str] | None, duration: float | 
         _copy_out(inst / "trace", out)
         side = sidecar_for(out)
         what = shlex.join(command).replace("\n", "\\n") if command else f"--duration {duration:g}"
+        facts = machine_facts(trace_clock=current_trace_clock(inst), events=tuple(enabled),
+                              events_missing=tuple(missing))
         lines = [f"# command: {what}", f"# seconds: {seconds:.3f}", f"# tracefs instance: {inst.name}",
-                 f"# events: {' '.join(enabled)}", "# before:"]
+                 *facts.meta_lines(), "# before:"]
         lines += [f"#   {before[r]}" for r in ROWS if r in before]
         lines += ["# after:"] + [f"#   {after[r]}" for r in ROWS if r in after]
         lines += [f"# lost: overrun: {lost}"]

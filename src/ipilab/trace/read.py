@@ -107,13 +107,24 @@ def decompressed(raw: BinaryIO, path: Path) -> BinaryIO:
 # --- line formats ------------------------------------------------------------------------------------
 
 TS = r"(?P<secs>\d+)\.(?P<frac>\d+)"
+# ftrace prints a system call's events without their names: `sys_madvise(start: 0x7f.., ...)` on entry
+# (syscalls:sys_enter_madvise) and `sys_madvise -> 0x0` on exit; event_name() gives them theirs.
 FTRACE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                    r"(?P<flags>[.a-zA-Z0-9]{4,5})\s+" + TS + r":\s+(?P<name>\w+):\s?(?P<rest>.*)$")
+                    r"(?P<flags>[.a-zA-Z0-9]{4,5})\s+" + TS +
+                    r":\s+(?P<name>\w+)(?::\s?(?P<rest>.*)|(?P<syscall_entry>\().*| -> .*)$")
 TRACE_CMD = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
                        r":\s+(?P<name>\w+):\s*(?P<rest>.*)$")
 PERF = re.compile(r"^\s*(?P<task>.+?)\s+(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
                   r":\s+(?:\S+\s+)?(?P<system>\w+):(?P<name>\w+):\s*(?P<rest>.*)$")
 LINE_RE = {"ftrace": FTRACE, "trace-cmd": TRACE_CMD, "perf": PERF}
+
+
+def event_name(m: re.Match[str]) -> str:
+    """The tracepoint name of a line matched by one of LINE_RE (a system call's from how ftrace prints it)."""
+    if m["rest"] is not None:
+        return m["name"]
+    call = m["name"].removeprefix("sys_")
+    return f"sys_enter_{call}" if m["syscall_entry"] else f"sys_exit_{call}"
 
 FIELD = re.compile(r"(\w+)=(\([^)]*\)|\S+)")
 
@@ -259,7 +270,7 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             if m is None:
                 stats.warn(TraceWarning(str(path), lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
                 continue
-            name = m["name"]
+            name = event_name(m)
             if name not in known:
                 stats.other_events[name] = stats.other_events.get(name, 0) + 1
                 continue
