@@ -1,8 +1,9 @@
-"""`ipilab capture` on this machine's real tracefs: it records a small workload, the trace agrees with
-/proc/interrupts, and it never disturbs another tracer: while it runs, "someone else" (the fixture) keeps
-tracing into the global buffer with its own events, buffer size, tracer and tracing_on, and after every
-way capture can end (success, a failing command, a missing command, Ctrl-C, SIGTERM, an exception) that
-state is byte-identical, the other tracer's records are still there, and capture's instance is gone.
+"""`ipilab capture` and `ipilab top` on this machine's real tracefs: capture records a small workload, the
+trace agrees with /proc/interrupts, and neither ever disturbs another tracer: while they run, "someone else"
+(the fixture) keeps tracing into the global buffer with its own events, buffer size, tracer and tracing_on,
+and after every way they can end (success, a failing command, a missing command, Ctrl-C, SIGTERM, an
+exception) that state is byte-identical, the other tracer's records are still there, and their instance is
+gone. top's counts are held to analyze's over the same window.
 Needs root and a kernel with the csd tracepoints (Linux 6.3+); skipped otherwise, with the reason."""
 
 from __future__ import annotations
@@ -285,3 +286,83 @@ def test_the_calibrators_events_and_machine_facts_are_recorded_and_analyze_count
         for key in COUNTS:
             assert json.dumps(r[key], sort_keys=True) == json.dumps(plain[key], sort_keys=True), key
         assert r["reconciliation"]["rows"] == plain["reconciliation"]["rows"]
+
+
+# --- ipilab top: the live view, on the same tracefs ------------------------------------------------------
+
+def _recording(pid: int, child: subprocess.Popen) -> None:
+    """Wait until process `pid`'s instance records (its tracing_on reads 1)."""
+    on = TRACEFS / "instances" / f"ipilab-{pid}" / "tracing_on"
+    deadline = time.monotonic() + 30
+    while not (on.exists() and on.read_text().strip() == "1"):
+        assert time.monotonic() < deadline and child.poll() is None, "top never started recording"
+        time.sleep(0.05)
+
+
+def _targets(total: dict, cpu: str) -> dict[str, int]:
+    """The per-target numbers top shows, from a whole-window audit (as analyze --json has it)."""
+    t, c = total["by"]["target"].get(cpu, {}), total["per_cpu"].get(cpu, {})
+    return {"queued": t.get("enqueues", 0), "ipis": t.get("ipis", 0), "no_ipi_queued": t.get("no_ipi_queued", 0),
+            "no_ipi_polling": t.get("no_ipi_polling", 0), "cal_interrupts": c.get("cal_interrupts", 0),
+            "reschedule_interrupts": c.get("reschedule_interrupts", 0),
+            "calls_run": c.get("csds_run_in_irq", 0) + c.get("csds_run_elsewhere", 0)}
+
+
+def test_top_counts_what_analyze_counts_in_the_same_window(tmp_path: Path, other_tracer) -> None:
+    """top watches 2 s while the test's workload queues 600 calls on another CPU: its intervals add up to its
+    total, which equals `analyze` of the trace it kept (the compiled engine against top's reference one),
+    and that agrees with /proc/interrupts. The other tracer is undisturbed."""
+    before = state()
+    out = tmp_path / "top.trace.xz"
+    child = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "top", "--duration", "2", "--json", "--senders", "5",
+                              "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _recording(child.pid, child)
+    subprocess.run(WORKLOAD, check=True)
+    stdout, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    other_tracer.check_undisturbed(before)
+    *intervals, last = [json.loads(line) for line in stdout.splitlines()]
+    assert len(intervals) >= 2 and "total" in last
+    total = last["total"]
+    for cpu in intervals[0]["cpus"]:
+        summed = {k: sum(iv["cpus"][cpu][k] for iv in intervals) for k in intervals[0]["cpus"][cpu]}
+        assert summed == _targets(total, cpu), cpu
+    assert total["by_callsite"]["generic_exec_single"]["enqueues"] >= 600  # the workload's calls
+
+    r = json.loads(ipilab("analyze", "--json", "--top", "5", str(out)).stdout)
+    assert r["warnings"] == [] and r["bad_lines"] == 0
+    for key in COUNTS:
+        assert json.dumps(r[key], sort_keys=True) == json.dumps(total[key], sort_keys=True), key
+    rec = r["reconciliation"]
+    assert rec is not None and rec["lost_events"] == 0
+    for row in ("CAL", "RES"):
+        proc_n, trace_n = rec["rows"][row]["proc_interrupts"], rec["rows"][row]["trace"]
+        assert 0 <= proc_n - trace_n <= max(10, proc_n // 20), (row, proc_n, trace_n)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 0), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_top_stops_on_a_signal_and_removes_its_instance(tmp_path: Path, other_tracer, sig: int, code: int) -> None:
+    """Ctrl-C is how one stops top: exit 0 with its summary and the trace kept; SIGTERM ends it too (143).
+    With --cpus it shows that CPU alone."""
+    before = state()
+    there = str(sorted(os.sched_getaffinity(0))[1])
+    out = tmp_path / "top.trace"
+    child = subprocess.Popen([sys.executable, "-m", "ipilab.cli", "top", "--json", "--cpus", there, "-o", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    _recording(child.pid, child)
+    time.sleep(1.2)  # past its first refresh
+    child.send_signal(sig)
+    stdout, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
+    assert "Traceback" not in err and out.exists()
+    other_tracer.check_undisturbed(before)
+    if code == 0:
+        *intervals, last = [json.loads(line) for line in stdout.splitlines()]
+        assert intervals and all(list(iv["cpus"]) == [there] for iv in intervals)
+        assert last["total"]["cpus"] == [int(there)]
+    else:
+        assert "stopped by SIGTERM" in err and "instance is removed" in err
+
+
+def test_top_with_a_bad_cpu_list_is_one_line() -> None:
+    assert_user_error(ipilab("top", "--cpus", "x-y"), "--cpus")

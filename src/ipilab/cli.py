@@ -13,6 +13,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,7 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import counts_table, print_audit, print_replay
+from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_replay, top_table
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
@@ -41,6 +42,7 @@ from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import CALIBRATE_EVENTS, EVENT_SETS, CaptureError, Stopped, capture
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
+from ipilab.trace.top import TOP_DOCS, top
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
@@ -287,6 +289,83 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
 
 
 capture_cmd.name = "capture"
+
+
+@main.command("top")
+@click.option("--cpus", "cpus_text", metavar="LIST",
+              help="Only calls to these target CPUs (a cpulist such as 2-3,6): watch isolated CPUs.")
+@click.option("--duration", type=click.FloatRange(0.1, 86400), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object a line per interval, then one with the whole window's audit (as analyze's).")
+@click.option("--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep what it saw as a trace `analyze` reads (.xz, .gz or .zst compress it), with its sidecar.")
+@click.option("--senders", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Top senders (task and callsite) shown per target CPU.")
+def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_json: bool, out: Path | None,
+            senders: int) -> None:
+    """A live per-CPU view of the cross-CPU calls and IPIs each CPU receives (root), refreshed every second.
+
+    Per target CPU, over the last interval: calls queued on it, the function-call IPIs they needed, the
+    calls that needed none (its queue already waited for an IPI, or it was polling idle), the function-call
+    and reschedule interrupts it took, the calls it ran; and its top senders (task and callsite) since the
+    start. It records into a tracefs instance of its own (another tracer is not disturbed) and counts with
+    analyze's audit; Ctrl-C stops it (exit 0), and Ctrl-C, SIGTERM or any error removes the instance.
+    `-o run.trace` keeps every event it read: `ipilab analyze run.trace` then counts the same.
+    """
+    cpus = None
+    if cpus_text is not None:
+        try:
+            cpus = set(parse_cpulist(cpus_text, 1 << 16, "--cpus"))
+        except WorkloadError:
+            fail(f"--cpus: {cpus_text!r} is not a CPU list like 0-3,8")
+    if out is not None and not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    console = Console(highlight=False)
+    live = None
+
+    def show(iv: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(iv.as_json()))
+            sys.stdout.flush()
+        elif live is not None:
+            live.update(top_table(iv, senders), refresh=True)
+        else:
+            console.print(top_table(iv, senders))
+
+    try:
+        if not as_json and console.is_terminal:
+            with Live(console=console, auto_refresh=False, transient=False) as live:
+                result = top(interval, duration, cpus, out, show, senders)
+        else:
+            result = top(interval, duration, cpus, out, show, senders)
+    except CaptureError as e:
+        fail(str(e))
+    except Stopped as e:
+        click.echo(f"ipilab: stopped by {e}; the tracefs instance is removed", err=True)
+        sys.exit(128 + e.signum)
+    for name in result.stale_removed:
+        click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
+    for w in result.stats.warnings:
+        click.echo(f"ipilab: warning: {w}", err=True)
+    if result.lost:
+        click.echo(f"ipilab: warning: {result.lost:,} events were lost (ring buffer overrun); the counts miss them",
+                   err=True)
+    r = result.total
+    if as_json:
+        click.echo(json.dumps({"total": r, "seconds": round(result.seconds, 3), "lost_events": result.lost,
+                               "trace": str(result.trace) if result.trace else None, "docs": TOP_DOCS}))
+    else:
+        console.print(f"watched {result.seconds:.1f} s: {r['csd_enqueues']:,} calls queued, {r['csd_ipis']:,} "
+                      f"function-call IPIs, {r['csd_no_ipi_queued']:,} + {r['csd_no_ipi_polling']:,} calls needed "
+                      f"none (queue waiting + polling), {r['cal_interrupts']:,} CAL and "
+                      f"{r['reschedule_interrupts']:,} RES interrupts"
+                      + (f" on CPUs {cpus_text}" if cpus_text else ""))
+        console.print("columns: " + "; ".join(f"{name}: {TOP_DOCS[k]}" for k, name in TOP_COLUMNS))
+    if result.trace is not None:
+        click.echo(f"wrote {result.trace} and {result.sidecar}: ipilab analyze {result.trace}", err=True)
 
 
 @main.command()

@@ -223,7 +223,7 @@ def _write_append(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _copy_out(src: Path, path: Path) -> None:
+def copy_out(src: Path, path: Path) -> None:
     """Copy `src` to `path` (compressed by its suffix), atomically: all of it or nothing."""
     with published(path) as tmp, open(tmp, "wb") as raw, open(src, "rb") as text:
         if path.suffix == ".xz":
@@ -319,20 +319,56 @@ def capture(out: Path, command: list[str] | None, duration: float | None, events
         raise CaptureError(f"tracefs: {e.filename or ''}: {e.strerror}") from None
 
 
+class Recording:
+    """One recording in an instance of our own: the events switched on, /proc/interrupts and the overruns
+    read around tracing_on, and the sidecar that says what was recorded where."""
+
+    def __init__(self, inst: Path, events: tuple[str, ...], buffer_kb: int) -> None:
+        self.inst = inst
+        self.enabled, self.missing = enable_events(inst, events)
+        if not any(e.startswith("csd:") for e in self.enabled):
+            raise CaptureError("this kernel has no csd tracepoints (they came in Linux 6.3): nothing to audit")
+        _write(inst / "buffer_size_kb", str(buffer_kb))
+        _write(inst / "trace", "")
+        self.before: dict[str, str] = {}
+        self.after: dict[str, str] = {}
+        self.lost = 0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        # Taken after the events are on: switching a tracepoint on patches kernel text, which interrupts every
+        # other CPU (do_sync_core); those interrupts belong before the first snapshot, not in the trace.
+        self.before = interrupt_rows()
+        self._lost_before = overruns(self.inst)
+        self._t0 = time.monotonic()
+        _write(self.inst / "tracing_on", "1")
+
+    def stop(self) -> None:
+        _write(self.inst / "tracing_on", "0")
+        self.seconds = time.monotonic() - self._t0
+        self.after = interrupt_rows()
+        self.lost = overruns(self.inst) - self._lost_before
+
+    def write_sidecar(self, out: Path, what: str) -> Path:
+        """The sidecar of trace `out`, atomically; `what` says what was recorded (the command line)."""
+        side = sidecar_for(out)
+        facts = machine_facts(trace_clock=current_trace_clock(self.inst), events=tuple(self.enabled),
+                              events_missing=tuple(self.missing))
+        lines = [f"# command: {what}", f"# seconds: {self.seconds:.3f}", f"# tracefs instance: {self.inst.name}",
+                 *facts.meta_lines(), "# before:"]
+        lines += [f"#   {self.before[r]}" for r in ROWS if r in self.before]
+        lines += ["# after:"] + [f"#   {self.after[r]}" for r in ROWS if r in self.after]
+        lines += [f"# lost: overrun: {self.lost}"]
+        with published(side) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        return side
+
+
 def _record(inst: Path, out: Path, command: list[str] | None, duration: float | None, events: tuple[str, ...],
             buffer_kb: int) -> CaptureResult:
-    enabled, missing = enable_events(inst, events)
-    if not any(e.startswith("csd:") for e in enabled):
-        raise CaptureError("this kernel has no csd tracepoints (they came in Linux 6.3): nothing to audit")
-    _write(inst / "buffer_size_kb", str(buffer_kb))
-    _write(inst / "trace", "")
-    # Taken after the events are on: switching a tracepoint on patches kernel text, which interrupts every
-    # other CPU (do_sync_core); those interrupts belong before the first snapshot, not in the trace.
-    before = interrupt_rows()
-    lost_before = overruns(inst)
-    t0 = time.monotonic()
+    rec = Recording(inst, events, buffer_kb)
     returncode = None
-    _write(inst / "tracing_on", "1")
+    rec.start()
     try:
         if command:
             try:
@@ -342,20 +378,8 @@ def _record(inst: Path, out: Path, command: list[str] | None, duration: float | 
         else:
             time.sleep(duration or 0)
     finally:
-        _write(inst / "tracing_on", "0")
-        seconds = time.monotonic() - t0
-        after = interrupt_rows()
-        lost = overruns(inst) - lost_before
-        _copy_out(inst / "trace", out)
-        side = sidecar_for(out)
+        rec.stop()
+        copy_out(inst / "trace", out)
         what = shlex.join(command).replace("\n", "\\n") if command else f"--duration {duration:g}"
-        facts = machine_facts(trace_clock=current_trace_clock(inst), events=tuple(enabled),
-                              events_missing=tuple(missing))
-        lines = [f"# command: {what}", f"# seconds: {seconds:.3f}", f"# tracefs instance: {inst.name}",
-                 *facts.meta_lines(), "# before:"]
-        lines += [f"#   {before[r]}" for r in ROWS if r in before]
-        lines += ["# after:"] + [f"#   {after[r]}" for r in ROWS if r in after]
-        lines += [f"# lost: overrun: {lost}"]
-        with published(side) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
-    return CaptureResult(out, side, returncode, lost, enabled, missing, seconds)
+        side = rec.write_sidecar(out, what)
+    return CaptureResult(out, side, returncode, rec.lost, rec.enabled, rec.missing, rec.seconds)

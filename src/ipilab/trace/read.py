@@ -18,7 +18,7 @@ import io
 import lzma
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -248,7 +248,6 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             raise TraceFormatError(f"{path}: not an ftrace, perf script or trace-cmd report text; it starts "
                                    f"{first.strip()[:60]!r}")
         stats.format = fmt
-        regex = LINE_RE[fmt]
         lineno = 0
 
         def lines() -> Iterator[str]:
@@ -260,28 +259,38 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
 
         for line in lines():
             lineno += 1
-            if not line.strip() or line.startswith("#") or (lineno == 1 and line.startswith("cpus=")):
-                continue
-            stats.lines += 1
-            if not line.endswith("\n"):
-                stats.warn(TraceWarning(str(path), lineno, "last line is cut short (no newline)"))
-                continue
-            m = regex.match(line)
-            if m is None:
-                stats.warn(TraceWarning(str(path), lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
-                continue
-            name = event_name(m)
-            if name not in known:
-                stats.other_events[name] = stats.other_events.get(name, 0) + 1
-                continue
-            try:
-                fields = parse_fields(name, m["rest"])
-            except ValueError as e:
-                stats.warn(TraceWarning(str(path), lineno, f"{name}: {e}"))
-                continue
-            frac = m["frac"]
-            ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
-            flags = m["flags"] if fmt == "ftrace" else ""
-            stats.events += 1
-            stats.lineno = lineno
-            yield Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), flags, fields)
+            ev = event_of_line(line, lineno, fmt, known, stats, str(path))
+            if ev is not None:
+                yield ev
+
+
+def event_of_line(line: str, lineno: int, fmt: str, known: Collection[str], stats: ReadStats,
+                  where: str) -> Event | None:
+    """The event of line `lineno` of a trace in format `fmt` if it is one of the `known` tracepoints'; None
+    for anything else, which `stats` counts (another tracepoint's event) or warns of (a bad line, named
+    `where:lineno`). Comments, blank lines and trace-cmd's first `cpus=` line are not counted as lines."""
+    if not line.strip() or line.startswith("#") or (lineno == 1 and line.startswith("cpus=")):
+        return None
+    stats.lines += 1
+    if not line.endswith("\n"):
+        stats.warn(TraceWarning(where, lineno, "last line is cut short (no newline)"))
+        return None
+    m = LINE_RE[fmt].match(line)
+    if m is None:
+        stats.warn(TraceWarning(where, lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
+        return None
+    name = event_name(m)
+    if name not in known:
+        stats.other_events[name] = stats.other_events.get(name, 0) + 1
+        return None
+    try:
+        fields = parse_fields(name, m["rest"])
+    except ValueError as e:
+        stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
+        return None
+    frac = m["frac"]
+    ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+    flags = m["flags"] if fmt == "ftrace" else ""
+    stats.events += 1
+    stats.lineno = lineno
+    return Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), flags, fields)
