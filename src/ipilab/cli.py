@@ -236,7 +236,8 @@ def print_result(r: dict[str, Any]) -> None:
               help="Record this many seconds instead of running a command.")
 @click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="calibrate", show_default=True,
               help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll; calibrate: "
-                   "also the timer tick, user page faults and madvise, where the kernel has them.")
+                   "also the timer tick, user page faults and madvise, where the kernel has them (page faults "
+                   "can fill the buffer on a long run: watch for the lost-events warning, or use replay).")
 @click.option("--buffer-kb", type=click.IntRange(64, 4 << 20), default=16384, show_default=True,
               help="Ring buffer per CPU of the capture's own tracefs instance.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -81,10 +81,6 @@ class CaptureResult:
     stale_removed: list[str] = field(default_factory=list)  # instances left by captures that were killed
 
 
-def _read(path: Path) -> str:
-    return path.read_text()
-
-
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
