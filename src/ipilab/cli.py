@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -347,6 +348,9 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
     except Stopped as e:
         click.echo(f"ipilab: stopped by {e}; the tracefs instance is removed", err=True)
         sys.exit(128 + e.signum)
+    except BrokenPipeError:  # whoever read our output is gone (`ipilab top --json | head -3`): so are we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     for name in result.stale_removed:
         click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
     for w in result.stats.warnings:

@@ -23,6 +23,7 @@ from ipilab.events import FORMATS
 from ipilab.trace.capture import (
     EVENT_SETS,
     TRACEFS,
+    CaptureError,
     Recording,
     copy_out,
     machine_facts,
@@ -129,7 +130,18 @@ def top(interval: float = 1.0, duration: float | None = None, cpus: set[int] | N
         out: Path | None = None, on_interval: Callable[[Interval], None] | None = None, senders: int = 3,
         buffer_kb: int = 8192, root: Path = TRACEFS) -> TopResult:
     """Watch until `duration` seconds have passed (or Ctrl-C), calling `on_interval` every `interval` seconds;
-    see the module doc. Errors are CaptureError (one line); SIGTERM and SIGHUP raise Stopped."""
+    see the module doc. Errors are CaptureError (one line); SIGTERM and SIGHUP raise Stopped; what
+    `on_interval` raises (a closed stdout's BrokenPipeError) ends it too, the instance removed."""
+    try:
+        return _watch(interval, duration, cpus, out, on_interval, senders, buffer_kb, root)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise CaptureError(f"tracefs: {e.filename or ''}: {e.strerror}") from None
+
+
+def _watch(interval: float, duration: float | None, cpus: set[int] | None, out: Path | None,
+           on_interval: Callable[[Interval], None] | None, senders: int, buffer_kb: int, root: Path) -> TopResult:
     shown = sorted(cpus) if cpus is not None else online_cpus()
     with stop_signals_raise(), tracefs_mounted(root) as t:
         stale = remove_stale_instances(t)
