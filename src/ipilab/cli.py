@@ -60,6 +60,12 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def note_stale(instances: list[Path]) -> None:
+    for inst in instances:
+        click.echo(f"ipilab: note: the tracefs instance {inst} belongs to no process here (a capture killed with "
+                   f"SIGKILL, or one in another PID namespace); if it is a leftover, free it: rmdir {inst}", err=True)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -270,8 +276,7 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
         click.echo(f"ipilab: stopped by {e}; what was recorded is in {out}; the tracefs instance is removed",
                    err=True)
         sys.exit(128 + e.signum)
-    for name in result.stale_removed:
-        click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
+    note_stale(result.stale)
     for event in result.events_missing:
         if event in CALIBRATE_EVENTS:
             click.echo(f"ipilab: note: this kernel has no {event} event; recorded without it (noted in "
@@ -351,8 +356,7 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
     except BrokenPipeError:  # whoever read our output is gone (`ipilab top --json | head -3`): so are we
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    for name in result.stale_removed:
-        click.echo(f"ipilab: removed the tracefs instance {name}, left by a capture that was killed", err=True)
+    note_stale(result.stale)
     for w in result.stats.warnings:
         click.echo(f"ipilab: warning: {w}", err=True)
     if result.lost:

@@ -78,7 +78,7 @@ class CaptureResult:
     events_enabled: list[str]
     events_missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    stale_removed: list[str] = field(default_factory=list)  # instances left by captures that were killed
+    stale: list[Path] = field(default_factory=list)  # ipilab instances of no process here (stale_instances)
 
 
 def _write(path: Path, value: str) -> None:
@@ -158,19 +158,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_instances(root: Path) -> list[str]:
-    """Remove the instances of earlier captures whose process is gone (killed with SIGKILL, which no
-    clean-up survives); a live capture's instance is left alone."""
-    removed = []
+def stale_instances(root: Path) -> list[Path]:
+    """ipilab instances whose process does not run here: left by a capture killed with SIGKILL (which no
+    clean-up survives), or made by one in another PID namespace sharing this tracefs. Which, we cannot tell,
+    so they are reported and never removed: removing another's would be the disturbance we avoid."""
+    out = []
     for inst in sorted((root / "instances").glob(INSTANCE_PREFIX + "*")):
         pid = inst.name[len(INSTANCE_PREFIX):]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            try:
-                inst.rmdir()
-                removed.append(inst.name)
-            except OSError:  # someone holds it open: theirs to close
-                pass
-    return removed
+            out.append(inst)
+    return out
 
 
 @contextmanager
@@ -306,10 +303,10 @@ def capture(out: Path, command: list[str] | None, duration: float | None, events
         raise CaptureError(f"--events: unknown set {events!r}; known: {', '.join(EVENT_SETS)}")
     try:
         with stop_signals_raise(), tracefs_mounted(root) as t:
-            stale = remove_stale_instances(t)
+            stale = stale_instances(t)
             with own_instance(t) as inst:
                 result = _record(inst, out, command, duration, EVENT_SETS[events], buffer_kb)
-            result.stale_removed = stale
+            result.stale = stale
             return result
     except OSError as e:
         raise CaptureError(f"tracefs: {e.filename or ''}: {e.strerror}") from None

@@ -29,7 +29,7 @@ from ipilab.trace.capture import (
     machine_facts,
     overruns,
     own_instance,
-    remove_stale_instances,
+    stale_instances,
     stop_signals_raise,
     tracefs_mounted,
 )
@@ -75,7 +75,7 @@ class TopResult:
     stats: ReadStats
     trace: Path | None = None
     sidecar: Path | None = None
-    stale_removed: list[str] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
     events_missing: list[str] = field(default_factory=list)
 
 
@@ -144,7 +144,7 @@ def _watch(interval: float, duration: float | None, cpus: set[int] | None, out: 
            on_interval: Callable[[Interval], None] | None, senders: int, buffer_kb: int, root: Path) -> TopResult:
     shown = sorted(cpus) if cpus is not None else online_cpus()
     with stop_signals_raise(), tracefs_mounted(root) as t:
-        stale = remove_stale_instances(t)
+        stale = stale_instances(t)
         with own_instance(t) as inst:
             rec = Recording(inst, EVENT_SETS["ipi"], buffer_kb)
             audit = Audit(cpus)
