@@ -357,6 +357,8 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     note_stale(result.stale)
+    for event in result.events_missing:
+        click.echo(f"ipilab: warning: this kernel has no {event} event; watched without it", err=True)
     for w in result.stats.warnings:
         click.echo(f"ipilab: warning: {w}", err=True)
     if result.lost:
