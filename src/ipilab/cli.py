@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +28,7 @@ from rich.table import Table
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.plots import plot_seed
-from ipilab.analysis.render import counts_table, print_audit, print_calibration, print_replay
+from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_calibration, print_replay, top_table
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
@@ -42,9 +44,10 @@ from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
-from ipilab.trace.capture import EVENT_SETS, CaptureError, capture
+from ipilab.trace.capture import CALIBRATE_EVENTS, EVENT_SETS, CaptureError, Stopped, capture
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
+from ipilab.trace.top import TOP_DOCS, top
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
@@ -59,6 +62,12 @@ def fail(message: str) -> None:
     """A user error: one line on stderr, exit code 2, no traceback."""
     click.echo(f"ipilab: error: {message}", err=True)
     sys.exit(2)
+
+
+def note_stale(instances: list[Path]) -> None:
+    for inst in instances:
+        click.echo(f"ipilab: note: the tracefs instance {inst} belongs to no process here (a capture killed with "
+                   f"SIGKILL, or one in another PID namespace); if it is a leftover, free it: rmdir {inst}", err=True)
 
 
 def emit_json(data: Any) -> None:
@@ -243,19 +252,25 @@ def print_result(r: dict[str, Any]) -> None:
               help="Trace file to write (.xz, .gz or .zst compress it); NAME.meta beside it gets the sidecar.")
 @click.option("--duration", type=click.FloatRange(0, 86400), default=None,
               help="Record this many seconds instead of running a command.")
-@click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="replay", show_default=True,
-              help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll.")
+@click.option("--events", type=click.Choice(sorted(EVENT_SETS)), default="calibrate", show_default=True,
+              help="ipi: calls, IPIs and handlers; replay: also sched_switch, cpu_idle and halt-poll; calibrate: "
+                   "also the timer tick, user page faults and madvise, where the kernel has them (page faults "
+                   "can fill the buffer on a long run: watch for the lost-events warning, or use replay).")
 @click.option("--buffer-kb", type=click.IntRange(64, 4 << 20), default=16384, show_default=True,
-              help="Ring buffer per CPU while recording (restored afterwards).")
+              help="Ring buffer per CPU of the capture's own tracefs instance.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, command: tuple[str, ...]) -> None:
     """Record the cross-call and IPI tracepoints while COMMAND runs (root): `ipilab capture -o run.trace --
     make -j2`.
 
-    Mounts tracefs if needed, enables the events, runs the command (or waits --duration seconds), and
-    writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
-    and the ring buffer's overruns. tracefs is left as it was found (events, buffer size, tracer,
-    tracing_on), also when the command fails or on Ctrl-C. Then: `ipilab analyze run.trace`.
+    Records into a tracefs instance of its own (instances/ipilab-PID), so the global trace buffer, its
+    events, tracer, buffer size and tracing_on, which another tracer may be using, are never touched.
+    Mounts tracefs if needed, enables the events there, runs the command (or waits --duration seconds),
+    and writes the trace plus a sidecar with the CAL, RES and TLB rows of /proc/interrupts before and after
+    and the ring buffer's overruns, and the machine a calibration needs (sockets, cores, SMT siblings and
+    NUMA node of each CPU, kernel, cmdline, cpuidle driver, clocksource, trace clock, events missing).
+    The instance is removed however capture ends: the command fails, Ctrl-C, SIGTERM, SIGHUP, an error.
+    Then: `ipilab analyze run.trace`.
     """
     if bool(command) == (duration is not None):
         fail("give either a command after -- or --duration, not both or neither")
@@ -266,20 +281,113 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
     except CaptureError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        click.echo(f"ipilab: interrupted; what was recorded is in {out}; tracefs is restored", err=True)
+        click.echo(f"ipilab: interrupted; what was recorded is in {out}; the tracefs instance is removed", err=True)
         sys.exit(130)
+    except Stopped as e:
+        click.echo(f"ipilab: stopped by {e}; what was recorded is in {out}; the tracefs instance is removed",
+                   err=True)
+        sys.exit(128 + e.signum)
+    note_stale(result.stale)
     for event in result.events_missing:
-        click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
+        if event in CALIBRATE_EVENTS:
+            click.echo(f"ipilab: note: this kernel has no {event} event; recorded without it (noted in "
+                       f"{result.sidecar.name})", err=True)
+        else:
+            click.echo(f"ipilab: warning: this kernel has no {event} event; recorded without it", err=True)
     if result.lost:
         click.echo(f"ipilab: warning: {result.lost:,} events were lost (ring buffer overrun): raise --buffer-kb",
                    err=True)
     click.echo(f"wrote {result.trace} and {result.sidecar} ({result.seconds:.2f} s recorded)", err=True)
     if result.returncode:
+        if result.returncode < 0:  # killed by a signal: the shell's convention
+            click.echo(f"ipilab: the command was killed by signal {-result.returncode}", err=True)
+            sys.exit(128 - result.returncode)
         click.echo(f"ipilab: the command exited with status {result.returncode}", err=True)
         sys.exit(result.returncode)
 
 
 capture_cmd.name = "capture"
+
+
+@main.command("top")
+@click.option("--cpus", "cpus_text", metavar="LIST",
+              help="Only calls to these target CPUs (a cpulist such as 2-3,6): watch isolated CPUs.")
+@click.option("--duration", type=click.FloatRange(0.1, 86400), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object a line per interval, then one with the whole window's audit (as analyze's).")
+@click.option("--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep what it saw as a trace `analyze` reads (.xz, .gz or .zst compress it), with its sidecar.")
+@click.option("--senders", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Top senders (task and callsite) shown per target CPU.")
+def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_json: bool, out: Path | None,
+            senders: int) -> None:
+    """A live per-CPU view of the cross-CPU calls and IPIs each CPU receives (root), refreshed every second.
+
+    Per target CPU, over the last interval: calls queued on it, the function-call IPIs they needed, the
+    calls that needed none (its queue already waited for an IPI, or it was polling idle), the function-call
+    and reschedule interrupts it took, the calls it ran; and its top senders (task and callsite) since the
+    start. It records into a tracefs instance of its own (another tracer is not disturbed) and counts with
+    analyze's audit; Ctrl-C stops it (exit 0), and Ctrl-C, SIGTERM or any error removes the instance.
+    `-o run.trace` keeps every event it read: `ipilab analyze run.trace` then counts the same.
+    """
+    cpus = None
+    if cpus_text is not None:
+        try:
+            cpus = set(parse_cpulist(cpus_text, 1 << 16, "--cpus"))
+        except WorkloadError:
+            fail(f"--cpus: {cpus_text!r} is not a CPU list like 0-3,8")
+    if out is not None and not out.resolve().parent.is_dir():
+        fail(f"--output: folder {out.parent} does not exist")
+    console = Console(highlight=False)
+    live = None
+
+    def show(iv: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(iv.as_json()))
+            sys.stdout.flush()
+        elif live is not None:
+            live.update(top_table(iv, senders), refresh=True)
+        else:
+            console.print(top_table(iv, senders))
+
+    try:
+        if not as_json and console.is_terminal:
+            with Live(console=console, auto_refresh=False, transient=False) as live:
+                result = top(interval, duration, cpus, out, show, senders)
+        else:
+            result = top(interval, duration, cpus, out, show, senders)
+    except CaptureError as e:
+        fail(str(e))
+    except Stopped as e:
+        click.echo(f"ipilab: stopped by {e}; the tracefs instance is removed", err=True)
+        sys.exit(128 + e.signum)
+    except BrokenPipeError:  # whoever read our output is gone (`ipilab top --json | head -3`): so are we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    note_stale(result.stale)
+    for event in result.events_missing:
+        click.echo(f"ipilab: warning: this kernel has no {event} event; watched without it", err=True)
+    for w in result.stats.warnings:
+        click.echo(f"ipilab: warning: {w}", err=True)
+    if result.lost:
+        click.echo(f"ipilab: warning: {result.lost:,} events were lost (ring buffer overrun); the counts miss them",
+                   err=True)
+    r = result.total
+    if as_json:
+        click.echo(json.dumps({"total": r, "seconds": round(result.seconds, 3), "lost_events": result.lost,
+                               "trace": str(result.trace) if result.trace else None, "docs": TOP_DOCS}))
+    else:
+        console.print(f"watched {result.seconds:.1f} s: {r['csd_enqueues']:,} calls queued, {r['csd_ipis']:,} "
+                      f"function-call IPIs, {r['csd_no_ipi_queued']:,} + {r['csd_no_ipi_polling']:,} calls needed "
+                      f"none (queue waiting + polling), {r['cal_interrupts']:,} CAL and "
+                      f"{r['reschedule_interrupts']:,} RES interrupts"
+                      + (f" on CPUs {cpus_text}" if cpus_text else ""))
+        console.print("columns: " + "; ".join(f"{name}: {TOP_DOCS[k]}" for k, name in TOP_COLUMNS))
+    if result.trace is not None:
+        click.echo(f"wrote {result.trace} and {result.sidecar}: ipilab analyze {result.trace}", err=True)
 
 
 @main.command()
@@ -434,8 +542,8 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
     flushed its queue; the kernel model decides, per call, IPI or no IPI (queue already waiting, or target
     polling idle) and which IPIs become interrupts. A trace with ipi_send_* events is also compared, call
     by call, with what its own kernel did. Works without those events (decisions are predicted from the
-    rest); reads the same formats as `analyze`. Capture with `ipilab capture --events replay` to include
-    sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
+    rest); reads the same formats as `analyze`. `ipilab capture` (its default event set, or `--events
+    replay`) includes sched_switch, cpu_idle and guest_halt_poll_ns, which tell when targets were polling.
     """
     if not trace.exists():
         fail(f"{trace}: no such file")

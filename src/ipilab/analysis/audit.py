@@ -266,19 +266,20 @@ class Audit:
     # --- the result ------------------------------------------------------------------------------------
 
     def result(self, top: int = 5) -> dict[str, Any]:
-        for ctx in list(self._waiting):
-            waiting = self._waiting.pop(ctx)
-            for q in waiting:
-                if q.decision is None and self._wanted(q.target):
-                    self.counts["csds_undecided"] += 1
-        c = self.counts
+        """What the events so far show, the calls still awaiting their sender's decision as undecided. It
+        changes nothing: feeding may go on (`ipilab top` reads it every second)."""
+        c = Counter(self.counts)
+        c["csds_undecided"] += sum(1 for waiting in self._waiting.values() for q in waiting
+                                   if q.decision is None and self._wanted(q.target))
+        by = {g: {name: t.as_dict() for name, t in sorted(tallies.items(), key=lambda kv: -kv[1].enqueues)}
+              for g, tallies in self.groups.items()}
         if not self.saw_sends:
             # Without any send event the decisions are unknown, not "queued behind".
             c["csds_undecided"] += c["csd_no_ipi_queued"]
             c["csd_no_ipi_queued"] = 0
-            for tallies in self.groups.values():
+            for tallies in by.values():
                 for t in tallies.values():
-                    t.no_ipi_queued = 0
+                    t["no_ipi_queued"] = 0
         keys = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling",
                 "csds_undecided", "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts",
                 "csds_run_in_irq", "csds_run_elsewhere", "tlb_flushes_received")
@@ -286,8 +287,7 @@ class Audit:
         out["csds_per_interrupt"] = c["csds_run_in_irq"] / c["cal_interrupts"] if c["cal_interrupts"] else None
         out["decisions_known"] = self.saw_sends
         out["duration_ns"] = (self.last_ts - self.first_ts) if self.first_ts is not None else 0
-        out["by"] = {g: {name: t.as_dict() for name, t in sorted(tallies.items(), key=lambda kv: -kv[1].enqueues)}
-                     for g, tallies in self.groups.items()}
+        out["by"] = by
         out["by_callsite"] = out["by"]["callsite"]
         out["per_cpu"] = {str(cpu): dict(sorted(v.items())) for cpu, v in sorted(self.per_cpu.items())}
         out["top_senders"] = {
@@ -362,9 +362,11 @@ def reconcile(audit: dict[str, Any], side: Sidecar) -> dict[str, Any]:
                      "per_cpu_trace": traced, "trace_counts": key}
     return {"sidecar": str(side.path), "lost_events": side.lost, "rows": rows,
             "why_they_differ": "the /proc/interrupts snapshots bracket the capture: interrupts between a snapshot "
-                               "and the start or end of tracing count there and not in the trace; lost events "
-                               "(ring-buffer overruns) are missing from the trace; the TLB row also counts remote "
-                               "flushes done by paths other than flush_tlb_func"}
+                               "and the start or end of tracing count there and not in the trace; a trace that "
+                               "began before the first snapshot counts more than /proc (the QEMU harness's traces "
+                               "begin while it switched tracepoints on, each switch interrupting every other CPU); "
+                               "lost events (ring-buffer overruns) are missing from the trace; the TLB row also "
+                               "counts remote flushes done by paths other than flush_tlb_func"}
 
 
 class ParquetEvents(PublishOnExit):

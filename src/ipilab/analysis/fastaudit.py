@@ -29,6 +29,7 @@ from ipilab.trace.read import (
     binary_format,
     decompressed,
     detect_format,
+    event_name,
 )
 
 # Counter slots.
@@ -513,7 +514,7 @@ def _why_bad(line: str) -> str | None:
     m = FTRACE.match(line)
     if m is None:
         return f"not a ftrace event line: {line.strip()[:60]!r}"
-    if m["name"] not in FORMATS:
+    if event_name(m) not in FORMATS:
         return None
     try:
         parse_fields(m["name"], m["rest"])
@@ -529,7 +530,7 @@ def _line_field(data: bytes, starts: np.ndarray, r: int, what: str) -> str:
     if m is None:
         return "?"
     if what == "name":
-        return m["name"]
+        return event_name(m)
     if what == "task":
         return m["task"].strip()
     field = re_field(m["rest"], what)

@@ -172,5 +172,26 @@ def print_calibration(cal: Any, console: Console) -> None:
         console.print(f"missing time (a busy CPU's events paused for longer than {gone['threshold_ns']:,} ns, "
                       f"{gone['count']:,} times, {gone['per_cpu_second']} per CPU-second; p50 {gone['p50_ns']:,} "
                       f"ns, p90 {gone['p90_ns']:,} ns, p99 {gone['p99_ns']:,} ns; "
-                      f"{100 * gone['share_of_busy_time']:.1f}% of busy time): written as a comment, the "
-                      "simulator does not use it yet", highlight=False)
+                      f"{100 * gone['share_of_busy_time']:.1f}% of busy time): "
+                      + ("modelled as background.vcpu_preemption" if gone.get("used") else
+                         "written as a comment (see --vcpu-preemption)"), highlight=False)
+
+
+TOP_COLUMNS = (("queued", "calls queued"), ("ipis", "IPIs"), ("no_ipi_queued", "no IPI: queue waiting"),
+               ("no_ipi_polling", "no IPI: polling"), ("cal_interrupts", "CAL irqs"),
+               ("reschedule_interrupts", "RES irqs"), ("calls_run", "calls run"))
+
+
+def top_table(iv: Any, senders: int) -> Table:
+    """`ipilab top`'s view of one interval (an ipilab.trace.top.Interval)."""
+    t = Table(title=f"ipilab top: {iv.seconds:.0f} s; counts over the last {iv.length:.1f} s per CPU as the "
+              f"target; senders (task callsite: calls queued) since the start; lost events: {iv.lost:,}",
+              title_justify="left")
+    t.add_column("cpu", justify="right")
+    for _, name in TOP_COLUMNS:
+        t.add_column(name, justify="right")
+    t.add_column(f"top {senders} senders")
+    for cpu, counts in iv.cpus.items():
+        who = "; ".join(f"{s['task']} {s['callsite']}: {s['enqueues']:,}" for s in iv.top_senders[cpu][:senders])
+        t.add_row(str(cpu), *(f"{counts[k]:,}" for k, _ in TOP_COLUMNS), who)
+    return t

@@ -64,7 +64,7 @@ from ipilab.files import published
 from ipilab.machine.costs import CostId
 from ipilab.machine.model import MAX_COST_NS, Background, Cost, Machine
 from ipilab.trace.read import ReadStats, read_trace
-from ipilab.trace.sidecar import CaptureInfo, read_capture_info, sidecar_for
+from ipilab.trace.sidecar import MachineFacts, read_machine_facts, sidecar_for
 
 QUANTILES = 101  # p0, p1, ..., p100
 MIN_SAMPLES = 20  # fewer and the cost comes from --base
@@ -122,7 +122,7 @@ class TraceSamples:
     """What one trace shows, as raw samples (ns)."""
 
     path: Path
-    info: CaptureInfo
+    info: MachineFacts
     ncpus: int = 0
     duration_ns: int = 0
     events: int = 0
@@ -142,9 +142,10 @@ class TraceSamples:
     dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # why samples were left out
 
 
-def _pair_class(info: CaptureInfo, a: int, b: int) -> str:
-    pa, pb = info.cpus.get(a), info.cpus.get(b)
-    if pa is None or pb is None or pa[0] == pb[0]:
+def _pair_class(info: MachineFacts, a: int, b: int) -> str:
+    places = info.by_cpu
+    pa, pb = places.get(a), places.get(b)
+    if pa is None or pb is None or pa.package == pb.package:
         return "same_socket"
     return "cross_socket"
 
@@ -153,7 +154,7 @@ def sample_trace(path: Path, stats: ReadStats | None = None,
                  progress: Callable[[int, int], None] | None = None) -> TraceSamples:
     """Read `path` once and collect every estimator's samples (see the module doc); `progress(bytes_read,
     bytes_total)` is called every so often."""
-    info = read_capture_info(sidecar_for(path))
+    info = read_machine_facts(sidecar_for(path)) or MachineFacts()
     out = TraceSamples(path, info)
     stats = stats if stats is not None else ReadStats()
     pid: dict[int, int] = {}
@@ -378,9 +379,9 @@ def _flush_kind(s: TraceSamples, override: str | None) -> str | None:
     return next((kind for word, kind in FLUSH_KIND_BY_COMMAND if word in command), None)
 
 
-def _is_kvm(info: CaptureInfo) -> bool | None:
+def _is_kvm(info: MachineFacts) -> bool | None:
     """True if the capture says it ran under KVM, False if it says otherwise, None if it says nothing."""
-    said = " ".join(x for x in (info.machine, info.cmdline, info.clocksource, info.cpuidle) if x)
+    said = " ".join(x for x in (info.machine, info.cmdline, info.clocksource, info.cpuidle_driver) if x)
     if not said:
         return None
     return bool(re.search(r"\bkvm\b|kvm-clock|kvmclock|haltpoll", said, re.I)) and "tcg" not in said.lower()
@@ -588,7 +589,7 @@ def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | 
         missing_time["used"] = True
     header = _header(samples, info, base, missing_time, ncpus, pages_per_range)
     description = (f"calibrated by ipilab calibrate from {', '.join(names)}; base preset {base.name}"
-                   + (f"; kernel {info.uname}" if info.uname else "")
+                   + (f"; kernel {info.kernel}" if info.kernel else "")
                    + (f"; {info.machine}" if info.machine else ""))
     machine = Machine.model_validate({"name": name, "description": description, "topology": topo,
                                       "costs": {k: v.model_dump(exclude_none=True) for k, v in costs.items()},
@@ -597,13 +598,13 @@ def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | 
                        measurements, missing_time, header)
 
 
-def _topology(info: CaptureInfo, ncpus: int, base: Machine) -> tuple[dict[str, Any], str | None]:
+def _topology(info: MachineFacts, ncpus: int, base: Machine) -> tuple[dict[str, Any], str | None]:
     t = base.topology
     topo: dict[str, Any] = {"llc_mb_per_socket": t.llc_mb_per_socket, "cpu_model": info.machine or t.cpu_model}
     note = None
     if info.cpus and len(info.cpus) == ncpus:
-        packages = {p for p, _ in info.cpus.values()}
-        cores = {pc for pc in info.cpus.values()}
+        packages = {c.package for c in info.cpus}
+        cores = {(c.package, c.core) for c in info.cpus}
         threads = ncpus // len(cores) if ncpus % len(cores) == 0 else 0
         per_socket = len(cores) // len(packages) if len(cores) % len(packages) == 0 else 0
         if threads and per_socket and len(packages) * per_socket * threads == ncpus:
@@ -640,13 +641,13 @@ def _missing_time(samples: list[TraceSamples]) -> tuple[dict[str, Any] | None, n
     return out, away
 
 
-def _header(samples: list[TraceSamples], info: CaptureInfo, base: Machine, missing: dict[str, Any] | None,
+def _header(samples: list[TraceSamples], info: MachineFacts, base: Machine, missing: dict[str, Any] | None,
             ncpus: int, pages: int) -> list[str]:
     lines = [f"Calibrated by `ipilab calibrate` from {', '.join(str(s.path) for s in samples)} ({ncpus} CPUs).",
              "Measured costs are empirical distributions (quantiles at p0, p1, ..., p100 of the sample); the",
              f"simulator draws them anew at each use. The rest comes from base preset {base.name}, as each",
              f"source says. Range flushes are taken as {pages} pages each."]
-    for label, value in (("kernel", info.uname), ("cmdline", info.cmdline), ("cpuidle driver", info.cpuidle),
+    for label, value in (("kernel", info.kernel), ("cmdline", info.cmdline), ("cpuidle driver", info.cpuidle_driver),
                          ("clocksource", info.clocksource), ("machine", info.machine), ("workload", info.command)):
         if value:
             lines.append(f"{label}: {value}")

@@ -202,19 +202,27 @@ def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, ta
         while q < e and buf[q] == 32:
             q += 1
         na = q
-        while q < e and buf[q] != 58:
+        while q < e and (buf[q] == 95 or 48 <= buf[q] <= 57 or 65 <= buf[q] <= 90 or 97 <= buf[q] <= 122):
             q += 1
-        if q >= e or q == na:
+        nb = q
+        if q == na or q >= e:
             kind[r] = BAD
             continue
-        nb = q
-        word = True
-        for x in range(na, nb):
-            ch = buf[x]
-            if not (ch == 95 or 48 <= ch <= 57 or 65 <= ch <= 90 or 97 <= ch <= 122):
-                word = False
-        if not word:
-            kind[r] = BAD
+        if buf[q] != 58:  # no ':' after the name: a system call's entry `sys_x(...` or exit `sys_x -> ret`
+            if buf[q] == 40:
+                syscall_end = q + 1
+            elif q + 3 < e and buf[q] == 32 and buf[q + 1] == 45 and buf[q + 2] == 62 and buf[q + 3] == 32:
+                syscall_end = q + 3
+            else:
+                kind[r] = BAD
+                continue
+            cpu[r] = c
+            ts[r] = secs * 1000000000 + frac
+            hirq[r] = h
+            pid[r] = the_pid
+            task[r] = _hash(buf, i, p)
+            kind[r] = OTHER
+            other[r] = _hash(buf, na, syscall_end)  # "sys_x(" or "sys_x ->": entry and exit apart
             continue
         k_found = OTHER
         for k in range(len(_NAME_LENS)):

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,8 +202,11 @@ def printed(path: Path, fmt: BinaryFormat) -> Iterator[BinaryIO]:
 # --- line formats ------------------------------------------------------------------------------------
 
 TS = r"(?P<secs>\d+)\.(?P<frac>\d+)"
+# ftrace prints a system call's events without their names: `sys_madvise(start: 0x7f.., ...)` on entry
+# (syscalls:sys_enter_madvise) and `sys_madvise -> 0x0` on exit; event_name() gives them theirs.
 FTRACE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                    r"(?P<flags>[.a-zA-Z0-9]{4,5})\s+" + TS + r":\s+(?P<name>\w+):\s?(?P<rest>.*)$")
+                    r"(?P<flags>[.a-zA-Z0-9]{4,5})\s+" + TS +
+                    r":\s+(?P<name>\w+)(?::\s?(?P<rest>.*)|(?P<syscall_entry>\().*| -> .*)$")
 # A trace-cmd line of an instance's buffer (`record -B NAME`) starts `NAME: `; a task name is printed right-aligned
 # in 16 columns and is at most 15 characters, so a line without that prefix starts with a space.
 TRACE_CMD = re.compile(r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
@@ -211,6 +214,14 @@ TRACE_CMD = re.compile(r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<task>.+?)-(?P<pid>
 PERF = re.compile(r"^\s*(?P<task>.+?)\s+(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+" + TS +
                   r":\s+(?:\S+\s+)?(?P<system>\w+):(?P<name>\w+):\s*(?P<rest>.*)$")
 LINE_RE = {"ftrace": FTRACE, "trace-cmd": TRACE_CMD, "perf": PERF}
+
+
+def event_name(m: re.Match[str]) -> str:
+    """The tracepoint name of a line matched by one of LINE_RE (a system call's from how ftrace prints it)."""
+    if m["rest"] is not None:
+        return m["name"]
+    call = m["name"].removeprefix("sys_")
+    return f"sys_enter_{call}" if m["syscall_entry"] else f"sys_exit_{call}"
 
 FIELD = re.compile(r"(\w+)=(\([^)]*\)|\S+)")
 
@@ -373,7 +384,6 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
             raise TraceFormatError(f"{path}: not an ftrace, perf script or trace-cmd report text; it starts "
                                    f"{first.strip()[:60]!r}")
         stats.format = fmt
-        regex = LINE_RE[fmt]
         lineno = 0
 
         def lines() -> Iterator[str]:
@@ -385,29 +395,40 @@ def read_trace(path: Path, stats: ReadStats | None = None, idle_events: bool = F
 
         for line in lines():
             lineno += 1
-            if not line.strip() or line.startswith("#") or (lineno == 1 and line.startswith("cpus=")):
-                continue
-            stats.lines += 1
-            if not line.endswith("\n"):
-                stats.warn(TraceWarning(where, lineno, "last line is cut short (no newline)"))
-                continue
-            m = regex.match(line)
-            if m is None:
-                stats.warn(TraceWarning(where, lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
-                continue
-            name = m["name"]
-            if name not in known:
-                stats.other_events[name] = stats.other_events.get(name, 0) + 1
-                if not calibrate_events:
-                    continue
-            try:
-                fields = parse_fields(name, m["rest"]) if name in known else {}
-            except ValueError as e:
-                stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
-                continue
-            frac = m["frac"]
-            ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
-            flags = m["flags"] if fmt == "ftrace" else ""
-            stats.events += 1
-            stats.lineno = lineno
-            yield Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), flags, fields)
+            ev = event_of_line(line, lineno, fmt, known, stats, where, any_event=calibrate_events)
+            if ev is not None:
+                yield ev
+
+
+def event_of_line(line: str, lineno: int, fmt: str, known: Collection[str], stats: ReadStats,
+                  where: str, any_event: bool = False) -> Event | None:
+    """The event of line `lineno` of a trace in format `fmt` if it is one of the `known` tracepoints' (with
+    `any_event`, any other event too, without its fields); None for anything else, which `stats` counts
+    (another tracepoint's event) or warns of (a bad line, named `where:lineno`). Comments, blank lines and
+    trace-cmd's first `cpus=` line are not counted as lines."""
+    if not line.strip() or line.startswith("#") or (lineno == 1 and line.startswith("cpus=")):
+        return None
+    stats.lines += 1
+    if not line.endswith("\n"):
+        stats.warn(TraceWarning(where, lineno, "last line is cut short (no newline)"))
+        return None
+    m = LINE_RE[fmt].match(line)
+    if m is None:
+        stats.warn(TraceWarning(where, lineno, f"not a {fmt} event line: {line.strip()[:60]!r}"))
+        return None
+    name = event_name(m)
+    if name not in known:
+        stats.other_events[name] = stats.other_events.get(name, 0) + 1
+        if not any_event:
+            return None
+    try:
+        fields = parse_fields(name, m["rest"]) if name in known else {}
+    except ValueError as e:
+        stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
+        return None
+    frac = m["frac"]
+    ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+    flags = m["flags"] if fmt == "ftrace" else ""
+    stats.events += 1
+    stats.lineno = lineno
+    return Event(ts, int(m["cpu"]), name, m["task"].strip(), int(m["pid"]), flags, fields)

@@ -1,7 +1,10 @@
-"""The sidecar next to a captured trace: /proc/interrupts rows before and after, and lost events.
+"""The sidecar next to a captured trace: /proc/interrupts rows before and after, lost events, and the
+facts about the machine a calibration needs.
 
 It is text, `NAME.meta` beside `NAME.trace` (or `.trace.xz`, ...), with comment lines such as
 
+    # kernel: 6.18.44
+    # cpu 0: package 0 core 0 siblings 0,2 node 0
     # before:
     #   CAL:     409328     385649   Function call interrupts
     # after:
@@ -9,7 +12,9 @@ It is text, `NAME.meta` beside `NAME.trace` (or `.trace.xz`, ...), with comment 
     # lost: overrun: 0 commit overrun: 0 overrun: 0 commit overrun: 0
 
 The first CAL/RES/TLB row is the one before the capture and the second the one after (the older
-`# === AFTER` layout reads the same way). `ipilab capture` writes this format.
+`# === AFTER` layout reads the same way). `read_sidecar` reads the rows, `read_machine_facts` the machine
+(`MachineFacts`: its keys are listed there; the QEMU harness's `=== UNAME` and `=== CPU` lines read too).
+`ipilab capture` writes this format.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ipilab.workloads.base import WorkloadError, parse_cpulist
 
 ROWS = ("CAL", "RES", "TLB")
 ROW = re.compile(r"^#\s*(CAL|RES|TLB):\s+((?:\d+\s+)+)")
@@ -64,66 +71,130 @@ def read_sidecar(path: Path) -> Sidecar | None:
     return out if out.deltas else None
 
 
-# --- what the capture knew about the machine -------------------------------------------------------------
-# Lines such as `# === CPU 3 package 0 core 3 siblings 3` (tools/realkernel's guests write these from
-# /sys/devices/system/cpu/cpuN/topology) and `# === UNAME 6.12.9-cloud-amd64`, or `# key: value` lines
-# (`# machine: ...`, `# command: ...`, `# cmdline: ...`, `# cpuidle driver: ...`, `# clocksource: ...`,
-# `# numa nodes: 2`). Every key is optional: what is missing is None.
-CPU_LINE = re.compile(r"^#?\s*===\s*CPU\s+(\d+)\s+package\s+(\d+)\s+core\s+(\d+)(?:\s+siblings\s+(\S+))?", re.I)
-INFO_KEYS = {"uname": "uname", "kernel": "uname", "cmdline": "cmdline", "cpuidle": "cpuidle",
-             "cpuidle driver": "cpuidle", "cpuidle_driver": "cpuidle", "clocksource": "clocksource",
-             "machine": "machine", "command": "command", "numa": "numa_nodes", "numa nodes": "numa_nodes",
-             "numa_nodes": "numa_nodes"}
-INFO_LINES = (re.compile(r"^#?\s*(?P<key>[a-z_ ]+?)\s*(?:\([^)]*\))?\s*:\s*(?P<value>\S.*)$", re.I),
-              re.compile(r"^#?\s*===\s*(?P<key>[a-z_]+)\s+(?P<value>\S.*)$", re.I))
+# --- the machine ------------------------------------------------------------------------------------------
+
+MAX_CPUS = 1 << 16  # bound for the CPU lists read here
 
 
-@dataclass
-class CaptureInfo:
-    """What a capture's sidecar says about its machine; None (or empty) where it says nothing."""
+@dataclass(frozen=True)
+class CpuPlace:
+    """Where one CPU sits: its package (socket), its core's id in the package, the CPUs sharing that core
+    (SMT siblings, itself included), and its NUMA node when known."""
 
-    path: Path | None = None
-    cpus: dict[int, tuple[int, int]] = field(default_factory=dict)  # cpu -> (package, core id)
-    siblings: dict[int, str] = field(default_factory=dict)  # cpu -> its thread_siblings_list
-    uname: str | None = None
+    cpu: int
+    package: int
+    core: int
+    siblings: tuple[int, ...]
+    node: int | None = None
+
+    def meta_line(self) -> str:
+        node = "" if self.node is None else f" node {self.node}"
+        return f"# cpu {self.cpu}: package {self.package} core {self.core} siblings {cpulist(self.siblings)}{node}"
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What a capture's sidecar says about the machine it ran on; None (or empty) where it does not say.
+
+    Sidecar keys: `kernel` (uname -r), `cmdline` (/proc/cmdline), `cpuidle driver`, `clocksource`, `trace
+    clock` (the ftrace clock the timestamps are in), `numa nodes`, one `cpu N` line per online CPU (package,
+    core, siblings, node), `events` and `events missing` (tracepoints on and absent on that kernel).
+    `sockets`, `cores` and `threads per core` are written too, and derived from the CPU lines."""
+
+    cpus: tuple[CpuPlace, ...] = ()
+    machine: str | None = None  # the `machine` line: what the capture ran on, in words
+    command: str | None = None  # the workload the capture recorded
+    kernel: str | None = None
     cmdline: str | None = None
-    cpuidle: str | None = None
+    cpuidle_driver: str | None = None
     clocksource: str | None = None
-    machine: str | None = None
-    command: str | None = None
+    trace_clock: str | None = None
     numa_nodes: int | None = None
+    events: tuple[str, ...] = ()
+    events_missing: tuple[str, ...] = ()
+
+    @property
+    def by_cpu(self) -> dict[int, CpuPlace]:
+        return {c.cpu: c for c in self.cpus}
+
+    @property
+    def sockets(self) -> int | None:
+        return len({c.package for c in self.cpus}) or None
+
+    @property
+    def cores(self) -> int | None:
+        """Physical cores: the distinct sibling groups (core ids repeat across packages)."""
+        return len({(c.package, c.siblings) for c in self.cpus}) or None
+
+    @property
+    def threads_per_core(self) -> int | None:
+        return max((len(c.siblings) for c in self.cpus), default=0) or None
+
+    def meta_lines(self) -> list[str]:
+        """The sidecar lines for these facts (what is not known is left out)."""
+        keyed = {"kernel": self.kernel, "cmdline": self.cmdline, "cpuidle driver": self.cpuidle_driver,
+                 "clocksource": self.clocksource, "trace clock": self.trace_clock, "sockets": self.sockets,
+                 "cores": self.cores, "threads per core": self.threads_per_core, "numa nodes": self.numa_nodes}
+        lines = [f"# {key}: {value}" for key, value in keyed.items() if value is not None]
+        lines += [c.meta_line() for c in self.cpus]
+        if self.events:
+            lines.append(f"# events: {' '.join(self.events)}")
+        if self.events_missing:
+            lines.append(f"# events missing: {' '.join(self.events_missing)}")
+        return lines
 
 
-def read_capture_info(path: Path) -> CaptureInfo:
-    """The machine facts in sidecar `path` (an empty CaptureInfo when there is no readable file)."""
+def cpulist(cpus: tuple[int, ...]) -> str:
+    """The kernel's cpulist (`0-3,8`) of sorted CPU numbers."""
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+KEY = re.compile(r"^#\s*([a-z][a-z ]*[a-z]):[ \t]?(.*)$")
+CPU_LINE = re.compile(r"^#\s*(?:cpu (\d+):|=== CPU (\d+)) package (\d+) core (\d+) siblings (\S+)(?: node (\d+))?\s*$")
+UNAME_LINE = re.compile(r"^#\s*=== UNAME (\S+)")
+
+
+def read_machine_facts(path: Path) -> MachineFacts | None:
+    """The machine facts of sidecar `path` (as `ipilab calibrate` needs them), or None when there is no
+    readable sidecar. A sidecar from before these facts were recorded gives a MachineFacts of Nones."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return CaptureInfo()
-    info = CaptureInfo(path)
+        return None
+    keys: dict[str, str] = {}
+    cpus: dict[int, CpuPlace] = {}
     in_command = False
     for line in text.splitlines():
         if in_command and line.strip() and not line.startswith("#"):
-            info.command = f"{info.command} {line.strip()}"  # a multi-line command (python3 -c '...')
+            keys["command"] += f" {line.strip()}"  # a command over several lines (python3 -c '...')
             continue
         in_command = False
-        m = CPU_LINE.match(line)
-        if m:
-            info.cpus[int(m[1])] = (int(m[2]), int(m[3]))
-            if m[4]:
-                info.siblings[int(m[1])] = m[4]
-            continue
-        m = INFO_LINES[0].match(line) or INFO_LINES[1].match(line)
-        if not m:
-            continue
-        key = INFO_KEYS.get(m["key"].strip().lower())
-        if key is None or getattr(info, key) is not None:
-            continue
-        value = m["value"].strip()
-        if key == "numa_nodes":
-            if value.isdigit():
-                info.numa_nodes = int(value)
-        else:
-            setattr(info, key, value)
-            in_command = key == "command"
-    return info
+        if m := CPU_LINE.match(line):
+            cpu = int(m[1] if m[1] is not None else m[2])
+            try:
+                siblings = tuple(parse_cpulist(m[5], MAX_CPUS, f"{path.name}: cpu {cpu} siblings"))
+            except WorkloadError:
+                continue
+            cpus[cpu] = CpuPlace(cpu, int(m[3]), int(m[4]), siblings, None if m[6] is None else int(m[6]))
+        elif m := UNAME_LINE.match(line):
+            keys.setdefault("kernel", m[1])
+        elif m := KEY.match(line):
+            keys.setdefault(m[1], m[2].strip())
+            in_command = m[1] == "command"
+
+    def number(key: str) -> int | None:
+        value = keys.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    return MachineFacts(
+        cpus=tuple(cpus[c] for c in sorted(cpus)), machine=keys.get("machine"), command=keys.get("command"),
+        kernel=keys.get("kernel"), cmdline=keys.get("cmdline"),
+        cpuidle_driver=keys.get("cpuidle driver"), clocksource=keys.get("clocksource"),
+        trace_clock=keys.get("trace clock"), numa_nodes=number("numa nodes"),
+        events=tuple(keys.get("events", "").split()), events_missing=tuple(keys.get("events missing", "").split()))
