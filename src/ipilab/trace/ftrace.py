@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from ipilab.events import FORMATS, Event, Kind
+from ipilab.events import WRITTEN_FORMATS, Event, Kind
 from ipilab.files import PublishOnExit, publish
 
 
@@ -42,7 +42,7 @@ def parse_cpumask(text: str) -> tuple[int, ...]:
 
 
 def format_fields(name: str, fields: dict[str, object]) -> str:
-    fmt = FORMATS[name]
+    fmt = WRITTEN_FORMATS[name]
     parts = []
     for key, kind in fmt.fields:
         value = fields[key]

@@ -158,6 +158,8 @@ def cpulist(cpus: tuple[int, ...]) -> str:
 KEY = re.compile(r"^#\s*([a-z][a-z ]*[a-z]):[ \t]?(.*)$")
 CPU_LINE = re.compile(r"^#\s*(?:cpu (\d+):|=== CPU (\d+)) package (\d+) core (\d+) siblings (\S+)(?: node (\d+))?\s*$")
 UNAME_LINE = re.compile(r"^#\s*=== UNAME (\S+)")
+# Other spellings of the keys (scripts/realkernel writes `uname:` and `cpuidle:`).
+KEY_ALIASES = {"uname": "kernel", "cpuidle": "cpuidle driver"}
 
 
 def read_machine_facts(path: Path) -> MachineFacts | None:
@@ -170,6 +172,7 @@ def read_machine_facts(path: Path) -> MachineFacts | None:
     keys: dict[str, str] = {}
     cpus: dict[int, CpuPlace] = {}
     in_command = False
+    numa_lines = 0
     for line in text.splitlines():
         if in_command and line.strip() and not line.startswith("#"):
             keys["command"] += f" {line.strip()}"  # a command over several lines (python3 -c '...')
@@ -185,8 +188,12 @@ def read_machine_facts(path: Path) -> MachineFacts | None:
         elif m := UNAME_LINE.match(line):
             keys.setdefault("kernel", m[1])
         elif m := KEY.match(line):
-            keys.setdefault(m[1], m[2].strip())
-            in_command = m[1] == "command"
+            key = KEY_ALIASES.get(m[1], m[1])
+            if key == "numa" and m[2].strip().startswith("node"):  # `numa: node0 cpus 0-3`, a line per node
+                numa_lines += 1
+                continue
+            keys.setdefault(key, m[2].strip())
+            in_command = key == "command"
 
     def number(key: str) -> int | None:
         value = keys.get(key, "")
@@ -196,5 +203,5 @@ def read_machine_facts(path: Path) -> MachineFacts | None:
         cpus=tuple(cpus[c] for c in sorted(cpus)), machine=keys.get("machine"), command=keys.get("command"),
         kernel=keys.get("kernel"), cmdline=keys.get("cmdline"),
         cpuidle_driver=keys.get("cpuidle driver"), clocksource=keys.get("clocksource"),
-        trace_clock=keys.get("trace clock"), numa_nodes=number("numa nodes"),
+        trace_clock=keys.get("trace clock"), numa_nodes=number("numa nodes") or numa_lines or None,
         events=tuple(keys.get("events", "").split()), events_missing=tuple(keys.get("events missing", "").split()))
