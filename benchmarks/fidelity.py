@@ -7,7 +7,7 @@ trace's .meta names), and compare the simulated run's trace with the real one, b
 `analyze` code. Nothing is fitted to the predicted trace. Also closed-loop replay: each trace's own calls
 issued again on the machine calibrated from that trace.
 
-    PYTHONPATH=src python3 benchmarks/fidelity.py [--cpus 2,4,8,16] [--json out.json]
+    PYTHONPATH=src python3 benchmarks/fidelity.py [--cpus 2,4,8,16] [--vcpu-preemption auto,off] [--json out.json]
 
 Columns: no IPI = share of queued CSDs that needed no IPI (the target's queue already waited for one, or
 it polled); CSDs/CAL = CSDs run per function-call interrupt; CAL/s = function-call interrupts per second of
@@ -77,8 +77,9 @@ def workload_of(trace: Path, machine: Machine) -> tuple[str, dict[str, str]]:
     raise SystemExit(f"{trace}: its .meta names no program this benchmark knows ({command!r})")
 
 
-def predict(calib: Path, target: Path, tmp: Path) -> dict[str, Any]:
-    machine = calibrate([calib], load_machine("vm-2cpu"), name=f"calibrated-{calib.stem}").machine
+def predict(calib: Path, target: Path, tmp: Path, preemption: str) -> dict[str, Any]:
+    machine = calibrate([calib], load_machine("vm-2cpu"), name=f"calibrated-{calib.stem}",
+                        vcpu_preemption=preemption).machine
     real = audit_trace(target)
     name, settings = workload_of(target, machine)
     seconds = min(MAX_SIM_SECONDS, MAX_SECONDS, real["duration_ns"] / 1e9)
@@ -93,8 +94,9 @@ def predict(calib: Path, target: Path, tmp: Path) -> dict[str, Any]:
             "real": metrics(real), "simulated": metrics(sim)}
 
 
-def replay_closed(trace: Path) -> dict[str, Any]:
-    machine = calibrate([trace], load_machine("vm-2cpu"), name=f"calibrated-{trace.stem}").machine
+def replay_closed(trace: Path, preemption: str) -> dict[str, Any]:
+    machine = calibrate([trace], load_machine("vm-2cpu"), name=f"calibrated-{trace.stem}",
+                        vcpu_preemption=preemption).machine
     r = closed_loop(trace, [resolve_kernel(KERNEL)], machine)
     k = r["kernels"][0]
     real = r["real"]
@@ -117,6 +119,9 @@ def main() -> None:
     ap.add_argument("--cpus", default="2,4,8,16", help="vCPU counts to run (default 2,4,8,16)")
     ap.add_argument("--json", type=Path, help="write every number here too")
     ap.add_argument("--no-replay", action="store_true", help="skip the closed-loop replays")
+    ap.add_argument("--vcpu-preemption", default="off,auto",
+                    help="calibrate's --vcpu-preemption settings to run, each a table (default off,auto: calibrate's "
+                    "default, and with the measured descheduling modelled as well, where the traces show it)")
     args = ap.parse_args()
     rows, replays = [], []
     with tempfile.TemporaryDirectory(prefix="ipilab-fidelity-") as tmp:
@@ -126,28 +131,32 @@ def main() -> None:
                 print(f"{n} vCPUs: no {' and '.join(w for w, p in traces.items() if p is None)} trace in {TRACES}",
                       file=sys.stderr)
                 continue
-            for calib, target in (("reclaim", "tlbstorm"), ("tlbstorm", "reclaim")):
-                row = predict(traces[calib], traces[target], Path(tmp))
-                rows.append({"vcpus": n, **row})
-                print(f"{n} vCPUs: calibrated on {calib}, predicted {target}: done in {row['wall_seconds']} s",
-                      file=sys.stderr)
-            if not args.no_replay:
-                replays += [{"vcpus": n, **replay_closed(traces[w])} for w in ("tlbstorm", "reclaim")]
-    print("| vCPUs | calibrated on -> predicted | no IPI real / sim | CSDs/CAL real / sim | CAL/s real / sim "
-          "| wait p50 us real / sim | wait p99 us real / sim |")
-    print("|---|---|---|---|---|---|---|")
+            for preemption in args.vcpu_preemption.split(","):
+                for calib, target in (("reclaim", "tlbstorm"), ("tlbstorm", "reclaim")):
+                    row = predict(traces[calib], traces[target], Path(tmp), preemption)
+                    rows.append({"vcpus": n, "vcpu_preemption_setting": preemption, **row})
+                    print(f"{n} vCPUs, --vcpu-preemption {preemption}: calibrated on {calib}, predicted {target}: "
+                          f"done in {row['wall_seconds']} s", file=sys.stderr)
+                if not args.no_replay:
+                    replays += [{"vcpus": n, "vcpu_preemption_setting": preemption,
+                                 **replay_closed(traces[w], preemption)} for w in ("tlbstorm", "reclaim")]
+    print("| vCPUs | calibrated on -> predicted | vCPU preemption | no IPI real / sim | CSDs/CAL real / sim "
+          "| CAL/s real / sim | wait p50 us real / sim | wait p99 us real / sim |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, b = r["real"], r["simulated"]
-        print(f"| {r['vcpus']} | {r['calibrated_on'].split('-')[1]} -> {r['workload']} | {fmt(a['no_ipi'], True)} / "
+        print(f"| {r['vcpus']} | {r['calibrated_on'].split('-')[1]} -> {r['predicted'].split('-')[1]} | "
+              f"{'modelled' if r['vcpu_preemption'] else 'off'} | {fmt(a['no_ipi'], True)} / "
               f"{fmt(b['no_ipi'], True)} | {fmt(a['csds_per_cal'])} / {fmt(b['csds_per_cal'])} | "
               f"{fmt(a['cal_per_s'])} / {fmt(b['cal_per_s'])} | {fmt(a['wait_p50_us'])} / {fmt(b['wait_p50_us'])} | "
               f"{fmt(a['wait_p99_us'])} / {fmt(b['wait_p99_us'])} |")
     if replays:
         print()
-        print("| vCPUs | closed-loop replay of | no IPI real / replayed | CSDs/CAL real / replayed |")
-        print("|---|---|---|---|")
+        print("| vCPUs | closed-loop replay of | vCPU preemption | no IPI real / replayed | CSDs/CAL real / replayed |")
+        print("|---|---|---|---|---|")
         for r in replays:
-            print(f"| {r['vcpus']} | {r['trace']} | {fmt(r['real']['no_ipi'], True)} / "
+            print(f"| {r['vcpus']} | {r['trace']} | {r['vcpu_preemption_setting']} | "
+                  f"{fmt(r['real']['no_ipi'], True)} / "
                   f"{fmt(r['replayed']['no_ipi'], True)} | {fmt(r['real']['csds_per_cal'])} / "
                   f"{fmt(r['replayed']['csds_per_cal'])} |")
     if args.json:

@@ -306,8 +306,9 @@ def test_vcpu_preemption_round_trip(tmp_path: Path) -> None:
     e^20), and it seldom waits on a descheduled CPU (where it would, in csd_lock, the trace could not tell
     that wait from its own absence)."""
     spec = known_machine().model_dump(exclude_none=True)
-    spec["costs"]["vcpu_preempt"] = {"dist": "lognormal", "median": 2_000_000, "p90": 4_000_000, "source": "test: known"}
-    spec["costs"]["vcpu_run"] = {"dist": "lognormal", "median": 10_000_000, "p90": 10_000_000, "source": "test: known"}
+    known = "test: known"
+    spec["costs"]["vcpu_preempt"] = {"dist": "lognormal", "median": 2_000_000, "p90": 4_000_000, "source": known}
+    spec["costs"]["vcpu_run"] = {"dist": "lognormal", "median": 10_000_000, "p90": 10_000_000, "source": known}
     spec["background"] = {"vcpu_preemption": True, "source": "test: known"}
     machine = Machine.model_validate(spec)
     trace = tmp_path / "away.trace"
@@ -325,5 +326,6 @@ def test_vcpu_preemption_round_trip(tmp_path: Path) -> None:
     # vcpu_run is the constant 10 ms (p90 = median): the exponential calibrate writes has about that mean
     mean_run = float(np.mean(m.costs["vcpu_run"].sample(np.linspace(0, 0.999, 10_000))))
     assert 7e6 < mean_run < 11e6, mean_run
-    code, _, _ = calibrate(str(trace), "-o", str(tmp_path / "off.toml"))  # auto: no page faults traced
-    assert code == 0 and not load_machine(str(tmp_path / "off.toml")).background.vcpu_preemption
+    for setting in ("off", "auto"):  # off is the default; auto: the simulator traces no page faults
+        code, _, _ = calibrate(str(trace), "-o", str(tmp_path / "off.toml"), "--vcpu-preemption", setting)
+        assert code == 0 and not load_machine(str(tmp_path / "off.toml")).background.vcpu_preemption

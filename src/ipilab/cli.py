@@ -458,9 +458,11 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
 @click.option("--tlb-flush", type=click.Choice(FLUSH_KINDS), default=None,
               help="Take every trace's flush_tlb_func runs as this kind (default: by the workload the .meta "
               "names: usemem full, tlbstorm or madvise range).")
-@click.option("--vcpu-preemption", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Model the time busy CPUs were away (a preempted vCPU) as background.vcpu_preemption: auto "
-              "does when the traces show user page faults (so user time between faults is not taken for it).")
+@click.option("--vcpu-preemption", type=click.Choice(["auto", "on", "off"]), default="off", show_default=True,
+              help="Model the time busy CPUs were away (a preempted vCPU) as background.vcpu_preemption (auto: "
+              "when the traces show user page faults). Off by default: the delivery latencies measured from the "
+              "same traces already hold the targets' absences, and modelling both counts them twice "
+              "(benchmarks/fidelity.py shows the predictions getting worse).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | None, pages_per_range: int,
               tlb_flush: str | None, vcpu_preemption: str, as_json: bool) -> None:
@@ -474,8 +476,8 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
     (tick, background.tick_hz) and page faults, when the trace has their events. Each cost's source names
     the traces, the events it was measured between, n and p50/p90/p99. What the traces cannot show comes
     from --base, and its source says so; a cost a trace lacks events for gets one line on stderr. Time a
-    busy CPU was away (gaps between its events, a preempted vCPU) becomes background.vcpu_preemption with
-    the costs vcpu_preempt and vcpu_run (see --vcpu-preemption), else a comment.
+    busy CPU was away (gaps between its events, a preempted vCPU) is reported, and written as a comment or,
+    with --vcpu-preemption, as background.vcpu_preemption with the costs vcpu_preempt and vcpu_run.
     The README's "Calibrate a machine from a trace" says how each cost is measured.
     """
     try:

@@ -38,7 +38,9 @@ is the cost; the sources quote the mean):
 - missing time: on a CPU that is not idle, a gap between consecutive events longer than GAP_FACTOR x
   the median gap is time the CPU was away (a preempted vCPU). When the traces show user page faults (so
   a workload's own user time between faults is not taken for missing time), it becomes
-  background.vcpu_preemption: vcpu_preempt is those gaps' distribution, and vcpu_run exponential (the
+  background.vcpu_preemption (only when asked: --vcpu-preemption on, or auto; the delivery latencies
+  measured here already hold the targets' absences, so modelling both counts them twice, and the fidelity
+  benchmark's predictions get worse): vcpu_preempt is those gaps' distribution, and vcpu_run exponential (the
   descheduling taken as a Poisson process) with the mean busy time between two of them. Without page
   faults it is an upper bound (untraced user code counts too), reported and written as a comment only.
   Either way a CPU spinning on a call to a descheduled CPU (csd_lock, csd_lock_wait) shows the same
@@ -74,7 +76,8 @@ TIMESTAMP_RESOLUTION_NS = 1000  # ftrace text prints microseconds
 CONFIG_HZ = (100, 250, 300, 1000)
 FLUSH_KINDS = ("full", "range")
 # What the .meta's command says about the flushes a trace's flush_tlb_func runs did.
-FLUSH_KIND_BY_COMMAND = (("usemem", "full"), ("swap-w-seq-mt", "full"), ("tlbstorm", "range"),
+# scripts/realkernel's `reclaim` writes dirty anonymous pages, as usemem does: reclaim's batched flushes.
+FLUSH_KIND_BY_COMMAND = (("usemem", "full"), ("swap-w-seq-mt", "full"), ("reclaim", "full"), ("tlbstorm", "range"),
                          ("madvise", "range"))
 PAIR_CLASSES = ("same_socket", "cross_socket")
 # Each estimator in a few words, for the table (the machine file has it in full).
@@ -394,7 +397,7 @@ def _tick_hz(rate: float) -> int:
 
 def calibrate(traces: list[Path], base: Machine, *, name: str, apic_mode: str | None = None,
               pages_per_range: int = 16, tlb_flush: str | None = None,
-              samples: list[TraceSamples] | None = None, vcpu_preemption: str = "auto") -> Calibration:
+              samples: list[TraceSamples] | None = None, vcpu_preemption: str = "off") -> Calibration:
     """A machine from `traces` (see the module doc); `base` gives what they cannot show. `samples`: already
     collected (sample_trace) for these traces."""
     samples = samples if samples is not None else [sample_trace(p) for p in traces]

@@ -155,7 +155,8 @@ def cpulist(cpus: tuple[int, ...]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-KEY = re.compile(r"^#\s*([a-z][a-z ]*[a-z]):[ \t]?(.*)$")
+# `# key: value`, the key maybe with a remark in brackets (`# command (inside a memory cgroup): usemem 4 96`)
+KEY = re.compile(r"^#\s*([a-z][a-z ]*[a-z])\s*(?:\([^)]*\))?:[ \t]?(.*)$")
 CPU_LINE = re.compile(r"^#\s*(?:cpu (\d+):|=== CPU (\d+)) package (\d+) core (\d+) siblings (\S+)(?: node (\d+))?\s*$")
 UNAME_LINE = re.compile(r"^#\s*=== UNAME (\S+)")
 # Other spellings of the keys (scripts/realkernel writes `uname:` and `cpuidle:`).
