@@ -35,7 +35,7 @@ from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, 
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
 from ipilab.machine.calibrate import calibrate as run_calibrate
-from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError, load_machine, preset_names
+from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Machine, MachineError, load_machine, preset_names
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
@@ -213,6 +213,9 @@ def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ..
     unknown = [k for k in ns if k not in ALL_COST_FIELDS]
     if unknown:
         fail(f"--cost: unknown cost {unknown[0]!r}; known: {', '.join(ALL_COST_FIELDS)}")
+    for key, value in ns.items():
+        if not 0 <= value <= MAX_COST_NS:
+            fail(f"--cost {key}={value}: a cost must be greater than or equal to 0 and at most {MAX_COST_NS:,} ns")
     m = build_machine(machine, topology, {**set_costs, **ns})
     k = resolve_kernel(kernel)
     w = workload_from_settings(workload, wanted)
