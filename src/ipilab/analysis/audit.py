@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,12 +27,12 @@ import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
 from ipilab.analysis.fastaudit import fast_audit
+from ipilab.analysis.queues import NULL_CSD, CallQueues, Flush
 from ipilab.events import HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
 from ipilab.files import PublishOnExit, publish
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.trace.sidecar import Sidecar, read_sidecar, sidecar_for
 
-NULL_CSD = "0" * 16
 RESCHEDULE_CALLBACK = "0x0"
 IRQ_ENTRY = HANDLER_ENTRY | {"reschedule_entry"}
 IRQ_EXIT = HANDLER_EXIT | {"reschedule_exit"}
@@ -60,18 +60,26 @@ AUDIT_DOCS: dict[str, str] = {
     "csds_run_elsewhere": "queued calls run outside a function-call interrupt (the idle loop's own flush)",
     "csds_per_interrupt": "csds_run_in_irq / cal_interrupts",
     "tlb_flushes_received": "flush_tlb_func run for another CPU (the TLB row)",
+    "runs_unseen": "queued calls whose run the trace does not show (their csd was queued again first): no wait",
+    "runs_unmatched": "calls run whose queueing the trace does not show (queued before it began): no wait",
 }
 
 
 @dataclass(eq=False, slots=True)
 class Queued:
+    """One csd_queue_cpu: its IPI decision once the trace shows it, and (queues.py) the flush that ran it."""
+
+    seq: int
     ts: int
     sender_cpu: int
     target: int
     task: str
     callsite: str
     func: str
+    csd: str
     decision: str | None = None  # "ipi", "queued", "polling"
+    flush: Flush | None = None
+    run_ts: int | None = None
 
 
 class Tally:
@@ -110,7 +118,8 @@ class Audit:
         # Undecided calls per sending context: (cpu, in an interrupt handler). A handler that queues and
         # sends between a task's queueing and its send must not decide the task's calls.
         self._waiting: dict[tuple[int, bool], list[Queued]] = defaultdict(list)
-        self._unrun: dict[tuple[int, str], deque[Queued]] = defaultdict(deque)  # (target, csd) -> queued calls
+        self.queues = CallQueues(on_run=self._ran)  # which run ran each queued call: its wait
+        self._seq = 0
         self._irq_depth: Counter[int] = Counter()  # per CPU: handlers open
         self._in_cal: Counter[int] = Counter()  # per CPU: function-call handlers open
         self._running: dict[int, list[tuple[str, str, int]]] = defaultdict(list)  # per CPU: functions entered
@@ -120,6 +129,10 @@ class Audit:
 
     def _wanted(self, target: int) -> bool:
         return self.cpus is None or target in self.cpus
+
+    def _ran(self, q: Queued) -> None:  # type: ignore[override]
+        if self._wanted(q.target) and q.run_ts is not None:
+            self.latency[q.func].record_value(max(0, q.run_ts - q.ts))
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -163,15 +176,19 @@ class Audit:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
         name, f, cpu = ev.name, ev.fields, ev.cpu
+        seq = self._seq
+        self._seq += 1
+        self.queues.event(seq, ev)
         if name == "csd_queue_cpu":
             target = int(f["cpu"])  # type: ignore[arg-type]
-            q = Queued(ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])))
+            q = Queued(seq, ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])),
+                       str(f["csd"]))
+            self.queues.enqueue(q)
             ctx = (cpu, self.in_irq(ev))
             if self.strict and any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
                                    for w in self._waiting.get(ctx, ())):
                 self._close(ctx)
             self._waiting[ctx].append(q)
-            self._unrun[(target, str(f["csd"]))].append(q)
             if self._wanted(target):
                 self.counts["csd_enqueues"] += 1
                 for group, gname in self._group_names(q):
@@ -233,7 +250,6 @@ class Audit:
                     self._close((cpu, False))
                 return
             if not self._wanted(cpu):
-                self._unrun.pop((cpu, csd), None)
                 return
             where = "csds_run_in_irq" if self._in_cal[cpu] else "csds_run_elsewhere"
             self.counts[where] += 1
@@ -241,21 +257,13 @@ class Audit:
             if func == "flush_tlb_func":
                 self.counts["tlb_flushes_received"] += 1
                 self.per_cpu[cpu]["tlb_flushes_received"] += 1
-            pending = self._unrun.get((cpu, csd))
-            if pending:
-                q = pending.popleft()
-                if not pending:
-                    del self._unrun[(cpu, csd)]
-                self.latency[func].record_value(max(1, ev.ts - q.ts))
-            else:
-                self.counts["runs_unmatched"] += 1  # queued before the trace began
             return
         if name == "csd_function_exit":
             stack = self._running.get(cpu)
             if stack:
                 func, csd, t0 = stack.pop()
                 if csd != NULL_CSD and self._wanted(cpu):
-                    self.duration[func].record_value(max(1, ev.ts - t0))
+                    self.duration[func].record_value(max(0, ev.ts - t0))
             return
         if (name == "cpu_idle" or name == "sched_switch") and not self.in_irq(ev):
             # The task stops or the CPU idles: its calls got no send. (sched_switch reaches the audit only
@@ -266,6 +274,9 @@ class Audit:
     # --- the result ------------------------------------------------------------------------------------
 
     def result(self, top: int = 5) -> dict[str, Any]:
+        self.queues.finish()
+        self.counts["runs_unmatched"] = sum(n for cpu, n in self.queues.runs_unmatched.items() if self._wanted(cpu))
+        self.counts["runs_unseen"] = sum(n for cpu, n in self.queues.runs_unseen.items() if self._wanted(cpu))
         for ctx in list(self._waiting):
             waiting = self._waiting.pop(ctx)
             for q in waiting:
@@ -281,7 +292,7 @@ class Audit:
                     t.no_ipi_queued = 0
         keys = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling",
                 "csds_undecided", "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts",
-                "csds_run_in_irq", "csds_run_elsewhere", "tlb_flushes_received")
+                "csds_run_in_irq", "csds_run_elsewhere", "tlb_flushes_received", "runs_unseen", "runs_unmatched")
         out: dict[str, Any] = {k: c[k] for k in keys}
         out["csds_per_interrupt"] = c["csds_run_in_irq"] / c["cal_interrupts"] if c["cal_interrupts"] else None
         out["decisions_known"] = self.saw_sends
