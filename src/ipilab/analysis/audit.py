@@ -8,7 +8,14 @@ How a queued call's IPI decision is read from the trace (Linux 6.x): a sending C
 targets whose queue was empty, or `sched_wake_idle_without_ipi` for a polling idle target. So on each
 CPU, the calls queued since its last send are decided by its next send: a target in the send got an
 IPI; a target skipped by it (or when the CPU moves on without sending) was queued behind a call that
-already had its IPI coming. Events inside interrupt handlers on the sending CPU do not interrupt this.
+already had its IPI coming. Events inside interrupt handlers on the sending CPU do not interrupt this
+(hardirq context is read from ftrace's flags). A context's calls are also decided once it queues the next
+call: the single-target paths (SINGLE_CALLSITES) send right after their one enqueue, and a call already
+waiting from another callsite or to the same target is another call whose send is past, so a later
+send cannot be its.
+
+How long each call waited (queued -> run) is found by the queue model of analysis/queues.py, the one the
+replay decides with.
 """
 
 from __future__ import annotations
@@ -63,6 +70,16 @@ AUDIT_DOCS: dict[str, str] = {
     "runs_unseen": "queued calls whose run the trace does not show (their csd was queued again first): no wait",
     "runs_unmatched": "calls run whose queueing the trace does not show (queued before it began): no wait",
 }
+# What the per-function times are; stored in the JSON (`times`) and printed under the table.
+TIME_DOCS: dict[str, str] = {
+    "latency_ns": "wait: from a call's csd_queue_cpu to the csd_function_entry on its target that ran it, the run "
+                  "found by the kernel's queue rules (analysis/queues.py): a remote wakeup queued behind another runs "
+                  "in the batch's one sched_ttwu_pending call; calls counted in runs_unseen or runs_unmatched have "
+                  "no wait",
+    "function_ns": "run: a queued call's csd_function_entry to its csd_function_exit on the target",
+    "units": "nanoseconds, as percentiles of an HdrHistogram (3 significant digits); no time finer than "
+             "timestamp_resolution_ns can be told from 0",
+}
 
 
 @dataclass(eq=False, slots=True)
@@ -102,13 +119,8 @@ def _histogram() -> HdrHistogram:
 class Audit:
     """Feed it events in time order (`feed`), then read `result()`. `cpus` limits it to target CPUs."""
 
-    def __init__(self, cpus: set[int] | None = None, strict: bool = False) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
         self.cpus = cpus
-        # strict (the replay's audit): hardirq context from ftrace's flags alone when the line has them (a
-        # trace that begins inside a handler, or before the exit tracepoint was enabled, leaves the handler
-        # depth wrong for good), and a context's calls are decided by the time it queues the next call
-        # (single-target paths send at once; another callsite or target already waiting is another call).
-        self.strict = strict
         self.counts: Counter[str] = Counter()
         self.groups: dict[str, defaultdict[str, Tally]] = {k: defaultdict(Tally) for k in GROUP_KEYS}
         self.per_cpu: defaultdict[int, Counter[str]] = defaultdict(Counter)
@@ -163,9 +175,12 @@ class Audit:
                     self._decide(q, "queued")
 
     def in_irq(self, ev: Event) -> bool:
-        if self.strict and ev.flags:
+        """Is the event in hardirq context? From ftrace's flags alone when the line has them (a trace that
+        begins inside a handler, or before the exit tracepoint was enabled, would leave a handler depth
+        wrong for good); otherwise from the handlers' entry and exit."""
+        if ev.flags:
             return ev.flags[2:3] in ("h", "H")
-        return self._irq_depth[ev.cpu] > 0 or "h" in ev.flags.lower()
+        return self._irq_depth[ev.cpu] > 0
 
     # --- feeding -------------------------------------------------------------------------------------
 
@@ -185,8 +200,8 @@ class Audit:
                        str(f["csd"]))
             self.queues.enqueue(q)
             ctx = (cpu, self.in_irq(ev))
-            if self.strict and any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
-                                   for w in self._waiting.get(ctx, ())):
+            if any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
+                   for w in self._waiting.get(ctx, ())):
                 self._close(ctx)
             self._waiting[ctx].append(q)
             if self._wanted(target):
@@ -306,6 +321,7 @@ class Audit:
             for target, cnt in sorted(self.top_senders.items())}
         out["latency_ns"] = {func: percentiles(h) for func, h in sorted(self.latency.items())}
         out["function_ns"] = {func: percentiles(h) for func, h in sorted(self.duration.items())}
+        out["times"] = TIME_DOCS
         out["cpus"] = sorted(self.cpus) if self.cpus is not None else None
         return out
 
@@ -348,6 +364,7 @@ def audit_trace(path: Path, *, cpus: set[int] | None = None, parquet: Path | Non
 
 def _finish(path: Path, stats: ReadStats, result: dict[str, Any], parquet: Path | None) -> dict[str, Any]:
     out = {"trace": str(path), "format": stats.format, "lines": stats.lines, "events_read": stats.events,
+           "timestamp_resolution_ns": stats.resolution_ns(),
            "other_events": dict(sorted(stats.other_events.items())), "bad_lines": stats.bad_lines,
            "warnings": [str(w) for w in stats.warnings], **result}
     side = read_sidecar(sidecar_for(path))

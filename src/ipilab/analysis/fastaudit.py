@@ -217,8 +217,8 @@ def _run_call(C, Q, qp, bat, tw_csd, tw_seq, tw_n, wanted, lat_f, lat_v, n_lat, 
 
 @njit(cache=True)
 def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mrow, mask,
-                C, PC, wanted, irq_depth, in_cal, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
-                s_n, s_func, s_csd, s_ts, Q, qp, bat, tw_csd, tw_seq, tw_n, tallies, order, norder, top,
+                C, PC, wanted, in_cal, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
+                s_n, s_func, s_csd, s_ts, Q, qp, bat, tw_csd, tw_seq, tw_n, tallies, order, norder, top, single,
                 lat_f, lat_v, dur_f, dur_v, tlb_id, ttwu_id, row0):
     """Feed one block's rows to the audit state; returns how many latency and duration samples it made."""
     n_lat = 0
@@ -236,9 +236,16 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
         if k != 1 and k != 2:  # anything else on this CPU ends an idle-loop flush
             Q[c, Q_IDLE] = -1
         # The sending context: the CPU, and whether it is inside an interrupt handler (see audit.py).
-        x = 2 * c + (1 if (irq_depth[c] > 0 or hirq[r]) else 0)
+        x = 2 * c + (1 if hirq[r] else 0)
         if k == 0:  # csd_queue_cpu
             t = target[r]
+            for j in range(w_n[x]):
+                # A call already waiting on a single-target path, from another callsite, or to this target
+                # is another call: its send is past, so it found the queue waiting.
+                if single[w_site[x, j]] or w_site[x, j] != site[r] or w_target[x, j] == t:
+                    _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
+                           w_dec, x)
+                    break
             n = w_n[x]
             if n >= w_target.shape[1]:
                 C[DECLINE] = 1
@@ -318,22 +325,17 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
         elif k == 5 or k == 7:  # call_function(_single)_entry
             Q[c, Q_CAL] = _new_flush(C)
             Q[c, Q_CAL_FIRST] = -1
-            irq_depth[c] += 1
             in_cal[c] += 1
             if wanted[c]:
                 C[CAL] += 1
                 PC[c, PC_CAL] += 1
         elif k == 9:  # reschedule_entry
-            irq_depth[c] += 1
             if wanted[c]:
                 C[RES] += 1
                 PC[c, PC_RES] += 1
         elif k == 6 or k == 8:
             Q[c, Q_CAL] = -1
-            irq_depth[c] = max(0, irq_depth[c] - 1)
             in_cal[c] = max(0, in_cal[c] - 1)
-        elif k == 10:
-            irq_depth[c] = max(0, irq_depth[c] - 1)
         elif k == 1:  # csd_function_entry
             sn = s_n[c]
             if sn >= s_func.shape[1]:
@@ -346,7 +348,7 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
             if csd[r] == 0:
                 if wanted[c]:
                     C[LOCAL] += 1
-                if not (irq_depth[c] > 0 or hirq[r]):
+                if not hirq[r]:
                     _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
                            w_dec, 2 * c)
                 continue
@@ -372,7 +374,7 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                     dur_v[n_dur] = _quantize(max(np.int64(0), ts[r] - s_ts[c, sn - 1]))
                     n_dur += 1
         elif k == 12:  # cpu_idle
-            if not (irq_depth[c] > 0 or hirq[r]):
+            if not hirq[r]:
                 _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
                        2 * c)
     return n_lat, n_dur
@@ -450,6 +452,8 @@ def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
 
 def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | None, stats: ReadStats,
                 progress: Callable[[int, int], None] | None, top_n: int) -> dict[str, Any] | None:
+    from ipilab.analysis.audit import SINGLE_CALLSITES  # audit.py imports this module
+
     state: dict[str, Any] | None = None  # sized once the first block shows how many CPUs there are
     names: dict[int, str] = {}
     tasks: dict[int, str] = {}
@@ -505,6 +509,7 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
             stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
         known = kind >= 0
         stats.events += int(np.count_nonzero(known))
+        stats.ts_decimals = max(stats.ts_decimals, int(cols["fdig"][known].max(initial=0)))
         o = cols["other"][kind == OTHER]
         if len(o):
             hashes, first_idx, counts = np.unique(o, return_index=True, return_counts=True)
@@ -529,6 +534,9 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
         task = _ids(data, starts, cols, "task", kind == 0, st, "tasks", tasks, "task")
         if st["next_id"].max() >= ID_CAP:
             return None
+        for i in range(st["singles_known"], int(st["next_id"][0])):
+            st["single"][i] = names.get(i) in SINGLE_CALLSITES
+        st["singles_known"] = int(st["next_id"][0])
         tlb_id = st["symbols"].get(FLUSH_TLB_FUNC, -2)
         ttwu_id = st["symbols"].get(TTWU_FUNC_HASH, -2)
         n_lat, n_dur = audit_block(kind, cols["cpu"].astype(np.int64), cols["ts"], cols["hirq"], task,
@@ -559,9 +567,9 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
     return _result(st, names, tasks, lat, dur, cpus, top_n)
 
 
-STATE_ORDER = ("C", "PC", "wanted", "irq_depth", "in_cal", "w_n", "w_target", "w_site", "w_func", "w_task", "w_cpu",
+STATE_ORDER = ("C", "PC", "wanted", "in_cal", "w_n", "w_target", "w_site", "w_func", "w_task", "w_cpu",
                "w_dec", "s_n", "s_func", "s_csd", "s_ts", "Q", "qp", "bat", "tw_csd", "tw_seq", "tw_n", "tallies",
-               "order", "norder", "top")
+               "order", "norder", "top", "single")
 
 
 def _max_cpu(cols: dict[str, np.ndarray]) -> int:
@@ -589,7 +597,7 @@ def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
     Q[:, Q_UNSEEN:] = 0
     return {
         "ncpu": ncpu, "C": C, "PC": np.zeros((ncpu, 6), np.int64), "wanted": wanted,
-        "irq_depth": np.zeros(ncpu, np.int64), "in_cal": np.zeros(ncpu, np.int64),
+        "in_cal": np.zeros(ncpu, np.int64),
         # waiting calls per sending context 2 * cpu + (in an interrupt handler)
         "w_n": np.zeros(2 * ncpu, np.int64), "w_target": np.zeros((2 * ncpu, wait), np.int64),
         "w_site": np.zeros((2 * ncpu, wait), np.int64), "w_func": np.zeros((2 * ncpu, wait), np.int64),
@@ -609,9 +617,11 @@ def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
         "tallies": np.zeros((len(GROUPS), max(ID_CAP, ncpu), 4), np.int64),
         "order": np.full((len(GROUPS), max(ID_CAP, ncpu)), -1, np.int64), "norder": np.zeros(len(GROUPS), np.int64),
         "top": Dict.empty(types.UniTuple(types.int64, 3), types.UniTuple(types.int64, 2)),
+        # per symbol id: a callsite on a single-target path (audit.py's SINGLE_CALLSITES)
+        "single": np.zeros(ID_CAP, np.bool_),
         # hash -> dense id, for callsites and functions together, and for tasks
         "symbols": Dict.empty(types.uint64, types.int64), "tasks": Dict.empty(types.uint64, types.int64),
-        "next_id": np.zeros(2, np.int64),
+        "next_id": np.zeros(2, np.int64), "singles_known": 0,
     }
 
 
@@ -691,7 +701,7 @@ def _record(hists: dict[int, HdrHistogram], funcs: np.ndarray, values: np.ndarra
 
 def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], lat: dict[int, HdrHistogram],
             dur: dict[int, HdrHistogram], cpus: set[int] | None, top_n: int) -> dict[str, Any]:
-    from ipilab.analysis.audit import percentiles  # audit.py imports this module
+    from ipilab.analysis.audit import TIME_DOCS, percentiles  # audit.py imports this module
 
     C, PC, tallies, order = st["C"], st["PC"], st["tallies"], st["order"]
     counts = {name: int(C[i]) for i, name in COUNTER_NAMES.items()}
@@ -734,6 +744,7 @@ def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], la
     out["latency_ns"] = {names.get(f, "?"): percentiles(h) for f, h in lat.items()}
     out["latency_ns"] = dict(sorted(out["latency_ns"].items()))
     out["function_ns"] = dict(sorted({names.get(f, "?"): percentiles(h) for f, h in dur.items()}.items()))
+    out["times"] = TIME_DOCS
     out["cpus"] = sorted(cpus) if cpus is not None else None
     return out
 

@@ -238,7 +238,7 @@ class TraceModel:
     """Pass 1: the trace as calls, flushes and idle transitions, plus the audit's real decisions."""
 
     def __init__(self, halt_poll_ns: int | None = None) -> None:
-        self.audit = Audit(strict=True)
+        self.audit = Audit()
         self.halt_poll_override = halt_poll_ns
         self.enqueues: list[Enqueue] = []
         self.calls: list[Call] = []
@@ -285,7 +285,7 @@ class TraceModel:
                 self._open_call.pop((cpu, False), None)
 
     def _in_irq(self, ev: Event) -> bool:
-        return self.audit.in_irq(ev)  # the same contexts as the audit's (see Audit's `strict`)
+        return self.audit.in_irq(ev)  # the same contexts as the audit's
 
     def _enqueue(self, seq: int, ev: Event, lineno: int, real: Queued | None) -> None:
         f = ev.fields
