@@ -8,17 +8,13 @@ with the same vector already pending in the target's APIC.
 
 Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in tests/test_replay.py):
 
-- Queue state. A target's flush runs every call it detached, so the calls a flush ran are exactly the
-  queue it detached: a call found the queue non-empty iff a call added before it ran in the same flush.
-  The first added is the first traced, unless the first run was traced within RACE_NS of it: then
-  the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides (`first_added`). A flush is a
-  call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
-  `csd_function_entry` events (the idle loop's own flush); a call queued after a flush's first run
-  belongs to the next flush. Calls are matched to their run by (target, csd pointer), oldest first.
-  Remote wakeups (`sched_ttwu_pending`) run as one call for the whole batch, traced with the first
-  wakeup's pointer: that run takes every other wakeup queued on the target before the flush's first
-  run, unless one shows its own run later. A pointer queued again before its run shows ran unseen (a
-  batch of its own). Calls the trace never runs are still queued at its end (one batch per target).
+- Queue state. Which flush ran each queued call comes from the queue model of analysis/queues.py (the
+  one `analyze` measures waits with): a flush runs every call it detached, so the calls a flush ran are
+  exactly the queue it detached, and a call found the queue non-empty iff a call added before it ran in
+  the same flush. The first added is the first traced, unless the first run was traced within RACE_NS
+  of it: then the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides
+  (`first_added`). A call whose run the trace does not show (its pointer queued again first) is a batch
+  of its own; calls the trace never runs are still queued at its end (one batch per target).
 - Calls. csd_queue_cpu events of one sending context (a CPU's task, or an interrupt handler on it) with
   the same callsite and function and ascending targets form one multi-CPU call (the kernel queues a
   call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
