@@ -406,7 +406,13 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
               help="Senders listed per target CPU.")
 def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | None, parquet: Path | None,
             top: int) -> None:
-    """Audit the IPIs in real (or simulated) traces: who queues calls on which CPU, which IPIs were needed.
+    """Audit the IPIs in real (or simulated) traces: who queues calls on which CPU, which IPIs were needed,
+    how long the calls waited.
+
+    A call's wait runs from its csd_queue_cpu to the csd_function_entry on its target that ran it, found by
+    the kernel's queue rules (the replay's queue model): a flush runs everything queued before it; one
+    sched_ttwu_pending call runs a whole batch of remote wakeups. Times print in microseconds to the
+    trace's timestamp resolution (stated); shorter than that prints as "< 1 us".
 
     Reads ftrace `trace` text, `perf script` text and `trace-cmd report` text, recognised by their lines,
     plain or compressed (.xz, .gz, .zst), and trace.dat (trace-cmd record) and perf.data (perf record),

@@ -8,14 +8,21 @@ How a queued call's IPI decision is read from the trace (Linux 6.x): a sending C
 targets whose queue was empty, or `sched_wake_idle_without_ipi` for a polling idle target. So on each
 CPU, the calls queued since its last send are decided by its next send: a target in the send got an
 IPI; a target skipped by it (or when the CPU moves on without sending) was queued behind a call that
-already had its IPI coming. Events inside interrupt handlers on the sending CPU do not interrupt this.
+already had its IPI coming. Events inside interrupt handlers on the sending CPU do not interrupt this
+(hardirq context is read from ftrace's flags). A context's calls are also decided once it queues the next
+call: the single-target paths (SINGLE_CALLSITES) send right after their one enqueue, and a call already
+waiting from another callsite or to the same target is another call whose send is past, so a later
+send cannot be its.
+
+How long each call waited (queued -> run) is found by the queue model of analysis/queues.py, the one the
+replay decides with.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,12 +34,12 @@ import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
 from ipilab.analysis.fastaudit import fast_audit
+from ipilab.analysis.queues import NULL_CSD, CallQueues, Flush
 from ipilab.events import HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
 from ipilab.files import PublishOnExit, publish
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.trace.sidecar import Sidecar, read_sidecar, sidecar_for
 
-NULL_CSD = "0" * 16
 RESCHEDULE_CALLBACK = "0x0"
 IRQ_ENTRY = HANDLER_ENTRY | {"reschedule_entry"}
 IRQ_EXIT = HANDLER_EXIT | {"reschedule_exit"}
@@ -60,18 +67,36 @@ AUDIT_DOCS: dict[str, str] = {
     "csds_run_elsewhere": "queued calls run outside a function-call interrupt (the idle loop's own flush)",
     "csds_per_interrupt": "csds_run_in_irq / cal_interrupts",
     "tlb_flushes_received": "flush_tlb_func run for another CPU (the TLB row)",
+    "runs_unseen": "queued calls whose run the trace does not show (their csd was queued again first): no wait",
+    "runs_unmatched": "calls run whose queueing the trace does not show (queued before it began): no wait",
+}
+# What the per-function times are; stored in the JSON (`times`) and printed under the table.
+TIME_DOCS: dict[str, str] = {
+    "latency_ns": "wait: from a call's csd_queue_cpu to the csd_function_entry on its target that ran it, the run "
+                  "found by the kernel's queue rules (analysis/queues.py): a remote wakeup queued behind another runs "
+                  "in the batch's one sched_ttwu_pending call; calls counted in runs_unseen or runs_unmatched have "
+                  "no wait",
+    "function_ns": "run: a queued call's csd_function_entry to its csd_function_exit on the target",
+    "units": "nanoseconds, as percentiles of an HdrHistogram (3 significant digits); no time finer than "
+             "timestamp_resolution_ns can be told from 0",
 }
 
 
 @dataclass(eq=False, slots=True)
 class Queued:
+    """One csd_queue_cpu: its IPI decision once the trace shows it, and (queues.py) the flush that ran it."""
+
+    seq: int
     ts: int
     sender_cpu: int
     target: int
     task: str
     callsite: str
     func: str
+    csd: str
     decision: str | None = None  # "ipi", "queued", "polling"
+    flush: Flush | None = None
+    run_ts: int | None = None
 
 
 class Tally:
@@ -94,13 +119,8 @@ def _histogram() -> HdrHistogram:
 class Audit:
     """Feed it events in time order (`feed`), then read `result()`. `cpus` limits it to target CPUs."""
 
-    def __init__(self, cpus: set[int] | None = None, strict: bool = False) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
         self.cpus = cpus
-        # strict (the replay's audit): hardirq context from ftrace's flags alone when the line has them (a
-        # trace that begins inside a handler, or before the exit tracepoint was enabled, leaves the handler
-        # depth wrong for good), and a context's calls are decided by the time it queues the next call
-        # (single-target paths send at once; another callsite or target already waiting is another call).
-        self.strict = strict
         self.counts: Counter[str] = Counter()
         self.groups: dict[str, defaultdict[str, Tally]] = {k: defaultdict(Tally) for k in GROUP_KEYS}
         self.per_cpu: defaultdict[int, Counter[str]] = defaultdict(Counter)
@@ -110,7 +130,8 @@ class Audit:
         # Undecided calls per sending context: (cpu, in an interrupt handler). A handler that queues and
         # sends between a task's queueing and its send must not decide the task's calls.
         self._waiting: dict[tuple[int, bool], list[Queued]] = defaultdict(list)
-        self._unrun: dict[tuple[int, str], deque[Queued]] = defaultdict(deque)  # (target, csd) -> queued calls
+        self.queues = CallQueues(on_run=self._ran)  # which run ran each queued call: its wait
+        self._seq = 0
         self._irq_depth: Counter[int] = Counter()  # per CPU: handlers open
         self._in_cal: Counter[int] = Counter()  # per CPU: function-call handlers open
         self._running: dict[int, list[tuple[str, str, int]]] = defaultdict(list)  # per CPU: functions entered
@@ -120,6 +141,10 @@ class Audit:
 
     def _wanted(self, target: int) -> bool:
         return self.cpus is None or target in self.cpus
+
+    def _ran(self, q: Queued) -> None:  # type: ignore[override]
+        if self._wanted(q.target) and q.run_ts is not None:
+            self.latency[q.func].record_value(max(0, q.run_ts - q.ts))
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -150,9 +175,12 @@ class Audit:
                     self._decide(q, "queued")
 
     def in_irq(self, ev: Event) -> bool:
-        if self.strict and ev.flags:
+        """Is the event in hardirq context? From ftrace's flags alone when the line has them (a trace that
+        begins inside a handler, or before the exit tracepoint was enabled, would leave a handler depth
+        wrong for good); otherwise from the handlers' entry and exit."""
+        if ev.flags:
             return ev.flags[2:3] in ("h", "H")
-        return self._irq_depth[ev.cpu] > 0 or "h" in ev.flags.lower()
+        return self._irq_depth[ev.cpu] > 0
 
     # --- feeding -------------------------------------------------------------------------------------
 
@@ -163,15 +191,19 @@ class Audit:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
         name, f, cpu = ev.name, ev.fields, ev.cpu
+        seq = self._seq
+        self._seq += 1
+        self.queues.event(seq, ev)
         if name == "csd_queue_cpu":
             target = int(f["cpu"])  # type: ignore[arg-type]
-            q = Queued(ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])))
+            q = Queued(seq, ev.ts, cpu, target, ev.task, symbol_name(str(f["callsite"])), symbol_name(str(f["func"])),
+                       str(f["csd"]))
+            self.queues.enqueue(q)
             ctx = (cpu, self.in_irq(ev))
-            if self.strict and any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
-                                   for w in self._waiting.get(ctx, ())):
+            if any(w.callsite in SINGLE_CALLSITES or w.callsite != q.callsite or w.target == target
+                   for w in self._waiting.get(ctx, ())):
                 self._close(ctx)
             self._waiting[ctx].append(q)
-            self._unrun[(target, str(f["csd"]))].append(q)
             if self._wanted(target):
                 self.counts["csd_enqueues"] += 1
                 for group, gname in self._group_names(q):
@@ -233,7 +265,6 @@ class Audit:
                     self._close((cpu, False))
                 return
             if not self._wanted(cpu):
-                self._unrun.pop((cpu, csd), None)
                 return
             where = "csds_run_in_irq" if self._in_cal[cpu] else "csds_run_elsewhere"
             self.counts[where] += 1
@@ -241,21 +272,13 @@ class Audit:
             if func == "flush_tlb_func":
                 self.counts["tlb_flushes_received"] += 1
                 self.per_cpu[cpu]["tlb_flushes_received"] += 1
-            pending = self._unrun.get((cpu, csd))
-            if pending:
-                q = pending.popleft()
-                if not pending:
-                    del self._unrun[(cpu, csd)]
-                self.latency[func].record_value(max(1, ev.ts - q.ts))
-            else:
-                self.counts["runs_unmatched"] += 1  # queued before the trace began
             return
         if name == "csd_function_exit":
             stack = self._running.get(cpu)
             if stack:
                 func, csd, t0 = stack.pop()
                 if csd != NULL_CSD and self._wanted(cpu):
-                    self.duration[func].record_value(max(1, ev.ts - t0))
+                    self.duration[func].record_value(max(0, ev.ts - t0))
             return
         if (name == "cpu_idle" or name == "sched_switch") and not self.in_irq(ev):
             # The task stops or the CPU idles: its calls got no send. (sched_switch reaches the audit only
@@ -265,10 +288,17 @@ class Audit:
 
     # --- the result ------------------------------------------------------------------------------------
 
+    def finish(self) -> None:
+        """The trace has ended: the calls still queued get their last batch, with no run."""
+        self.queues.finish()
+
     def result(self, top: int = 5) -> dict[str, Any]:
         """What the events so far show, the calls still awaiting their sender's decision as undecided. It
-        changes nothing: feeding may go on (`ipilab top` reads it every second)."""
+        changes nothing: feeding may go on (`ipilab top` reads it every second); call finish() first once
+        the trace has ended."""
         c = Counter(self.counts)
+        c["runs_unmatched"] = sum(n for cpu, n in self.queues.runs_unmatched.items() if self._wanted(cpu))
+        c["runs_unseen"] = sum(n for cpu, n in self.queues.runs_unseen.items() if self._wanted(cpu))
         c["csds_undecided"] += sum(1 for waiting in self._waiting.values() for q in waiting
                                    if q.decision is None and self._wanted(q.target))
         by = {g: {name: t.as_dict() for name, t in sorted(tallies.items(), key=lambda kv: -kv[1].enqueues)}
@@ -282,7 +312,7 @@ class Audit:
                     t["no_ipi_queued"] = 0
         keys = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling",
                 "csds_undecided", "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts",
-                "csds_run_in_irq", "csds_run_elsewhere", "tlb_flushes_received")
+                "csds_run_in_irq", "csds_run_elsewhere", "tlb_flushes_received", "runs_unseen", "runs_unmatched")
         out: dict[str, Any] = {k: c[k] for k in keys}
         out["csds_per_interrupt"] = c["csds_run_in_irq"] / c["cal_interrupts"] if c["cal_interrupts"] else None
         out["decisions_known"] = self.saw_sends
@@ -295,6 +325,7 @@ class Audit:
             for target, cnt in sorted(self.top_senders.items())}
         out["latency_ns"] = {func: percentiles(h) for func, h in sorted(self.latency.items())}
         out["function_ns"] = {func: percentiles(h) for func, h in sorted(self.duration.items())}
+        out["times"] = TIME_DOCS
         out["cpus"] = sorted(self.cpus) if self.cpus is not None else None
         return out
 
@@ -332,11 +363,13 @@ def audit_trace(path: Path, *, cpus: set[int] | None = None, parquet: Path | Non
                 progress(stats.bytes_read(), total)
     if progress is not None:
         progress(total, total)
+    audit.finish()
     return _finish(path, stats, audit.result(top), parquet)
 
 
 def _finish(path: Path, stats: ReadStats, result: dict[str, Any], parquet: Path | None) -> dict[str, Any]:
     out = {"trace": str(path), "format": stats.format, "lines": stats.lines, "events_read": stats.events,
+           "timestamp_resolution_ns": stats.resolution_ns(),
            "other_events": dict(sorted(stats.other_events.items())), "bad_lines": stats.bad_lines,
            "warnings": [str(w) for w in stats.warnings], **result}
     side = read_sidecar(sidecar_for(path))

@@ -1,9 +1,10 @@
 """The IPI audit compiled: the same rules as audit.py's `Audit`, over the columns of trace/fastparse.py.
 
 `audit_block` (numba) walks a block of parsed lines in file order and updates the audit's state, kept
-in arrays and typed dicts between blocks so that memory stays flat. `fast_audit` drives it over an
-ftrace text file and returns exactly what `Audit` returns. It declines (returns None) when a trace
-needs something it does not do (another format, a queued call still queued when queued again, deeper
+in arrays and typed dicts between blocks so that memory stays flat. Its waits follow queues.py's
+`CallQueues` rule for rule (`_queue_call`, `_run_call`): the one queue model, compiled. `fast_audit`
+drives it over an ftrace text file and returns exactly what `Audit` returns. It declines (returns None)
+when a trace needs something it does not do (another format, more waiting calls or wakeups or deeper
 nesting than it keeps), and the caller then uses `Audit`; the tests hold the two to the same output.
 """
 
@@ -18,6 +19,7 @@ from hdrh.histogram import HdrHistogram
 from numba import njit, types
 from numba.typed import Dict
 
+from ipilab.analysis.queues import TTWU_FUNC
 from ipilab.events import symbol_name
 from ipilab.trace.fastparse import BAD, OTHER, SKIP, fnv1a, line_starts, parse
 from ipilab.trace.read import (
@@ -34,7 +36,7 @@ from ipilab.trace.read import (
 
 # Counter slots.
 (ENQ, LOCAL, IPIS, QUEUED, POLLING, UNDECIDED, UNMATCHED, RESCHED_IPIS, CAL, RES, RUN_IRQ, RUN_ELSE, TLB,
- RUNS_UNMATCHED, MATCHED, SAW_SENDS, FIRST_TS, LAST_TS, DECLINE) = range(19)
+ RUNS_UNMATCHED, MATCHED, SAW_SENDS, FIRST_TS, LAST_TS, DECLINE, NEXT_FLUSH) = range(20)
 COUNTER_NAMES = {ENQ: "csd_enqueues", LOCAL: "local_runs", IPIS: "csd_ipis", QUEUED: "csd_no_ipi_queued",
                  POLLING: "csd_no_ipi_polling", UNDECIDED: "csds_undecided", UNMATCHED: "ipis_unmatched",
                  RESCHED_IPIS: "reschedule_ipis", CAL: "cal_interrupts", RES: "reschedule_interrupts",
@@ -45,6 +47,11 @@ PER_CPU_NAMES = ("cal_interrupts", "reschedule_interrupts", "csds_run_in_irq", "
                  "ipis_received", "tlb_flushes_received")
 GROUPS = ("callsite", "func", "sender", "target", "cpu")
 FLUSH_TLB_FUNC = np.uint64(fnv1a("flush_tlb_func"))
+TTWU_FUNC_HASH = np.uint64(fnv1a(TTWU_FUNC))
+# Per-CPU queue-model slots: the open handler's flush and its first run's row, the idle loop's flush and
+# its first run's row, the last two flushes that ran a queued call; then the runs counted without a wait.
+Q_CAL, Q_CAL_FIRST, Q_IDLE, Q_IDLE_FIRST, Q_RAN_PREV, Q_RAN_LAST, Q_UNSEEN, Q_UNMATCHED = range(8)
+TTWU_CAP = 1024  # remote wakeups queued on one CPU and not yet run
 ID_CAP = 1 << 16  # distinct callsites + functions, or tasks, a trace may name
 STACK_CAP = 256  # functions entered and not (yet) exited on one CPU
 BLOCK = 16 << 20  # bytes of text per block: what memory use is bounded by
@@ -107,9 +114,114 @@ def _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func,
 
 
 @njit(cache=True)
+def _new_flush(C):
+    C[NEXT_FLUSH] += 1
+    return C[NEXT_FLUSH]
+
+
+@njit(cache=True)
+def _wait(wanted, lat_f, lat_v, n_lat, target, func, queued_ts, run_ts):
+    """One queued call's final run (CallQueues' on_run): a wait sample if its target is audited."""
+    if wanted[target]:
+        lat_f[n_lat] = func
+        lat_v[n_lat] = _quantize(max(np.int64(0), run_ts - queued_ts))
+        return n_lat + 1
+    return n_lat
+
+
+@njit(cache=True)
+def _drop_wakeup(tw_csd, tw_seq, tw_n, target, key):
+    for i in range(tw_n[target]):
+        if tw_csd[target, i] == key:
+            last = tw_n[target] - 1
+            tw_csd[target, i] = tw_csd[target, last]
+            tw_seq[target, i] = tw_seq[target, last]
+            tw_n[target] = last
+            return
+
+
+@njit(cache=True)
+def _queue_call(C, Q, qp, bat, tw_csd, tw_seq, tw_n, wanted, lat_f, lat_v, n_lat, g, t, key, when, fn, ttwu_id):
+    """CallQueues.enqueue: a call queued on `t` with csd `key` at row `g`. Returns the wait samples made."""
+    if key in bat:  # its pointer is queued again: the batch it ran in stands
+        b = bat[key]
+        del bat[key]
+        n_lat = _wait(wanted, lat_f, lat_v, n_lat, b[0], b[3], b[1], b[2])
+    if key in qp:  # queued again before its run shows: it ran unseen
+        old = qp[key]
+        del qp[key]
+        Q[old[0], Q_UNSEEN] += 1
+        if old[3] == ttwu_id:
+            _drop_wakeup(tw_csd, tw_seq, tw_n, old[0], key)
+    qp[key] = (t, g, when, fn)
+    if fn == ttwu_id:
+        n = tw_n[t]
+        if n >= tw_csd.shape[1]:
+            C[DECLINE] = 5
+            return n_lat
+        tw_csd[t, n] = key
+        tw_seq[t, n] = g
+        tw_n[t] = n + 1
+    return n_lat
+
+
+@njit(cache=True)
+def _run_call(C, Q, qp, bat, tw_csd, tw_seq, tw_n, wanted, lat_f, lat_v, n_lat, g, c, key, when, fn, ttwu_id):
+    """CallQueues._run: csd_function_entry of csd `key` (not a local run) on CPU `c` at row `g`."""
+    idle = Q[c, Q_CAL] < 0
+    if idle and Q[c, Q_IDLE] < 0:
+        Q[c, Q_IDLE] = _new_flush(C)
+        Q[c, Q_IDLE_FIRST] = -1
+    hit = False
+    if key in qp:
+        hit = qp[key][0] == c
+    if idle and Q[c, Q_IDLE_FIRST] >= 0 and hit and qp[key][1] > Q[c, Q_IDLE_FIRST]:
+        # queued after this idle-loop flush began running: the idle loop flushes again
+        Q[c, Q_IDLE] = _new_flush(C)
+        Q[c, Q_IDLE_FIRST] = -1
+    slot = Q_IDLE if idle else Q_CAL
+    if Q[c, slot + 1] < 0:
+        Q[c, slot + 1] = g
+        Q[c, Q_RAN_PREV] = Q[c, Q_RAN_LAST]
+        Q[c, Q_RAN_LAST] = Q[c, slot]
+    flush = Q[c, slot]
+    first = Q[c, slot + 1]
+    if not hit:
+        if key in bat:
+            b = bat[key]
+            del bat[key]
+            if b[0] == c and b[4] == Q[c, Q_RAN_PREV]:  # a batched wakeup runs on its own in the next flush
+                return _wait(wanted, lat_f, lat_v, n_lat, b[0], b[3], b[1], when)
+            n_lat = _wait(wanted, lat_f, lat_v, n_lat, b[0], b[3], b[1], b[2])
+        Q[c, Q_UNMATCHED] += 1  # queued before the trace began
+        return n_lat
+    q = qp[key]
+    del qp[key]
+    if q[3] == ttwu_id:
+        _drop_wakeup(tw_csd, tw_seq, tw_n, c, key)
+    n_lat = _wait(wanted, lat_f, lat_v, n_lat, c, q[3], q[2], when)
+    if fn == ttwu_id:  # one run for the whole batch of wakeups queued before this flush's first run
+        i = 0
+        while i < tw_n[c]:
+            if tw_seq[c, i] < first:
+                k2 = tw_csd[c, i]
+                w = qp[k2]
+                del qp[k2]
+                bat[k2] = (c, w[2], when, w[3], flush)
+                last = tw_n[c] - 1
+                tw_csd[c, i] = tw_csd[c, last]
+                tw_seq[c, i] = tw_seq[c, last]
+                tw_n[c] = last
+            else:
+                i += 1
+    return n_lat
+
+
+@njit(cache=True)
 def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mrow, mask,
-                C, PC, wanted, irq_depth, in_cal, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
-                s_n, s_func, s_csd, s_ts, unrun, more, tallies, order, norder, top, lat_f, lat_v, dur_f, dur_v, tlb_id):
+                C, PC, wanted, in_cal, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
+                s_n, s_func, s_csd, s_ts, Q, qp, bat, tw_csd, tw_seq, tw_n, tallies, order, norder, top, single,
+                lat_f, lat_v, dur_f, dur_v, tlb_id, ttwu_id, row0):
     """Feed one block's rows to the audit state; returns how many latency and duration samples it made."""
     n_lat = 0
     n_dur = 0
@@ -122,10 +234,20 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
         if C[FIRST_TS] < 0:
             C[FIRST_TS] = ts[r]
         C[LAST_TS] = ts[r]
+        g = row0 + r
+        if k != 1 and k != 2:  # anything else on this CPU ends an idle-loop flush
+            Q[c, Q_IDLE] = -1
         # The sending context: the CPU, and whether it is inside an interrupt handler (see audit.py).
-        x = 2 * c + (1 if (irq_depth[c] > 0 or hirq[r]) else 0)
+        x = 2 * c + (1 if hirq[r] else 0)
         if k == 0:  # csd_queue_cpu
             t = target[r]
+            for j in range(w_n[x]):
+                # A call already waiting on a single-target path, from another callsite, or to this target
+                # is another call: its send is past, so it found the queue waiting.
+                if single[w_site[x, j]] or w_site[x, j] != site[r] or w_target[x, j] == t:
+                    _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
+                           w_dec, x)
+                    break
             n = w_n[x]
             if n >= w_target.shape[1]:
                 C[DECLINE] = 1
@@ -137,13 +259,8 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
             w_dec[x, n] = 0
             w_cpu[x] = c
             w_n[x] = n + 1
-            key = (np.int64(t), csd[r])
-            if key in unrun:  # queued again before a run was seen: keep both, oldest first
-                h = unrun[key]
-                more[(np.int64(t), csd[r], h[2] + h[3])] = (ts[r], func[r])
-                unrun[key] = (h[0], h[1], h[2], h[3] + 1)
-            else:
-                unrun[key] = (ts[r], func[r], np.int64(0), np.int64(1))
+            n_lat = _queue_call(C, Q, qp, bat, tw_csd, tw_seq, tw_n, wanted, lat_f, lat_v, n_lat, g, t, csd[r], ts[r],
+                                func[r], ttwu_id)
             if wanted[t]:
                 C[ENQ] += 1
                 ok = _tally(tallies, order, norder, 0, site[r], 0)
@@ -208,21 +325,19 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
                         found, 3)
                 _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec, x)
         elif k == 5 or k == 7:  # call_function(_single)_entry
-            irq_depth[c] += 1
+            Q[c, Q_CAL] = _new_flush(C)
+            Q[c, Q_CAL_FIRST] = -1
             in_cal[c] += 1
             if wanted[c]:
                 C[CAL] += 1
                 PC[c, PC_CAL] += 1
         elif k == 9:  # reschedule_entry
-            irq_depth[c] += 1
             if wanted[c]:
                 C[RES] += 1
                 PC[c, PC_RES] += 1
         elif k == 6 or k == 8:
-            irq_depth[c] = max(0, irq_depth[c] - 1)
+            Q[c, Q_CAL] = -1
             in_cal[c] = max(0, in_cal[c] - 1)
-        elif k == 10:
-            irq_depth[c] = max(0, irq_depth[c] - 1)
         elif k == 1:  # csd_function_entry
             sn = s_n[c]
             if sn >= s_func.shape[1]:
@@ -235,17 +350,13 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
             if csd[r] == 0:
                 if wanted[c]:
                     C[LOCAL] += 1
-                if not (irq_depth[c] > 0 or hirq[r]):
+                if not hirq[r]:
                     _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu,
                            w_dec, 2 * c)
                 continue
-            key = (np.int64(c), csd[r])
+            n_lat = _run_call(C, Q, qp, bat, tw_csd, tw_seq, tw_n, wanted, lat_f, lat_v, n_lat, g, c, csd[r], ts[r],
+                              func[r], ttwu_id)
             if not wanted[c]:
-                if key in unrun:
-                    h = unrun[key]
-                    for seq in range(h[2] + 1, h[2] + h[3]):
-                        del more[(np.int64(c), csd[r], seq)]
-                    del unrun[key]
                 continue
             if in_cal[c] > 0:
                 C[RUN_IRQ] += 1
@@ -256,29 +367,16 @@ def audit_block(kind, cpu, ts, hirq, task, target, site, func, csd, resched, mro
             if func[r] == tlb_id:
                 C[TLB] += 1
                 PC[c, PC_TLB] += 1
-            if key in unrun:
-                q = unrun[key]
-                if q[3] == 1:
-                    del unrun[key]
-                else:
-                    nxt = more[(np.int64(c), csd[r], q[2] + 1)]
-                    del more[(np.int64(c), csd[r], q[2] + 1)]
-                    unrun[key] = (nxt[0], nxt[1], q[2] + 1, q[3] - 1)
-                lat_f[n_lat] = func[r]
-                lat_v[n_lat] = _quantize(max(np.int64(1), ts[r] - q[0]))
-                n_lat += 1
-            else:
-                C[RUNS_UNMATCHED] += 1
         elif k == 2:  # csd_function_exit
             sn = s_n[c]
             if sn > 0:
                 s_n[c] = sn - 1
                 if s_csd[c, sn - 1] != 0 and wanted[c]:
                     dur_f[n_dur] = s_func[c, sn - 1]
-                    dur_v[n_dur] = _quantize(max(np.int64(1), ts[r] - s_ts[c, sn - 1]))
+                    dur_v[n_dur] = _quantize(max(np.int64(0), ts[r] - s_ts[c, sn - 1]))
                     n_dur += 1
         elif k == 12:  # cpu_idle
-            if not (irq_depth[c] > 0 or hirq[r]):
+            if not hirq[r]:
                 _close(C, PC, wanted, tallies, order, norder, w_n, w_target, w_site, w_func, w_task, w_cpu, w_dec,
                        2 * c)
     return n_lat, n_dur
@@ -326,6 +424,17 @@ def export_top(top):
 
 
 @njit(cache=True)
+def batched_waits(bat, wanted):
+    """The waits of the wakeups still taken as batched at the trace's end: their batch's run stands."""
+    f = np.empty(len(bat), np.int64)
+    v = np.empty(len(bat), np.int64)
+    n = 0
+    for b in bat.values():
+        n = _wait(wanted, f, v, n, b[0], b[3], b[1], b[2])
+    return n, f, v
+
+
+@njit(cache=True)
 def finish(C, wanted, w_n, w_target, w_dec):
     for c in range(len(w_n)):
         for j in range(w_n[c]):
@@ -349,6 +458,8 @@ def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
 
 def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | None, stats: ReadStats,
                 progress: Callable[[int, int], None] | None, top_n: int) -> dict[str, Any] | None:
+    from ipilab.analysis.audit import SINGLE_CALLSITES  # audit.py imports this module
+
     state: dict[str, Any] | None = None  # sized once the first block shows how many CPUs there are
     names: dict[int, str] = {}
     tasks: dict[int, str] = {}
@@ -404,6 +515,7 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
             stats.warn(TraceWarning(str(path), line_base + int(r) + 1, message))
         known = kind >= 0
         stats.events += int(np.count_nonzero(known))
+        stats.ts_decimals = max(stats.ts_decimals, int(cols["fdig"][known].max(initial=0)))
         o = cols["other"][kind == OTHER]
         if len(o):
             hashes, first_idx, counts = np.unique(o, return_index=True, return_counts=True)
@@ -428,11 +540,15 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
         task = _ids(data, starts, cols, "task", kind == 0, st, "tasks", tasks, "task")
         if st["next_id"].max() >= ID_CAP:
             return None
+        for i in range(st["singles_known"], int(st["next_id"][0])):
+            st["single"][i] = names.get(i) in SINGLE_CALLSITES
+        st["singles_known"] = int(st["next_id"][0])
         tlb_id = st["symbols"].get(FLUSH_TLB_FUNC, -2)
+        ttwu_id = st["symbols"].get(TTWU_FUNC_HASH, -2)
         n_lat, n_dur = audit_block(kind, cols["cpu"].astype(np.int64), cols["ts"], cols["hirq"], task,
                                    cols["target"].astype(np.int64), site, func, cols["csd"],
                                    cols["resched"], cols["mrow"], cols["mask"], *(st[k] for k in STATE_ORDER),
-                                   lat_f, lat_v, dur_f, dur_v, tlb_id)
+                                   lat_f, lat_v, dur_f, dur_v, tlb_id, ttwu_id, line_base)
         if st["C"][DECLINE]:
             return None
         _record(lat, lat_f[:n_lat], lat_v[:n_lat])
@@ -446,12 +562,20 @@ def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | No
         return None  # no text at all: the reference reader says so
     st = state
     finish(st["C"], st["wanted"], st["w_n"], st["w_target"], st["w_dec"])
+    # Wakeups still taken as batched: their batch's run stands (CallQueues.finish).
+    n_left, left_f, left_v = batched_waits(st["bat"], st["wanted"])
+    _record(lat, left_f[:n_left], left_v[:n_left])
+    wanted = st["wanted"]
+    Q = st["Q"]
+    st["C"][RUNS_UNMATCHED] = int(Q[wanted, Q_UNMATCHED].sum())
+    st["runs_unseen"] = int(Q[wanted, Q_UNSEEN].sum())
     stats.other_events = {other_names[h]: n for h, n in other.items()}
     return _result(st, names, tasks, lat, dur, cpus, top_n)
 
 
-STATE_ORDER = ("C", "PC", "wanted", "irq_depth", "in_cal", "w_n", "w_target", "w_site", "w_func", "w_task", "w_cpu",
-               "w_dec", "s_n", "s_func", "s_csd", "s_ts", "unrun", "more", "tallies", "order", "norder", "top")
+STATE_ORDER = ("C", "PC", "wanted", "in_cal", "w_n", "w_target", "w_site", "w_func", "w_task", "w_cpu",
+               "w_dec", "s_n", "s_func", "s_csd", "s_ts", "Q", "qp", "bat", "tw_csd", "tw_seq", "tw_n", "tallies",
+               "order", "norder", "top", "single")
 
 
 def _max_cpu(cols: dict[str, np.ndarray]) -> int:
@@ -473,11 +597,13 @@ def _max_cpu(cols: dict[str, np.ndarray]) -> int:
 def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
     wait = 4096 if ncpu <= 128 else 4 * ncpu  # undecided calls one CPU may pile up
     wanted = np.ones(ncpu, np.bool_) if cpus is None else np.isin(np.arange(ncpu), sorted(cpus))
-    C = np.zeros(19, np.int64)
+    C = np.zeros(20, np.int64)
     C[FIRST_TS] = -1
+    Q = np.full((ncpu, 8), -1, np.int64)
+    Q[:, Q_UNSEEN:] = 0
     return {
         "ncpu": ncpu, "C": C, "PC": np.zeros((ncpu, 6), np.int64), "wanted": wanted,
-        "irq_depth": np.zeros(ncpu, np.int64), "in_cal": np.zeros(ncpu, np.int64),
+        "in_cal": np.zeros(ncpu, np.int64),
         # waiting calls per sending context 2 * cpu + (in an interrupt handler)
         "w_n": np.zeros(2 * ncpu, np.int64), "w_target": np.zeros((2 * ncpu, wait), np.int64),
         "w_site": np.zeros((2 * ncpu, wait), np.int64), "w_func": np.zeros((2 * ncpu, wait), np.int64),
@@ -485,17 +611,23 @@ def _new_state(ncpu: int, cpus: set[int] | None) -> dict[str, Any]:
         "w_dec": np.zeros((2 * ncpu, wait), np.int8),
         "s_n": np.zeros(ncpu, np.int64), "s_func": np.zeros((ncpu, STACK_CAP), np.int64),
         "s_csd": np.zeros((ncpu, STACK_CAP), np.uint64), "s_ts": np.zeros((ncpu, STACK_CAP), np.int64),
-        # (target, csd) -> (ts, func, seq, count) of the oldest call queued there and not yet run; the
-        # later ones are in `more` under (target, csd, seq).
-        "unrun": Dict.empty(types.Tuple((types.int64, types.uint64)), types.UniTuple(types.int64, 4)),
-        "more": Dict.empty(types.Tuple((types.int64, types.uint64, types.int64)), types.UniTuple(types.int64, 2)),
+        # The queue model (queues.py): per CPU its flushes (Q_* slots); csd -> (target, row, ts, func) of each
+        # call queued and not yet run; csd -> (target, ts, run ts, func, flush) of each wakeup taken in another's
+        # batch whose run may still move; per CPU the wakeups queued and not yet run (csd, row).
+        "Q": Q,
+        "qp": Dict.empty(types.uint64, types.UniTuple(types.int64, 4)),
+        "bat": Dict.empty(types.uint64, types.UniTuple(types.int64, 5)),
+        "tw_csd": np.zeros((ncpu, TTWU_CAP), np.uint64), "tw_seq": np.zeros((ncpu, TTWU_CAP), np.int64),
+        "tw_n": np.zeros(ncpu, np.int64),
         # per group (callsite, func, sender, target, cpu) and dense id: enqueues, ipis, queued, polling
         "tallies": np.zeros((len(GROUPS), max(ID_CAP, ncpu), 4), np.int64),
         "order": np.full((len(GROUPS), max(ID_CAP, ncpu)), -1, np.int64), "norder": np.zeros(len(GROUPS), np.int64),
         "top": Dict.empty(types.UniTuple(types.int64, 3), types.UniTuple(types.int64, 2)),
+        # per symbol id: a callsite on a single-target path (audit.py's SINGLE_CALLSITES)
+        "single": np.zeros(ID_CAP, np.bool_),
         # hash -> dense id, for callsites and functions together, and for tasks
         "symbols": Dict.empty(types.uint64, types.int64), "tasks": Dict.empty(types.uint64, types.int64),
-        "next_id": np.zeros(2, np.int64),
+        "next_id": np.zeros(2, np.int64), "singles_known": 0,
     }
 
 
@@ -575,7 +707,7 @@ def _record(hists: dict[int, HdrHistogram], funcs: np.ndarray, values: np.ndarra
 
 def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], lat: dict[int, HdrHistogram],
             dur: dict[int, HdrHistogram], cpus: set[int] | None, top_n: int) -> dict[str, Any]:
-    from ipilab.analysis.audit import percentiles  # audit.py imports this module
+    from ipilab.analysis.audit import TIME_DOCS, percentiles  # audit.py imports this module
 
     C, PC, tallies, order = st["C"], st["PC"], st["tallies"], st["order"]
     counts = {name: int(C[i]) for i, name in COUNTER_NAMES.items()}
@@ -585,7 +717,9 @@ def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], la
         tallies[:, :, 2] = 0
     keys = ("csd_enqueues", "local_runs", "csd_ipis", "csd_no_ipi_queued", "csd_no_ipi_polling", "csds_undecided",
             "ipis_unmatched", "reschedule_ipis", "cal_interrupts", "reschedule_interrupts", "csds_run_in_irq",
-            "csds_run_elsewhere", "tlb_flushes_received")
+            "csds_run_elsewhere", "tlb_flushes_received", "runs_unseen", "runs_unmatched")
+    counts["runs_unseen"] = st["runs_unseen"]
+    counts["runs_unmatched"] = int(C[RUNS_UNMATCHED])
     out: dict[str, Any] = {k: counts[k] for k in keys}
     cal = counts["cal_interrupts"]
     out["csds_per_interrupt"] = counts["csds_run_in_irq"] / cal if cal else None
@@ -616,6 +750,7 @@ def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], la
     out["latency_ns"] = {names.get(f, "?"): percentiles(h) for f, h in lat.items()}
     out["latency_ns"] = dict(sorted(out["latency_ns"].items()))
     out["function_ns"] = dict(sorted({names.get(f, "?"): percentiles(h) for f, h in dur.items()}.items()))
+    out["times"] = TIME_DOCS
     out["cpus"] = sorted(cpus) if cpus is not None else None
     return out
 

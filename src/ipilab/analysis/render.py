@@ -48,14 +48,17 @@ def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: 
         s.add_row(target, "; ".join(f"{x['task']} {x['callsite']}: {x['enqueues']:,}" for x in senders[:top]))
     console.print(s)
 
-    lat = Table(title="per function: queued -> run (latency) and run time, ns", title_justify="left")
-    for col in ("function", "calls", "wait p50", "wait p90", "wait p99", "run p50", "run p99"):
+    res = r["timestamp_resolution_ns"]
+    lat = Table(title=f"per function: wait (queued -> run) and run time; timestamps resolve {resolution(res)}",
+                title_justify="left")
+    for col in ("function", "waits", "wait p50", "wait p90", "wait p99", "wait max", "runs", "run p50", "run p99"):
         lat.add_column(col, justify="left" if col == "function" else "right")
     for func in sorted(set(r["latency_ns"]) | set(r["function_ns"])):
         a, b = r["latency_ns"].get(func), r["function_ns"].get(func)
-        lat.add_row(func, f"{(b or a)['count']:,}", *(f"{a[p]:,}" if a else "-" for p in ("p50", "p90", "p99")),
-                    *(f"{b[p]:,}" if b else "-" for p in ("p50", "p99")))
+        lat.add_row(func, f"{a['count']:,}" if a else "0", *(duration(a[p], res) if a else "-" for p in PERCENTILES),
+                    f"{b['count']:,}" if b else "0", *(duration(b[p], res) if b else "-" for p in ("p50", "p99")))
     console.print(lat)
+    console.print(f"  {r['times']['latency_ns']}; {r['times']['function_ns']}.", highlight=False)
 
     rec = r["reconciliation"]
     if rec:
@@ -69,6 +72,28 @@ def print_audit(r: dict[str, Any], console: Console, by: str = "callsite", top: 
         lost = rec["lost_events"]
         console.print(f"  lost events: {'not recorded' if lost is None else f'{lost:,}'}. Why they can differ: "
                       f"{rec['why_they_differ']}.", highlight=False)
+
+
+PERCENTILES = ("p50", "p90", "p99", "max")
+
+
+def resolution(ns: int | None) -> str:
+    """A trace's timestamp resolution for people: "1 us", "1 ns"."""
+    if ns is None:
+        return "(no events)"
+    return f"{ns // 1000} us" if ns >= 1000 and ns % 1000 == 0 else f"{ns} ns"
+
+
+def duration(ns: int | None, resolution_ns: int | None) -> str:
+    """A time from a trace, in microseconds to the trace's resolution: below it "< 1 us" (a step of the
+    timestamps is all that can be told from 0)."""
+    if ns is None:
+        return "-"
+    step = resolution_ns or 1
+    if ns < step:
+        return f"< {resolution(step)}"
+    decimals = max(0, 3 - len(str(step)) + 1)  # 1000 ns -> 0 decimals, 1 ns -> 3
+    return f"{round(ns / step) * step / 1000:,.{decimals}f} us"
 
 
 def counts_table(docs: dict[str, str], values: dict[str, Any], seconds: float, *, title: str | None = None,

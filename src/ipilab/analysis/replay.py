@@ -8,17 +8,13 @@ with the same vector already pending in the target's APIC.
 
 Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in tests/test_replay.py):
 
-- Queue state. A target's flush runs every call it detached, so the calls a flush ran are exactly the
-  queue it detached: a call found the queue non-empty iff a call added before it ran in the same flush.
-  The first added is the first traced, unless the first run was traced within RACE_NS of it: then
-  the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides (`first_added`). A flush is a
-  call-function interrupt (from its `call_function(_single)_entry`) or, outside one, a run of
-  `csd_function_entry` events (the idle loop's own flush); a call queued after a flush's first run
-  belongs to the next flush. Calls are matched to their run by (target, csd pointer), oldest first.
-  Remote wakeups (`sched_ttwu_pending`) run as one call for the whole batch, traced with the first
-  wakeup's pointer: that run takes every other wakeup queued on the target before the flush's first
-  run, unless one shows its own run later. A pointer queued again before its run shows ran unseen (a
-  batch of its own). Calls the trace never runs are still queued at its end (one batch per target).
+- Queue state. Which flush ran each queued call comes from the queue model of analysis/queues.py (the
+  one `analyze` measures waits with): a flush runs every call it detached, so the calls a flush ran are
+  exactly the queue it detached, and a call found the queue non-empty iff a call added before it ran in
+  the same flush. The first added is the first traced, unless the first run was traced within RACE_NS
+  of it: then the two may have raced (csd_queue_cpu fires before llist_add) and the run order decides
+  (`first_added`). A call whose run the trace does not show (its pointer queued again first) is a batch
+  of its own; calls the trace never runs are still queued at its end (one batch per target).
 - Calls. csd_queue_cpu events of one sending context (a CPU's task, or an interrupt handler on it) with
   the same callsite and function and ascending targets form one multi-CPU call (the kernel queues a
   call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
@@ -48,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipilab.analysis.audit import NULL_CSD, SINGLE_CALLSITES, Audit, Queued
+from ipilab.analysis.audit import SINGLE_CALLSITES, Audit, Queued
+from ipilab.analysis.queues import NEVER, NULL_CSD, TTWU_FUNC, UNSEEN, CallQueues, Flush
 from ipilab.events import (
     CALL_FUNCTION_SINGLE_VECTOR,
     CALL_FUNCTION_VECTOR,
     CPU_IDLE_EXIT,
-    HANDLER_ENTRY,
     HANDLER_EXIT,
     Event,
     symbol_name,
@@ -71,7 +67,6 @@ from ipilab.sim.run import MAX_SECONDS, simulate
 from ipilab.trace.read import ReadStats, read_trace
 from ipilab.workloads.replay import START_NS, TraceCall, TraceReplay
 
-TTWU_FUNC = "sched_ttwu_pending"
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
 MAX_MISMATCHES_SHOWN = 5
 # Two enqueues traced this close may have reached llist_add in either order: under QEMU's emulated clock
@@ -79,8 +74,6 @@ MAX_MISMATCHES_SHOWN = 5
 RACE_NS = 100_000
 POLL_CLEAR_NS = 12_000  # the idle loop clears TIF_POLLING_NRFLAG this long before cpu_idle shows the halt
 OWN_KERNEL = "v6.18"  # csd_* tracepoints exist since 6.3, whose cross-call path the model's v6.18 describes
-NEVER = 1 << 62  # the flush of calls still queued when the trace ends
-UNSEEN = NEVER - 1  # the flush of a call whose run the trace does not show
 # The window: tracepoints are often enabled one after another (at boot, by a script), so the trace's
 # first stretch lacks some of them. Counting starts once each of these has appeared (those seen fewer
 # than WINDOW_MIN_EVENTS times are left out: they tell nothing about when tracing began).
@@ -135,17 +128,6 @@ NOTES: dict[str, str] = {
 
 
 @dataclass(eq=False, slots=True)
-class Flush:
-    """One detach-and-run of a target's queue: an interrupt handler (`vector`) or the idle loop's flush."""
-
-    target: int
-    seq: int
-    vector: int | None
-    first_run_seq: int | None = None
-    csds: list[Enqueue] = field(default_factory=list)
-
-
-@dataclass(eq=False, slots=True)
 class Call:
     """One cross-CPU call: the CSDs a sending context queued together, decided by one send."""
 
@@ -172,6 +154,11 @@ class Enqueue:
     before: tuple[tuple[int, Event], ...]
     after: list[tuple[int, Event]] = field(default_factory=list)
     flush: Flush | None = None
+    run_ts: int | None = None
+
+    @property
+    def ts(self) -> int:
+        return self.event.ts
 
 
 @dataclass(slots=True)
@@ -247,7 +234,7 @@ class TraceModel:
     """Pass 1: the trace as calls, flushes and idle transitions, plus the audit's real decisions."""
 
     def __init__(self, halt_poll_ns: int | None = None) -> None:
-        self.audit = Audit(strict=True)
+        self.audit = Audit()
         self.halt_poll_override = halt_poll_ns
         self.enqueues: list[Enqueue] = []
         self.calls: list[Call] = []
@@ -256,15 +243,9 @@ class TraceModel:
         self.have_sched = False
         self.halt_poll_seen: set[int] = set()
         self.first_pid: dict[int, int] = {}
-        self.runs_unmatched = 0
-        self.runs_unseen = 0
-        self._by_pointer: dict[str, Enqueue] = {}  # the last call queued with each csd pointer
-        self._batched: dict[str, Enqueue] = {}  # wakeups taken as run in another wakeup's batch, by pointer
-        self._last_irq: dict[int, tuple[int, int | None]] = {}  # per CPU: its last handler entry (seq, vector)
-        self._pending: defaultdict[int, list[Enqueue]] = defaultdict(list)  # per target, queue order
+        self.queues = CallQueues(on_flush=self.flushes.append)
+        self.runs_unmatched = self.runs_unseen = 0
         self._open_call: dict[tuple[int, bool], Call] = {}
-        self._cal_flush: dict[int, Flush] = {}
-        self._idle_flush: dict[int, Flush] = {}
         self._ring: deque[tuple[int, Event]] = deque(maxlen=CONTEXT_BEFORE)
         self._awaiting: list[Enqueue] = []
         self.first_seq: dict[str, int] = {}
@@ -282,20 +263,13 @@ class TraceModel:
         self.first_pid.setdefault(cpu, ev.pid)
         self.first_seq.setdefault(name, seq)
         self.kind_counts[name] += 1
-        if name != "csd_function_entry" and name != "csd_function_exit":
-            self._idle_flush.pop(cpu, None)
+        self.queues.event(seq, ev)
         if name == "csd_queue_cpu":
             self._enqueue(seq, ev, lineno, real)
         elif name == "csd_function_entry":
-            self._run(seq, ev)
-        elif name in HANDLER_ENTRY:
-            fl = Flush(cpu, seq, int(f["vector"]))  # type: ignore[arg-type]
-            self._last_irq[cpu] = (seq, fl.vector)
-            self._cal_flush[cpu] = fl
-            self.flushes.append(fl)
+            if f["csd"] == NULL_CSD and not self._in_irq(ev):
+                self._open_call.pop((cpu, False), None)  # a local run: the calling context's call has been sent
         elif name in HANDLER_EXIT or name == "reschedule_exit":
-            if name in HANDLER_EXIT:
-                self._cal_flush.pop(cpu, None)
             self._open_call.pop((cpu, True), None)
         elif name in ("sched_switch", "cpu_idle", "guest_halt_poll_ns"):
             if name == "sched_switch":
@@ -307,7 +281,7 @@ class TraceModel:
                 self._open_call.pop((cpu, False), None)
 
     def _in_irq(self, ev: Event) -> bool:
-        return self.audit.in_irq(ev)  # the same contexts as the audit's (see Audit's `strict`)
+        return self.audit.in_irq(ev)  # the same contexts as the audit's
 
     def _enqueue(self, seq: int, ev: Event, lineno: int, real: Queued | None) -> None:
         f = ev.fields
@@ -323,76 +297,15 @@ class TraceModel:
         q = Enqueue(seq, ev, lineno, target, str(f["csd"]), func, call, real, tuple(self._ring)[:-1])
         call.csds.append(q)
         self.enqueues.append(q)
-        # A CSD is locked while queued (a task's wake entry likewise): one queued earlier under the same
-        # pointer has run, untraced (a tracepoint not yet enabled). It forms a batch of its own.
-        self._batched.pop(q.csd, None)
-        old = self._by_pointer.pop(q.csd, None)
-        if old is not None and old.flush is None:
-            self._pending[old.target].remove(old)
-            # An interrupt the target took after that enqueue, running nothing of it, was its IPI arriving
-            # after an untraced flush: the run came without one, but the IPI was sent.
-            irq_seq, vector = self._last_irq.get(old.target, (-1, None))
-            old.flush = Flush(old.target, UNSEEN, vector if irq_seq > old.seq else None, csds=[old])
-            self.runs_unseen += 1
-        self._by_pointer[q.csd] = q
-        self._pending[target].append(q)
+        self.queues.enqueue(q)
         self._awaiting.append(q)
-
-    def _run(self, seq: int, ev: Event) -> None:
-        cpu, csd, func = ev.cpu, str(ev.fields["csd"]), symbol_name(str(ev.fields["func"]))
-        if csd == NULL_CSD:  # a local run: the calling context's call has been sent
-            if not self._in_irq(ev):
-                self._open_call.pop((cpu, False), None)
-            return
-        fl = self._cal_flush.get(cpu) or self._idle_flush.get(cpu)
-        if fl is None:
-            fl = Flush(cpu, seq, None)
-            self._idle_flush[cpu] = fl
-            self.flushes.append(fl)
-        pending = self._pending[cpu]
-        hit = next((i for i, q in enumerate(pending) if q.csd == csd), None)
-        if fl.vector is None and fl.first_run_seq is not None and hit is not None and \
-                pending[hit].seq > fl.first_run_seq:
-            # Queued after this flush began running, so after it detached: the idle loop flushes again
-            # (woken once more while it polls, it traces nothing in between).
-            fl = Flush(cpu, seq, None)
-            self._idle_flush[cpu] = fl
-            self.flushes.append(fl)
-        if fl.first_run_seq is None:
-            fl.first_run_seq = seq
-        if hit is None:
-            q = self._batched.pop(csd, None)
-            if q is not None and q.target == cpu and q.flush is not None:
-                # A wakeup taken as batched with an earlier one runs on its own: it was queued after that
-                # flush detached the queue.
-                q.flush.csds.remove(q)
-                q.flush = fl
-                fl.csds.append(q)
-            else:
-                self.runs_unmatched += 1  # queued before the trace began
-            return
-        taken = [pending.pop(hit)]
-        if func == TTWU_FUNC:
-            # One run for the whole batch of remote wakeups: the others queued before this flush went too.
-            rest = [q for q in pending if q.func == TTWU_FUNC and q.seq < fl.first_run_seq]
-            for q in rest:
-                self._batched[q.csd] = q
-            taken += rest
-            self._pending[cpu] = [q for q in pending if not (q.func == TTWU_FUNC and q.seq < fl.first_run_seq)]
-        for q in taken:
-            q.flush = fl
-            fl.csds.append(q)
 
     def finish(self) -> None:
         """Calls never run are still queued at the end: one last batch per target."""
-        for target, pending in self._pending.items():
-            if pending:
-                fl = Flush(target, NEVER, None)
-                self.flushes.append(fl)
-                for q in pending:
-                    q.flush = fl
-                    fl.csds.append(q)
-        self._pending.clear()
+        self.queues.finish()
+        self.runs_unmatched = self.queues.runs_unmatched.total()
+        self.runs_unseen = self.queues.runs_unseen.total()
+        self.audit.finish()
         self.audit_result = self.audit.result()
         self.window_start = max((self.first_seq[k] for k in WINDOW_EVENTS if self.kind_counts[k] >= WINDOW_MIN_EVENTS),
                                 default=0)

@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from ipilab import __version__
 from ipilab.analysis.audit import AUDIT_DOCS, audit_trace
 from ipilab.analysis.plots import plain_ticks, seed_figure
+from ipilab.analysis.render import PERCENTILES, duration, resolution
 from ipilab.events import HANDLER_ENTRY
 from ipilab.files import published
 from ipilab.sim.run import METRIC_DOCS
@@ -424,14 +425,17 @@ def trace_page(path: Path) -> str:
     tables.append(Table("top senders per target CPU", ["target", "task", "callsite", "calls queued"],
                         [[target, s["task"], s["callsite"], fmt(s["enqueues"])]
                          for target, senders in a["top_senders"].items() for s in senders]))
-    tables.append(Table("per function: queued -> run (wait) and run time, ns",
-                        ["function", "calls", "wait p50", "wait p90", "wait p99", "wait max", "run p50", "run p99"],
-                        [[f, fmt((a["function_ns"].get(f) or a["latency_ns"][f])["count"]),
-                          *(fmt(a["latency_ns"].get(f, {}).get(p)) for p in ("p50", "p90", "p99", "max")),
-                          *(fmt(a["function_ns"].get(f, {}).get(p)) for p in ("p50", "p99"))]
+    res = a["timestamp_resolution_ns"]
+    tables.append(Table(f"per function: wait (queued -> run) and run time; timestamps resolve {resolution(res)}",
+                        ["function", "waits", "wait p50", "wait p90", "wait p99", "wait max", "runs", "run p50",
+                         "run p99"],
+                        [[f, fmt(a["latency_ns"].get(f, {}).get("count", 0)),
+                          *(duration(a["latency_ns"].get(f, {}).get(p), res) for p in PERCENTILES),
+                          fmt(a["function_ns"].get(f, {}).get("count", 0)),
+                          *(duration(a["function_ns"].get(f, {}).get(p), res) for p in ("p50", "p99"))]
                          for f in sorted(set(a["latency_ns"]) | set(a["function_ns"]))]))
     rec = a["reconciliation"]
-    notes = []
+    notes = [f"Per function: {a['times']['latency_ns']}; {a['times']['function_ns']}."]
     if rec:
         notes.append(f"Against /proc/interrupts ({rec['sidecar']}): {rec['why_they_differ']}.")
         tables.append(Table("against /proc/interrupts (counts over the capture)",

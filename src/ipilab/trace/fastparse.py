@@ -1,11 +1,11 @@
 """A compiled parser for ftrace `trace` text: the same events as read.py, as columns, at memory speed.
 
 `parse_block` (numba) scans a block of bytes line by line and fills one row of columns per line: its
-kind (an index into KINDS, or OTHER / BAD / SKIP), CPU, time, task and the fields the audit needs.
-Strings (task, callsite, func, callback) become 64-bit FNV-1a hashes; `names_of` turns the hashes back
-into text from the block. A line it cannot read is marked BAD and read.py reads it again to say why, so
-both parsers report the same warnings. read.py stays the reference: tests compare the two on every
-trace.
+kind (an index into KINDS, or OTHER / BAD / SKIP), CPU, time (and `fdig`, how many decimals its
+timestamp has: its resolution), task and the fields the audit needs. Strings (task, callsite, func,
+callback) become 64-bit FNV-1a hashes; `names_of` turns the hashes back into text from the block. A
+line it cannot read is marked BAD and read.py reads it again to say why, so both parsers report the
+same warnings. read.py stays the reference: tests compare the two on every trace.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _hexval(c):
 
 @njit(cache=True, nogil=True)
 def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, target, site, func, csd, resched,
-                vector, state, mrow, mask, other):
+                vector, state, mrow, mask, other, fdig):
     """Parse lines lo..hi-1 of those beginning at `starts` (each ends before the next start, the last at
     `end_all`). A cpumask goes to its own row of `mask` (rows lo.. in order), `mrow` says which.
     Returns how many mask rows were used, or -1 if `mask` ran out of rows."""
@@ -162,17 +162,14 @@ def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, ta
         if q - fa < 4 or q - fa > 5:
             kind[r] = BAD
             continue
-        h = False
         for x in range(fa, q):
             ch = buf[x]
-            if ch == 104 or ch == 72:  # 'h' / 'H'
-                h = True
             if not (ch == 46 or 48 <= ch <= 57 or 65 <= ch <= 90 or 97 <= ch <= 122):
-                h = False
                 fa = -1
         if fa < 0:
             kind[r] = BAD
             continue
+        h = buf[fa + 2] == 104 or buf[fa + 2] == 72  # the hardirq column: 'h' / 'H'
         while q < e and buf[q] == 32:
             q += 1
         sa = q
@@ -195,6 +192,7 @@ def parse_block(buf, starts, lo, hi, end_all, kind, cpu, ts, hirq, task, pid, ta
             if digits < 9:
                 frac = frac * 10 + (buf[x] - 48)
                 digits += 1
+        fdig[r] = min(q - fa2, 9)  # the timestamp's decimals: its resolution
         while digits < 9:
             frac *= 10
             digits += 1
@@ -384,10 +382,11 @@ def parse(buf: np.ndarray, starts: np.ndarray, threads: int = 2) -> dict[str, np
         "csd": np.empty(n, np.uint64), "resched": np.empty(n, np.bool_), "vector": np.empty(n, np.int32),
         "state": np.empty(n, np.int64), "mrow": np.empty(n, np.int64),
         "mask": np.empty((n // 4 + 16 * (threads + 1), MASK_WORDS), np.uint64), "other": np.empty(n, np.uint64),
+        "fdig": np.zeros(n, np.int8),
     }
     bounds = [n * k // threads for k in range(threads + 1)]
     args = [cols[k] for k in ("kind", "cpu", "ts", "hirq", "task", "pid", "target", "site", "func", "csd",
-                              "resched", "vector", "state", "mrow", "mask", "other")]
+                              "resched", "vector", "state", "mrow", "mask", "other", "fdig")]
 
     def run(k: int) -> int:
         return parse_block(buf, starts, bounds[k], bounds[k + 1], len(buf), *args)

@@ -319,9 +319,15 @@ class ReadStats:
     warnings: list[TraceWarning] = field(default_factory=list)
     bad_lines: int = 0
     lineno: int = 0  # the file line of the event last returned
+    ts_decimals: int = 0  # the most decimals of a second any event's timestamp had
     bytes_read: Callable[[], int] = lambda: 0
 
     MAX_WARNINGS = 20  # kept in full; the rest are only counted in bad_lines
+
+    def resolution_ns(self) -> int | None:
+        """The smallest time step the trace's timestamps can show (ftrace's default clock prints
+        microseconds), or None before any event."""
+        return 10 ** (9 - self.ts_decimals) if self.ts_decimals else None
 
     def warn(self, w: TraceWarning) -> None:
         self.bad_lines += 1
@@ -427,6 +433,8 @@ def event_of_line(line: str, lineno: int, fmt: str, known: Collection[str], stat
         stats.warn(TraceWarning(where, lineno, f"{name}: {e}"))
         return None
     frac = m["frac"]
+    if len(frac) > stats.ts_decimals:
+        stats.ts_decimals = min(len(frac), 9)
     ts = int(m["secs"]) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
     flags = m["flags"] if fmt == "ftrace" else ""
     stats.events += 1

@@ -218,4 +218,5 @@ def _watch(interval: float, duration: float | None, cpus: set[int] | None, out: 
                             trace, side = out, rec.write_sidecar(out, f"ipilab top over {rec.seconds:.1f} s")
                     finally:
                         Path(raw_name).unlink(missing_ok=True)
+    audit.finish()
     return TopResult(audit.result(senders), rec.seconds, rec.lost, stats, trace, side, stale, rec.missing)
