@@ -261,3 +261,24 @@ def test_the_random_cases_cover_drawn_costs_and_timer_ticks() -> None:
     ticking = sum(m.background.tick_hz > 0 for m in machines)
     descheduled = sum(m.background.vcpu_preemption for m in machines)
     assert drawn >= 60 and ticking >= 60 and descheduled >= 40, (drawn, ticking, descheduled)
+
+
+def test_a_kernel_feature_the_fast_engine_lacks_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every feature of versions.toml is in the fast engine today; were one not, a kernel with it must run on the
+    reference engine (auto) or be a clear error (forced), never run without it."""
+    from ipilab.sim.fast import run as fast_run
+
+    monkeypatch.setattr(fast_run, "FEATURES", fast_run.FEATURES - {"coalesce_many"})
+    m = load_machine("vm-2cpu")
+    w = workload_from_settings("synthetic", {})
+    assert choose_engine(m, resolve_kernel("v4.12"), w) == "fast"
+    assert choose_engine(m, resolve_kernel("v4.13"), w) == "reference"
+    with pytest.raises(WorkloadError, match="coalesce_many"):
+        choose_engine(m, resolve_kernel("v4.13"), w, "fast")
+
+
+def test_every_kernel_feature_is_in_the_fast_engine() -> None:
+    from ipilab.kernel.features import FEATURES as KERNEL_FEATURES
+    from ipilab.sim.fast.run import FEATURES as FAST_FEATURES
+
+    assert set(KERNEL_FEATURES) == set(FAST_FEATURES)
