@@ -139,6 +139,16 @@ def machines(as_json: bool) -> None:
                       "turns it on", highlight=False)
 
 
+def cpus_option(text: str | None) -> set[int] | None:
+    """--cpus: a kernel CPU list (0-3,8), or None when not given."""
+    if text is None:
+        return None
+    try:
+        return set(parse_cpulist(text, 1 << 16, "--cpus"))
+    except WorkloadError:
+        fail(f"--cpus: {text!r} is not a CPU list like 0-3,8")
+
+
 def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -336,12 +346,7 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
     analyze's audit; Ctrl-C stops it (exit 0), and Ctrl-C, SIGTERM or any error removes the instance.
     `-o run.trace` keeps every event it read: `ipilab analyze run.trace` then counts the same.
     """
-    cpus = None
-    if cpus_text is not None:
-        try:
-            cpus = set(parse_cpulist(cpus_text, 1 << 16, "--cpus"))
-        except WorkloadError:
-            fail(f"--cpus: {cpus_text!r} is not a CPU list like 0-3,8")
+    cpus = cpus_option(cpus_text)
     if out is not None and not out.resolve().parent.is_dir():
         fail(f"--output: folder {out.parent} does not exist")
     console = Console(highlight=False)
@@ -421,12 +426,7 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
     with file and line and skipped. A sidecar NAME.meta beside the trace (as `ipilab capture` writes)
     adds a reconciliation with /proc/interrupts.
     """
-    cpus = None
-    if cpus_text is not None:
-        try:
-            cpus = set(parse_cpulist(cpus_text, 1 << 16, "--cpus"))
-        except WorkloadError:
-            fail(f"--cpus: {cpus_text!r} is not a CPU list like 0-3,8")
+    cpus = cpus_option(cpus_text)
     if parquet is not None and len(traces) > 1:
         fail("--parquet takes one trace at a time")
     if parquet is not None and not parquet.resolve().parent.is_dir():
