@@ -41,8 +41,13 @@ KERNEL = "v6.18"  # the model's nearest to the traces' 6.12
 MAX_SIM_SECONDS = 20.0  # a prediction's window: the real trace's length, at most this
 
 
-def find(ncpus: int, workload: str) -> Path | None:
-    hits = sorted(TRACES.glob(f"qemu{ncpus}-{workload}-*.trace.xz"))
+# The machines with traces: QEMU guests (scripts/realkernel) at several vCPU counts, and this project's
+# 2-vCPU KVM VM (`ipilab capture`, the same programs).
+MACHINES = {"qemu": (2, 4, 8, 16), "vm": (2,)}
+
+
+def find(machine: str, ncpus: int, workload: str) -> Path | None:
+    hits = sorted(TRACES.glob(f"{machine}{ncpus}-{workload}-*.trace.xz"))
     return hits[0] if hits else None
 
 
@@ -63,10 +68,10 @@ def workload_of(trace: Path, machine: Machine) -> tuple[str, dict[str, str]]:
     """The simulator's workload for the program the trace's .meta says ran (scripts/realkernel)."""
     facts = read_machine_facts(sidecar_for(trace))
     command = (facts.command if facts else None) or ""
-    if m := re.fullmatch(r"tlbstorm (\d+) (\d+) (\d+)", command):
+    if m := re.search(r"tlbstorm (\d+) (\d+) (\d+)", command):
         threads, pages, iterations = m.groups()
         return "tlbstorm", {"cpus": f"0-{int(threads) - 1}", "pages": pages, "iterations": iterations}
-    if m := re.fullmatch(r"reclaim (\d+) ([\d.]+)", command):
+    if m := re.search(r"reclaim (\d+) ([\d.]+)", command):
         threads, mb = int(m[1]), float(m[2])
         limit = re.search(r"^# memory.max: (\d+)", sidecar_for(trace).read_text(), re.M)
         ram_gb = int(limit[1]) / 2**30 if limit else threads * mb / 2048
@@ -117,6 +122,8 @@ def fmt(v: float | None, pct: bool = False) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpus", default="2,4,8,16", help="vCPU counts to run (default 2,4,8,16)")
+    ap.add_argument("--machines", default="qemu,vm", help="which machines' traces: qemu (the QEMU guests), vm "
+                    "(this project's 2-vCPU VM); default both")
     ap.add_argument("--json", type=Path, help="write every number here too")
     ap.add_argument("--no-replay", action="store_true", help="skip the closed-loop replays")
     ap.add_argument("--vcpu-preemption", default="off,auto",
@@ -125,37 +132,40 @@ def main() -> None:
     args = ap.parse_args()
     rows, replays = [], []
     with tempfile.TemporaryDirectory(prefix="ipilab-fidelity-") as tmp:
-        for n in (int(x) for x in args.cpus.split(",")):
-            traces = {w: find(n, w) for w in ("reclaim", "tlbstorm")}
+        wanted = {int(x) for x in args.cpus.split(",")}
+        for machine, n in ((m, n) for m in args.machines.split(",") for n in MACHINES[m] if n in wanted):
+            traces = {w: find(machine, n, w) for w in ("reclaim", "tlbstorm")}
             if None in traces.values():
-                print(f"{n} vCPUs: no {' and '.join(w for w, p in traces.items() if p is None)} trace in {TRACES}",
-                      file=sys.stderr)
+                print(f"{machine} {n} vCPUs: no {' and '.join(w for w, p in traces.items() if p is None)} trace in "
+                      f"{TRACES}", file=sys.stderr)
                 continue
             for preemption in args.vcpu_preemption.split(","):
                 for calib, target in (("reclaim", "tlbstorm"), ("tlbstorm", "reclaim")):
                     row = predict(traces[calib], traces[target], Path(tmp), preemption)
-                    rows.append({"vcpus": n, "vcpu_preemption_setting": preemption, **row})
+                    rows.append({"machine": machine, "vcpus": n, "vcpu_preemption_setting": preemption, **row})
                     print(f"{n} vCPUs, --vcpu-preemption {preemption}: calibrated on {calib}, predicted {target}: "
                           f"done in {row['wall_seconds']} s", file=sys.stderr)
                 if not args.no_replay:
-                    replays += [{"vcpus": n, "vcpu_preemption_setting": preemption,
+                    replays += [{"machine": machine, "vcpus": n, "vcpu_preemption_setting": preemption,
                                  **replay_closed(traces[w], preemption)} for w in ("tlbstorm", "reclaim")]
-    print("| vCPUs | calibrated on -> predicted | vCPU preemption | no IPI real / sim | CSDs/CAL real / sim "
+    print("| machine | vCPUs | calibrated on -> predicted | vCPU preemption | no IPI real / sim | CSDs/CAL real / sim "
           "| CAL/s real / sim | wait p50 us real / sim | wait p99 us real / sim |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, b = r["real"], r["simulated"]
-        print(f"| {r['vcpus']} | {r['calibrated_on'].split('-')[1]} -> {r['predicted'].split('-')[1]} | "
+        print(f"| {r['machine']} | {r['vcpus']} | "
+              f"{r['calibrated_on'].split('-')[1]} -> {r['predicted'].split('-')[1]} | "
               f"{'modelled' if r['vcpu_preemption'] else 'off'} | {fmt(a['no_ipi'], True)} / "
               f"{fmt(b['no_ipi'], True)} | {fmt(a['csds_per_cal'])} / {fmt(b['csds_per_cal'])} | "
               f"{fmt(a['cal_per_s'])} / {fmt(b['cal_per_s'])} | {fmt(a['wait_p50_us'])} / {fmt(b['wait_p50_us'])} | "
               f"{fmt(a['wait_p99_us'])} / {fmt(b['wait_p99_us'])} |")
     if replays:
         print()
-        print("| vCPUs | closed-loop replay of | vCPU preemption | no IPI real / replayed | CSDs/CAL real / replayed |")
-        print("|---|---|---|---|---|")
+        print("| machine | vCPUs | closed-loop replay of | vCPU preemption | no IPI real / replayed "
+              "| CSDs/CAL real / replayed |")
+        print("|---|---|---|---|---|---|")
         for r in replays:
-            print(f"| {r['vcpus']} | {r['trace']} | {r['vcpu_preemption_setting']} | "
+            print(f"| {r['machine']} | {r['vcpus']} | {r['trace']} | {r['vcpu_preemption_setting']} | "
                   f"{fmt(r['real']['no_ipi'], True)} / "
                   f"{fmt(r['replayed']['no_ipi'], True)} | {fmt(r['real']['csds_per_cal'])} / "
                   f"{fmt(r['replayed']['csds_per_cal'])} |")

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from ipilab.analysis.audit import audit_trace
-from ipilab.trace.sidecar import read_sidecar, sidecar_for
+from ipilab.trace.sidecar import read_machine_facts, read_sidecar, sidecar_for
 
 TRACES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity" / "traces").glob("*.trace.xz"))
 
@@ -50,8 +50,8 @@ def test_trace_reads_cleanly_and_agrees_with_its_sidecar(trace: Path) -> None:
     # One CPU count from three sources: ftrace's header, /proc/interrupts' columns, the guest's topology lines.
     ncpu = header_cpus(trace)
     assert {row: len(d) for row, d in side.deltas.items()} == dict.fromkeys(("CAL", "RES", "TLB"), ncpu)
-    topology = re.findall(r"^# cpu (\d+): package \d+ core \d+ siblings \S+$", meta.read_text(), re.M)
-    assert sorted(map(int, topology)) == list(range(ncpu))
+    facts = read_machine_facts(meta)
+    assert facts is not None and [c.cpu for c in facts.cpus] == list(range(ncpu))
     assert all(0 <= int(cpu) < ncpu for cpu in result["per_cpu"])
 
     # The /proc/interrupts snapshots are taken just before tracing starts and just after it stops, so per CPU
