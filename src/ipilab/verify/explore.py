@@ -82,6 +82,7 @@ from ipilab.kernel.idle import IdleState, do_idle
 from ipilab.kernel.smp import CallSingleQueue, Csd, Smp, SmpFunc
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil, Step
 from ipilab.kernel.x86 import Apic
+from ipilab.machine.costs import CostId
 from ipilab.trace.ftrace import irq_flags
 
 CALL_KINDS = ("many:wait", "single:async", "many:async", "single:wait")
@@ -314,7 +315,10 @@ class ModelMachine:
     def now(self) -> int:
         return self.steps * 1000  # one microsecond per step: only orders the events of a counterexample
 
-    def cost(self, what: str, cpu: int, other: int | None = None) -> int:
+    def cost(self, what: CostId, cpu: int) -> int:
+        return 0  # only the order of moves matters here, not their duration
+
+    def cacheline(self, cpu: int, other: int) -> int:
         return 0
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
