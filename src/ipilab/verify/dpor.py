@@ -38,13 +38,11 @@ What is not preserved is the number of intermediate states: `states` counts thos
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ipilab.verify import explore as ex
-from ipilab.verify.explore import Choice, Config, ModelMachine, Result, StateLimitError, replay, shortest_counterexample
+from ipilab.verify.explore import Choice, Config, ModelMachine, Progress, Result, StateLimitError, replay, shorten
 
 
 @dataclass(slots=True)
@@ -122,12 +120,12 @@ def _independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset])
 
 
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
-                 keep_terminal_keys: bool = False,
-                 progress: Callable[[int, int | None], None] | None = None) -> Result:
+                 keep_terminal_keys: bool = False, progress: Progress | None = None,
+                 shortest_seconds: float | None = None) -> Result:
     """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
-    slept at its first expansion and are awake when it is reached again; see the module doc).
-    With violations and `shortest`, a breadth-first search of the full state space then looks for a
-    shortest counterexample (keeping the one found when that search would pass `max_states`)."""
+    slept at its first expansion and are awake when it is reached again; see the module doc), stopping
+    at the first violation: its run is the counterexample. With `shortest`, a breadth-first search of
+    every schedule (`shorten`) then looks for a shorter one, for at most `shortest_seconds`."""
     t0 = time.perf_counter()
     res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
     n = config.ncpus
@@ -184,17 +182,21 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
         if len(visited) + len(nodes) >= max_states:
             raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise --max-states")
         if progress is not None and len(visited) % 1000 == 0:
-            progress(len(visited), None)
+            progress("partial-order search", len(visited) + len(nodes), len(moves))
         enabled = _enabled(m)
         violation = m.violation
         if violation is None and not enabled:
             violation = m.terminal_violation()
-        if violation is not None or not enabled:
+        if violation is not None:
+            # Stop: the rest of the search would only count more violations (minutes at 3 CPUs).
             res.executions += 1
-            if violation is not None:
-                res.add_violation(violation, lambda: [mv.choice for mv in moves])
-            else:
-                res.add_terminal(m, key)
+            res.add_violation(violation, lambda: [mv.choice for mv in moves])
+            res.complete = False
+            res.states = len(visited) + len(nodes) + 1
+            break
+        if not enabled:
+            res.executions += 1
+            res.add_terminal(m, key)
             visited[key] = (0, frozenset())
             node.summary |= move.bits
             moves.pop()
@@ -205,11 +207,12 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
         if awake:
             child.backtrack.add(awake[0])
         nodes.append(child)
-    res.states = len(visited)
+    else:
+        res.states = len(visited)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
-        with contextlib.suppress(StateLimitError):
-            res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
+        shorten(res, max_states, shortest_seconds, progress)
+        res.seconds = time.perf_counter() - t0
     return res
 
 
