@@ -29,7 +29,17 @@ from test_cli import assert_user_error, ipilab
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
 from ipilab.verify.dpor import explore_dpor
-from ipilab.verify.explore import Call, Config, ModelMachine, Result, default_programs, explore, iter_steps
+from ipilab.verify.explore import (
+    Call,
+    Config,
+    ModelMachine,
+    Result,
+    default_programs,
+    explore,
+    iter_steps,
+    replay,
+    shorten,
+)
 from ipilab.verify.promela import promela_model, run_spin
 from ipilab.verify.variants import VARIANTS
 
@@ -221,6 +231,63 @@ def test_dpor_catches_every_variant(variant: str):
     assert r.violations >= 1 and r.counterexample_violation.kind == kind
     assert len(r.counterexample) == moves  # the shortest, as the full search finds it
     assert explore_dpor(config("v4.13", progs)).violations == 0
+
+
+def plain_bfs_shortest(cfg: Config) -> int:
+    """A second implementation of the shortest counterexample: breadth first over every schedule (each state
+    once, re-reached by replaying its whole schedule), the moves to the first state that violates a check."""
+    seen = {ModelMachine(cfg).key()}
+    level: list[list] = [[]]
+    while level:
+        deeper = []
+        for path in level:
+            for choice in replay(cfg, path).choices():
+                m = replay(cfg, path)
+                m.apply(choice)
+                if m.key() in seen:
+                    continue
+                seen.add(m.key())
+                moves = m.choices()
+                if m.violation is not None or (not moves and m.terminal_violation() is not None):
+                    return len(path) + 1
+                if moves:
+                    deeper.append([*path, choice])
+        level = deeper
+    raise AssertionError("no violation")
+
+
+def test_a_broken_variant_on_3_cpus_gets_a_shortest_counterexample():
+    """The command's 3 CPUs x 1 call (cpu0 many:wait, cpu1 many:async, cpu2 many:wait), v4.13 with
+    unlock-before-func-sync. The partial-order search stops at its first violation, whose run is long (it
+    runs CPUs in order, so cpu0's wait is broken only after much else ran); the breadth-first search then
+    finds one as short as a plain breadth-first search over every schedule does, and says it is a shortest.
+    Its shape, by hand: cpu0 waits for both targets, so both must unlock early, each in 3 moves of its own
+    (interrupt entry, the detach, the early unlock: each touches shared state); everything else in it is
+    cpu0's (queue both CSDs, send both IPIs, see both unlocked and return), and cpu1's and cpu2's own
+    calls play no part."""
+    cfg = config("v4.13", default_programs(3, 1), "unlock-before-func-sync")
+    first = explore_dpor(cfg, shortest=False)
+    r = explore_dpor(cfg)
+    assert r.shortest and len(r.counterexample) == r.fewest_moves == plain_bfs_shortest(cfg) < len(first.counterexample)
+    assert not r.complete and r.violations == 1
+    per_cpu = [sum(1 for _move, cpu in r.counterexample if cpu == c) for c in range(3)]
+    assert per_cpu[1:] == [3, 3]
+    m = replay(cfg, r.counterexample[:-1])
+    m.apply(r.counterexample[-1])
+    assert m.violation is not None and m.violation.kind == "early-return"
+
+
+def test_a_time_boxed_search_gives_a_true_lower_bound():
+    """When the breadth-first search stops early (here: at 300 states), the counterexample in hand stays and
+    `fewest_moves` is a bound no counterexample beats: at most the true shortest (31 moves, README)."""
+    cfg = config("v4.13", default_programs(2, 2), "check-then-add")
+    r = explore_dpor(cfg, shortest=False)
+    found = len(r.counterexample)
+    shorten(r, max_states=300)
+    truth = plain_bfs_shortest(cfg)
+    assert truth == 31
+    assert not r.shortest and len(r.counterexample) == found
+    assert 1 <= r.fewest_moves <= truth
 
 
 # --- SPIN on the Promela export ---------------------------------------------------------------------------
