@@ -345,6 +345,18 @@ def test_verify_json_names_every_number_and_compares_kernels():
         assert r["ipis_min"] <= r["ipis_max"]
 
 
+def test_verify_json_says_the_search_stopped_and_how_short_the_counterexample_is():
+    """cpu0 many:wait, cpu1 many:async on 2 CPUs, unlock-before-func-sync: the 7-move counterexample of
+    CASES (cpu1's own call plays no part) is shortest; the search stopped there, so no IPI bounds."""
+    proc = ipilab("verify", "-k", "v4.13", "--variant", "unlock-before-func-sync", "--calls", "1", "--json")
+    assert proc.returncode == 1, proc.stderr
+    r = json.loads(proc.stdout)["kernels"]["v4.13"]
+    ce = r["counterexample"]
+    assert (r["complete"], r["violations"], r["ipis_min"], r["ipis_max"]) == (False, 1, None, None)
+    assert ce["shortest"] is True and ce["moves"] == ce["fewest_moves"] == len(ce["steps"]) == 7
+    assert ce["violation"] == "early-return"
+
+
 def test_verify_variant_exits_1_and_writes_a_trace_analyze_reads(tmp_path: Path):
     trace = tmp_path / "ce.trace"
     pml = tmp_path / "model.pml"
