@@ -714,7 +714,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     if len(parent) > max_states:
                         return
                     if progress is not None and len(parent) % 1000 == 0:
-                        progress("breadth-first search for a shorter counterexample", len(parent), depth)
+                        progress("breadth-first, for a shorter one", len(parent), depth)
                     child_moves = child.choices()
                     violation = child.violation
                     if violation is None and not child_moves:
