@@ -28,7 +28,7 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
-from ipilab.verify.dpor import explore_dpor
+from ipilab.verify.dpor import explore_dpor, shorter_runs
 from ipilab.verify.explore import (
     Call,
     Config,
@@ -277,16 +277,23 @@ def test_a_broken_variant_on_3_cpus_gets_a_shortest_counterexample():
     assert m.violation is not None and m.violation.kind == "early-return"
 
 
-def test_a_time_boxed_search_gives_a_true_lower_bound():
-    """When the breadth-first search stops early (here: at 300 states), the counterexample in hand stays and
-    `fewest_moves` is a bound no counterexample beats: at most the true shortest (31 moves, README)."""
+def test_shorter_runs_are_real_counterexamples_and_a_time_boxed_search_a_true_lower_bound():
+    """2 CPUs x 2 calls, check-then-add (shortest: 31 moves, README). The partial-order search's looking on
+    for shorter runs gives a counterexample no longer than its first one and no shorter than the truth,
+    that replays into a lost wakeup. When the breadth-first search then stops early (here: at 300 states),
+    that counterexample stays and `fewest_moves` is a bound no counterexample beats: at most the truth."""
     cfg = config("v4.13", default_programs(2, 2), "check-then-add")
     r = explore_dpor(cfg, shortest=False)
-    found = len(r.counterexample)
-    shorten(r, max_states=300)
+    first = len(r.counterexample)
+    shorter_runs(r, max_states=100_000)
     truth = plain_bfs_shortest(cfg)
     assert truth == 31
-    assert not r.shortest and len(r.counterexample) == found
+    assert truth <= len(r.counterexample) <= first
+    m = replay(cfg, r.counterexample)
+    assert not m.choices() and m.terminal_violation().kind == "lost-wakeup"
+    found = len(r.counterexample)
+    shorten(r, max_states=300)
+    assert len(r.counterexample) == found and (r.fewest_moves < found or found == truth)
     assert 1 <= r.fewest_moves <= truth
 
 
