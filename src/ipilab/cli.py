@@ -635,8 +635,9 @@ def report_cmd(source: Path, out: Path) -> None:
 @click.option("--max-states", type=int, default=2_000_000, show_default=True,
               help="Give up (exit 2) past this many states.")
 @click.option("--shortest-seconds", type=float, default=40.0, show_default=True,
-              help="Time allowed to the breadth-first search for a shorter counterexample; when it runs out, the "
-                   "counterexample in hand is shown with the fewest moves any counterexample can have.")
+              help="Time allowed to look for a shorter counterexample (half: more partial-order runs, half: a "
+                   "breadth-first search); when it runs out, the shortest found is shown with the fewest moves "
+                   "any counterexample can have.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress still on stderr).")
 @click.option("--promela", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the same model (first kernel) as Promela for SPIN.")
@@ -656,11 +657,11 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     order of independent moves: the same end states, checks and IPI bounds as `--search full`. 2 CPUs x 2
     calls takes well under a second, 3 x 1 about 30 s, 3 x 2 about 6 minutes (both kernels).
 
-    When a check fails, the dpor search stops there (in under a second up to 3 x 2) and a breadth-first
-    search over every schedule looks for a shorter counterexample for up to --shortest-seconds: it shows a
-    shortest one when it gets there (2 CPUs: always, within seconds), else the one in hand and the fewest
-    moves any counterexample can have. A broken variant at 3 x 1 or 3 x 2 answers in about 45 s per kernel.
-    Progress (phase, states, depth, time) goes to stderr.
+    When a check fails, the dpor search stops there (in under a second up to 3 x 2) and looks on for
+    shorter violating runs for half of --shortest-seconds; then a breadth-first search over every schedule
+    uses the rest: it shows a shortest counterexample when it gets there (2 CPUs: always, within seconds),
+    else the shortest run found and the fewest moves any counterexample can have. A broken variant at
+    3 x 1 or 3 x 2 answers in under 45 s per kernel. Progress (phase, states, depth, time) goes to stderr.
     """
     if variant != "none" and variant not in VARIANTS:
         fail(f"--variant: unknown {variant!r}; known: none, {', '.join(VARIANTS)}")
