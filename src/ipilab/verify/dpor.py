@@ -149,10 +149,12 @@ def shorter_runs(res: Result, max_states: int, seconds: float | None = None,
     assert res.counterexample is not None
     found = Result(res.config, search="dpor", counterexample=res.counterexample,
                    counterexample_violation=res.counterexample_violation)
-    deadline = None if seconds is None else time.perf_counter() + seconds
-    _search(res.config, found, max_states, progress, limit=len(res.counterexample) - 1, deadline=deadline)
+    t0 = time.perf_counter()
+    _search(res.config, found, max_states, progress, limit=len(res.counterexample) - 1,
+            deadline=None if seconds is None else t0 + seconds)
     res.counterexample, res.counterexample_violation = found.counterexample, found.counterexample_violation
     res.shortest_states += found.states
+    res.shortest_seconds += time.perf_counter() - t0
 
 
 def _search(config: Config, res: Result, max_states: int, progress: Progress | None, limit: int | None = None,

@@ -575,7 +575,7 @@ class Result:
     complete: bool = True  # False: stopped at a violation, so the counts and IPI bounds cover part of the states
     # What `shorten` established: every schedule of fewer than `fewest_moves` moves was checked and none
     # violates, so no counterexample is shorter; when it equals the counterexample's length, that one is a
-    # shortest. Its breadth-first search's own states and time (not in `states` and `seconds`).
+    # shortest. The states and time spent looking for a shorter counterexample (not in `states`).
     fewest_moves: int | None = None
     shortest_states: int = 0
     shortest_seconds: float = 0.0
@@ -729,8 +729,8 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
         depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
     finally:
         res.fewest_moves = depth
-        res.shortest_states = len(parent)
-        res.shortest_seconds = time.perf_counter() - t0
+        res.shortest_states += len(parent)
+        res.shortest_seconds += time.perf_counter() - t0
 
 
 def iter_steps(config: Config, schedule: list[Choice]) -> Iterator[tuple[Choice, str, list[Event]]]:

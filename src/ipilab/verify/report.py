@@ -44,8 +44,9 @@ COUNTEREXAMPLE_DOCS: dict[str, str] = {
     "fewest_moves": "no counterexample has fewer moves: a breadth-first search over every schedule (no reduction) "
                     "checked all with fewer; equal to `moves` when this one is a shortest",
     "shortest": "true when moves == fewest_moves: no schedule of the full search violates a check in fewer moves",
-    "shortest_states": "states the breadth-first search reached",
-    "shortest_seconds": "wall-clock time of the breadth-first search (it gives up after --shortest-seconds)",
+    "shortest_states": "states reached looking for a shorter counterexample (partial-order runs and the "
+                       "breadth-first search)",
+    "shortest_seconds": "wall-clock time spent looking for a shorter counterexample (at most --shortest-seconds)",
 }
 
 
@@ -104,9 +105,8 @@ def print_report(data: dict[str, Any], console: Console) -> None:
         if ce["shortest"]:
             how = f"a shortest counterexample ({ce['moves']} moves: every schedule of fewer was checked)"
         else:
-            how = (f"a counterexample of {ce['moves']} moves; none has fewer than {ce['fewest_moves']} (every "
-                   f"schedule of fewer was checked before the {ce['shortest_seconds']:.0f} s allowed by "
-                   f"--shortest-seconds ran out)")
+            how = (f"a counterexample of {ce['moves']} moves, the shortest found; none has fewer than "
+                   f"{ce['fewest_moves']} (every schedule of fewer was checked before --shortest-seconds ran out)")
         steps = Table(title=f"{how}, one column per CPU", title_justify="left")
         steps.add_column("#", justify="right")
         for cpu in range(cfg["cpus"]):
