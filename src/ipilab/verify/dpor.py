@@ -34,10 +34,17 @@ again for those CPUs. Tests hold the result to the full search's (explore.py): t
 terminal states, compared by their whole identity, on every kernel and on 2- and 3-CPU programs.
 
 What is not preserved is the number of intermediate states: `states` counts those the runs reached.
+
+A violation ends the search: counting every violating state would take the whole search (minutes at 3
+CPUs), and the user wants the counterexample. Which run meets a violation first depends on the order
+CPUs are tried in, not on its length, so `shorter_runs` then searches again, abandoning runs as long as
+the shortest violating one found; that finds real counterexamples but proves nothing about length (an
+abandoned run hides its later races). Only explore.py's breadth-first `shorten` proves a length.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -150,8 +157,9 @@ def shorter_runs(res: Result, max_states: int, seconds: float | None = None,
     found = Result(res.config, search="dpor", counterexample=res.counterexample,
                    counterexample_violation=res.counterexample_violation)
     t0 = time.perf_counter()
-    _search(res.config, found, max_states, progress, limit=len(res.counterexample) - 1,
-            deadline=None if seconds is None else t0 + seconds)
+    with contextlib.suppress(StateLimitError):  # keep what it found
+        _search(res.config, found, max_states, progress, limit=len(res.counterexample) - 1,
+                deadline=None if seconds is None else t0 + seconds)
     res.counterexample, res.counterexample_violation = found.counterexample, found.counterexample_violation
     res.shortest_states += found.states
     res.shortest_seconds += time.perf_counter() - t0
