@@ -28,8 +28,18 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
-from ipilab.verify.dpor import explore_dpor
-from ipilab.verify.explore import Call, Config, ModelMachine, Result, default_programs, explore, iter_steps
+from ipilab.verify.dpor import explore_dpor, shorter_runs
+from ipilab.verify.explore import (
+    Call,
+    Config,
+    ModelMachine,
+    Result,
+    default_programs,
+    explore,
+    iter_steps,
+    replay,
+    shorten,
+)
 from ipilab.verify.promela import promela_model, run_spin
 from ipilab.verify.variants import VARIANTS
 
@@ -223,6 +233,70 @@ def test_dpor_catches_every_variant(variant: str):
     assert explore_dpor(config("v4.13", progs)).violations == 0
 
 
+def plain_bfs_shortest(cfg: Config) -> int:
+    """A second implementation of the shortest counterexample: breadth first over every schedule (each state
+    once, re-reached by replaying its whole schedule), the moves to the first state that violates a check."""
+    seen = {ModelMachine(cfg).key()}
+    level: list[list] = [[]]
+    while level:
+        deeper = []
+        for path in level:
+            for choice in replay(cfg, path).choices():
+                m = replay(cfg, path)
+                m.apply(choice)
+                if m.key() in seen:
+                    continue
+                seen.add(m.key())
+                moves = m.choices()
+                if m.violation is not None or (not moves and m.terminal_violation() is not None):
+                    return len(path) + 1
+                if moves:
+                    deeper.append([*path, choice])
+        level = deeper
+    raise AssertionError("no violation")
+
+
+def test_a_broken_variant_on_3_cpus_gets_a_shortest_counterexample():
+    """The command's 3 CPUs x 1 call (cpu0 many:wait, cpu1 many:async, cpu2 many:wait), v4.13 with
+    unlock-before-func-sync. The partial-order search stops at its first violation, whose run is long (it
+    runs CPUs in order, so cpu0's wait is broken only after much else ran); the breadth-first search then
+    finds one as short as a plain breadth-first search over every schedule does, and says it is a shortest.
+    Its shape, by hand: cpu0 waits for both targets, so both must unlock early, each in 3 moves of its own
+    (interrupt entry, the detach, the early unlock: each touches shared state); everything else in it is
+    cpu0's (queue both CSDs, send both IPIs, see both unlocked and return), and cpu1's and cpu2's own
+    calls play no part."""
+    cfg = config("v4.13", default_programs(3, 1), "unlock-before-func-sync")
+    first = explore_dpor(cfg, shortest=False)
+    r = explore_dpor(cfg)
+    assert r.shortest and len(r.counterexample) == r.fewest_moves == plain_bfs_shortest(cfg) < len(first.counterexample)
+    assert not r.complete and r.violations == 1
+    per_cpu = [sum(1 for _move, cpu in r.counterexample if cpu == c) for c in range(3)]
+    assert per_cpu[1:] == [3, 3]
+    m = replay(cfg, r.counterexample[:-1])
+    m.apply(r.counterexample[-1])
+    assert m.violation is not None and m.violation.kind == "early-return"
+
+
+def test_shorter_runs_are_real_counterexamples_and_a_time_boxed_search_a_true_lower_bound():
+    """2 CPUs x 2 calls, check-then-add (shortest: 31 moves, README). The partial-order search's looking on
+    for shorter runs gives a counterexample no longer than its first one and no shorter than the truth,
+    that replays into a lost wakeup. When the breadth-first search then stops early (here: at 300 states),
+    that counterexample stays and `fewest_moves` is a bound no counterexample beats: at most the truth."""
+    cfg = config("v4.13", default_programs(2, 2), "check-then-add")
+    r = explore_dpor(cfg, shortest=False)
+    first = len(r.counterexample)
+    shorter_runs(r, max_states=100_000)
+    truth = plain_bfs_shortest(cfg)
+    assert truth == 31
+    assert truth <= len(r.counterexample) <= first
+    m = replay(cfg, r.counterexample)
+    assert not m.choices() and m.terminal_violation().kind == "lost-wakeup"
+    found = len(r.counterexample)
+    shorten(r, max_states=300)
+    assert len(r.counterexample) == found and (r.fewest_moves < found or found == truth)
+    assert 1 <= r.fewest_moves <= truth
+
+
 # --- SPIN on the Promela export ---------------------------------------------------------------------------
 
 needs_spin = pytest.mark.skipif(shutil.which("spin") is None or shutil.which("gcc") is None,
@@ -276,6 +350,18 @@ def test_verify_json_names_every_number_and_compares_kernels():
         assert set(data["docs"]) <= set(r)
         assert r["violations"] == 0 and r["counterexample"] is None
         assert r["ipis_min"] <= r["ipis_max"]
+
+
+def test_verify_json_says_the_search_stopped_and_how_short_the_counterexample_is():
+    """cpu0 many:wait, cpu1 many:async on 2 CPUs, unlock-before-func-sync: the 7-move counterexample of
+    CASES (cpu1's own call plays no part) is shortest; the search stopped there, so no IPI bounds."""
+    proc = ipilab("verify", "-k", "v4.13", "--variant", "unlock-before-func-sync", "--calls", "1", "--json")
+    assert proc.returncode == 1, proc.stderr
+    r = json.loads(proc.stdout)["kernels"]["v4.13"]
+    ce = r["counterexample"]
+    assert (r["complete"], r["violations"], r["ipis_min"], r["ipis_max"]) == (False, 1, None, None)
+    assert ce["shortest"] is True and ce["moves"] == ce["fewest_moves"] == len(ce["steps"]) == 7
+    assert ce["violation"] == "early-return"
 
 
 def test_verify_variant_exits_1_and_writes_a_trace_analyze_reads(tmp_path: Path):

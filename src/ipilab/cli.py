@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,7 @@ from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.trace.top import TOP_DOCS, top
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
+from ipilab.verify.explore import Progress as SearchProgress
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
 from ipilab.verify.variants import VARIANTS
@@ -833,13 +835,18 @@ def report_cmd(source: Path, out: Path) -> None:
                    "(same end states, checks and IPI bounds, far fewer states); full: every reachable state.")
 @click.option("--max-states", type=int, default=2_000_000, show_default=True,
               help="Give up (exit 2) past this many states.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--shortest-seconds", type=float, default=40.0, show_default=True,
+              help="Time allowed to look for a shorter counterexample (half: more partial-order runs, half: a "
+                   "breadth-first search); when it runs out, the shortest found is shown with the fewest moves "
+                   "any counterexample can have.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress still on stderr).")
 @click.option("--promela", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the same model (first kernel) as Promela for SPIN.")
 @click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the first counterexample as ftrace text (`ipilab analyze` reads it).")
 def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: int, mix: str, search: str,
-               max_states: int, as_json: bool, promela: Path | None, trace_out: Path | None) -> None:
+               max_states: int, shortest_seconds: float, as_json: bool, promela: Path | None,
+               trace_out: Path | None) -> None:
     """Check the cross-call protocol on every interleaving of a few CPUs (a model checker).
 
     Each CPU runs a short program of smp_call_function_many()/_single() calls, with and without wait, and
@@ -850,11 +857,18 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     The default search (dpor) runs one interleaving per class of interleavings that differ only in the
     order of independent moves: the same end states, checks and IPI bounds as `--search full`. 2 CPUs x 2
     calls takes well under a second, 3 x 1 about 30 s, 3 x 2 about 6 minutes (both kernels).
+
+    When a check fails, the dpor search stops there (in under a second up to 3 x 2) and looks on for
+    shorter violating runs for half of --shortest-seconds; then a breadth-first search over every schedule
+    uses the rest: it shows a shortest counterexample when it gets there (2 CPUs: always, within seconds),
+    else the shortest run found and the fewest moves any counterexample can have. A broken variant at
+    3 x 1 or 3 x 2 answers in under 45 s per kernel. Progress (phase, states, depth, time) goes to stderr.
     """
     if variant != "none" and variant not in VARIANTS:
         fail(f"--variant: unknown {variant!r}; known: none, {', '.join(VARIANTS)}")
     for name, value, low, high in (("--cpus", cpus, 2, MAX_CPUS), ("--calls", calls, 1, MAX_CALLS),
-                                   ("--max-states", max_states, 1000, 10**9)):
+                                   ("--max-states", max_states, 1000, 10**9),
+                                   ("--shortest-seconds", shortest_seconds, 0, 86400)):
         if not low <= value <= high:
             fail(f"{name} must be {low} to {high:,}, got {value}")
     for path in (promela, trace_out):
@@ -878,8 +892,9 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
         except PromelaError as e:
             fail(str(e))
     try:
-        with _progress(as_json) as step:
-            data, found = run_verify(kernels, programs, variant, max_states, search, progress=step)
+        with _search_progress() as step:
+            data, found = run_verify(kernels, programs, variant, max_states, search, progress=step,
+                                     shortest_seconds=shortest_seconds)
     except StateLimitError as e:
         fail(str(e))
     if model is not None:
@@ -916,6 +931,37 @@ def _progress(quiet: bool) -> Iterator[Callable[[str], Callable[[int, int], None
             task = bar.add_task(label, total=None)
             return lambda done, total: bar.update(task, completed=done, total=total)
         yield step
+
+
+@contextmanager
+def _search_progress() -> Iterator[Callable[[str], SearchProgress]]:
+    """The model checker's progress on stderr (stdout stays clean for --json): the phase, states reached,
+    the depth (moves from the start) of the state in hand, and the time. Live on a terminal; otherwise a
+    line every 10 s."""
+    if not sys.stderr.isatty():
+        t0 = time.monotonic()
+        last = [t0]
+
+        def lines(kernel: str) -> SearchProgress:
+            def report(phase: str, states: int, depth: int) -> None:
+                now = time.monotonic()
+                if now - last[0] >= 10:
+                    last[0] = now
+                    click.echo(f"ipilab verify: {kernel}: {phase}: {states:,} states, depth {depth} moves, "
+                               f"{now - t0:.0f} s", err=True)
+            return report
+        yield lines
+        return
+    with Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} states"),
+                  TextColumn("depth {task.fields[depth]} moves"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        def live(kernel: str) -> SearchProgress:
+            task = bar.add_task(kernel, total=None, depth=0)
+
+            def report(phase: str, states: int, depth: int) -> None:
+                bar.update(task, description=f"{kernel}: {phase}", completed=states, depth=depth)
+            return report
+        yield live
 
 
 if __name__ == "__main__":

@@ -34,17 +34,22 @@ again for those CPUs. Tests hold the result to the full search's (explore.py): t
 terminal states, compared by their whole identity, on every kernel and on 2- and 3-CPU programs.
 
 What is not preserved is the number of intermediate states: `states` counts those the runs reached.
+
+A violation ends the search: counting every violating state would take the whole search (minutes at 3
+CPUs), and the user wants the counterexample. Which run meets a violation first depends on the order
+CPUs are tried in, not on its length, so `shorter_runs` then searches again, abandoning runs as long as
+the shortest violating one found; that finds real counterexamples but proves nothing about length (an
+abandoned run hides its later races). Only explore.py's breadth-first `shorten` proves a length.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ipilab.verify import explore as ex
-from ipilab.verify.explore import Choice, Config, ModelMachine, Result, StateLimitError, replay, shortest_counterexample
+from ipilab.verify.explore import Choice, Config, ModelMachine, Progress, Result, StateLimitError, replay, shorten
 
 
 @dataclass(slots=True)
@@ -122,14 +127,48 @@ def _independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset])
 
 
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
-                 keep_terminal_keys: bool = False,
-                 progress: Callable[[int, int | None], None] | None = None) -> Result:
+                 keep_terminal_keys: bool = False, progress: Progress | None = None,
+                 shortest_seconds: float | None = None) -> Result:
     """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
-    slept at its first expansion and are awake when it is reached again; see the module doc).
-    With violations and `shortest`, a breadth-first search of the full state space then looks for a
-    shortest counterexample (keeping the one found when that search would pass `max_states`)."""
+    slept at its first expansion and are awake when it is reached again; see the module doc), stopping
+    at the first violation: its run is the counterexample. With `shortest`, the search goes on for
+    shorter violating runs (`shorter_runs`, half of `shortest_seconds`), then a breadth-first search of
+    every schedule (`shorten`) looks for a shortest one with the rest of the time."""
     t0 = time.perf_counter()
     res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
+    _search(config, res, max_states, progress)
+    res.seconds = time.perf_counter() - t0
+    if res.violations and shortest:
+        t1 = time.perf_counter()
+        shorter_runs(res, max_states, None if shortest_seconds is None else shortest_seconds / 2, progress)
+        left = None if shortest_seconds is None else max(0.0, shortest_seconds - (time.perf_counter() - t1))
+        shorten(res, max_states, left, progress)
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def shorter_runs(res: Result, max_states: int, seconds: float | None = None,
+                 progress: Progress | None = None) -> None:
+    """Look on for violating runs shorter than res's counterexample, for at most `seconds`: the search
+    again, abandoning every run once it has as many moves as the shortest violating run found so far.
+    What it finds is a counterexample and no more: abandoning runs loses the races their later moves
+    would have shown, so a shorter one may exist that it never tries (`shorten` settles that)."""
+    assert res.counterexample is not None
+    found = Result(res.config, search="dpor", counterexample=res.counterexample,
+                   counterexample_violation=res.counterexample_violation)
+    t0 = time.perf_counter()
+    with contextlib.suppress(StateLimitError):  # keep what it found
+        _search(res.config, found, max_states, progress, limit=len(res.counterexample) - 1,
+                deadline=None if seconds is None else t0 + seconds)
+    res.counterexample, res.counterexample_violation = found.counterexample, found.counterexample_violation
+    res.shortest_states += found.states
+    res.shortest_seconds += time.perf_counter() - t0
+
+
+def _search(config: Config, res: Result, max_states: int, progress: Progress | None, limit: int | None = None,
+            deadline: float | None = None) -> None:
+    """The search. `limit` None: all of it, stopping at the first violation. Otherwise runs of at most
+    `limit` moves, each violation lowering it to one less (see shorter_runs), until `deadline`."""
     n = config.ncpus
     bits = _Bits(n)
     m: ModelMachine | None = ModelMachine(config)
@@ -138,6 +177,7 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
     # Finished states: key -> (every access made from them, the CPUs that slept when they were expanded).
     visited: dict[int, tuple[int, frozenset]] = {}
     nodes, moves = [root], []
+    res.states += 1
     while nodes:
         node = nodes[-1]
         todo = node.backtrack - node.done - node.sleep.keys()
@@ -152,6 +192,8 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
                 nodes[-1].summary |= moves.pop().bits | node.summary
             m = None  # the machine stands past this state: the next move from an earlier state replays
             continue
+        if deadline is not None and res.transitions % 100 == 0 and time.perf_counter() > deadline:
+            return
         cpu = min(todo)
         node.done.add(cpu)
         if m is None:
@@ -183,34 +225,39 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
             continue
         if len(visited) + len(nodes) >= max_states:
             raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise --max-states")
-        if progress is not None and len(visited) % 1000 == 0:
-            progress(len(visited), None)
+        res.states += 1
+        if progress is not None and res.states % 1000 == 0:
+            what = "partial-order search" if limit is None else f"partial-order search, runs < {limit + 1} moves"
+            progress(what, res.states, len(moves))
         enabled = _enabled(m)
         violation = m.violation
         if violation is None and not enabled:
             violation = m.terminal_violation()
-        if violation is not None or not enabled:
+        if violation is not None:
             res.executions += 1
-            if violation is not None:
+            if limit is None:
+                # Stop: the rest of the search would only count more violations (minutes at 3 CPUs).
                 res.add_violation(violation, lambda: [mv.choice for mv in moves])
-            else:
-                res.add_terminal(m, key)
-            visited[key] = (0, frozenset())
-            node.summary |= move.bits
-            moves.pop()
-            m = None
+                res.complete = False
+                return
+            if len(moves) <= limit:
+                res.counterexample, res.counterexample_violation = [mv.choice for mv in moves], violation
+                limit = len(moves) - 1
+        elif not enabled:
+            res.executions += 1
+            res.add_terminal(m, key)
+        elif limit is None or len(moves) < limit:
+            child = _Node(key, enabled, sleep=sleep, slept=frozenset(sleep))
+            awake = [c for c in enabled if c not in sleep]
+            if awake:
+                child.backtrack.add(awake[0])
+            nodes.append(child)
             continue
-        child = _Node(key, enabled, sleep=sleep, slept=frozenset(sleep))
-        awake = [c for c in enabled if c not in sleep]
-        if awake:
-            child.backtrack.add(awake[0])
-        nodes.append(child)
-    res.states = len(visited)
-    res.seconds = time.perf_counter() - t0
-    if res.violations and shortest:
-        with contextlib.suppress(StateLimitError):
-            res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
-    return res
+        # else: abandoned, as long as the shortest violation found (its successors' races stay unknown)
+        visited[key] = (0, frozenset())
+        node.summary |= move.bits
+        moves.pop()
+        m = None
 
 
 def _enabled(m: ModelMachine) -> dict[int, Choice]:

@@ -576,6 +576,17 @@ class Result:
     counterexample: list[Choice] | None = None
     counterexample_violation: Violation | None = None
     terminal_keys: set[int] | None = None  # the terminal states' keys, when asked for (tests compare searches)
+    complete: bool = True  # False: stopped at a violation, so the counts and IPI bounds cover part of the states
+    # What `shorten` established: every schedule of fewer than `fewest_moves` moves was checked and none
+    # violates, so no counterexample is shorter; when it equals the counterexample's length, that one is a
+    # shortest. The states and time spent looking for a shorter counterexample (not in `states`).
+    fewest_moves: int | None = None
+    shortest_states: int = 0
+    shortest_seconds: float = 0.0
+
+    @property
+    def shortest(self) -> bool:
+        return self.counterexample is not None and self.fewest_moves == len(self.counterexample)
 
     def add_violation(self, violation: Violation, schedule: Callable[[], list[Choice]]) -> None:
         """Count a violating state; the first one's schedule (asked for only then) is the counterexample."""
@@ -594,6 +605,10 @@ class Result:
             self.terminal_keys.add(key)
 
 
+# progress(phase, states so far, depth of the current state), called every 1000 states
+Progress = Callable[[str, int, int], None]
+
+
 class StateLimitError(RuntimeError):
     """The search would exceed the state budget; the message says how far it got."""
 
@@ -607,10 +622,10 @@ def replay(config: Config, schedule: list[Choice], record: bool = False) -> Mode
 
 
 def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
-            progress: Callable[[int, int | None], None] | None = None) -> Result:
+            progress: Progress | None = None, shortest_seconds: float | None = None) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
     not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
-    search then finds a shortest counterexample."""
+    search (`shorten`) then looks for a shortest counterexample, for at most `shortest_seconds`."""
     t0 = time.perf_counter()
     res = Result(config, terminal_keys=set() if keep_terminal_keys else None)
     root = ModelMachine(config)
@@ -636,7 +651,7 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
             parent.append((sid, choice))
             cid = len(parent) - 1
             if progress is not None and cid % 1000 == 0:
-                progress(cid, None)
+                progress("full search", cid, len(_schedule_to(parent, cid)))
             if cid >= max_states:
                 raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
                                       f"--max-states")
@@ -653,7 +668,7 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
     res.states = len(parent)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
-        res.counterexample, res.counterexample_violation = shortest_counterexample(config, max_states)
+        shorten(res, max_states, shortest_seconds, progress)
     return res
 
 
@@ -665,36 +680,61 @@ def _schedule_to(parent: list[tuple[int, Choice | None]], sid: int) -> list[Choi
     return path[::-1]
 
 
-def shortest_counterexample(config: Config, max_states: int) -> tuple[list[Choice], Violation]:
-    """Breadth first until the first violating state: a counterexample with the fewest moves."""
+def shorten(res: Result, max_states: int, seconds: float | None = None, progress: Progress | None = None) -> None:
+    """Look for a counterexample shorter than `res`'s: breadth first over every schedule (the full
+    search's, no reduction), depth by depth, stopping at the first depth where some state violates a
+    check, or when `seconds` run out (or the states pass `max_states`), or at the depth of the
+    counterexample in hand. Sets `res.fewest_moves` to one more than the deepest depth whose every
+    state was checked, and replaces the counterexample when a shorter one turns up."""
+    t0 = time.perf_counter()
+    config = res.config
+    assert res.counterexample is not None
     visited = {ModelMachine(config).key()}
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
-    frontier = [0]
-    while frontier:
-        nxt = []
-        for sid in frontier:
-            path = _schedule_to(parent, sid)
-            moves = replay(config, path).choices()
-            for choice in moves:
-                child = replay(config, path)
-                child.apply(choice)
-                k = child.key()
-                if k in visited:
-                    continue
-                visited.add(k)
-                parent.append((sid, choice))
-                child_moves = child.choices()
-                violation = child.violation
-                if violation is None and not child_moves:
-                    violation = child.terminal_violation()
-                if violation is not None:
-                    return _schedule_to(parent, len(parent) - 1), violation
-                if len(parent) > max_states:
-                    raise StateLimitError(f"more than {max_states:,} states looking for a shortest counterexample")
-                if child_moves:
-                    nxt.append(len(parent) - 1)
-        frontier = nxt
-    raise RuntimeError("the depth-first search saw a violation the breadth-first one cannot reach")
+    frontier, depth = [0], 0
+    try:
+        while frontier and depth + 1 < len(res.counterexample):
+            depth += 1  # of the states made now; every shallower state is checked
+            nxt = []
+            for sid in frontier:
+                if seconds is not None and time.perf_counter() - t0 > seconds:
+                    return
+                path = _schedule_to(parent, sid)
+                m = replay(config, path)
+                moves = m.choices()
+                keys = list(m.stack_keys)
+                for i, choice in enumerate(moves):
+                    if i < len(moves) - 1:
+                        child = replay(config, path)
+                        child.stack_keys = list(keys)
+                    else:
+                        child = m  # the last move takes the machine itself: no replay
+                    child.apply(choice)
+                    k = child.key()
+                    if k in visited:
+                        continue
+                    visited.add(k)
+                    parent.append((sid, choice))
+                    if len(parent) > max_states:
+                        return
+                    if progress is not None and len(parent) % 1000 == 0:
+                        progress("breadth-first, for a shorter one", len(parent), depth)
+                    child_moves = child.choices()
+                    violation = child.violation
+                    if violation is None and not child_moves:
+                        violation = child.terminal_violation()
+                    if violation is not None:
+                        res.counterexample = _schedule_to(parent, len(parent) - 1)
+                        res.counterexample_violation = violation
+                        return
+                    if child_moves:
+                        nxt.append(len(parent) - 1)
+            frontier = nxt
+        depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
+    finally:
+        res.fewest_moves = depth
+        res.shortest_states += len(parent)
+        res.shortest_seconds += time.perf_counter() - t0
 
 
 def iter_steps(config: Config, schedule: list[Choice]) -> Iterator[tuple[Choice, str, list[Event]]]:

@@ -13,7 +13,7 @@ from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import Smp
 from ipilab.trace.ftrace import FtraceWriter, format_event
 from ipilab.verify.dpor import explore_dpor
-from ipilab.verify.explore import Call, Config, Result, explore, iter_steps
+from ipilab.verify.explore import Call, Config, Progress, Result, explore, iter_steps
 from ipilab.verify.variants import VARIANTS
 
 SEARCHES = {
@@ -27,17 +27,34 @@ RESULT_DOCS: dict[str, str] = {
               "+ IPIs sent so far), the initial state included; with --search dpor, those its runs reached",
     "transitions": "moves taken, including those that led to a state already seen",
     "terminal_states": "states with no move left that pass every check (every program done, queues empty)",
-    "ipis_min": "fewest function-call IPIs sent (one per target CPU) over all complete runs",
-    "ipis_max": "most function-call IPIs sent over all complete runs",
+    "ipis_min": "fewest function-call IPIs sent (one per target CPU) over all complete runs (none when the "
+                "search stopped at a violation)",
+    "ipis_max": "most function-call IPIs sent over all complete runs (none when the search stopped at a violation)",
     "violations": "states that break a check (lost wakeup, deadlock, a function run twice or never, a waiting "
-                  "sender returning early, a CSD reused while locked); 0 when all hold",
-    "seconds": "wall-clock time of the search",
+                  "sender returning early, a CSD reused while locked); 0 when all hold; with --search dpor the "
+                  "search stops at the first one, so at most 1",
+    "complete": "true: every state was searched; false: the search stopped at a violation, so states, "
+                "terminal_states and the IPI bounds cover only the states it reached",
+    "seconds": "wall-clock time of the search (the breadth-first search for a shorter counterexample included)",
+}
+
+COUNTEREXAMPLE_DOCS: dict[str, str] = {
+    "moves": "moves in the counterexample (a move: one CPU running to its next step that touches shared state, "
+             "or an interrupt entry)",
+    "fewest_moves": "no counterexample has fewer moves: a breadth-first search over every schedule (no reduction) "
+                    "checked all with fewer; equal to `moves` when this one is a shortest",
+    "shortest": "true when moves == fewest_moves: no schedule of the full search violates a check in fewer moves",
+    "shortest_states": "states reached looking for a shorter counterexample (partial-order runs and the "
+                       "breadth-first search)",
+    "shortest_seconds": "wall-clock time spent looking for a shorter counterexample (at most --shortest-seconds)",
 }
 
 
 def result_dict(r: Result) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(r, k) for k in RESULT_DOCS}
     out["seconds"] = round(r.seconds, 3)
+    if not r.complete:
+        out["ipis_min"] = out["ipis_max"] = None  # bounds over part of the runs would mislead
     out["violations_by_kind"] = dict(r.violations_by_kind)
     out["counterexample"] = None
     if r.counterexample is not None:
@@ -47,7 +64,11 @@ def result_dict(r: Result) -> dict[str, Any]:
             steps.append({"step": i, "cpu": choice[1], "move": choice[0], "what": what, "events": lines})
             ftrace.extend(lines)
         v = r.counterexample_violation
-        out["counterexample"] = {"violation": v.kind, "message": v.message, "steps": steps, "ftrace": ftrace}
+        out["counterexample"] = {"violation": v.kind, "message": v.message, "moves": len(steps),
+                                 "fewest_moves": r.fewest_moves, "shortest": r.shortest,
+                                 "shortest_states": r.shortest_states,
+                                 "shortest_seconds": round(r.shortest_seconds, 3),
+                                 "docs": COUNTEREXAMPLE_DOCS, "steps": steps, "ftrace": ftrace}
     return out
 
 
@@ -69,7 +90,8 @@ def print_report(data: dict[str, Any], console: Console) -> None:
         cells = []
         for r in kernels.values():
             v = r[key]
-            cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else f"{v:,}")
+            cells.append("-" if v is None else str(v).lower() if isinstance(v, bool)
+                         else f"{v:.2f}" if isinstance(v, float) else f"{v:,}")
         t.add_row(key, *cells, doc)
     console.print(t)
     for name, r in kernels.items():
@@ -80,8 +102,12 @@ def print_report(data: dict[str, Any], console: Console) -> None:
         if ce is None:
             continue
         console.print(f"\n[bold red]{name}: {ce['violation']}[/bold red]: {ce['message']}", highlight=False)
-        steps = Table(title=f"a shortest counterexample ({len(ce['steps'])} moves), one column per CPU",
-                      title_justify="left")
+        if ce["shortest"]:
+            how = f"a shortest counterexample ({ce['moves']} moves: every schedule of fewer was checked)"
+        else:
+            how = (f"a counterexample of {ce['moves']} moves, the shortest found; none has fewer than "
+                   f"{ce['fewest_moves']} (every schedule of fewer was checked before --shortest-seconds ran out)")
+        steps = Table(title=f"{how}, one column per CPU", title_justify="left")
         steps.add_column("#", justify="right")
         for cpu in range(cfg["cpus"]):
             steps.add_column(f"cpu{cpu}")
@@ -96,16 +122,17 @@ def print_report(data: dict[str, Any], console: Console) -> None:
 
 
 def run_verify(kernels: list[Kernel], programs: tuple[tuple[Call, ...], ...], variant: str,
-               max_states: int, search: str = "dpor",
-               progress: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
-               ) -> tuple[dict[str, Any], list[Result]]:
-    """Search every kernel with the same programs and variant; the results as plain data, and as found."""
+               max_states: int, search: str = "dpor", progress: Callable[[str], Progress | None] | None = None,
+               shortest_seconds: float | None = None) -> tuple[dict[str, Any], list[Result]]:
+    """Search every kernel with the same programs and variant; the results as plain data, and as found.
+    `progress(kernel name)` gives the progress callback for that kernel's search."""
     smp_class = VARIANTS[variant].smp_class if variant != "none" else Smp
     search_fn = explore_dpor if search == "dpor" else explore
     results, found = {}, []
     for k in kernels:
-        step = progress(f"{k.name}: states") if progress is not None else None
-        r = search_fn(Config(k, programs, smp_class, variant), max_states=max_states, progress=step)
+        step = progress(k.name) if progress is not None else None
+        r = search_fn(Config(k, programs, smp_class, variant), max_states=max_states, progress=step,
+                      shortest_seconds=shortest_seconds)
         found.append(r)
         results[k.name] = result_dict(r)
     return {
