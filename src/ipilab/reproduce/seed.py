@@ -103,7 +103,7 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"][1:]) or "(topology)"
-            raise MachineError(f"--set {where}: {err['msg']}") from None
+            raise MachineError(f"--set {where}: {err['msg'].removeprefix('Value error, ')}") from None
     if costs:
         try:
             m = m.with_costs(**costs)

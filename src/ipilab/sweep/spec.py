@@ -29,13 +29,13 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ipilab.files import TomlFileError, read_toml
 from ipilab.kernel.features import Kernel, KernelSpecError, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError
 from ipilab.reproduce.seed import BACKGROUND_KEYS, TOPOLOGY_KEYS, SeedError, build_machine, split_settings
@@ -56,7 +56,7 @@ class SpecError(ValueError):
 class Range(BaseModel):
     """An inclusive range: from, from+step, ... up to `to`."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     start: float = Field(alias="from")
     to: float
     step: float = Field(1, gt=0)
@@ -213,11 +213,9 @@ class Run:
 
 def load_spec(path: Path) -> SweepSpec:
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise SpecError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: {e}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise SpecError(str(e)) from None
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as e:
