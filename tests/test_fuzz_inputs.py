@@ -328,3 +328,70 @@ def test_fuzz_sweep_specs(tally: Tally, tmp_path: Path, monkeypatch: pytest.Monk
 
     one()
     tally.report(n)
+
+
+# --- what the fuzz found: each was a traceback (or worse) before its fix -----------------------------
+
+def refused(args: list[str], *words: str) -> str:
+    """Exit 2 with one `ipilab: error:` line holding every one of `words`."""
+    code, err = invoke(args)
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("ipilab: error: "), (args, code, err)
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+NOT_UTF8 = b'name = "\xff\xfe"\n'  # was: UnicodeDecodeError from Path.read_text
+
+
+@pytest.mark.parametrize("command", [["simulate", *TINY, "-m"], ["simulate", *TINY, "-k"], ["sweep"]],
+                         ids=["machine-file", "kernel-file", "sweep-spec"])
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path, command: list[str]) -> None:
+    path = write(tmp_path / "bad.toml", NOT_UTF8)
+    refused([*command, str(path)], str(path), "not UTF-8", "byte 8")
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('base = ["v4.12"]\n', "'base'"),  # was: TypeError: unhashable type: 'list'
+    ('base = "v4.12"\nadd = 5\n', "'add'"),  # was: TypeError: 'int' object is not iterable
+    ('base = "v4.12"\nremove = [5]\n', "'remove'"),  # was: "unknown feature 5", as if 5 were a name
+    ('base = "v4.12"\nname = 7\n', "'name'"),  # was: accepted, the kernel named "7"
+], ids=["base-a-list", "add-an-int", "remove-not-names", "name-an-int"])
+def test_kernel_file_field_of_the_wrong_type_is_named(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path / "k.toml", text.encode())
+    refused(["simulate", *TINY, "-k", str(path)], str(path), field)
+
+
+@pytest.mark.parametrize(("rng", "field"), [
+    ("{from = nan, to = 5}", "rate.from"),  # was: ValueError: cannot convert float NaN to integer
+    ("{from = 1, to = 5, step = inf}", "rate.step"),  # was: one run at rate = nan
+], ids=["range-from-nan", "range-step-inf"])
+def test_sweep_range_that_is_not_finite_is_named(tmp_path: Path, rng: str, field: str) -> None:
+    path = write(tmp_path / "spec.toml", f"[vary]\nrate = {rng}\n".encode())
+    refused(["sweep", str(path), "-o", str(tmp_path / "out.parquet")], field, "finite")
+
+
+def test_halt_poll_beyond_int64_is_refused_naming_it() -> None:
+    # was: OverflowError: Python int too large to convert to C long, inside the simulator
+    refused(["simulate", *TINY, "--set", "halt_poll_ns=99999999999999999999"], "halt_poll_ns", "1000000000")
+
+
+def test_a_cpu_list_reaching_far_past_the_machine_is_refused_at_once() -> None:
+    # was: set(range(0, 10**14)) built before the check: the memory filled up (killed, not an error)
+    refused(["simulate", *TINY, "--set", "targets=0-99999999999999"], "targets", "99999999999999", "0-1")
+
+
+def test_a_huge_cost_names_the_cost() -> None:
+    # was: "--set: Input should be less than or equal to 1000000000", naming no cost
+    refused(["simulate", *TINY, "--set", "icr_write=99999999999999999999"], "icr_write", "1,000,000,000 ns")
+
+
+def test_vcpu_preemption_can_be_turned_on_with_its_costs_on_the_same_command_line() -> None:
+    # was: "background.vcpu_preemption needs costs.vcpu_run and costs.vcpu_preempt" although both were given:
+    # the background was checked before the costs were applied
+    args = ["simulate", *TINY, "--json", "--set", "vcpu_preemption=true", "--set", "vcpu_run=50000",
+            "--set", "vcpu_preempt=20000"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert '"vcpu_run"' in result.stdout and "50000" in result.stdout
