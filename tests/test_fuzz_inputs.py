@@ -395,3 +395,9 @@ def test_vcpu_preemption_can_be_turned_on_with_its_costs_on_the_same_command_lin
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     assert '"vcpu_run"' in result.stdout and "50000" in result.stdout
+
+
+@pytest.mark.parametrize("setting", ["rate=nan", "llc_mb_per_socket=inf", "rate=-inf"])
+def test_nan_or_inf_is_called_not_finite(setting: str) -> None:
+    # was: "Input should be less than or equal to 100000000" for rate=nan, and llc_mb_per_socket=inf accepted
+    refused(["simulate", *TINY, "--set", setting], setting.partition("=")[0], "finite")

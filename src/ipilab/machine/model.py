@@ -156,7 +156,7 @@ class Background(BaseModel):
 
 
 class Topology(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sockets: int = Field(ge=1, le=16)
     cores_per_socket: int = Field(ge=1, le=512)
     threads_per_core: int = Field(ge=1, le=8)

@@ -77,7 +77,7 @@ class Range(BaseModel):
 
 
 class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     machine: str = "vm-2cpu"
     kernel: str = "v6.18"
     workload: str = "synthetic"

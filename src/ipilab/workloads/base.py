@@ -16,7 +16,7 @@ class WorkloadError(ValueError):
 class Workload(BaseModel):
     """Parameters of a workload. Subclasses say what runs on which CPU in `start`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: ClassVar[str]
     summary: ClassVar[str]
     costs_needed: ClassVar[tuple[str, ...]] = ()  # machine costs beyond the required ones
