@@ -158,7 +158,8 @@ def set_keys(pairs: list[str], workload: str = "swap-w-seq-mt") -> list[str]:
 
 
 def test_every_set_key_with_every_awkward_value(tally: Tally, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not random: each `--set` key of simulate (both simulated workloads) and of reproduce seed, alone, with
+    """Not random: each `--set` key of simulate (both simulated workloads) and of reproduce seed, and each
+    `--cost` name, alone, with
     each value of AWKWARD_TEXT. Cheap, and it reaches every key, which random draws of 40-odd keys may not."""
     def no_runs(*_a: Any, **_k: Any) -> Any:
         raise Validated
@@ -170,12 +171,15 @@ def test_every_set_key_with_every_awkward_value(tally: Tally, monkeypatch: pytes
             args = ["simulate", *TINY, "-w", workload, "--set", f"{key}={value}"]
             # a smaller machine may make a workload's default CPU list wrong: then that field is named
             tally.add(assert_refused_or_valid(args, [key, "--set", *WORKLOADS[workload].model_fields]))
+    for key in ALL_COST_FIELDS:  # simulate --cost NAME=NS: its own parser
+        for value in AWKWARD_TEXT:
+            tally.add(assert_refused_or_valid(["simulate", *TINY, "--cost", f"{key}={value}"], [key, "--cost"]))
     for key in (*SEED_WORKLOAD_KEYS, *TOPOLOGY_KEYS, *BACKGROUND_KEYS, "spread", "icr_write"):
         for value in AWKWARD_TEXT:
             tally.add(assert_refused_or_valid(["reproduce", "seed", "-j", "1", "--set", f"{key}={value}"],
                                               set_keys([f"{key}={value}"])))
-    tally.report((len(sim) + len(SEED_WORKLOAD_KEYS) + len(TOPOLOGY_KEYS) + len(BACKGROUND_KEYS) + 2)
-                 * len(AWKWARD_TEXT))
+    keys = len(sim) + len(ALL_COST_FIELDS) + len(SEED_WORKLOAD_KEYS) + len(TOPOLOGY_KEYS) + len(BACKGROUND_KEYS) + 2
+    tally.report(keys * len(AWKWARD_TEXT))
 
 
 def test_fuzz_simulate_set(tally: Tally) -> None:
