@@ -405,3 +405,9 @@ def test_vcpu_preemption_can_be_turned_on_with_its_costs_on_the_same_command_lin
 def test_nan_or_inf_is_called_not_finite(setting: str) -> None:
     # was: "Input should be less than or equal to 100000000" for rate=nan, and llc_mb_per_socket=inf accepted
     refused(["simulate", *TINY, "--set", setting], setting.partition("=")[0], "finite")
+
+
+def test_seeds_past_int64_are_refused_before_any_run(tmp_path: Path) -> None:
+    # was: accepted, so the grid held seed 2^63, past what `simulate --seed` takes (0 to 2^63-1)
+    path = write(tmp_path / "spec.toml", b"[seeds]\nfirst = 9223372036854775807\ncount = 2\n")
+    refused(["sweep", str(path), "-o", str(tmp_path / "out.parquet")], "seeds", "2^63-1")

@@ -100,6 +100,12 @@ class Seeds(BaseModel):
     first: int = Field(1, ge=0, le=2**63 - 1)
     count: int = Field(1, ge=1, le=100_000)
 
+    @model_validator(mode="after")
+    def _last_seed_fits(self) -> Seeds:
+        if self.first + self.count - 1 > 2**63 - 1:
+            raise ValueError(f"the last seed, first + count - 1 = {self.first + self.count - 1}, is past 2^63-1")
+        return self
+
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
