@@ -411,3 +411,11 @@ def test_seeds_past_int64_are_refused_before_any_run(tmp_path: Path) -> None:
     # was: accepted, so the grid held seed 2^63, past what `simulate --seed` takes (0 to 2^63-1)
     path = write(tmp_path / "spec.toml", b"[seeds]\nfirst = 9223372036854775807\ncount = 2\n")
     refused(["sweep", str(path), "-o", str(tmp_path / "out.parquet")], "seeds", "2^63-1")
+
+
+def test_a_machine_too_big_to_simulate_is_refused() -> None:
+    # was: accepted (each field within its bounds): 16 x 512 x 8 = 65,536 CPUs filled 15 GB of memory in two
+    # minutes of a 0.1 ms run before it was stopped
+    line = refused(["simulate", *TINY, "--set", "sockets=16", "--set", "numa_nodes=16", "--set", "cores_per_socket=512",
+                    "--set", "threads_per_core=8"], "topology", "65,536 CPUs", "1,024")
+    assert "16 x 512 x 8" in line

@@ -108,7 +108,8 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
             m = Machine.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"][1:]) or "(machine)"
+            # a field's own error names the field; a check across fields (ncpus) names its table
+            where = ".".join(str(x) for x in err["loc"][1:]) or ".".join(str(x) for x in err["loc"]) or "(machine)"
             raise MachineError(f"--set {where}: {err['msg'].removeprefix('Value error, ')}") from None
     if spread is not None:
         try:
