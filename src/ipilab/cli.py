@@ -35,7 +35,15 @@ from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, 
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
 from ipilab.machine.calibrate import calibrate as run_calibrate
-from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, MAX_MACHINE_CPUS, Machine, MachineError, load_machine, preset_names
+from ipilab.machine.model import (
+    ALL_COST_FIELDS,
+    MAX_COST_NS,
+    MAX_MACHINE_CPUS,
+    Machine,
+    MachineError,
+    load_machine,
+    preset_names,
+)
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
