@@ -36,7 +36,15 @@ from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, 
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
 from ipilab.machine.calibrate import calibrate as run_calibrate
-from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Machine, MachineError, load_machine, preset_names
+from ipilab.machine.model import (
+    ALL_COST_FIELDS,
+    MAX_COST_NS,
+    MAX_MACHINE_CPUS,
+    Machine,
+    MachineError,
+    load_machine,
+    preset_names,
+)
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
@@ -169,7 +177,8 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--workload", "-w", default="synthetic", show_default=True,
               type=click.Choice(sorted(WORKLOADS)), help="What drives the calls.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="A workload parameter (see the list below), a machine topology field (cores_per_socket=8), "
+              help="A workload parameter (see the list below), a machine topology field (cores_per_socket=8; "
+                   f"{MAX_MACHINE_CPUS:,} CPUs at most), "
                    "tick_hz=250 (the timer tick's background interrupts) or a cost in ns (repeatable).")
 @click.option("--cost", "costs", multiple=True, metavar="NAME=NS",
               help="Override one machine cost in nanoseconds (repeatable).")

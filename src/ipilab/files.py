@@ -1,14 +1,36 @@
-"""Writing result files so that a reader never sees half of one: write a temporary file beside the
-target, then rename it into place in one step."""
+"""Reading the user's TOML files, and writing result files so that a reader never sees half of one: write
+a temporary file beside the target, then rename it into place in one step."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+
+
+class TomlFileError(ValueError):
+    """A TOML file that cannot be read or parsed; the message starts with its path."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A user's TOML file (a machine, a kernel, a sweep spec) as a dict. Every way it can be unreadable
+    (missing, a folder, not UTF-8, not TOML) is a TomlFileError naming the file, so no caller meets a
+    UnicodeDecodeError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TomlFileError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TomlFileError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                            "TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise TomlFileError(f"{path}: {e}") from None
 
 
 def publish(tmp: Path | str, path: Path) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ipilab.files import TomlFileError, read_toml
+
 
 class KernelSpecError(ValueError):
     """A kernel name, feature or config file that does not make sense; the message says which."""
@@ -80,20 +82,29 @@ def kernel_from_expr(expr: str) -> Kernel:
 def kernel_from_file(path: Path) -> Kernel:
     """A TOML file: `name`, `base` (a known version), and lists `add` / `remove` of feature names."""
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise KernelSpecError(f"{path}: {e}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise KernelSpecError(str(e)) from None
     base = data.get("base")
-    if base not in VERSIONS:
+    if not isinstance(base, str) or base not in VERSIONS:
         raise KernelSpecError(f"{path}: field 'base' must be one of {', '.join(VERSIONS)}, got {base!r}")
     extra = set(data) - {"name", "base", "add", "remove", "description"}
     if extra:
-        raise KernelSpecError(f"{path}: unknown fields {sorted(extra)}; allowed: name, base, add, remove")
+        raise KernelSpecError(f"{path}: unknown fields {sorted(extra)}; allowed: name, base, add, remove, "
+                              "description")
+    for key in ("add", "remove"):
+        names = data.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise KernelSpecError(f"{path}: field {key!r} must be a list of feature names such as "
+                                  f'["coalesce_many"], got {names!r}')
+    for key in ("name", "description"):
+        if not isinstance(data.get(key, ""), str):
+            raise KernelSpecError(f"{path}: field {key!r} must be a string, got {data[key]!r}")
     features = set(VERSIONS[base].features)
     features |= {_feature(n, f"{path}: add") for n in data.get("add", [])}
     features -= {_feature(n, f"{path}: remove") for n in data.get("remove", [])}
-    name = str(data.get("name", path.stem))
-    return Kernel(name, frozenset(features), str(data.get("description", f"what-if from {path.name}")))
+    name = data.get("name", path.stem)
+    return Kernel(name, frozenset(features), data.get("description", f"what-if from {path.name}"))
 
 
 def resolve_kernel(spec: str) -> Kernel:

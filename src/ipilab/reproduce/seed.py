@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from ipilab import __version__
 from ipilab.kernel.features import resolve_kernel
-from ipilab.machine.model import ALL_COST_FIELDS, Background, Machine, MachineError, Topology, load_machine
+from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Background, Machine, MachineError, Topology, load_machine
 from ipilab.sim.fast.run import warm_up
 from ipilab.sim.run import simulate
 from ipilab.workloads import workload_from_settings
@@ -92,6 +92,12 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
     m = load_machine(name)
     topology = dict(topology)
     spread = topology.pop("spread", None)
+    # Costs first: the background a --set turns on may need the costs the same command line gives.
+    for key, ns in costs.items():
+        if not 0 <= ns <= MAX_COST_NS:
+            raise MachineError(f"--set {key}={ns}: a cost is 0 to {MAX_COST_NS:,} ns")
+    if costs:
+        m = m.with_costs(**costs)
     if topology:
         data = m.model_dump()
         data["topology"].update({k: v for k, v in topology.items() if k not in BACKGROUND_KEYS})
@@ -102,13 +108,9 @@ def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) ->
             m = Machine.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"][1:]) or "(topology)"
-            raise MachineError(f"--set {where}: {err['msg']}") from None
-    if costs:
-        try:
-            m = m.with_costs(**costs)
-        except ValidationError as e:
-            raise MachineError(f"--set: {e.errors()[0]['msg']} (costs are 0 to 1,000,000,000 ns)") from None
+            # a field's own error names the field; a check across fields (ncpus) names its table
+            where = ".".join(str(x) for x in err["loc"][1:]) or ".".join(str(x) for x in err["loc"]) or "(machine)"
+            raise MachineError(f"--set {where}: {err['msg'].removeprefix('Value error, ')}") from None
     if spread is not None:
         try:
             ratio = float(spread)

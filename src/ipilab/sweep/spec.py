@@ -29,13 +29,13 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ipilab.files import TomlFileError, read_toml
 from ipilab.kernel.features import Kernel, KernelSpecError, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError
 from ipilab.reproduce.seed import BACKGROUND_KEYS, TOPOLOGY_KEYS, SeedError, build_machine, split_settings
@@ -56,7 +56,7 @@ class SpecError(ValueError):
 class Range(BaseModel):
     """An inclusive range: from, from+step, ... up to `to`."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     start: float = Field(alias="from")
     to: float
     step: float = Field(1, gt=0)
@@ -77,7 +77,7 @@ class Range(BaseModel):
 
 
 class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     machine: str = "vm-2cpu"
     kernel: str = "v6.18"
     workload: str = "synthetic"
@@ -99,6 +99,12 @@ class Seeds(BaseModel):
     model_config = ConfigDict(extra="forbid")
     first: int = Field(1, ge=0, le=2**63 - 1)
     count: int = Field(1, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _last_seed_fits(self) -> Seeds:
+        if self.first + self.count - 1 > 2**63 - 1:
+            raise ValueError(f"the last seed, first + count - 1 = {self.first + self.count - 1}, is past 2^63-1")
+        return self
 
 
 class SweepSpec(BaseModel):
@@ -213,11 +219,9 @@ class Run:
 
 def load_spec(path: Path) -> SweepSpec:
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise SpecError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: {e}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise SpecError(str(e)) from None
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as e:

@@ -16,7 +16,7 @@ class WorkloadError(ValueError):
 class Workload(BaseModel):
     """Parameters of a workload. Subclasses say what runs on which CPU in `start`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: ClassVar[str]
     summary: ClassVar[str]
     costs_needed: ClassVar[tuple[str, ...]] = ()  # machine costs beyond the required ones
@@ -37,8 +37,13 @@ def parse_cpulist(text: str, ncpus: int, field: str) -> list[int]:
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
+            first, last = int(lo), int(hi or lo)
+            if last >= ncpus:  # before the range is built: `0-99999999999999` must not fill the memory
+                raise WorkloadError(f"field {field}: CPU(s) {last} outside the machine's CPUs 0-{ncpus - 1}")
+            cpus.update(range(first, last + 1))
+    except ValueError as e:
+        if isinstance(e, WorkloadError):
+            raise
         raise WorkloadError(f"field {field}: {text!r} is not a CPU list like 0-3,8") from None
     bad = sorted(c for c in cpus if not 0 <= c < ncpus)
     if bad or not cpus:
