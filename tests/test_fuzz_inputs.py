@@ -417,5 +417,5 @@ def test_a_machine_too_big_to_simulate_is_refused() -> None:
     # was: accepted (each field within its bounds): 16 x 512 x 8 = 65,536 CPUs filled 15 GB of memory in two
     # minutes of a 0.1 ms run before it was stopped
     line = refused(["simulate", *TINY, "--set", "sockets=16", "--set", "numa_nodes=16", "--set", "cores_per_socket=512",
-                    "--set", "threads_per_core=8"], "topology", "65,536 CPUs", "1,024")
+                    "--set", "threads_per_core=8"], "topology", "65,536 CPUs", "4,096")
     assert "16 x 512 x 8" in line
