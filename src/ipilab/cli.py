@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -39,7 +41,7 @@ from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Machine, MachineE
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
-from ipilab.sim.fast.run import unsupported
+from ipilab.sim.fast.run import COMPILE_SECONDS_2CORE, engine_cached, unsupported, warm_up
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
@@ -72,6 +74,22 @@ def note_stale(instances: list[Path]) -> None:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def warm_fast_engine() -> None:
+    """Compile the fast engine now if numba's cache lacks it, saying what, why and for how long on stderr
+    (stdout stays clean for --json), with a spinner and the time so far when stderr is a terminal. A cached
+    engine is left for the run to load (about a second) without a word."""
+    if engine_cached():
+        return
+    click.echo(f"ipilab: compiling the fast simulation engine (numba) because its cache is empty or older than "
+               f"this install; this happens once, later runs load it in about a second. It takes about "
+               f"{COMPILE_SECONDS_2CORE} s on 2 idle cores (`ipilab compile` does it ahead).", err=True)
+    with Progress(SpinnerColumn(), TextColumn("compiling the fast engine"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        bar.add_task("compile", total=None)
+        seconds = warm_up()
+    click.echo(f"ipilab: compiled in {seconds:.1f} s (host wall time), cached for later runs", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,6 +203,8 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         chosen = choose_engine(m, k, w, engine or "auto")
         if engine is None and chosen == "reference" and not as_json:
             console.print(f"note: {unsupported(m, k, w)}: using the reference engine", highlight=False)
+        if chosen == "fast":
+            warm_fast_engine()
         result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out, engine=chosen)
     except (MachineError, KernelSpecError, WorkloadError) as e:
         fail(str(e))
@@ -624,6 +644,8 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     if plot is not None and not plot.resolve().parent.is_dir():
         fail(f"--plot: folder {plot.parent} does not exist")
     quiet = as_json
+    if engine == "fast":
+        warm_fast_engine()
     try:
         with _progress(quiet) as step:
             result = seed_exp.run_seed(parse_settings(settings), seconds=seconds, warmup=warmup,
@@ -702,6 +724,8 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
     store = ResultStore(out)
     if store.exists() and not resume:
         fail(f"{out} (or {store.parts.name}) exists: --resume to continue it, or remove it")
+    if scheduler is None and any(sweep_run.uses_fast_engine(r) for r in runs):
+        warm_fast_engine()  # here, once: the workers fork from this process and inherit it
     interactive = sys.stderr.isatty()
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("failed {task.fields[failed]}, left {task.fields[left]}"), TimeElapsedColumn(),
@@ -902,6 +926,33 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
 
 
 verify_cmd.name = "verify"
+
+
+@main.command("compile")
+def compile_cmd() -> None:
+    """Compile the fast engine and the trace parser and audit now, so the first real run starts warm.
+
+    numba compiles them on first use and caches the machine code beside the installed modules (or in
+    NUMBA_CACHE_DIR), where every later run (and every sweep or reproduce worker) loads it in about a
+    second. The cache is void when ipilab or numba changes, so run this after installing. Takes about
+    XX s on 2 idle cores the first time; seconds once cached.
+    """
+    t0 = time.perf_counter()
+    warm_fast_engine()
+    engine_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # A millisecond of simulated calls written as ftrace text: the parser and audit compile on the
+        # same kinds of lines a real trace has.
+        trace = Path(tmp) / "warm-up.trace"
+        simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
+                 seconds=0.001, seed=1, trace_out=trace)
+        audit_trace(trace)
+    click.echo(f"ipilab: fast engine ready ({engine_seconds:.1f} s), trace parser and audit ready "
+               f"({time.perf_counter() - t1:.1f} s); cached for later runs", err=True)
+
+
+compile_cmd.name = "compile"
 
 
 @contextmanager
