@@ -29,10 +29,12 @@ from rich.table import Table
 
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
+from ipilab.analysis.fastaudit import audit_block
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_calibration, print_replay, top_table
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
+from ipilab.compiled import in_cache
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
@@ -47,6 +49,7 @@ from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import CALIBRATE_EVENTS, EVENT_SETS, CaptureError, Stopped, capture
+from ipilab.trace.fastparse import parse_block
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.trace.top import TOP_DOCS, top
@@ -58,6 +61,7 @@ from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_s
 from ipilab.workloads.base import parse_cpulist
 
 console = Console()
+TRACE_COMPILE_SECONDS_2CORE = 15  # a cold compile of trace/fastparse.py and analysis/fastaudit.py on our 2-core VM
 
 
 def fail(message: str) -> None:
@@ -451,6 +455,10 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
         fail("--parquet takes one trace at a time")
     if parquet is not None and not parquet.resolve().parent.is_dir():
         fail(f"--parquet: folder {parquet.parent} does not exist")
+    if not (in_cache(parse_block) and in_cache(audit_block)):
+        click.echo(f"ipilab: compiling the trace parser and audit (numba) because their cache is empty or older "
+                   f"than this install; this happens once and takes about {TRACE_COMPILE_SECONDS_2CORE} s on 2 "
+                   f"idle cores (`ipilab compile` does it ahead).", err=True)
     results = []
     for path in traces:
         if not path.exists():

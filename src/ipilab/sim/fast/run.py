@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from numba.core.registry import CPUDispatcher as Dispatcher
 
+from ipilab.compiled import in_cache
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
@@ -91,12 +92,8 @@ COMPILE_SECONDS_2CORE = 0
 
 def engine_cached() -> bool:
     """Whether numba's cache holds the engine's loop compiled from this engine.py: the next warm_up loads
-    it (about a second) instead of compiling (COMPILE_SECONDS_2CORE). numba's index is stamped with its
-    source file's modification time and size and is void when either changed."""
-    try:
-        return bool(E.run_until._cache._cache_file._load_index())  # numba keeps no public way to ask
-    except Exception:  # a numba without these internals: say nothing is cached, so the notice shows
-        return False
+    it (about a second) instead of compiling (COMPILE_SECONDS_2CORE)."""
+    return in_cache(E.run_until)
 
 
 def warm_up() -> float:
