@@ -83,3 +83,15 @@ def test_sweep_compiles_before_its_workers_fork_only_when_a_run_needs_it(tmp_pat
     spec = tmp_path / "tlb.toml"
     spec.write_text('[base]\nmachine = "vm-2cpu"\nworkload = "tlbstorm"\nseconds = 0.001\n')
     assert not any(uses_fast_engine(r) for r in expand(load_spec(spec), spec))
+
+
+def test_compile_command_leaves_engine_parser_and_audit_in_the_cache() -> None:
+    from ipilab.analysis.fastaudit import audit_block
+    from ipilab.compiled import in_cache
+    from ipilab.trace.fastparse import parse_block
+
+    result = CliRunner().invoke(cli.main, ["compile"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "fast engine ready" in result.stderr and "trace parser and audit ready" in result.stderr
+    assert fast_run.engine_cached() and in_cache(parse_block) and in_cache(audit_block)
