@@ -65,6 +65,7 @@ def test_compile_notice_on_stderr_only_when_the_cache_is_cold(monkeypatch: pytes
         assert "compiling the fast simulation engine" in result.stderr
         assert "once" in result.stderr and f"{fast_run.COMPILE_SECONDS_2CORE} s" in result.stderr
         assert "compiled in 12.5 s" in result.stderr
+        assert data["compile_seconds"] == pytest.approx(12.5)  # the run's JSON counts the compile it paid
 
 
 def test_no_notice_for_a_run_on_the_reference_engine(monkeypatch: pytest.MonkeyPatch) -> None:
