@@ -20,6 +20,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -28,10 +29,12 @@ from rich.table import Table
 
 from ipilab import __version__
 from ipilab.analysis.audit import GROUP_KEYS, audit_trace
+from ipilab.analysis.fastaudit import audit_block
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_calibration, print_replay, top_table
 from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
 from ipilab.analysis.report import ReportError, write_report
+from ipilab.compiled import in_cache
 from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
@@ -48,12 +51,13 @@ from ipilab.machine.model import (
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
-from ipilab.sim.fast.run import unsupported
+from ipilab.sim.fast.run import COMPILE_SECONDS_2CORE, engine_cached, unsupported, warm_up
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
 from ipilab.trace.capture import CALIBRATE_EVENTS, EVENT_SETS, CaptureError, Stopped, capture
+from ipilab.trace.fastparse import parse_block
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.trace.top import TOP_DOCS, top
@@ -66,6 +70,7 @@ from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_s
 from ipilab.workloads.base import parse_cpulist
 
 console = Console()
+TRACE_COMPILE_SECONDS_2CORE = 15  # a cold compile of trace/fastparse.py and analysis/fastaudit.py on our 2-core VM
 
 
 def fail(message: str) -> None:
@@ -82,6 +87,23 @@ def note_stale(instances: list[Path]) -> None:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def warm_fast_engine() -> float:
+    """Compile the fast engine now if numba's cache lacks it, saying what, why and for how long on stderr
+    (stdout stays clean for --json), with a spinner and the time so far when stderr is a terminal. A cached
+    engine is left for the run to load (about a second) without a word. Returns the seconds it compiled."""
+    if engine_cached():
+        return 0.0
+    click.echo(f"ipilab: compiling the fast simulation engine (numba) because its cache is empty or older than "
+               f"this install; this happens once, later runs load it in about a second. It takes about "
+               f"{COMPILE_SECONDS_2CORE} s on 2 idle cores (`ipilab compile` does it ahead).", err=True)
+    with Progress(SpinnerColumn(), TextColumn("compiling the fast engine"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        bar.add_task("compile", total=None)
+        seconds = warm_up()
+    click.echo(f"ipilab: compiled in {seconds:.1f} s (host wall time), cached for later runs", err=True)
+    return seconds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -206,7 +228,10 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
         chosen = choose_engine(m, k, w, engine or "auto")
         if engine is None and chosen == "reference" and not as_json:
             console.print(f"note: {unsupported(m, k, w)}: using the reference engine", highlight=False)
+        compiled = warm_fast_engine() if chosen == "fast" else 0.0
         result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out, engine=chosen)
+        # The compile ran before simulate(), to say so first; it is still this run's.
+        result["compile_seconds"] = round(result["compile_seconds"] + compiled, 3)
     except (MachineError, KernelSpecError, WorkloadError) as e:
         fail(str(e))
     if as_json:
@@ -442,6 +467,10 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
         fail("--parquet takes one trace at a time")
     if parquet is not None and not parquet.resolve().parent.is_dir():
         fail(f"--parquet: folder {parquet.parent} does not exist")
+    if not (in_cache(parse_block) and in_cache(audit_block)):
+        click.echo(f"ipilab: compiling the trace parser and audit (numba) because their cache is empty or older "
+                   f"than this install; this happens once and takes about {TRACE_COMPILE_SECONDS_2CORE} s on 2 "
+                   f"idle cores (`ipilab compile` does it ahead).", err=True)
     results = []
     for path in traces:
         if not path.exists():
@@ -629,12 +658,14 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
     broadwell-ep-2s-88t under v4.12 (before the patch) and v4.13 (after), and compares them with the
     paper. No cost is fitted to the paper's numbers; `--explain` shows each cost's source and how the
-    prediction moves with it. The default window takes about 5 s on 2 cores (about 50 s the first time, when the
-    fast engine is compiled and cached).
+    prediction moves with it. The default window takes about 5 s on 2 cores (about 75 s the first time, when the
+    fast engine is compiled and cached, which it says on stderr; `ipilab compile` does that ahead).
     """
     if plot is not None and not plot.resolve().parent.is_dir():
         fail(f"--plot: folder {plot.parent} does not exist")
     quiet = as_json
+    if engine == "fast":
+        warm_fast_engine()
     try:
         with _progress(quiet) as step:
             result = seed_exp.run_seed(parse_settings(settings), seconds=seconds, warmup=warmup,
@@ -713,6 +744,8 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
     store = ResultStore(out)
     if store.exists() and not resume:
         fail(f"{out} (or {store.parts.name}) exists: --resume to continue it, or remove it")
+    if scheduler is None and any(sweep_run.uses_fast_engine(r) for r in runs):
+        warm_fast_engine()  # here, once: the workers fork from this process and inherit it
     interactive = sys.stderr.isatty()
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("failed {task.fields[failed]}, left {task.fields[left]}"), TimeElapsedColumn(),
@@ -784,6 +817,8 @@ def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kern
             try:
                 m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
                 trace = Path(tmp) / "sim.trace"
+                if choose_engine(m, k, w, "auto") == "fast":
+                    warm_fast_engine()
                 simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace)
             except (MachineError, KernelSpecError, WorkloadError) as e:
                 fail(str(e))
@@ -926,6 +961,33 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
 
 
 verify_cmd.name = "verify"
+
+
+@main.command("compile")
+def compile_cmd() -> None:
+    """Compile the fast engine and the trace parser and audit now, so the first real run starts warm.
+
+    numba compiles them on first use and caches the machine code beside the installed modules (or in
+    NUMBA_CACHE_DIR), where every later run loads it in about a second. The cache is void when ipilab or
+    numba changes, so run this after installing. Takes about
+    70 s (engine) + 15 s (parser and audit) of CPU on our 2 cores the first time; seconds once cached.
+    """
+    t0 = time.perf_counter()
+    warm_fast_engine()
+    engine_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # A millisecond of simulated calls written as ftrace text: the parser and audit compile on the
+        # same kinds of lines a real trace has.
+        trace = Path(tmp) / "warm-up.trace"
+        simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
+                 seconds=0.001, seed=1, trace_out=trace)
+        audit_trace(trace)
+    click.echo(f"ipilab: fast engine ready ({engine_seconds:.1f} s), trace parser and audit ready "
+               f"({time.perf_counter() - t1:.1f} s); cached for later runs", err=True)
+
+
+compile_cmd.name = "compile"
 
 
 @contextmanager

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipilab import __version__
-from ipilab.sim.run import simulate
+from ipilab.sim.fast.run import warm_up
+from ipilab.sim.run import choose_engine, simulate
 from ipilab.sweep.spec import Run, configure
 from ipilab.sweep.store import ResultStore
 
@@ -104,7 +105,18 @@ def _worker_start(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def uses_fast_engine(run: Run) -> bool:
+    """Whether `run` goes to the fast engine (False for a run whose configuration fails: it fails later)."""
+    try:
+        c = configure(run.params)
+        return choose_engine(c.machine, c.kernel, c.workload, "auto") == "fast"
+    except Exception:  # the run records its own error when it runs
+        return False
+
+
 def _local(runs: list[Run], workers: int) -> Iterator[dict[str, Any]]:
+    if any(uses_fast_engine(r) for r in runs):
+        warm_up()  # once, before the workers fork: each would otherwise compile the engine itself
     if workers <= 1:
         for run in runs:
             yield run_one(run)

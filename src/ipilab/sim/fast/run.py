@@ -8,13 +8,17 @@ CPU order), draws its random numbers from the same seeded generators.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
+from numba.core.registry import CPUDispatcher as Dispatcher
 
+from ipilab.compiled import in_cache
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
@@ -50,6 +54,46 @@ if tuple(c.key for c in CostId) != E.COST_NAMES:
 
 
 _warm = False
+
+
+def _helpers() -> list[Dispatcher]:
+    """The engine's compiled functions that stay calls (not inlined into run_until), in file order."""
+    return [f for f in vars(E).values()
+            if isinstance(f, Dispatcher) and f.targetoptions.get("inline", "never") != "always"
+            and f is not E.run_until]
+
+
+_pinned: set[Any] = set()  # the State types the helpers are compiled for
+
+
+def _pin_helpers(state: E.State) -> None:
+    """Compile each helper once, for int64 arguments, and let numba compile no other version of it.
+
+    Left alone, numba types a constant argument as its literal value (Literal[int](5)) and compiles the
+    callee again for every distinct constant a call site passes: _call, _busy, _draw, _step and trace came
+    to 145 versions of 22 helpers. Pinned, every call site converts its constants to the
+    one int64 version. File order compiles callees before their callers (a caller's compile would
+    otherwise make literal versions of a callee not yet pinned)."""
+    state_type = numba.typeof(state)
+    if state_type in _pinned:
+        return
+    kinds = {"State": state_type, "np.ndarray": numba.types.int64[::1], "int": numba.types.int64}
+    for f in _helpers():
+        params = inspect.signature(f.py_func).parameters.values()
+        f.disable_compile(False)
+        f.compile(tuple(kinds[p.annotation] for p in params))
+        f.disable_compile()
+    _pinned.add(state_type)
+
+
+# What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py), for the notice.
+COMPILE_SECONDS_2CORE = 70
+
+
+def engine_cached() -> bool:
+    """Whether numba's cache holds the engine's loop compiled from this engine.py: the next warm_up loads
+    it (about a second) instead of compiling (COMPILE_SECONDS_2CORE)."""
+    return in_cache(E.run_until)
 
 
 def warm_up() -> float:
@@ -147,6 +191,7 @@ class FastSim:
             lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
         g = s.g
         g[E.W_NFREE] = cap
+        _pin_helpers(s)
         g[E.TRACE_ON] = tracer is not None
         g[E.NCPUS] = n
         g[E.NNODES] = nodes

@@ -1,0 +1,98 @@
+"""A first run on a fresh install: the compile notice, what gets compiled, and where it is cached.
+
+A real cold compile of the fast engine takes over a minute of CPU on our 2-core VM (benchmarks/cold_start.py
+measures it), too long for the suite, so the notice is tested with the cache check and the compile
+stood in for, and the cache check itself against numba's cache in a fresh folder (empty: no compile
+needed to know) and the suite's own (filled by conftest's warm-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import pytest
+from click.testing import CliRunner
+
+import ipilab.cli as cli
+from ipilab.sim.fast import run as fast_run
+from ipilab.sweep.run import uses_fast_engine
+from ipilab.sweep.spec import expand, load_spec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_each_engine_helper_is_compiled_once_for_int64_arguments() -> None:
+    """Call sites pass constants (_call(x, ID_FLUSH, ID_FLUSHED)); numba would compile a version per constant
+    (Literal[int](12)), which made most of the cold compile. After warm-up each helper has one version and
+    no literal argument types."""
+    fast_run.warm_up()
+    helpers = fast_run._helpers()
+    names = {f.py_func.__name__ for f in helpers}
+    assert {"_call", "_busy", "_draw", "_step", "trace", "notify"} <= names  # the ones that multiplied
+    for f in helpers:
+        assert len(f.signatures) == 1, (f.py_func.__name__, f.signatures)
+        assert not any(isinstance(t, numba.types.Literal) for t in f.signatures[0]), f.signatures
+
+
+def test_engine_cached_is_false_on_an_empty_cache_and_true_once_warm(tmp_path: Path) -> None:
+    fast_run.warm_up()  # the suite's cache (conftest did this already): the loop is in it
+    assert fast_run.engine_cached()
+    probe = "from ipilab.sim.fast.run import engine_cached; print(engine_cached())"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_compile_notice_on_stderr_only_when_the_cache_is_cold(monkeypatch: pytest.MonkeyPatch, cached: bool) -> None:
+    compiles: list[int] = []
+    monkeypatch.setattr(cli, "engine_cached", lambda: cached)
+    monkeypatch.setattr(cli, "warm_up", lambda: compiles.append(1) or 12.5)
+    result = CliRunner().invoke(cli.main, ["simulate", "--json", "-s", "0.0002"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)  # the notice never reaches stdout
+    assert data["engine"] == "fast"
+    if cached:
+        assert compiles == [] and "compil" not in result.stderr
+    else:
+        assert compiles == [1]
+        assert "compiling the fast simulation engine" in result.stderr
+        assert "once" in result.stderr and f"{fast_run.COMPILE_SECONDS_2CORE} s" in result.stderr
+        assert "compiled in 12.5 s" in result.stderr
+        assert data["compile_seconds"] == pytest.approx(12.5)  # the run's JSON counts the compile it paid
+
+
+def test_no_notice_for_a_run_on_the_reference_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "engine_cached", lambda: False)
+    monkeypatch.setattr(cli, "warm_up", lambda: pytest.fail("compiled for a reference-engine run"))
+    result = CliRunner().invoke(cli.main, ["simulate", "--json", "-s", "0.0002", "--engine", "reference"])
+    assert result.exit_code == 0, result.stderr
+    assert "compil" not in result.stderr
+
+
+def test_sweep_compiles_before_its_workers_fork_only_when_a_run_needs_it(tmp_path: Path) -> None:
+    """The sweep's process compiles once and the forked workers inherit it; a sweep of tlbstorm runs (the
+    reference engine only) compiles nothing."""
+    fast = expand(load_spec(EXAMPLES / "synthetic-quick.toml"), EXAMPLES / "synthetic-quick.toml")
+    assert uses_fast_engine(fast[0])
+    spec = tmp_path / "tlb.toml"
+    spec.write_text('[base]\nmachine = "vm-2cpu"\nworkload = "tlbstorm"\nseconds = 0.001\n')
+    assert not any(uses_fast_engine(r) for r in expand(load_spec(spec), spec))
+
+
+def test_compile_command_leaves_engine_parser_and_audit_in_the_cache() -> None:
+    from ipilab.analysis.fastaudit import audit_block
+    from ipilab.compiled import in_cache
+    from ipilab.trace.fastparse import parse_block
+
+    result = CliRunner().invoke(cli.main, ["compile"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "fast engine ready" in result.stderr and "trace parser and audit ready" in result.stderr
+    assert fast_run.engine_cached() and in_cache(parse_block) and in_cache(audit_block)
