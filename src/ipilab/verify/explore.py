@@ -621,6 +621,21 @@ def replay(config: Config, schedule: list[Choice], record: bool = False) -> Mode
     return m
 
 
+
+def _successors(config: Config, path: list[Choice], m: ModelMachine,
+                moves: list[Choice]) -> Iterator[tuple[Choice, ModelMachine]]:
+    """Each of `moves` applied to a machine of its own in the state `m` stands in (reached by `path`): a
+    replayed copy for all but the last move, which takes `m` itself (no replay)."""
+    keys = list(m.stack_keys)
+    for i, choice in enumerate(moves):
+        if i < len(moves) - 1:
+            child = replay(config, path)
+            child.stack_keys = list(keys)
+        else:
+            child = m
+        child.apply(choice)
+        yield choice, child
+
 def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
             progress: Progress | None = None, shortest_seconds: float | None = None) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
@@ -635,14 +650,7 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
     while todo:
         sid, m, moves = todo.pop()
         path = _schedule_to(parent, sid) if len(moves) > 1 else []
-        keys = list(m.stack_keys)
-        for i, choice in enumerate(moves):
-            if i < len(moves) - 1:
-                child = replay(config, path)
-                child.stack_keys = list(keys)
-            else:
-                child = m  # the last move takes the machine itself: no replay
-            child.apply(choice)
+        for choice, child in _successors(config, path, m, moves):
             res.transitions += 1
             k = child.key()
             if k in visited:
@@ -701,15 +709,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     return
                 path = _schedule_to(parent, sid)
                 m = replay(config, path)
-                moves = m.choices()
-                keys = list(m.stack_keys)
-                for i, choice in enumerate(moves):
-                    if i < len(moves) - 1:
-                        child = replay(config, path)
-                        child.stack_keys = list(keys)
-                    else:
-                        child = m  # the last move takes the machine itself: no replay
-                    child.apply(choice)
+                for choice, child in _successors(config, path, m, m.choices()):
                     k = child.key()
                     if k in visited:
                         continue
