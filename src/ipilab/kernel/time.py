@@ -7,11 +7,19 @@ decide how many calls an interrupt serves.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ipilab.events import LOCAL_TIMER_VECTOR
 from ipilab.kernel.steps import Busy, KernelCode, Platform
 from ipilab.machine.costs import CostId
 
 TICK_SALT = 0x71C  # keeps the tick phases' generator apart from the workloads' of the same seed
+
+
+def tick_phases(hz: int, seed: int, ncpus: int) -> tuple[int, list[int]]:
+    """The tick's period (ns) and each CPU's first tick within it: seeded, so CPUs' ticks are not aligned."""
+    period = round(1e9 / hz)
+    return period, [int(p) for p in np.random.default_rng([seed, TICK_SALT]).integers(0, period, size=ncpus)]
 
 
 def local_timer_interrupt(p: Platform, cpu: int) -> KernelCode:

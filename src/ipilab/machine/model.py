@@ -266,7 +266,6 @@ class Machine(BaseModel):
             costs[key] = Cost(ns=value, source=f"set by the user ({was})")
         return self.model_copy(update={"costs": costs})
 
-
     def with_spread(self, ratio: float) -> Machine:
         """A copy whose constant costs (above 0) become lognormal around the same median with p90 = ratio x
         median: a stated assumption of spread where no measurement gives one (`--set spread=R`)."""

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, LOCAL_TIMER_VECTOR, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.idle import IdleState, do_idle
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
-from ipilab.kernel.time import TICK_SALT, local_timer_interrupt
+from ipilab.kernel.time import local_timer_interrupt, tick_phases
 from ipilab.machine.costs import ABSENT, CostId, RunCosts
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
@@ -109,10 +107,9 @@ class SimMachine:
         timer tick at a seeded phase within the first period (CPUs' ticks are not aligned)."""
         bg = self.machine.background
         if bg.tick_hz:
-            period = round(1e9 / bg.tick_hz)
-            phases = np.random.default_rng([seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+            period, phases = tick_phases(bg.tick_hz, seed, self.ncpus)
             for c in self.cpus:
-                self.engine.at(self.engine.now + int(phases[c.id]), lambda c=c: self._tick(c, period))
+                self.engine.at(self.engine.now + phases[c.id], lambda c=c: self._tick(c, period))
         if bg.vcpu_preemption:
             for c in self.cpus:
                 self.engine.at(self.engine.now + self.cost(CostId.VCPU_RUN, c.id), lambda c=c: self._deschedule(c))
@@ -132,7 +129,7 @@ class SimMachine:
     def _tick(self, c: SimCpu, period: int) -> None:
         """The local APIC timer fires. With NO_HZ idle the tick is stopped while a CPU idles: no interrupt."""
         self.engine.at(self.engine.now + period, lambda: self._tick(c, period))
-        if c.stack[-1].kind == "idle":
+        if c.stack[-1].kind == "idle" or LOCAL_TIMER_VECTOR in c.irr:
             return
         self._raise(c, LOCAL_TIMER_VECTOR)
 
@@ -314,9 +311,8 @@ class SimMachine:
         self._raise(c, vector)
 
     def _raise(self, c: SimCpu, vector: int) -> None:
-        """`vector` becomes pending in `c`'s APIC (a second one of a vector already pending is absorbed)."""
-        if vector in c.irr:
-            return
+        """`vector` becomes pending in `c`'s APIC, which is not already holding it, and is taken at once if
+        `c` waits with interrupts on."""
         c.irr.add(vector)
         if c.wait is not None and c.wait[0] != "waking" and c.stack[-1].irqs_on:
             self._preempt(c)

@@ -22,9 +22,9 @@ from ipilab.compiled import in_cache
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
-from ipilab.kernel.time import TICK_SALT
-from ipilab.machine.costs import CostId, MissingCost, RunCosts
-from ipilab.machine.model import COST_FIELDS, Machine, load_machine
+from ipilab.kernel.time import tick_phases
+from ipilab.machine.costs import CostId, RunCosts
+from ipilab.machine.model import Machine, load_machine
 from ipilab.sim.fast import engine as E
 from ipilab.sim.machine import MachineStats
 from ipilab.trace.ftrace import irq_flags
@@ -156,10 +156,6 @@ class FastSim:
         n = self.ncpus = machine.ncpus
         self.costs = RunCosts(machine, seed)
         self._seed = seed
-        needed = [*COST_FIELDS, *workload.costs_needed]
-        lacking = [k for k in needed if machine.costs.get(k) is None]
-        if lacking:
-            raise MissingCost(f"machine {machine.name} gives no cost {', '.join(lacking)}")
         self.latencies: Counter[int] = Counter()  # exact: value -> count, so memory grows with distinct values
         self._rngs: dict[int, np.random.Generator] = {}  # the synthetic senders' generators
         self._comm = ["<idle>"] * n
@@ -247,23 +243,14 @@ class FastSim:
         """SimMachine.start_background: each CPU's tick at a seeded phase."""
         bg = self.machine.background
         if bg.tick_hz:
-            period = self.s.g[E.TICK_PERIOD] = round(1e9 / bg.tick_hz)
-            phases = np.random.default_rng([self._seed, TICK_SALT]).integers(0, period, size=self.ncpus)
+            period, phases = tick_phases(bg.tick_hz, self._seed, self.ncpus)
+            self.s.g[E.TICK_PERIOD] = period
             for c in range(self.ncpus):
-                E.at(self.s, int(phases[c]), E.EV_TICK, c, 0)
+                E.at(self.s, phases[c], E.EV_TICK, c, 0)
         if bg.vcpu_preemption:
             for c in range(self.ncpus):
-                E.at(self.s, self._first_draw(CostId.VCPU_RUN, c), E.EV_DESCHEDULE, c, 0)
-
-    def _first_draw(self, cost: CostId, c: int) -> int:
-        """A draw taken by the host before the run (the engine's own draws come later in the same stream)."""
-        s = self.s
-        ns = s.cost[cost]
-        if ns >= 0:
-            return int(ns)
-        slot = s.cost_slot[cost]
-        s.draw_pos[c, slot] += 1
-        return int(s.draws[c, slot, s.draw_pos[c, slot] - 1])
+                ns = self.s.cost[CostId.VCPU_RUN]  # the engine's own cost(): a constant, or its stream's next
+                E.at(self.s, int(ns if ns >= 0 else E._draw(self.s, c, int(CostId.VCPU_RUN))), E.EV_DESCHEDULE, c, 0)
 
     def _targets(self, c: int, mask: list[int]) -> None:
         t = sorted(set(mask) - {c})
