@@ -7,7 +7,8 @@ trace's .meta names), and compare the simulated run's trace with the real one, b
 `analyze` code. Nothing is fitted to the predicted trace. Also closed-loop replay: each trace's own calls
 issued again on the machine calibrated from that trace.
 
-    PYTHONPATH=src python3 benchmarks/fidelity.py [--cpus 2,4,8,16] [--vcpu-preemption auto,off] [--json out.json]
+    PYTHONPATH=src python3 benchmarks/fidelity.py [--cpus 2,4,8,16] [--vcpu-preemption off,auto] [--ablate spread,tick]
+        [--json out.json]
 
 Columns: no IPI = share of queued CSDs that needed no IPI (the target's queue already waited for one, or
 it polled); CSDs/CAL = CSDs run per function-call interrupt; CAL/s = function-call interrupts per second of
@@ -18,6 +19,7 @@ Goal (issue 14): no IPI within 5 points and CSDs/CAL within 15% on every pair.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -31,7 +33,7 @@ from ipilab.analysis.replay import closed_loop
 from ipilab.files import published
 from ipilab.kernel.features import resolve_kernel
 from ipilab.machine.calibrate import calibrate
-from ipilab.machine.model import Machine, load_machine
+from ipilab.machine.model import Cost, Machine, load_machine
 from ipilab.sim.run import MAX_SECONDS, simulate
 from ipilab.trace.sidecar import read_machine_facts, sidecar_for
 from ipilab.workloads import workload_from_settings
@@ -82,9 +84,21 @@ def workload_of(trace: Path, machine: Machine) -> tuple[str, dict[str, str]]:
     raise SystemExit(f"{trace}: its .meta names no program this benchmark knows ({command!r})")
 
 
-def predict(calib: Path, target: Path, tmp: Path, preemption: str) -> dict[str, Any]:
-    machine = calibrate([calib], load_machine("vm-2cpu"), name=f"calibrated-{calib.stem}",
-                        vcpu_preemption=preemption).machine
+@functools.cache
+def calibrated(trace: Path, preemption: str, ablate: frozenset[str]) -> Machine:
+    """The machine `calibrate` makes of `trace` (each trace serves a prediction and a replay), less what
+    `ablate` takes away: "spread" makes every cost its median, a constant; "tick" turns the tick off."""
+    m = calibrate([trace], load_machine("vm-2cpu"), name=f"calibrated-{trace.stem}",
+                  vcpu_preemption=preemption).machine
+    if "spread" in ablate:
+        m = m.model_copy(update={"costs": {k: Cost(ns=c.ns, source=c.source) for k, c in m.costs.items()}})
+    if "tick" in ablate:
+        m = m.model_copy(update={"background": m.background.model_copy(update={"tick_hz": 0})})
+    return m
+
+
+def predict(calib: Path, target: Path, tmp: Path, preemption: str, ablate: frozenset[str]) -> dict[str, Any]:
+    machine = calibrated(calib, preemption, ablate)
     real = audit_trace(target)
     name, settings = workload_of(target, machine)
     seconds = min(MAX_SIM_SECONDS, MAX_SECONDS, real["duration_ns"] / 1e9)
@@ -99,9 +113,8 @@ def predict(calib: Path, target: Path, tmp: Path, preemption: str) -> dict[str, 
             "real": metrics(real), "simulated": metrics(sim)}
 
 
-def replay_closed(trace: Path, preemption: str) -> dict[str, Any]:
-    machine = calibrate([trace], load_machine("vm-2cpu"), name=f"calibrated-{trace.stem}",
-                        vcpu_preemption=preemption).machine
+def replay_closed(trace: Path, preemption: str, ablate: frozenset[str]) -> dict[str, Any]:
+    machine = calibrated(trace, preemption, ablate)
     r = closed_loop(trace, [resolve_kernel(KERNEL)], machine)
     k = r["kernels"][0]
     real = r["real"]
@@ -129,7 +142,12 @@ def main() -> None:
     ap.add_argument("--vcpu-preemption", default="off,auto",
                     help="calibrate's --vcpu-preemption settings to run, each a table (default off,auto: calibrate's "
                     "default, and with the measured descheduling modelled as well, where the traces show it)")
+    ap.add_argument("--ablate", default="", help="take mechanisms out of the calibrated machines, to see what "
+                    "each does: spread (every cost its median, a constant), tick (no timer tick); comma-separated")
     args = ap.parse_args()
+    ablate = frozenset(x for x in args.ablate.split(",") if x)
+    if ablate - {"spread", "tick"}:
+        raise SystemExit(f"--ablate: {', '.join(sorted(ablate - {'spread', 'tick'}))}: not spread or tick")
     rows, replays = [], []
     with tempfile.TemporaryDirectory(prefix="ipilab-fidelity-") as tmp:
         wanted = {int(x) for x in args.cpus.split(",")}
@@ -141,13 +159,13 @@ def main() -> None:
                 continue
             for preemption in args.vcpu_preemption.split(","):
                 for calib, target in (("reclaim", "tlbstorm"), ("tlbstorm", "reclaim")):
-                    row = predict(traces[calib], traces[target], Path(tmp), preemption)
+                    row = predict(traces[calib], traces[target], Path(tmp), preemption, ablate)
                     rows.append({"machine": machine, "vcpus": n, "vcpu_preemption_setting": preemption, **row})
                     print(f"{n} vCPUs, --vcpu-preemption {preemption}: calibrated on {calib}, predicted {target}: "
                           f"done in {row['wall_seconds']} s", file=sys.stderr)
                 if not args.no_replay:
                     replays += [{"machine": machine, "vcpus": n, "vcpu_preemption_setting": preemption,
-                                 **replay_closed(traces[w], preemption)} for w in ("tlbstorm", "reclaim")]
+                                 **replay_closed(traces[w], preemption, ablate)} for w in ("tlbstorm", "reclaim")]
     print("| machine | vCPUs | calibrated on -> predicted | vCPU preemption | no IPI real / sim | CSDs/CAL real / sim "
           "| CAL/s real / sim | wait p50 us real / sim | wait p99 us real / sim |")
     print("|---|---|---|---|---|---|---|---|---|")
