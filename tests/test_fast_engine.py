@@ -84,7 +84,7 @@ def random_case(i: int) -> tuple[Machine, str, str, dict[str, str], dict[str, An
         settings = {"threads": str(rng.randint(1, room)), "batch": str(rng.choice([1, 4, 32])),
                     "flush": rng.choice(["per-page", "per-batch"]), "kswapd": kswapd,
                     "phase": rng.choice(["reclaim"] * 5 + ["fill"]), "ram_gb": "0.05", "memory_gb": "1",
-                    "swap_gb_s": rng.choice(["", "", "8"])}
+                    "swap_gb_s": rng.choice(["", "", "8"]), "swap_locks": rng.choice(["true", "true", "false"])}
         settings = {k: v for k, v in settings.items() if v}
         workload = "swap-w-seq-mt"
     window = {"seconds": rng.choice([0.0005, 0.001, 0.002]), "warmup": rng.choice([0.0, 0.0002]),

@@ -8,7 +8,14 @@ wait in its APIC (where same-vector ones merge).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
+
+# Each kind of lock (a SpinLock's name up to any "/instance") and the prefix of its counters in results.
+LOCK_COUNTER_PREFIXES = {"lru_lock": "lru_lock", "swap_avail_lock": "swap_avail_lock", "si->lock": "si_lock",
+                         "swap_cache": "swap_cache_lock"}
+LOCK_STATS = ("acquisitions", "contended", "spin_ns", "hold_ns", "holds_interrupted", "hold_interrupted_ns")
 
 
 class SpinLock:
@@ -16,8 +23,13 @@ class SpinLock:
 
     __slots__ = (
         "_waiting",
+        "acquired_at",
         "acquisitions",
         "contended",
+        "hold_interrupted_ns",
+        "hold_ns",
+        "holds_interrupted",
+        "irqs_at_acquire",
         "last_owner",
         "name",
         "next_ticket",
@@ -36,6 +48,13 @@ class SpinLock:
         self.acquisitions = 0
         self.contended = 0  # acquisitions that had to wait
         self.spin_ns = 0  # total time CPUs spent spinning on it
+        # Statistics of the holds: how long, and how many had an interrupt taken inside (which stretches
+        # the hold for every waiter behind it: only possible for a lock taken with interrupts on).
+        self.acquired_at = 0
+        self.irqs_at_acquire = 0
+        self.hold_ns = 0
+        self.holds_interrupted = 0
+        self.hold_interrupted_ns = 0
 
 
 def spin_lock(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
@@ -53,9 +72,16 @@ def spin_lock(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
         yield Busy(p.cacheline(cpu, lock.last_owner), f"spin_lock({lock.name})")
     lock.owner = cpu
     lock.acquisitions += 1
+    lock.acquired_at = p.now
+    lock.irqs_at_acquire = p.interrupts_taken(cpu)
 
 
 def spin_unlock(p: Platform, cpu: int, lock: SpinLock) -> None:
+    held = p.now - lock.acquired_at
+    lock.hold_ns += held
+    if p.interrupts_taken(cpu) != lock.irqs_at_acquire:
+        lock.holds_interrupted += 1
+        lock.hold_interrupted_ns += held
     lock.owner = None
     lock.last_owner = cpu
     lock.serving += 1
@@ -73,3 +99,14 @@ def spin_lock_irq(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
 def spin_unlock_irq(p: Platform, cpu: int, lock: SpinLock) -> KernelCode:
     spin_unlock(p, cpu, lock)
     yield IRQS_ON
+
+
+def lock_counters(locks: Iterable[SpinLock]) -> dict[str, int]:
+    """Every LOCK_STATS counter summed by kind of lock, named `<prefix>_<stat>` (0 for a kind not taken)."""
+    locks = list(locks)
+    out: dict[str, int] = {}
+    for kind, prefix in LOCK_COUNTER_PREFIXES.items():
+        mine = [lk for lk in locks if lk.name.split("/", 1)[0] == kind]
+        for stat in LOCK_STATS:
+            out[f"{prefix}_{stat}"] = sum(getattr(lk, stat) for lk in mine)
+    return out

@@ -31,6 +31,7 @@ class Page:
     node: int
     mapped: bool = False
     tlb_stale: bool = False  # PTE cleared, but another CPU's TLB may still map it until the flush
+    swap_offset: int = -1  # its swap slot, once added to swap
 
 
 @dataclass(eq=False)

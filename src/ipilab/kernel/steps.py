@@ -87,6 +87,10 @@ class Platform(Protocol):
         """If `cpu` is idle and polling, set its NEED_RESCHED and return True (it needs no IPI)."""
         ...
 
+    def interrupts_taken(self, cpu: int) -> int:
+        """How many interrupts `cpu` has taken so far (for statistics only)."""
+        ...
+
     def is_lazy_tlb(self, cpu: int) -> bool:
         """`cpu` runs no user mm of its own (idle or a kernel thread), so its TLB is flushed lazily."""
         ...

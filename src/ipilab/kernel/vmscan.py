@@ -5,11 +5,12 @@ inactive list (`shrink_active_list`: new anonymous pages start active), then iso
 inactive tail and reclaims them (`shrink_inactive_list` -> `shrink_page_list`). Both isolate and put
 back under the node's `lru_lock`, taken with interrupts off.
 
-In `shrink_page_list` each page is added to swap, unmapped (`try_to_unmap` with TTU_BATCH_FLUSH only
-gathers the mm's CPUs into the task's flush batch), and because it is dirty the batch is flushed before
-the page is written out (`try_to_unmap_flush_dirty`): a swapped anonymous page costs one TLB
-shootdown of its own, a full flush on every CPU of the mm, waited for. `flush="per-batch"` instead
-flushes once per batch before any page is written: what a clean-page batch does, kept as a what-if.
+In `shrink_page_list` each page is added to swap (swapfile.py: a slot, and the swap cache), unmapped
+(`try_to_unmap` with TTU_BATCH_FLUSH only gathers the mm's CPUs into the task's flush batch), and because
+it is dirty the batch is flushed before the page is written out (`try_to_unmap_flush_dirty`): a swapped
+anonymous page costs one TLB shootdown of its own, a full flush on every CPU of the mm, waited for.
+`flush="per-batch"` instead flushes once per batch before any page is written: what a clean-page batch
+does, kept as a what-if.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ipilab.kernel.locking import spin_lock_irq, spin_unlock_irq
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, Page, PgData
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
+from ipilab.kernel.swapfile import SwapDevice, add_to_swap, remove_mapping
 from ipilab.kernel.tlb import flush_tlb_batched
 from ipilab.machine.costs import CostId
 
@@ -38,12 +40,17 @@ class TlbUbc:
 
 @dataclass(eq=False)
 class Reclaim:
-    """The reclaim side of one machine: the cross-call path it flushes through, and its settings."""
+    """The reclaim side of one machine: the cross-call path it flushes through, and its settings.
+
+    With a swap device, add_to_swap and __remove_mapping take the swap locks as 4.12 does (swapfile.py);
+    without one (an ablation), their work is plain CPU time and __remove_mapping only turns interrupts off.
+    """
 
     smp: Smp
     mem: Memory
     flush: str = "per-page"
     batch: int = SWAP_CLUSTER_MAX
+    swap: SwapDevice | None = None
 
     # --- rmap: unmapping and the batched flush ------------------------------------------------------
 
@@ -104,7 +111,10 @@ class Reclaim:
         freed: list[Page] = []
         for page in pages:
             yield Busy(p.cost(CostId.PAGE_REFERENCED, cpu), "page_referenced")
-            yield Busy(p.cost(CostId.ADD_TO_SWAP, cpu), "add_to_swap")
+            if self.swap is None:
+                yield Busy(p.cost(CostId.ADD_TO_SWAP, cpu), "add_to_swap")
+            else:
+                page.swap_offset = yield from add_to_swap(p, cpu, self.swap)
             yield from self.try_to_unmap(cpu, ubc, page)
             if self.flush == "per-page":
                 yield from self.try_to_unmap_flush_dirty(cpu, ubc)
@@ -119,10 +129,13 @@ class Reclaim:
     def _pageout(self, cpu: int, page: Page, freed: list[Page]) -> KernelCode:
         p = self.smp.p
         yield Busy(p.cost(CostId.SWAP_WRITEPAGE, cpu), "swap_writepage")
-        # __remove_mapping: the swap cache's tree_lock is taken with interrupts off.
-        yield IRQS_OFF
-        yield Busy(p.cost(CostId.REMOVE_MAPPING, cpu), "__remove_mapping")
-        yield IRQS_ON
+        if self.swap is None:
+            # __remove_mapping: the swap cache's tree_lock is taken with interrupts off.
+            yield IRQS_OFF
+            yield Busy(p.cost(CostId.REMOVE_MAPPING, cpu), "__remove_mapping")
+            yield IRQS_ON
+        else:
+            yield from remove_mapping(p, cpu, self.swap, page.swap_offset)
         freed.append(page)
         self.mem.stats.pages_reclaimed += 1
 

@@ -48,6 +48,7 @@ class CostId(IntEnum):
     TICK = 22
     VCPU_RUN = 23
     VCPU_PREEMPT = 24
+    SWAP_SLOT_SCAN = 25
 
     @property
     def key(self) -> str:

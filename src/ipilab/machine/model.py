@@ -53,6 +53,7 @@ RECLAIM_COST_FIELDS: dict[str, str] = {
     "swap_writepage": "writing one 4 KB page to the swap device (pmem: a synchronous copy)",
     "remove_mapping": "__remove_mapping: dropping the page from the swap cache, interrupts off",
     "free_page": "returning one reclaimed page to the page allocator",
+    "swap_slot_scan": "scan_swap_map_slots' work per slot handed out, under si->lock (interrupts on)",
 }
 ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS, **BACKGROUND_COST_FIELDS}
 

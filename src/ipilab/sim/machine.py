@@ -23,6 +23,7 @@ from ipilab.kernel.time import local_timer_interrupt, tick_phases
 from ipilab.machine.costs import ABSENT, CostId, RunCosts
 from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
+from ipilab.sim.timeuse import NUSES, Use, use_of
 from ipilab.trace.ftrace import irq_flags
 
 
@@ -48,13 +49,17 @@ class SimCpu:
     stack: list[Context] = field(default_factory=list)
     irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
     idle: IdleState = field(default_factory=IdleState)
-    wait: tuple | None = None  # ("busy", end, timer) | ("spin", step, deadline, timer) | ("halt",) | ("waking",)
+    wait: tuple | None = None  # ("busy", end, timer, use) | ("spin", step, deadline, timer) | ("halt",) | ("waking",)
     wait_gen: int = 0
     irq_ns: int = 0
     interrupts: int = 0
     apic_merged: int = 0
     ipis_in_flight: int = 0  # sent to this CPU, not yet arrived at its APIC
     user_mm: bool = False  # runs a user task's mm (not lazy-TLB)
+    irqs_taken: int = 0  # interrupts of any vector taken
+    use: Use = Use.IDLE  # what the current wait is spent on (sim/timeuse.py)
+    use_since: int = 0
+    use_ns: list[int] = field(default_factory=lambda: [0] * NUSES)
 
 
 DRAW_BLOCK = 1024  # draws taken from a cost's stream at a time (any size gives the same sequence)
@@ -88,6 +93,7 @@ class SimMachine:
         # Drawn costs not used yet, per (cost, CPU), last draw first.
         self._drawn: list[list[list[int]]] = [[[] for _ in range(self.ncpus)] for _ in CostId]
         self._halt_poll_ns = machine.topology.halt_poll_ns
+        self._uses: dict[tuple[str, str, bool], Use] = {}
 
     # --- starting work -----------------------------------------------------------------------------
 
@@ -194,9 +200,33 @@ class SimMachine:
 
     # --- running contexts --------------------------------------------------------------------------
 
-    def _block(self, c: SimCpu, wait: tuple) -> None:
+    def _block(self, c: SimCpu, wait: tuple, use: Use) -> None:
         c.wait_gen += 1
         c.wait = wait
+        # Time passes only inside waits: the one ending now is charged whole to what it was spent on.
+        now = self.engine.now
+        c.use_ns[c.use] += now - c.use_since
+        c.use, c.use_since = use, now
+
+    def _use(self, what: str, kind: str, spin: bool) -> Use:
+        key = (what, kind, spin)
+        use = self._uses.get(key)
+        if use is None:
+            use = self._uses[key] = use_of(what, kind, spin)
+        return use
+
+    def time_use(self) -> list[list[int]]:
+        """Per CPU, the nanoseconds spent so far on each `Use`, the current wait counted up to now."""
+        now = self.engine.now
+        out = []
+        for c in self.cpus:
+            row = list(c.use_ns)
+            row[c.use] += now - c.use_since
+            out.append(row)
+        return out
+
+    def interrupts_taken(self, cpu: int) -> int:
+        return self.cpus[cpu].irqs_taken
 
     def _run(self, c: SimCpu, value: Any) -> None:
         """Run `c`'s top context until it blocks on a Busy, a spin or a halt."""
@@ -235,7 +265,8 @@ class SimMachine:
                     end = now + step.ns
                     gen = c.wait_gen + 1
                     timer = self.engine.at(end, lambda gen=gen: self._busy_done(c, gen))
-                    self._block(c, ("busy", end, timer))
+                    use = self._use(step.what, top.kind, False)
+                    self._block(c, ("busy", end, timer, use), use)
                     return
             elif type(step) is SpinUntil:
                 if step.cond():
@@ -249,7 +280,7 @@ class SimMachine:
             elif type(step) is LocalIrq:
                 top.irqs_on = step.enable
             elif type(step) is Halt:
-                self._block(c, ("halt",))
+                self._block(c, ("halt",), Use.IDLE)
                 return
             else:
                 raise TypeError(f"kernel code yielded {step!r}")
@@ -263,7 +294,7 @@ class SimMachine:
         timer = None
         if deadline is not None:
             timer = self.engine.at(deadline, lambda: self._spin_timeout(c, gen))
-        self._block(c, ("spin", step, deadline, timer))
+        self._block(c, ("spin", step, deadline, timer), self._use(step.what, c.stack[-1].kind, True))
         self._watchers.setdefault(id(step.watch), (step.watch, []))[1].append((c, gen))
         return True
 
@@ -323,7 +354,7 @@ class SimMachine:
             # A halted CPU accepts the interrupt only once awake: until then the vector stays in IRR,
             # where a second IPI of the same vector merges with it.
             c.stack[-1].saved = ("halt",)
-            self._block(c, ("waking",))
+            self._block(c, ("waking",), Use.IDLE)
             gen = c.wait_gen
             self.engine.at(self.engine.now + self.cost(CostId.IDLE_EXIT, c.id), lambda: self._woken(c, gen))
             return
@@ -338,7 +369,7 @@ class SimMachine:
         c.wait = None
         if wait[0] == "busy":
             wait[2].cancel()
-            top.saved = ("busy", wait[1] - self.engine.now)
+            top.saved = ("busy", wait[1] - self.engine.now, wait[3])
         else:
             if wait[3] is not None:
                 wait[3].cancel()
@@ -353,6 +384,7 @@ class SimMachine:
     def _take_interrupt(self, c: SimCpu) -> None:
         vector = max(c.irr)  # the APIC delivers the highest pending vector first
         c.irr.discard(vector)
+        c.irqs_taken += 1
         if vector == LOCAL_TIMER_VECTOR:
             self.stats.ticks += 1
         else:
@@ -383,7 +415,7 @@ class SimMachine:
             gen = c.wait_gen + 1
             end = self.engine.now + saved[1]
             timer = self.engine.at(end, lambda: self._busy_done(c, gen))
-            self._block(c, ("busy", end, timer))
+            self._block(c, ("busy", end, timer, saved[2]), saved[2])
             return False, None
         if saved[0] == "spin":
             step, deadline = saved[1], saved[2]

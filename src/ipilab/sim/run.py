@@ -19,6 +19,7 @@ from ipilab.machine.model import Machine
 from ipilab.sim.engine import Engine
 from ipilab.sim.fast.run import FastSim, unsupported, warm_up
 from ipilab.sim.machine import SimMachine
+from ipilab.sim.timeuse import Use
 from ipilab.trace.ftrace import FtraceWriter
 from ipilab.workloads.base import Workload, WorkloadError
 
@@ -127,7 +128,7 @@ def _snapshot(sim: Any, workload_counts: dict[str, int]) -> dict[str, Any]:
     counts.update(workload_counts)
     return {"now": sim.engine.now, "counts": counts, "workload_keys": list(workload_counts),
             "cpu_interrupts": [c.interrupts for c in sim.cpus], "cpu_irq_ns": [c.irq_ns for c in sim.cpus],
-            "cpu_apic_merged": [c.apic_merged for c in sim.cpus]}
+            "cpu_apic_merged": [c.apic_merged for c in sim.cpus], "cpu_time_use": sim.time_use()}
 
 
 def _rates(snaps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -187,7 +188,9 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
         per_cpu.append({"cpu": c.id, "comm": c.comm,
                         "interrupts": last["cpu_interrupts"][c.id] - first["cpu_interrupts"][c.id],
                         "irq_ns": irq_ns, "irq_fraction": irq_ns / window_ns,
-                        "apic_merged": last["cpu_apic_merged"][c.id] - first["cpu_apic_merged"][c.id]})
+                        "apic_merged": last["cpu_apic_merged"][c.id] - first["cpu_apic_merged"][c.id],
+                        "time_ns": {u.key: last["cpu_time_use"][c.id][u] - first["cpu_time_use"][c.id][u]
+                                    for u in Use}})
     workload_counts = {k: d[k] for k in last["workload_keys"]}
     return {
         "ipilab_version": __version__,
@@ -237,6 +240,8 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
                   "warmup_wall_seconds": "host seconds of set-up and warm-up",
                   "engine": "fast (compiled) or reference: the same numbers either way",
                   "irq_fraction": "share of the window in interrupt handlers",
+                  "time_ns": "per CPU, simulated ns of the window by what they were spent on (sim/timeuse.py Use); "
+                  "they sum to the window",
                   "rates": "per simulated second, with the half-width of a 95% confidence interval "
                   "(t-distribution over the intervals; null with fewer than 2)"},
         "metrics": METRIC_DOCS,

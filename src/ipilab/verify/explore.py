@@ -350,6 +350,9 @@ class ModelMachine:
     def is_lazy_tlb(self, cpu: int) -> bool:
         return False
 
+    def interrupts_taken(self, cpu: int) -> int:
+        return 0  # statistics only: the explored code takes no lock that keeps them
+
     # --- moves ---------------------------------------------------------------------------------------
 
     def choices(self) -> list[Choice]:

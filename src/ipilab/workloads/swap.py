@@ -21,8 +21,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PrivateAttr, model_validator
 
+from ipilab.kernel.locking import SpinLock, lock_counters
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, MmStruct, PgData, do_anonymous_page
 from ipilab.kernel.steps import Busy, KernelCode
+from ipilab.kernel.swapfile import SwapDevice
 from ipilab.kernel.vmscan import Reclaim
 from ipilab.machine.costs import CostId
 from ipilab.machine.model import RECLAIM_COST_FIELDS, Machine
@@ -80,6 +82,11 @@ class SwapWSeqMt(Workload):
     kswapd: bool = Field(True, description="false: only the allocating threads reclaim, as in a memory cgroup "
                                            "at its limit (kswapd does not run)")
 
+    swap_locks: bool = Field(True, description="true: a swap slot comes from the per-CPU cache, refilled 64 at a "
+                             "time under swap_avail_lock and si->lock (interrupts on), and the swap cache is "
+                             "updated under its tree_lock (interrupts off), as 4.12 does; false: that work as "
+                             "plain CPU time (an ablation)")
+
     _run: SwapRun | None = PrivateAttr(None)
 
     @model_validator(mode="after")
@@ -121,7 +128,8 @@ class SwapWSeqMt(Workload):
         mem = Memory([PgData(n, min_wmark=wmin, low_wmark=wlow, high_wmark=whigh,
                              free_pages=0 if fill else wlow, unlimited=fill, new_pfn=pfn.__next__)
                       for n in range(nodes)], MmStruct(usemem))
-        run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch),
+        swap = SwapDevice(m.ncpus) if self.swap_locks else None
+        run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch, swap=swap),
                                   [0] * len(usemem), usemem, kswapd)
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
@@ -154,7 +162,6 @@ class SwapWSeqMt(Workload):
             return {}
         run = self._run
         s = run.mem.stats
-        locks = [n.lru_lock for n in run.mem.nodes]
         return {
             "pages_written": sum(run.written),
             "faults": s.faults,
@@ -165,8 +172,15 @@ class SwapWSeqMt(Workload):
             "alloc_direct_reclaim": s.alloc_direct_reclaim,
             "tlb_flushes": s.tlb_flushes,
             "flush_wait_ns": s.flush_wait_ns,
-            "lru_lock_acquisitions": sum(lk.acquisitions for lk in locks),
-            "lru_lock_contended": sum(lk.contended for lk in locks),
-            "lru_lock_spin_ns": sum(lk.spin_ns for lk in locks),
             "pages_reused_before_flush": s.pages_reused_before_flush,
+            "swap_slot_refills": run.reclaim.swap.refills if run.reclaim.swap else 0,
+            **lock_counters(self.locks()),
         }
+
+    def locks(self) -> list[SpinLock]:
+        """Every lock the run takes: each node's lru_lock, then the swap device's."""
+        if self._run is None:
+            return []
+        swap = self._run.reclaim.swap
+        dev = [swap.swap_avail_lock, swap.lock, *swap.tree_locks] if swap else []
+        return [n.lru_lock for n in self._run.mem.nodes] + dev

@@ -30,7 +30,7 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 62
+NG = 65
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -39,15 +39,17 @@ NG = 62
  ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
- M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS) = range(NG)
+ M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
-NCPU = 44
+# (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
+# swap_slots_cache)
+NCPU = 51
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
  NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
- IN_STEAL) = range(NCPU)
+ IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
 NCTX = 33
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
@@ -56,10 +58,18 @@ NCTX = 33
 # --- csd: one row per struct call_single_data -------------------------------------------------------
 NCSD = 8
 (LOCKED, SRC, DST, FUNC, INFO, SYNC, IDENT, NEXT) = range(NCSD)
-# --- node: one row per pglist_data with its lru_lock ---------------------------------------------------
-NNODE = 14
-(FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE, LK_NEXT_TICKET, LK_SERVING,
- LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS) = range(NNODE)
+# --- node: one row per pglist_data -------------------------------------------------------------------
+NNODE = 8
+(FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE) = range(NNODE)
+# --- lock: one row per SpinLock: each node's lru_lock, then swap_avail_lock, si->lock and the swap cache trees'
+NLK = 13
+(LK_NEXT_TICKET, LK_SERVING, LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS, LK_IRQ, LK_ACQUIRED_AT,
+ LK_IRQS_AT, LK_HOLD_NS, LK_HOLDS_INTERRUPTED, LK_HOLD_INTERRUPTED_NS, LK_USE) = range(NLK)
+SWAP_SLOTS_CACHE_SIZE = 64  # kernel/swapfile.py
+SWAPFILE_CLUSTER = 256
+SWAP_ADDRESS_SPACE_SHIFT = 14
+SWAP_CACHE_LOCKS = 16
+MAX_BATCH = 512  # the workload's largest batch: room for each page's swap slot
 
 STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
 CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
@@ -100,12 +110,22 @@ COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket"
               "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
               "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
               "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
-              "tick", "vcpu_run", "vcpu_preempt")
+              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan")
 NCOSTS = len(COST_NAMES)
 (C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
  C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
  C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
- C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT) = range(NCOSTS)
+ C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN) = range(NCOSTS)
+
+# What time is spent on: sim/timeuse.py Use, written out here for the same reason (run.py checks them too)
+USE_NAMES = ("user", "page_fault", "reclaim", "shootdown_send", "shootdown_wait", "irq_entry_exit", "irq_functions",
+             "tick", "idle", "stolen", "spin_lru_lock", "spin_swap_avail_lock", "spin_si_lock",
+             "spin_swap_cache_lock", "other")
+NUSES = len(USE_NAMES)
+(U_USER, U_PAGE_FAULT, U_RECLAIM, U_SHOOTDOWN_SEND, U_SHOOTDOWN_WAIT, U_IRQ_ENTRY_EXIT, U_IRQ_FUNCTIONS, U_TICK,
+ U_IDLE, U_STOLEN, U_SPIN_LRU_LOCK, U_SPIN_SWAP_AVAIL_LOCK, U_SPIN_SI_LOCK, U_SPIN_SWAP_CACHE_LOCK,
+ U_OTHER) = range(NUSES)
+U_BY_LOCK = -1  # a lock's acquisition: the use of the lock in x[L_LOCK]
 
 # Trace records: one row per tracepoint hit
 TR_TS, TR_CPU, TR_NAME, TR_F0, TR_F1, TR_F2, TR_F3, TR_FLAGS = range(8)
@@ -150,7 +170,11 @@ class State(NamedTuple):
     draw_pos: np.ndarray  # [ncpus, variable costs] how many of them were used
     usemem: np.ndarray  # mm_cpumask: the usemem CPUs, sorted
     node: np.ndarray  # [nnodes, NNODE]
-    lock_waiting: np.ndarray  # [nnodes, ncpus + 1]: lru_lock._waiting by ticket modulo ncpus + 1
+    lock: np.ndarray  # [nlocks, NLK]
+    lock_waiting: np.ndarray  # [nlocks, ncpus + 1]: lock._waiting by ticket modulo ncpus + 1
+    slot: np.ndarray  # [ncpus, MAX_BATCH]: page.swap_offset of each page of the CPU's shrink_page_list batch
+    use_ns: np.ndarray  # [ncpus, NUSES]: SimCpu.use_ns
+    busy_use: np.ndarray  # [NPC, 2]: the use of a Busy step by the state it resumes at, [not in a task, in one]
     trace: np.ndarray  # [tcap, 8] tracepoint hits not yet written
     tmask: np.ndarray  # cpumasks of ipi_send_cpumask hits
     lat: np.ndarray  # call latencies not yet folded into the histogram
@@ -158,7 +182,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 135  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 147  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -174,7 +198,8 @@ NPC = 135  # one state per piece of code between two yields, grouped by the func
  SP_START, SP_NEXT, SP_ADD_TO_SWAP, SP_UNMAP, SP_UNMAPPED, SP_PAGEOUT, SP_PAGED, SP_AFTER_LOOP, SP_BATCH_OUT,
  SP_BATCH_NEXT, SP_BATCH_PAGED, SP_FINAL, SP_DONE,
  UF_START, UF_DONE,
- PO_START, PO_OFF, PO_REMOVE, PO_ON, PO_DONE,
+ PO_START, PO_OFF, PO_REMOVE, PO_ON, PO_DONE, PO_LOCKED, PO_UNLOCK,
+ AS_START, AS_AVAIL, AS_SI, AS_SCAN, AS_SCANNED, AS_REFILLED, AS_SLOT, AS_LOCKED, AS_ADDED, AS_DONE,
  FT_START, FT_OTHERS, FT_DONE,
  MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT, MC_WAIT, MC_WAIT_NEXT, MC_WAITED,
  MC_LOCAL_LAST, MC_RET,
@@ -193,6 +218,30 @@ NPC = 135  # one state per piece of code between two yields, grouped by the func
  BL_LOOP,
  TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE,
  VS_START, VS_DONE) = range(NPC)
+
+
+def busy_use_table() -> np.ndarray:
+    """State.busy_use: what each Busy step is spent on, by the state it resumes at (sim/timeuse.py use_of for the
+    reference engine's labels); [pc, 0] outside a task (handlers, idle), [pc, 1] in one. -2: no Busy resumes there."""
+    t = np.full((NPC, 2), -2, np.int64)
+    by_resume = {
+        ID_NOTICED: U_IDLE,  # poll_notice
+        SV_FLUSH: U_IRQ_ENTRY_EXIT, SV_DONE: U_IRQ_ENTRY_EXIT, TK_BODY: U_IRQ_ENTRY_EXIT, TK_DONE: U_IRQ_ENTRY_EXIT,
+        TK_EXIT: U_TICK,
+        FL_DETACH: U_IRQ_FUNCTIONS, FL_ASYNC_UNLOCKED: U_IRQ_FUNCTIONS, FL_SYNC_UNLOCKED: U_IRQ_FUNCTIONS,
+        UM_FAULT: U_USER, UM_WRITTEN: U_USER, SY_CALL: U_USER, BL_LOOP: U_USER,
+        DA_ALLOC: U_PAGE_FAULT, PV_ADD: U_PAGE_FAULT,
+        SA_REFERENCED: U_RECLAIM, SA_MOVED: U_RECLAIM, IS_TAKEN: U_RECLAIM, SI_FREED: U_RECLAIM,
+        SP_ADD_TO_SWAP: U_RECLAIM, SP_UNMAP: U_RECLAIM, SP_UNMAPPED: U_RECLAIM, PO_OFF: U_RECLAIM, PO_ON: U_RECLAIM,
+        PO_UNLOCK: U_RECLAIM, AS_SCANNED: U_RECLAIM, AS_ADDED: U_RECLAIM,
+        SQ_ADD: U_SHOOTDOWN_SEND, CW_DONE: U_SHOOTDOWN_SEND, SS_RAISE: U_SHOOTDOWN_SEND, SM_RAISE: U_SHOOTDOWN_SEND,
+        SL_DONE: U_BY_LOCK,
+        VS_DONE: U_STOLEN,
+    }
+    for pc, use in by_resume.items():
+        t[pc] = use
+    t[BD_DONE] = U_IRQ_FUNCTIONS, U_SHOOTDOWN_SEND  # a flush_tlb_func body: a target's, or the sender's own
+    return t
 
 
 # === the Engine: a 4-ary heap of (when, seq) packed in one int64, and what each entry calls ============
@@ -432,7 +481,7 @@ def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     if cond == COND_NEED_RESCHED:
         return s.cpu[a, NEED_RESCHED] != 0
     if cond == COND_TICKET:
-        return s.node[a, LK_SERVING] == b
+        return s.lock[a, LK_SERVING] == b
     return s.node[a, KSWAPD_AWAKE] != 0
 
 
@@ -534,6 +583,12 @@ def wakeup_kswapd(s: State, nd: int) -> None:
         s.node[nd, KSWAPD_AWAKE] = 1
         s.g[MM_KSWAPD_WAKEUPS] += 1
         notify(s, w_kswapd(s, nd))
+
+
+@njit(cache=True, _nrt=False)
+def tree_lock(s: State, offset: int) -> int:
+    """kernel/swapfile.py SwapDevice.tree_lock: the lock row of the swap cache tree holding slot `offset`."""
+    return s.g[NNODES] + 2 + (offset >> SWAP_ADDRESS_SPACE_SHIFT) % SWAP_CACHE_LOCKS
 
 
 @njit(cache=True, _nrt=False)
@@ -761,11 +816,13 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             _return(x)
         # --- kernel/mm.py __pagevec_lru_add ----------------------------------------------------------------
         elif pc == PV_START:
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SL_START, PV_LOCKED)
         elif pc == PV_LOCKED:
             return _busy(cpu, x, PAGEVEC_SIZE * cost(s, c, C_LRU_PAGE), PV_ADD)
         elif pc == PV_ADD:
             s.node[cpu[PGDAT], ACTIVE] += PAGEVEC_SIZE
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SU_START, PV_DONE)
         elif pc == PV_DONE:
             _return(x)
@@ -783,23 +840,27 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == SA_ISOLATED:
             return _busy(cpu, x, g[BATCH] * cost(s, c, C_PAGE_REFERENCED), SA_REFERENCED)
         elif pc == SA_REFERENCED:
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SL_START, SA_LOCKED)
         elif pc == SA_LOCKED:
             return _busy(cpu, x, g[BATCH] * cost(s, c, C_LRU_PAGE), SA_MOVED)
         elif pc == SA_MOVED:
             s.node[cpu[PGDAT], INACTIVE] += g[BATCH]
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SU_START, SA_DONE)
         elif pc == SA_DONE:
             g[MM_PAGES_DEACTIVATED] += g[BATCH]
             _return(x)
         # --- kernel/vmscan.py _isolate (pages from the tail; older pages are made on demand) -------------
         elif pc == IS_START:
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SL_START, IS_LOCKED)
         elif pc == IS_LOCKED:
             return _busy(cpu, x, g[BATCH] * cost(s, c, C_LRU_PAGE), IS_TAKEN)
         elif pc == IS_TAKEN:
             node = s.node[cpu[PGDAT]]
             node[x[L_LRU]] = max(0, node[x[L_LRU]] - g[BATCH])
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SU_START, IS_DONE)
         elif pc == IS_DONE:
             _return(x)
@@ -811,8 +872,10 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             g[MM_PAGES_SCANNED] += g[BATCH]
             _call(x, SP_START, SI_LISTED)
         elif pc == SI_LISTED:
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SL_START, SI_PUTBACK_LOCKED)  # putback_inactive_pages
         elif pc == SI_PUTBACK_LOCKED:
+            x[L_LOCK] = cpu[PGDAT]
             _call(x, SU_START, SI_PUTBACK_DONE)
         elif pc == SI_PUTBACK_DONE:
             return _busy(cpu, x, g[BATCH] * cost(s, c, C_FREE_PAGE), SI_FREED)  # every page was freed
@@ -832,6 +895,9 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 continue
             return _busy(cpu, x, cost(s, c, C_PAGE_REFERENCED), SP_ADD_TO_SWAP)
         elif pc == SP_ADD_TO_SWAP:
+            if g[SWAP_LOCKS]:
+                _call(x, AS_START, SP_UNMAP)
+                continue
             return _busy(cpu, x, cost(s, c, C_ADD_TO_SWAP), SP_UNMAP)
         elif pc == SP_UNMAP:
             return _busy(cpu, x, cost(s, c, C_TRY_TO_UNMAP), SP_UNMAPPED)
@@ -886,6 +952,10 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == PO_START:
             return _busy(cpu, x, cost(s, c, C_SWAP_WRITEPAGE), PO_OFF)
         elif pc == PO_OFF:
+            if g[SWAP_LOCKS]:
+                x[L_LOCK] = tree_lock(s, s.slot[c, x[L_PAGE]])
+                _call(x, SL_START, PO_LOCKED)
+                continue
             return _step(x, ST_IRQS_OFF, PO_REMOVE)
         elif pc == PO_REMOVE:
             return _busy(cpu, x, cost(s, c, C_REMOVE_MAPPING), PO_ON)
@@ -893,6 +963,55 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             return _step(x, ST_IRQS_ON, PO_DONE)
         elif pc == PO_DONE:
             g[MM_PAGES_RECLAIMED] += 1
+            _return(x)
+        # --- kernel/swapfile.py remove_mapping: __remove_mapping under the swap cache tree's lock ----------------
+        elif pc == PO_LOCKED:
+            return _busy(cpu, x, cost(s, c, C_REMOVE_MAPPING), PO_UNLOCK)
+        elif pc == PO_UNLOCK:
+            x[L_LOCK] = tree_lock(s, s.slot[c, x[L_PAGE]])
+            _call(x, SU_START, PO_DONE)
+        # --- kernel/swapfile.py add_to_swap, get_swap_page, get_swap_pages, scan_swap_map_slots ---------------
+        elif pc == AS_START:
+            if cpu[SC_LEFT] == 0:
+                x[L_LOCK] = g[NNODES]  # swap_avail_lock
+                _call(x, SL_START, AS_AVAIL)
+            else:
+                x[PC] = AS_SLOT
+        elif pc == AS_AVAIL:
+            x[L_LOCK] = g[NNODES]
+            _call(x, SU_START, AS_SI)
+        elif pc == AS_SI:
+            x[L_LOCK] = g[NNODES] + 1  # si->lock
+            _call(x, SL_START, AS_SCAN)
+        elif pc == AS_SCAN:
+            return _busy(cpu, x, SWAP_SLOTS_CACHE_SIZE * cost(s, c, C_SWAP_SLOT_SCAN), AS_SCANNED)
+        elif pc == AS_SCANNED:
+            if cpu[CL_LEFT] == 0:
+                cpu[CL_NEXT] = g[NEXT_CLUSTER] * SWAPFILE_CLUSTER
+                cpu[CL_LEFT] = SWAPFILE_CLUSTER
+                g[NEXT_CLUSTER] += 1
+            cpu[SC_NEXT] = cpu[CL_NEXT]
+            cpu[CL_NEXT] += SWAP_SLOTS_CACHE_SIZE
+            cpu[CL_LEFT] -= SWAP_SLOTS_CACHE_SIZE
+            x[L_LOCK] = g[NNODES] + 1
+            _call(x, SU_START, AS_REFILLED)
+        elif pc == AS_REFILLED:
+            cpu[SC_LEFT] = SWAP_SLOTS_CACHE_SIZE
+            g[SWAP_REFILLS] += 1
+            x[PC] = AS_SLOT
+        elif pc == AS_SLOT:
+            offset = cpu[SC_NEXT]
+            cpu[SC_NEXT] += 1
+            cpu[SC_LEFT] -= 1
+            s.slot[c, x[L_PAGE]] = offset
+            x[L_LOCK] = tree_lock(s, offset)
+            _call(x, SL_START, AS_LOCKED)
+        elif pc == AS_LOCKED:
+            return _busy(cpu, x, cost(s, c, C_ADD_TO_SWAP), AS_ADDED)
+        elif pc == AS_ADDED:
+            x[L_LOCK] = tree_lock(s, s.slot[c, x[L_PAGE]])
+            _call(x, SU_START, AS_DONE)
+        elif pc == AS_DONE:
             _return(x)
         # --- kernel/tlb.py _flush_tlb_on (flush_tlb_batched: a full flush on mm_cpumask) -------------------
         elif pc == FT_START:
@@ -1160,43 +1279,54 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == KS_DONE:
             g[MM_RECLAIMED_BY_KSWAPD] += x[L_RET]
             x[PC] = KS_TOP
-        # --- kernel/locking.py spin_lock_irq (on the CPU's node's lru_lock) --------------------------------
+        # --- kernel/locking.py spin_lock(_irq), spin_unlock(_irq) on the lock in x[L_LOCK] -------------------
         elif pc == SL_START:
-            return _step(x, ST_IRQS_OFF, SL_TICKET)
+            if s.lock[x[L_LOCK], LK_IRQ]:
+                return _step(x, ST_IRQS_OFF, SL_TICKET)
+            x[PC] = SL_TICKET
         elif pc == SL_TICKET:
-            lock = s.node[cpu[PGDAT]]
+            lk = x[L_LOCK]
+            lock = s.lock[lk]
             ticket = lock[LK_NEXT_TICKET]
             lock[LK_NEXT_TICKET] += 1
             x[L_TICKET] = ticket
             x[PC] = SL_OWN
             if lock[LK_SERVING] != ticket:
                 lock[LK_CONTENDED] += 1
-                s.lock_waiting[cpu[PGDAT], ticket % (n + 1)] = 1
+                s.lock_waiting[lk, ticket % (n + 1)] = 1
                 x[L_T0] = g[NOW]
-                return _spin(cpu, x, COND_TICKET, cpu[PGDAT], ticket, w_ticket(s, cpu[PGDAT], ticket), -1,
-                             SL_SPUN)
+                return _spin(cpu, x, COND_TICKET, lk, ticket, w_ticket(s, lk, ticket), -1, SL_SPUN)
         elif pc == SL_SPUN:
-            s.node[cpu[PGDAT], LK_SPIN_NS] += g[NOW] - x[L_T0]
+            s.lock[x[L_LOCK], LK_SPIN_NS] += g[NOW] - x[L_T0]
             x[PC] = SL_OWN
         elif pc == SL_OWN:
-            last = s.node[cpu[PGDAT], LK_LAST_OWNER]
+            last = s.lock[x[L_LOCK], LK_LAST_OWNER]
             if last >= 0 and last != c:
                 return _busy(cpu, x, cost(s, c, s.cacheline[c, last]), SL_DONE)
             x[PC] = SL_DONE
         elif pc == SL_DONE:
-            s.node[cpu[PGDAT], LK_ACQUISITIONS] += 1
+            lock = s.lock[x[L_LOCK]]
+            lock[LK_ACQUISITIONS] += 1
+            lock[LK_ACQUIRED_AT] = g[NOW]
+            lock[LK_IRQS_AT] = cpu[IRQS_TAKEN]
             _return(x)
-        # --- kernel/locking.py spin_unlock_irq -------------------------------------------------------------
         elif pc == SU_START:
-            nd = cpu[PGDAT]
-            lock = s.node[nd]
+            lk = x[L_LOCK]
+            lock = s.lock[lk]
+            held = g[NOW] - lock[LK_ACQUIRED_AT]
+            lock[LK_HOLD_NS] += held
+            if cpu[IRQS_TAKEN] != lock[LK_IRQS_AT]:
+                lock[LK_HOLDS_INTERRUPTED] += 1
+                lock[LK_HOLD_INTERRUPTED_NS] += held
             lock[LK_LAST_OWNER] = c
             lock[LK_SERVING] += 1
             slot = lock[LK_SERVING] % (n + 1)
-            if s.lock_waiting[nd, slot]:
-                s.lock_waiting[nd, slot] = 0
-                notify(s, w_ticket(s, nd, lock[LK_SERVING]))
-            return _step(x, ST_IRQS_ON, SU_DONE)
+            if s.lock_waiting[lk, slot]:
+                s.lock_waiting[lk, slot] = 0
+                notify(s, w_ticket(s, lk, lock[LK_SERVING]))
+            if lock[LK_IRQ]:
+                return _step(x, ST_IRQS_ON, SU_DONE)
+            _return(x)
         elif pc == SU_DONE:
             _return(x)
         # --- workloads/synthetic.py _sender, _user_loop ---------------------------------------------------
@@ -1247,16 +1377,40 @@ def advance(s: State, c: int, k: int, value: int) -> int:
 # === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
 
 @njit(cache=True, _nrt=False, inline="always")
-def _block(s: State, c: int, kind: int) -> None:
-    s.cpu[c, WAIT_GEN] += 1
-    s.cpu[c, WAIT_KIND] = kind
+def _block(s: State, c: int, kind: int, use: int) -> None:
+    cpu = s.cpu[c]
+    cpu[WAIT_GEN] += 1
+    cpu[WAIT_KIND] = kind
+    # Time passes only inside waits: the one ending now is charged whole to what it was spent on.
+    now = s.g[NOW]
+    s.use_ns[c, cpu[USE]] += now - cpu[USE_SINCE]
+    cpu[USE] = use
+    cpu[USE_SINCE] = now
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _busy_use(s: State, c: int) -> int:
+    """The use of the Busy step the top context is in: by the state it resumes at."""
+    k = top_ctx(s, c)
+    x = s.ctx[c, k]
+    use = s.busy_use[x[PC], 1 if k == TASK else 0]
+    return s.lock[x[L_LOCK], LK_USE] if use == U_BY_LOCK else use
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _spin_use(s: State, cond: int, a: int) -> int:
+    if cond == COND_CSD_UNLOCKED:
+        return U_SHOOTDOWN_WAIT
+    if cond == COND_TICKET:
+        return s.lock[a, LK_USE]
+    return U_IDLE  # polling idle, kswapd asleep
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _block_busy(s: State, c: int, end: int) -> None:
     gen = s.cpu[c, WAIT_GEN] + 1
     at(s, end, EV_BUSY_DONE, c, gen)
-    _block(s, c, W_BUSY)
+    _block(s, c, W_BUSY, _busy_use(s, c))
     s.cpu[c, WAIT_END] = end
 
 
@@ -1270,7 +1424,7 @@ def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int)
     gen = cpu[WAIT_GEN] + 1
     if deadline >= 0:
         at(s, deadline, EV_SPIN_TIMEOUT, c, gen)
-    _block(s, c, W_SPIN)
+    _block(s, c, W_SPIN, _spin_use(s, cond, a))
     cpu[WAIT_COND] = cond
     cpu[WAIT_A] = a
     cpu[WAIT_B] = b
@@ -1300,6 +1454,7 @@ def take_interrupt(s: State, c: int) -> None:
         s.g[M_TICKS] += 1
     else:
         cpu[INTERRUPTS] += 1
+    cpu[IRQS_TAKEN] += 1
     cpu[IN_IRQ] = 1
     x[IRQS_ON] = 0
     x[SAVED_KIND] = S_NONE
@@ -1381,7 +1536,7 @@ def run(s: State, c: int, value: int) -> None:
         elif step == ST_IRQS_ON:
             s.ctx[c, k, IRQS_ON] = 1
         else:  # ST_HALT
-            _block(s, c, W_HALT)
+            _block(s, c, W_HALT, U_IDLE)
             return
 
 
@@ -1392,7 +1547,7 @@ def preempt(s: State, c: int) -> bool:
     if cpu[WAIT_KIND] == W_HALT:
         # A halted CPU accepts the interrupt only once awake; meanwhile the vector stays in IRR.
         s.ctx[c, top_ctx(s, c), SAVED_KIND] = S_HALT
-        _block(s, c, W_WAKING)
+        _block(s, c, W_WAKING, U_IDLE)
         at(s, s.g[NOW] + cost(s, c, C_IDLE_EXIT), EV_WOKEN, c, cpu[WAIT_GEN])
         return False
     park(s, c)

@@ -21,12 +21,15 @@ from numba.core.registry import CPUDispatcher as Dispatcher
 from ipilab.compiled import in_cache
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
+from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
+from ipilab.kernel.swapfile import SWAP_ADDRESS_SPACE_SHIFT, SWAP_CACHE_LOCKS, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
 from ipilab.kernel.time import tick_phases
 from ipilab.machine.costs import CostId, RunCosts
 from ipilab.machine.model import Machine, load_machine
 from ipilab.sim.fast import engine as E
 from ipilab.sim.machine import MachineStats
+from ipilab.sim.timeuse import LOCK_USES, Use
 from ipilab.trace.ftrace import irq_flags
 from ipilab.workloads.base import Workload, parse_cpulist
 from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeqMt, watermarks
@@ -51,6 +54,11 @@ FEATURES = frozenset({"single_ipi_if_empty", "many_single_shortcut", "coalesce_m
 
 if tuple(c.key for c in CostId) != E.COST_NAMES:
     raise ImportError("sim/fast/engine.py COST_NAMES and machine/costs.py CostId disagree")
+if tuple(u.key for u in Use) != E.USE_NAMES:
+    raise ImportError("sim/fast/engine.py USE_NAMES and sim/timeuse.py Use disagree")
+if (E.SWAP_SLOTS_CACHE_SIZE, E.SWAPFILE_CLUSTER, E.SWAP_ADDRESS_SPACE_SHIFT, E.SWAP_CACHE_LOCKS) != (
+        SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER, SWAP_ADDRESS_SPACE_SHIFT, SWAP_CACHE_LOCKS):
+    raise ImportError("sim/fast/engine.py and kernel/swapfile.py disagree on the swap constants")
 
 
 _warm = False
@@ -162,7 +170,8 @@ class FastSim:
         self._pid = [0] * n
         nodes = machine.topology.numa_nodes
         ncsd = n * n + 2 * n
-        nwatch = ncsd + n + nodes + nodes * (n + 1)
+        nlocks = nodes + 2 + E.SWAP_CACHE_LOCKS  # lru_lock per node, swap_avail_lock, si->lock, the trees'
+        nwatch = ncsd + n + nodes + nlocks * (n + 1)
         cap = 8 * n + 1024
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
@@ -181,7 +190,9 @@ class FastSim:
             cost_slot=np.full(E.NCOSTS, -1, np.int64), draws=np.zeros((n, 0, 1), np.int64),
             draw_pos=np.zeros((n, 0), np.int64),
             usemem=np.zeros(n, np.int64), node=np.zeros((nodes, E.NNODE), np.int64),
-            lock_waiting=np.zeros((nodes, n + 1), np.int64),
+            lock=np.zeros((nlocks, E.NLK), np.int64), lock_waiting=np.zeros((nlocks, n + 1), np.int64),
+            slot=np.zeros((n, E.MAX_BATCH), np.int64), use_ns=np.zeros((n, E.NUSES), np.int64),
+            busy_use=E.busy_use_table(),
             trace=np.zeros((TRACE_ROWS if tracer else MARGIN * 2, 8), np.int64),
             tmask=np.zeros((TRACE_ROWS * 4 if tracer else MARGIN * 2 * n), np.int64),
             lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
@@ -212,6 +223,13 @@ class FastSim:
             s.csd[n * n + n + src, [E.SRC, E.DST]] = src, src
         s.cpu[:, E.Q_HEAD] = -1
         s.cpu[:, E.Q_TAIL] = -1
+        s.cpu[:, E.USE] = E.U_IDLE
+        # The locks as the kernel model names them (sim/timeuse.py LOCK_USES), and whether taken with _irq.
+        kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * E.SWAP_CACHE_LOCKS
+        s.lock[:, E.LK_LAST_OWNER] = -1
+        s.lock[:, E.LK_USE] = [LOCK_USES[k] for k in kinds]
+        s.lock[:, E.LK_IRQ] = [k in ("lru_lock", "swap_cache") for k in kinds]
+        self._lock_kinds = kinds
         for c in range(n):
             s.ctx[c, E.IDLE, E.IRQS_ON] = 1
             s.ctx[c, E.IDLE, E.PC] = E.ID_TOP
@@ -265,8 +283,9 @@ class FastSim:
         fill = w.phase == "fill"
         s.node[:, [E.MIN_WMARK, E.LOW_WMARK, E.HIGH_WMARK, E.UNLIMITED]] = wmin, wlow, whigh, fill
         s.node[:, E.FREE] = 0 if fill else wlow
-        s.node[:, E.LK_LAST_OWNER] = -1
         s.g[E.BATCH] = w.batch
+        s.g[E.SWAP_LOCKS] = w.swap_locks
+        s.g[E.NEXT_CLUSTER] = 1
         s.g[E.PER_PAGE_FLUSH] = w.flush == "per-page"
         s.g[E.NUSEMEM] = len(usemem)
         s.usemem[:len(usemem)] = usemem
@@ -468,7 +487,7 @@ class FastSim:
         """The workload's counters(), in its order."""
         if not isinstance(self.workload, SwapWSeqMt):
             return {}
-        g, node = self.s.g, self.s.node
+        g = self.s.g
         return {
             "pages_written": int(g[E.MM_PAGES_WRITTEN]),
             "faults": int(g[E.MM_FAULTS]),
@@ -479,11 +498,29 @@ class FastSim:
             "alloc_direct_reclaim": int(g[E.MM_ALLOC_DIRECT_RECLAIM]),
             "tlb_flushes": int(g[E.MM_TLB_FLUSHES]),
             "flush_wait_ns": int(g[E.MM_FLUSH_WAIT_NS]),
-            "lru_lock_acquisitions": int(node[:, E.LK_ACQUISITIONS].sum()),
-            "lru_lock_contended": int(node[:, E.LK_CONTENDED].sum()),
-            "lru_lock_spin_ns": int(node[:, E.LK_SPIN_NS].sum()),
             "pages_reused_before_flush": 0,  # structurally 0 here: see the AL_CHECK state
+            "swap_slot_refills": int(g[E.SWAP_REFILLS]),
+            **self._lock_counters(),
         }
+
+    def _lock_counters(self) -> dict[str, int]:
+        """SwapWSeqMt.counters' lock statistics, by kind of lock."""
+        out: dict[str, int] = {}
+        lock = self.s.lock
+        for kind, prefix in LOCK_COUNTER_PREFIXES.items():
+            rows = [i for i, k in enumerate(self._lock_kinds) if k == kind]
+            for stat in LOCK_STATS:
+                out[f"{prefix}_{stat}"] = int(lock[rows, getattr(E, "LK_" + stat.upper())].sum())
+        return out
+
+    def time_use(self) -> list[list[int]]:
+        """SimMachine.time_use"""
+        s = self.s
+        now = int(s.g[E.NOW])
+        out = s.use_ns.copy()
+        for c in range(self.ncpus):
+            out[c, s.cpu[c, E.USE]] += now - s.cpu[c, E.USE_SINCE]
+        return out.tolist()
 
 
 def _pointer(ident: int) -> str:
