@@ -1,4 +1,4 @@
-"""The README's first sweep, examples/synthetic-quick.toml: it shows v4.12 and v4.13 apart, in seconds, and
+"""The first sweep of docs/sweep.md, examples/synthetic-quick.toml: it shows v4.12 and v4.13 apart, in seconds, and
 its report's axes carry plain numbers (20k, 2.5M), never powers of ten."""
 
 from __future__ import annotations

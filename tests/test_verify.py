@@ -278,7 +278,7 @@ def test_a_broken_variant_on_3_cpus_gets_a_shortest_counterexample():
 
 
 def test_shorter_runs_are_real_counterexamples_and_a_time_boxed_search_a_true_lower_bound():
-    """2 CPUs x 2 calls, check-then-add (shortest: 31 moves, README). The partial-order search's looking on
+    """2 CPUs x 2 calls, check-then-add (shortest: 31 moves, docs/verify.md). The partial-order search's looking on
     for shorter runs gives a counterexample no longer than its first one and no shorter than the truth,
     that replays into a lost wakeup. When the breadth-first search then stops early (here: at 300 states),
     that counterexample stays and `fewest_moves` is a bound no counterexample beats: at most the truth."""

@@ -106,7 +106,7 @@ def warm_fast_engine() -> float:
     return seconds
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog="Docs: docs/README.md")
 @click.version_option(__version__, prog_name="ipilab")
 def main() -> None:
     """Model, measure and verify the Linux kernel's cross-CPU function calls and the IPIs they send.
@@ -116,7 +116,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(epilog="Docs: docs/kernels.md")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def kernels(as_json: bool) -> None:
     """Kernel versions the model knows, as sets of behaviours with the commits that introduced them.
@@ -144,7 +144,7 @@ def kernels(as_json: bool) -> None:
         console.print(f"[bold]{f.name}[/bold] ({f.release}, {f.commit}): {f.summary}", highlight=False)
 
 
-@main.command()
+@main.command(epilog="Docs: docs/machines.md")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def machines(as_json: bool) -> None:
     """Machine presets: topology and the cost of every operation, each with its source."""
@@ -191,7 +191,7 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@main.command()
+@main.command(epilog="Docs: docs/simulate.md")
 @click.option("--machine", "-m", default="vm-2cpu", show_default=True,
               help="A preset (`ipilab machines`) or a machine TOML file.")
 @click.option("--kernel", "-k", default="v6.18", show_default=True,
@@ -296,7 +296,7 @@ def print_result(r: dict[str, Any]) -> None:
         console.print(f"trace written to {r['trace_out']}", highlight=False)
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True}, epilog="Docs: docs/capture.md")
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Trace file to write (.xz, .gz or .zst compress it); NAME.meta beside it gets the sidecar.")
 @click.option("--duration", type=click.FloatRange(0, 86400), default=None,
@@ -358,7 +358,7 @@ def capture_cmd(out: Path, duration: float | None, events: str, buffer_kb: int, 
 capture_cmd.name = "capture"
 
 
-@main.command("top")
+@main.command("top", epilog="Docs: docs/top.md")
 @click.option("--cpus", "cpus_text", metavar="LIST",
               help="Only calls to these target CPUs (a cpulist such as 2-3,6): watch isolated CPUs.")
 @click.option("--duration", type=click.FloatRange(0.1, 86400), default=None,
@@ -434,7 +434,7 @@ def top_cmd(cpus_text: str | None, duration: float | None, interval: float, as_j
         click.echo(f"wrote {result.trace} and {result.sidecar}: ipilab analyze {result.trace}", err=True)
 
 
-@main.command()
+@main.command(epilog="Docs: docs/analyze.md")
 @click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--by", type=click.Choice(GROUP_KEYS), default="callsite", show_default=True,
@@ -493,7 +493,7 @@ def analyze(traces: tuple[Path, ...], as_json: bool, by: str, cpus_text: str | N
         print_audit(r, console, by=by, top=top)
 
 
-@main.command()
+@main.command(epilog="Docs: docs/calibrate.md")
 @click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The machine file to write (TOML; every command takes it as -m FILE).")
@@ -527,7 +527,7 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
     from --base, and its source says so; a cost a trace lacks events for gets one line on stderr. Time a
     busy CPU was away (gaps between its events, a preempted vCPU) is reported, and written as a comment or,
     with --vcpu-preemption, as background.vcpu_preemption with the costs vcpu_preempt and vcpu_run.
-    The README's "Calibrate a machine from a trace" says how each cost is measured.
+    docs/calibrate.md says how each cost is measured.
     """
     try:
         base_machine = load_machine(base)
@@ -567,7 +567,7 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
     console.print(f"machine file written to {out} (use it as -m {out})", highlight=False)
 
 
-@main.command()
+@main.command(epilog="Docs: docs/replay.md")
 @click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--kernel", "-k", "kernel_specs", multiple=True, default=("v6.18", "v4.13", "v4.12"),
               show_default=True, help="A kernel to decide under (repeatable): a version, a what-if like "
@@ -616,12 +616,12 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
         print_replay(result, console)
 
 
-@main.group()
+@main.group(epilog="Docs: docs/reproduce.md")
 def reproduce() -> None:
     """Reproduce a published result with the model."""
 
 
-@reproduce.command("seed")
+@reproduce.command("seed", epilog="Docs: docs/reproduce.md")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Change the experiment (repeatable): a workload field (threads, memory_gb, ram_gb, swap_gb_s, "
                    "batch, flush), a machine field (sockets, cores_per_socket, threads_per_core, numa_nodes, "
@@ -699,7 +699,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
         console.print(f"plot written to {plot}", highlight=False)
 
 
-@main.command("sweep")
+@main.command("sweep", epilog="Docs: docs/sweep.md")
 @click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Results table to write (default: SPEC.parquet beside the spec).")
@@ -776,7 +776,7 @@ def sweep_cmd(spec_path: Path, out: Path | None, workers: int | None, scheduler:
 sweep_cmd.name = "sweep"
 
 
-@main.command("export")
+@main.command("export", epilog="Docs: docs/export.md")
 @click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--perfetto", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The timeline to write (Chrome Trace Event JSON).")
@@ -839,7 +839,7 @@ def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kern
 export_cmd.name = "export"
 
 
-@main.command("report")
+@main.command("report", epilog="Docs: docs/report.md")
 @click.argument("source", metavar="RESULTS.parquet|TRACE|SEED.json", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML page to write.")
@@ -864,7 +864,7 @@ def report_cmd(source: Path, out: Path) -> None:
     click.echo(f"wrote {out} (report of a {kind})", err=True)
 
 
-@main.command("verify")
+@main.command("verify", epilog="Docs: docs/verify.md")
 @click.option("--kernel", "-k", "kernel_specs", multiple=True,
               help="A kernel (`ipilab kernels`), repeatable; default: v4.12 and v4.13 side by side.")
 @click.option("--variant", default="none", show_default=True,
@@ -963,7 +963,7 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
 verify_cmd.name = "verify"
 
 
-@main.command("compile")
+@main.command("compile", epilog="Docs: docs/compile.md")
 def compile_cmd() -> None:
     """Compile the fast engine and the trace parser and audit now, so the first real run starts warm.
 

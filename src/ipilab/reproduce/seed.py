@@ -54,7 +54,7 @@ SENSITIVITY_WARMUP = 0.002
 SENSITIVITY_INTERVALS = 5
 SENSITIVITY_FACTORS = (0.5, 1.5)
 # Spreads (p90 / median of every cost, lognormal) the --explain spread table runs, from none to about what
-# the 2-vCPU VM's traces measure for the IPI path (see README: the seed with spread).
+# the 2-vCPU VM's traces measure for the IPI path (see docs/reproduce.md: the seed with spread).
 SPREAD_RATIOS = (1.0, 1.25, 1.5, 2.0, 3.0)
 TOPOLOGY_KEYS = tuple(k for k in Topology.model_fields if k not in ("cpu_model",))
 BACKGROUND_KEYS = tuple(k for k in Background.model_fields if k != "source")
