@@ -103,11 +103,83 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
         f"[bold]Throughput[/bold] (usemem KB/s, whole run): {_pct(r['throughput_gain'], r['throughput_gain_ci95'])} "
         f"predicted, paper +{r['paper']['throughput_gain'] * 100:.0f}% (reclaim phase alone: "
         f"{_pct(r['reclaim_throughput_gain'], r['reclaim_throughput_gain_ci95'])})", highlight=False)
+    print_time_use(r, console)
+    print_locks(r, console)
     print_why(r, console)
     n_assumed = sum(1 for c in r["costs"].values() if source_kind(c["source"]) == "assumption")
     console.print(f"Machine costs: {len(r['costs'])} in all, {n_assumed} of them assumptions (the rest measured or "
                   f"derived from cited measurements); `--explain` lists each with its source and how the "
                   f"headline moves when it moves.", highlight=False)
+
+
+USE_DOCS = {
+    "user": "usemem's own page writes", "page_fault": "fault entry, allocation and zeroing, the LRU add",
+    "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing",
+    "shootdown_send": "queueing the flush on each target, ICR writes, the local flush",
+    "shootdown_wait": "csd_lock_wait: until the last target has run the flush",
+    "irq_entry_exit": "interrupt entry and exit paths (200 ns a time here)",
+    "irq_functions": "flush_tlb_func and csd_unlock run by handlers for other CPUs",
+    "tick": "timer tick bodies", "idle": "halted, or kswapd asleep", "stolen": "descheduled by a host",
+    "spin_lru_lock": "waiting for pgdat->lru_lock (interrupts off)",
+    "spin_swap_avail_lock": "waiting for swap_avail_lock (interrupts on)",
+    "spin_si_lock": "waiting for si->lock (interrupts on)",
+    "spin_swap_cache_lock": "waiting for a swap cache tree_lock (interrupts off)",
+    "other": "steps outside the kernel model",
+}
+LOCK_NAMES = {"lru_lock": "pgdat->lru_lock", "swap_avail_lock": "swap_avail_lock", "si_lock": "si->lock",
+              "swap_cache_lock": "swap cache tree_lock"}
+
+
+def print_time_use(r: dict[str, Any], console: Console) -> None:
+    """Where each kernel's usemem and kswapd CPUs spend their time (shares of the group's CPU time)."""
+    before, after = (r["runs"][k] for k in KERNELS)
+    groups = [g for g in ("usemem", "kswapd") if g in before.get("time_use", {})]
+    if not groups:
+        return
+    t = Table(title="where the time goes: % of each group's CPU time in the reclaim window", title_justify="left")
+    t.add_column("spent on")
+    for g in groups:
+        for k in KERNELS:
+            t.add_column(f"{g} {k}", justify="right")
+    t.add_column("what it is")
+    for use, doc in USE_DOCS.items():
+        shares = [run["time_use"][g][use] for g in groups for run in (before, after)]
+        if max(shares) < 0.0005:
+            continue
+        t.add_row(use, *(f"{x * 100:.1f}" for x in shares), doc)
+    console.print(t)
+
+
+def print_locks(r: dict[str, Any], console: Console) -> None:
+    """Per lock and kernel: how often taken, how often it had to wait, how long held, and the holds an
+    interrupt landed in (only possible where the lock is taken with interrupts on)."""
+    before, after = (r["runs"][k] for k in KERNELS)
+    if not before.get("locks"):
+        return
+    t = Table(title="locks in the reclaim window", title_justify="left")
+    for name, justify in (("lock", "left"), ("kernel", "left"), ("taken /s", "right"), ("waited", "right"),
+                          ("spin µs", "right"), ("CPUs spinning", "right"), ("hold µs", "right"),
+                          ("hold with irq", "right"), ("µs with / without", "right")):
+        t.add_column(name, justify=justify)
+
+    def us(ns: float | None) -> str:
+        return "-" if ns is None else f"{ns / 1e3:.2f}"
+
+    for lock in before["locks"]:
+        for k, run in zip(KERNELS, (before, after), strict=True):
+            x = run["locks"].get(lock)
+            if x is None:
+                continue
+            t.add_row(LOCK_NAMES.get(lock, lock), k, f"{x['acquisitions_per_second']:,.0f}",
+                      f"{x['contended_share'] * 100:.0f}%", us(x["spin_ns_mean"]), f"{x['spin_cpus']:.2f}",
+                      us(x["hold_ns_mean"]), f"{x['interrupted_share'] * 100:.1f}%",
+                      f"{us(x['hold_ns_mean_interrupted'])} / {us(x['hold_ns_mean_uninterrupted'])}")
+    console.print(t)
+    console.print("  [dim]waited:[/dim] share of acquisitions that found the lock held; [dim]spin µs:[/dim] mean "
+                  "wait of those (line transfer included); [dim]CPUs spinning:[/dim] spin time over the window, in "
+                  "CPUs; [dim]hold with irq:[/dim] share of holds with an interrupt taken inside, which stretches "
+                  "the hold for every waiter; [dim]µs with / without:[/dim] their mean hold, and the others'.",
+                  highlight=False)
 
 
 def _topology(r: dict[str, Any]) -> str:

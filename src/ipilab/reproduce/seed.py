@@ -28,9 +28,11 @@ from pydantic import ValidationError
 
 from ipilab import __version__
 from ipilab.kernel.features import resolve_kernel
+from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES
 from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Background, Machine, MachineError, Topology, load_machine
 from ipilab.sim.fast.run import warm_up
 from ipilab.sim.run import simulate
+from ipilab.sim.timeuse import Use
 from ipilab.workloads import workload_from_settings
 from ipilab.workloads.swap import PAGE_SIZE, SwapWSeqMt
 
@@ -252,7 +254,45 @@ def summarize(reclaim: dict[str, Any], fill: dict[str, Any], workload: SwapWSeqM
         "wall_seconds": reclaim["wall_seconds"] + fill["wall_seconds"],
         "timeline": reclaim["timeline"],
         "per_cpu_interrupts": [c["interrupts"] for c in reclaim["per_cpu"]],
+        "time_use": time_use(reclaim),
+        "locks": lock_table(wc, window_ns),
     }
+
+
+def time_use(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Where the usemem CPUs' and the kswapd CPUs' time went: per group, each use's share of the group's
+    CPU time in the window (sim/timeuse.py; the shares of a group sum to 1)."""
+    out: dict[str, dict[str, float]] = {}
+    for group, cpus in (("usemem", [c for c in run["per_cpu"] if c["comm"] == "usemem"]),
+                        ("kswapd", [c for c in run["per_cpu"] if c["comm"].startswith("kswapd")])):
+        total = sum(sum(c["time_ns"].values()) for c in cpus)
+        if total:
+            out[group] = {u.key: sum(c["time_ns"][u.key] for c in cpus) / total for u in Use}
+    return out
+
+
+def lock_table(wc: dict[str, int], window_ns: float) -> dict[str, dict[str, float | None]]:
+    """Per kind of lock, over the window: acquisitions per second, the share that had to wait, the mean spin
+    of those, the mean hold, and the holds with an interrupt taken inside (share, and mean hold with and
+    without one)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for prefix in LOCK_COUNTER_PREFIXES.values():
+        n = wc[f"{prefix}_acquisitions"]
+        if not n:
+            continue
+        contended, hit = wc[f"{prefix}_contended"], wc[f"{prefix}_holds_interrupted"]
+        hold, hold_hit = wc[f"{prefix}_hold_ns"], wc[f"{prefix}_hold_interrupted_ns"]
+        out[prefix] = {
+            "acquisitions_per_second": n / (window_ns / 1e9),
+            "contended_share": contended / n,
+            "spin_ns_mean": wc[f"{prefix}_spin_ns"] / contended if contended else None,
+            "spin_cpus": wc[f"{prefix}_spin_ns"] / window_ns,
+            "hold_ns_mean": hold / n,
+            "interrupted_share": hit / n,
+            "hold_ns_mean_interrupted": hold_hit / hit if hit else None,
+            "hold_ns_mean_uninterrupted": (hold - hold_hit) / (n - hit) if n > hit else None,
+        }
+    return out
 
 
 def kswapd_cpus(reclaim: dict[str, Any]) -> list[int]:
