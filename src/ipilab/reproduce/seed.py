@@ -441,6 +441,36 @@ def spread_sensitivity(settings: dict[str, str], *, seconds: float = SENSITIVITY
     return rows
 
 
+# The modelling changes, added one at a time from the earliest model, each with why it is there (the kernel
+# does it), and the settings that add it. The default model is the rows marked default; the others are
+# assumptions a user can turn on with the same --set.
+ABLATION = (
+    ("constant costs, no swap locks, no tick", {"swap_locks": "false"}, False,
+     "the model before the swap locks: a swap slot and the swap cache as plain CPU time"),
+    ("+ swap slot and swap cache locks", {}, True,
+     "4.12 takes them for every page (mm/swap_slots.c get_swap_page, mm/swapfile.c get_swap_pages, "
+     "mm/swap_state.c __add_to_swap_cache, mm/vmscan.c __remove_mapping); si->lock with interrupts on"),
+    ("+ timer tick, 250 Hz", {"tick_hz": "250"}, False,
+     "every busy CPU takes the tick; 250 Hz is x86_64's default CONFIG_HZ (LKP's own setting: unknown)"),
+    ("+ every cost spread, p90 = 1.5 x median", {"tick_hz": "250", "spread": "1.5"}, False,
+     "real costs vary: the VM traces measure p90/p50 of 1.2 to 2.3 on the IPI path; 1.5 is an assumption"),
+)
+
+
+def ablation(settings: dict[str, str], *, seconds: float = SECONDS, warmup: float = WARMUP,
+             intervals: int = INTERVALS, seed: int = 1, workers: int | None = None, engine: str = "fast",
+             progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """The headline for each row of ABLATION (the user's --set applied on top of each), on the main window."""
+    rows = []
+    for label, extra, default, why in ABLATION:
+        r = run_seed({**extra, **settings}, seconds=seconds, warmup=warmup, intervals=intervals, seed=seed,
+                     workers=workers, engine=engine, progress=progress)
+        rows.append({"change": label, "settings": extra, "default": default, "why": why,
+                     **{k: r[k] for k in ("ipi_reduction", "ipi_reduction_ci95", "throughput_gain",
+                                          "throughput_gain_ci95")}})
+    return rows
+
+
 # Costs the fill phase pays (a change to them moves the fill rate too).
 FILL_COSTS = ("page_fault", "user_write_page", "lru_page", "cacheline_smt", "cacheline_same_socket",
               "cacheline_cross_socket")
