@@ -116,6 +116,8 @@ def test_random_small_configuration_gives_the_same_events_and_results(case: int,
             first = next(((i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
         pytest.fail(f"{where}: traces differ first at line {first}")
     assert ref == fast, where + ": " + ", ".join(k for k in ref if ref[k] != fast.get(k))
+    # Every nanosecond of every CPU is charged to exactly one use.
+    assert all(sum(c["time_ns"].values()) == ref["sim_ns"] for c in ref["per_cpu"]), where
 
 
 # Litmus cases for paths random configurations rarely reach; each states what it must exercise.
