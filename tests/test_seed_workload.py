@@ -13,6 +13,7 @@ from ipilab.machine.model import RECLAIM_COST_FIELDS, Machine, load_machine
 from ipilab.sim.engine import Engine
 from ipilab.sim.machine import SimMachine
 from ipilab.sim.run import simulate
+from ipilab.workloads import workload_from_settings
 from ipilab.workloads.swap import SwapWSeqMt, min_free_kbytes, watermarks
 
 RECLAIM_COSTS = dict.fromkeys(RECLAIM_COST_FIELDS, 100) | {"swap_writepage": 500, "lru_page": 20}
@@ -126,3 +127,22 @@ def test_without_kswapd_every_cpu_can_write_and_only_the_writers_reclaim():
     wc = r["workload_counts"]
     assert wc["pages_reclaimed"] > 0 and wc["reclaimed_by_kswapd"] == 0
     assert wc["alloc_direct_reclaim"] > 0
+
+
+def test_as_processes_each_page_is_flushed_only_on_its_owners_cpu():
+    # swap-w-seq: 4 processes on 4 CPUs, no kswapd. A page's mm runs on its owner's CPU alone, so a reclaimer's
+    # shootdown queues one CSD (to the owner) or none (its own page): never more CSDs than shootdowns. As
+    # threads of one process (swap-w-seq-mt), each shootdown queues one CSD on each of the 3 other CPUs. (A
+    # shootdown counts when it ends, its CSDs when queued: each CPU may have one astride each end of the window.)
+    m = reclaim_machine(4)
+    settings = {"threads": "4", "memory_gb": "1", "ram_gb": "0.01", "kswapd": "false"}
+    procs = simulate(m, resolve_kernel("v4.13"), workload_from_settings("swap-w-seq", settings), seconds=0.003,
+                     seed=2)
+    threads = simulate(m, resolve_kernel("v4.13"), workload_from_settings("swap-w-seq-mt", settings),
+                       seconds=0.003, seed=2)
+    assert procs["engine"] == "reference"  # the fast engine refuses it rather than run it as threads
+    flushes = procs["workload_counts"]["tlb_flushes"]
+    assert flushes > 20
+    astride = 4 * 2
+    assert 0 < procs["csd_enqueues"] <= flushes + astride
+    assert abs(threads["csd_enqueues"] - 3 * threads["workload_counts"]["tlb_flushes"]) <= 3 * astride

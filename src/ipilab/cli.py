@@ -49,7 +49,14 @@ from ipilab.machine.model import (
     preset_names,
 )
 from ipilab.reproduce import seed as seed_exp
-from ipilab.reproduce.render import print_ablation, print_costs, print_seed, print_sensitivity, print_spread
+from ipilab.reproduce.render import (
+    print_ablation,
+    print_absolute,
+    print_costs,
+    print_seed,
+    print_sensitivity,
+    print_spread,
+)
 from ipilab.reproduce.seed import SeedError, build_machine, split_settings
 from ipilab.sim.fast.run import COMPILE_SECONDS_2CORE, engine_cached, unsupported, warm_up
 from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
@@ -686,6 +693,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
                 result["ablation"] = seed_exp.ablation(parse_settings(settings), seconds=seconds, warmup=warmup,
                                                        intervals=intervals, seed=rng_seed, workers=workers,
                                                        engine=engine, progress=step("ablation runs"))
+                result["absolute"] = seed_exp.absolute_check(parse_settings(settings), seed=rng_seed)
     except (MachineError, KernelSpecError, WorkloadError, seed_exp.SeedError) as e:
         fail(str(e))
     if plot is not None:
@@ -699,6 +707,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
         print_sensitivity(rows or [], result["sensitivity_window"], console)
         print_spread(result["spread"], result["sensitivity_window"], console)
         print_ablation(result["ablation"], console)
+        print_absolute(result["absolute"], console)
     if plot is not None:
         console.print(f"plot written to {plot}", highlight=False)
 

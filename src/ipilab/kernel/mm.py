@@ -23,6 +23,13 @@ PAGEVEC_SIZE = 14  # include/linux/pagevec.h (4.12)
 SWAP_CLUSTER_MAX = 32  # include/linux/swap.h: pages per reclaim batch
 
 
+@dataclass(eq=False)
+class MmStruct:
+    """A process: the CPUs its threads run on form mm_cpumask."""
+
+    cpumask: list[int]
+
+
 @dataclass(eq=False, slots=True)
 class Page:
     """struct page, as far as reclaim and the TLB flush rules care."""
@@ -32,13 +39,7 @@ class Page:
     mapped: bool = False
     tlb_stale: bool = False  # PTE cleared, but another CPU's TLB may still map it until the flush
     swap_offset: int = -1  # its swap slot, once added to swap
-
-
-@dataclass(eq=False)
-class MmStruct:
-    """The workload's one process: the CPUs its threads run on form mm_cpumask."""
-
-    cpumask: list[int]
+    mm: MmStruct | None = None  # the process it belongs to (None: the workload's one process, Memory.mm)
 
 
 @dataclass
@@ -71,6 +72,9 @@ class PgData:
         self._new_pfn = new_pfn
         self.kswapd_wait = object()  # watch: kswapd sleeps on it, wakeup_kswapd notifies it
         self.kswapd_awake = False
+        # With several processes, the owners of the pages made on demand, in turn (None: Memory.mm).
+        self.owners: list[MmStruct] | None = None
+        self._next_owner = 0
         for _ in range(free_pages):
             self.free.append(Page(new_pfn(), node))
 
@@ -84,7 +88,13 @@ class PgData:
 
     def lru_tail(self, lru: deque[Page]) -> Page:
         """Oldest page of an LRU list; pages faulted before the window are older than any listed."""
-        return Page(self._new_pfn(), self.node, mapped=True) if not lru else lru.pop()
+        if lru:
+            return lru.pop()
+        page = Page(self._new_pfn(), self.node, mapped=True)
+        if self.owners:
+            page.mm = self.owners[self._next_owner % len(self.owners)]
+            self._next_owner += 1
+        return page
 
 
 @dataclass
@@ -139,12 +149,14 @@ def __alloc_pages(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
     return page
 
 
-def do_anonymous_page(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
-                      direct_reclaim: Any) -> Generator[Any, Any, Page]:
-    """A write fault on a never-touched page: allocate, zero, map it and queue it for the LRU."""
+def do_anonymous_page(p: Platform, cpu: int, mem: Memory, pgdat: PgData, direct_reclaim: Any,
+                      mm: MmStruct | None = None) -> Generator[Any, Any, Page]:
+    """A write fault on a never-touched page of `mm` (None: Memory.mm): allocate, zero, map it and queue it
+    for the LRU."""
     yield Busy(p.cost(CostId.PAGE_FAULT, cpu), "page_fault")
     page = yield from __alloc_pages(p, cpu, mem, pgdat, direct_reclaim)
     page.mapped = True
+    page.mm = mm
     mem.stats.faults += 1
     yield from lru_cache_add_active(p, cpu, mem, pgdat, page)
     return page

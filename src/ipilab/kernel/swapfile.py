@@ -12,11 +12,14 @@ cluster when it runs out; clusters are handed out in order.
 `__add_to_swap_cache` then inserts the page into the swap cache: the radix tree of the address space that
 covers its slot (`swapper_spaces`, one per SWAP_ADDRESS_SPACE_PAGES slots since 4.11), under that space's
 `tree_lock` with interrupts off (`spin_lock_irq`); `__remove_mapping` (mm/vmscan.c) deletes it under the same
-lock after writeback. CPUs writing at once hold slots in neighbouring clusters, so they share a few trees.
+lock after writeback. Since 4.11 the free cluster list is ordered so that consecutive clusters lie in different
+trees (`setup_swap_map_and_extents`: column by column, SWAP_CLUSTER_COLS = 64 clusters apart), so the clusters
+CPUs take at about the same time are in different trees and rarely share a tree_lock.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import Any
 
@@ -27,20 +30,26 @@ from ipilab.machine.costs import CostId
 SWAP_SLOTS_CACHE_SIZE = 64  # include/linux/swap_slots.h (4.12)
 SWAPFILE_CLUSTER = 256  # mm/swapfile.c (4.12, without THP swap)
 SWAP_ADDRESS_SPACE_SHIFT = 14  # include/linux/swap.h (4.12): one swap cache tree per 2^14 slots (64 MB)
-# Trees whose locks are kept, reused in turn: slots are handed out in increasing order and the workload never
-# swaps in, so a tree is done with long before its lock is reused (the CPUs span a few trees at once).
-SWAP_CACHE_LOCKS = 16
+CLUSTERS_PER_TREE = (1 << SWAP_ADDRESS_SPACE_SHIFT) // SWAPFILE_CLUSTER  # SWAP_CLUSTER_COLS: 64
+GB = 1 << 30
+
+
+def swap_trees(swap_bytes: float, ncpus: int) -> int:
+    """The swap cache trees of a device of `swap_bytes`, at most 4 per CPU: clusters taken one after the other
+    are in consecutive trees, so CPUs share a tree only when their clusters are a whole round of trees apart,
+    which the cap keeps as rare as on a device of any size (and the lock tables small)."""
+    return max(1, min(math.ceil(swap_bytes / (1 << (SWAP_ADDRESS_SPACE_SHIFT + 12))), 4 * ncpus))
 
 
 class SwapDevice:
     """One swap device (swap_info_struct) with the global swap_avail_lock, its per-CPU slot caches and
     clusters, and the locks of its swap cache trees."""
 
-    def __init__(self, ncpus: int) -> None:
+    def __init__(self, ncpus: int, trees: int) -> None:
         self.swap_avail_lock = SpinLock("swap_avail_lock")
         self.lock = SpinLock("si->lock")
-        self.tree_locks = [SpinLock(f"swap_cache/{i}") for i in range(SWAP_CACHE_LOCKS)]
-        self.next_cluster = 1  # cluster 0 holds the swap header
+        self.tree_locks = [SpinLock(f"swap_cache/{i}") for i in range(trees)]
+        self.next_cluster = 1  # the k-th free cluster; cluster 0 holds the swap header
         self.cluster_next = [0] * ncpus  # si->percpu_cluster: next slot, and how many are left
         self.cluster_left = [0] * ncpus
         self.cache_next = [0] * ncpus  # swap_slots_cache: consecutive slots of the cluster, next and left
@@ -49,14 +58,20 @@ class SwapDevice:
 
     def tree_lock(self, offset: int) -> SpinLock:
         """The tree_lock of the swap cache tree holding slot `offset` (swap_address_space())."""
-        return self.tree_locks[(offset >> SWAP_ADDRESS_SPACE_SHIFT) % SWAP_CACHE_LOCKS]
+        return self.tree_locks[(offset >> SWAP_ADDRESS_SPACE_SHIFT) % len(self.tree_locks)]
+
+
+def free_cluster(k: int, trees: int) -> int:
+    """The k-th cluster of the free list: the trees' first clusters in turn, then their second, and so on."""
+    k %= trees * CLUSTERS_PER_TREE
+    return (k % trees) * CLUSTERS_PER_TREE + k // trees
 
 
 def scan_swap_map_slots(dev: SwapDevice, cpu: int, n: int) -> int:
     """Take `n` slots from `cpu`'s cluster (SWAP_SLOTS_CACHE_SIZE divides SWAPFILE_CLUSTER, so a batch never
     straddles two); return the first."""
     if dev.cluster_left[cpu] == 0:
-        dev.cluster_next[cpu] = dev.next_cluster * SWAPFILE_CLUSTER
+        dev.cluster_next[cpu] = free_cluster(dev.next_cluster, len(dev.tree_locks)) * SWAPFILE_CLUSTER
         dev.cluster_left[cpu] = SWAPFILE_CLUSTER
         dev.next_cluster += 1
     first = dev.cluster_next[cpu]

@@ -60,7 +60,7 @@ class Reclaim:
         page.mapped = False
         page.tlb_stale = True
         # set_tlb_ubc_flush_pending: the PTE was dirty (the page was written), so writable.
-        ubc.cpumask.update(self.mem.mm.cpumask)
+        ubc.cpumask.update((page.mm or self.mem.mm).cpumask)
         ubc.pages.append(page)
         ubc.flush_required = True
         ubc.writable = True

@@ -269,6 +269,16 @@ def print_ablation(rows: list[dict[str, Any]], console: Console) -> None:
                   "each on (the settings are in --json).", highlight=False)
 
 
+def print_absolute(a: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"[bold]Absolute check[/bold]: the same model run as {a['workload']} with {a['processes']} processes on "
+        f"{a['machine']} ({a['kernel']}, {a['sim_seconds'] * 1e3:g} ms after {a['warmup_seconds'] * 1e3:g} ms, "
+        f"{a['engine']} engine) swaps out {a['model_swap_out_kb_s']:,.0f} KB/s; measured: {a['swap_out_kb_s']:,} "
+        f"KB/s, so the model is {a['model_over_published']:.1f}x as fast. Measured by {a['source']}. Not the same "
+        f"setup: {a['caveats']}. Nothing is fitted to it: a factor far from 1 says the per-page costs of the reclaim "
+        f"path (docs/reproduce.md) are off, not that a cost should be tuned until it agrees.", highlight=False)
+
+
 def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], console: Console) -> None:
     ref = rows[0]["reference"] if rows else None
     title = (f"sensitivity: the headline ratios with one cost at x0.5 and x1.5 ({window['sim_seconds'] * 1e3:g} ms "

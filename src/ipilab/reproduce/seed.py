@@ -471,6 +471,36 @@ def ablation(settings: dict[str, str], *, seconds: float = SECONDS, warmup: floa
     return rows
 
 
+# A published absolute swap-out rate of a comparable machine and kernel, for the model to predict as is.
+ABSOLUTE = {
+    "workload": "swap-w-seq", "processes": 32, "kernel": "v4.12", "swap_out_kb_s": 4_170_746,
+    "source": "Huang Ying, 'Re: [PATCH v4 0/9] mm/swap: Regular page swap optimizations', linux-mm 2017-01-05 "
+              "(Message-ID <8760lujnng.fsf@yhuang-dev.intel.com>): vm-scalability swap-w-seq, 32 processes, a Xeon "
+              "E5 v3 (Haswell-EP) system, swap on RAM-simulated pmem; vmstat swap-out with the per-CPU swap slot "
+              "cache, the 64 MB swap cache trees and cluster locks, the design 4.12 shipped",
+    "caveats": "a Haswell-EP of unstated size, not the seed's Broadwell-EP; a v4.10-rc tree with those patches, "
+               "not 4.12; the memory sizes are not stated",
+}
+ABSOLUTE_SECONDS = 0.004
+ABSOLUTE_WARMUP = 0.004
+
+
+def absolute_check(settings: dict[str, str], *, seed: int = 1, machine: str = MACHINE) -> dict[str, Any]:
+    """The seed's model run as ABSOLUTE's workload (processes: a page's shootdown goes to its owner's CPU
+    only) on the seed's machine, against the published swap-out rate. The reference engine runs it."""
+    workload_set, topology, costs = split_settings(settings)
+    workload = workload_from_settings(ABSOLUTE["workload"],
+                                      {**workload_set, "threads": str(ABSOLUTE["processes"])})
+    m = build_machine(machine, topology, costs)
+    r = simulate(m, resolve_kernel(ABSOLUTE["kernel"]), workload, seconds=ABSOLUTE_SECONDS,
+                 warmup=ABSOLUTE_WARMUP, seed=seed, intervals=4, engine="auto")
+    wc = r["workload_counts"]
+    kb_s = wc["pages_reclaimed"] * PAGE_SIZE / 1024 / r["sim_seconds"]
+    return {**ABSOLUTE, "machine": machine, "model_swap_out_kb_s": kb_s,
+            "model_over_published": kb_s / ABSOLUTE["swap_out_kb_s"], "time_use": time_use(r),
+            "sim_seconds": r["sim_seconds"], "warmup_seconds": r["warmup_seconds"], "engine": r["engine"]}
+
+
 # Costs the fill phase pays (a change to them moves the fill rate too).
 FILL_COSTS = ("page_fault", "user_write_page", "lru_page", "cacheline_smt", "cacheline_same_socket",
               "cacheline_cross_socket")

@@ -2,11 +2,12 @@
 
 from ipilab.workloads.base import Workload, WorkloadError, make_workload
 from ipilab.workloads.replay import TraceReplay
-from ipilab.workloads.swap import SwapWSeqMt
+from ipilab.workloads.swap import SwapWSeq, SwapWSeqMt
 from ipilab.workloads.synthetic import Synthetic
 from ipilab.workloads.tlbstorm import TlbStorm
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (SwapWSeqMt, Synthetic, TlbStorm, TraceReplay)}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (SwapWSeqMt, SwapWSeq, Synthetic, TlbStorm,
+                                                            TraceReplay)}
 
 
 def workload_from_settings(name: str, settings: dict[str, str]) -> Workload:

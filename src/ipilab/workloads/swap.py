@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr, model_validator
@@ -24,7 +24,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from ipilab.kernel.locking import SpinLock, lock_counters
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, MmStruct, PgData, do_anonymous_page
 from ipilab.kernel.steps import Busy, KernelCode
-from ipilab.kernel.swapfile import SwapDevice
+from ipilab.kernel.swapfile import GB, SwapDevice, swap_trees
 from ipilab.kernel.vmscan import Reclaim
 from ipilab.machine.costs import CostId
 from ipilab.machine.model import RECLAIM_COST_FIELDS, Machine
@@ -59,12 +59,14 @@ class SwapRun:
     written: list[int]
     usemem_cpus: list[int]
     kswapd_cpus: list[int]
+    mms: dict[int, MmStruct] | None = None  # swap-w-seq: each CPU's process (None: one process for all)
 
 
 class SwapWSeqMt(Workload):
     name = "swap-w-seq-mt"
     summary = "usemem -t N: threads of one process writing anonymous memory past RAM into swap (the seed)"
     costs_needed = tuple(RECLAIM_COST_FIELDS)
+    processes: ClassVar[bool] = False  # swap-w-seq: one process per CPU instead of threads of one
 
     threads: int = Field(80, ge=1, le=4096, description="usemem threads (one process, one CPU each)")
     memory_gb: float = Field(100.0, gt=0, le=1e6, description="GB written in all, over all threads")
@@ -116,6 +118,10 @@ class SwapWSeqMt(Workload):
             kswapd.append(mine[0] if mine else next(c for c in idle if c not in kswapd))
         return usemem, kswapd
 
+    def swap_trees(self, ncpus: int) -> int:
+        """Swap cache trees of the device: the swap holds what does not fit in RAM."""
+        return swap_trees(max(self.memory_gb - self.ram_gb, 0) * GB, ncpus)
+
     # --- running -----------------------------------------------------------------------------------
 
     def start(self, sim: SimMachine, seed: int) -> None:
@@ -125,12 +131,16 @@ class SwapWSeqMt(Workload):
         wmin, wlow, whigh = watermarks(int(self.ram_gb * 1024 * 1024), nodes)
         pfn = iter(range(1, 1 << 62))
         fill = self.phase == "fill"
+        mms = {cpu: MmStruct([cpu]) for cpu in usemem} if self.processes else None
         mem = Memory([PgData(n, min_wmark=wmin, low_wmark=wlow, high_wmark=whigh,
                              free_pages=0 if fill else wlow, unlimited=fill, new_pfn=pfn.__next__)
-                      for n in range(nodes)], MmStruct(usemem))
-        swap = SwapDevice(m.ncpus) if self.swap_locks else None
+                      for n in range(nodes)], MmStruct([] if mms else usemem))
+        if mms:
+            for pgdat in mem.nodes:  # a process allocates on its own CPU's node
+                pgdat.owners = [mm for cpu, mm in mms.items() if m.node_of(cpu) == pgdat.node] or list(mms.values())
+        swap = SwapDevice(m.ncpus, self.swap_trees(m.ncpus)) if self.swap_locks else None
         run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch, swap=swap),
-                                  [0] * len(usemem), usemem, kswapd)
+                                  [0] * len(usemem), usemem, kswapd, mms)
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
@@ -152,8 +162,9 @@ class SwapWSeqMt(Workload):
         yield Busy(start_ns, "usemem start")
         pgdat = run.mem.nodes[sim.machine.node_of(cpu)]
         direct = run.reclaim.try_to_free_pages
+        mm = run.mms[cpu] if run.mms else None
         while True:
-            yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct)
+            yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct, mm)
             yield Busy(sim.cost(CostId.USER_WRITE_PAGE, cpu), "usemem write")
             run.written[i] += 1
 
@@ -184,3 +195,15 @@ class SwapWSeqMt(Workload):
         swap = self._run.reclaim.swap
         dev = [swap.swap_avail_lock, swap.lock, *swap.tree_locks] if swap else []
         return [n.lru_lock for n in self._run.mem.nodes] + dev
+
+
+class SwapWSeq(SwapWSeqMt):
+    """vm-scalability's case-swap-w-seq: `usemem` as N processes, each writing its own anonymous memory. The
+    reclaim is the same, but a page's mm runs on one CPU only, so its shootdown goes to that CPU alone (or is
+    local): what the threads' 79-CPU shootdowns cost shows as the difference between the two workloads."""
+
+    name = "swap-w-seq"
+    summary = "usemem N processes writing anonymous memory past RAM into swap (one CPU per mm: 1-CPU shootdowns)"
+    processes: ClassVar[bool] = True
+
+    threads: int = Field(80, ge=1, le=4096, description="usemem processes (one CPU each)")

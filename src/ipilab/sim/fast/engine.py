@@ -30,7 +30,7 @@ from numba import njit
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 65
+NG = 66
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -39,7 +39,7 @@ NG = 65
  ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
- M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS) = range(NG)
+ M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS, SWAP_TREES) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 # (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
@@ -68,7 +68,7 @@ NLK = 13
 SWAP_SLOTS_CACHE_SIZE = 64  # kernel/swapfile.py
 SWAPFILE_CLUSTER = 256
 SWAP_ADDRESS_SPACE_SHIFT = 14
-SWAP_CACHE_LOCKS = 16
+CLUSTERS_PER_TREE = 64
 MAX_BATCH = 512  # the workload's largest batch: room for each page's swap slot
 
 STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
@@ -588,7 +588,7 @@ def wakeup_kswapd(s: State, nd: int) -> None:
 @njit(cache=True, _nrt=False)
 def tree_lock(s: State, offset: int) -> int:
     """kernel/swapfile.py SwapDevice.tree_lock: the lock row of the swap cache tree holding slot `offset`."""
-    return s.g[NNODES] + 2 + (offset >> SWAP_ADDRESS_SPACE_SHIFT) % SWAP_CACHE_LOCKS
+    return s.g[NNODES] + 2 + (offset >> SWAP_ADDRESS_SPACE_SHIFT) % s.g[SWAP_TREES]
 
 
 @njit(cache=True, _nrt=False)
@@ -986,8 +986,10 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == AS_SCAN:
             return _busy(cpu, x, SWAP_SLOTS_CACHE_SIZE * cost(s, c, C_SWAP_SLOT_SCAN), AS_SCANNED)
         elif pc == AS_SCANNED:
-            if cpu[CL_LEFT] == 0:
-                cpu[CL_NEXT] = g[NEXT_CLUSTER] * SWAPFILE_CLUSTER
+            if cpu[CL_LEFT] == 0:  # free_cluster(): the trees' first clusters in turn, then their second...
+                trees = g[SWAP_TREES]
+                k = g[NEXT_CLUSTER] % (trees * CLUSTERS_PER_TREE)
+                cpu[CL_NEXT] = ((k % trees) * CLUSTERS_PER_TREE + k // trees) * SWAPFILE_CLUSTER
                 cpu[CL_LEFT] = SWAPFILE_CLUSTER
                 g[NEXT_CLUSTER] += 1
             cpu[SC_NEXT] = cpu[CL_NEXT]

@@ -23,7 +23,7 @@ from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
-from ipilab.kernel.swapfile import SWAP_ADDRESS_SPACE_SHIFT, SWAP_CACHE_LOCKS, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
+from ipilab.kernel.swapfile import CLUSTERS_PER_TREE, SWAP_ADDRESS_SPACE_SHIFT, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
 from ipilab.kernel.time import tick_phases
 from ipilab.machine.costs import CostId, RunCosts
 from ipilab.machine.model import Machine, load_machine
@@ -32,7 +32,7 @@ from ipilab.sim.machine import MachineStats
 from ipilab.sim.timeuse import LOCK_USES, Use
 from ipilab.trace.ftrace import irq_flags
 from ipilab.workloads.base import Workload, parse_cpulist
-from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeqMt, watermarks
+from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeq, SwapWSeqMt, watermarks
 from ipilab.workloads.synthetic import Synthetic
 
 MARGIN = 64  # room left in every buffer before an event runs; one event adds far fewer entries
@@ -56,8 +56,8 @@ if tuple(c.key for c in CostId) != E.COST_NAMES:
     raise ImportError("sim/fast/engine.py COST_NAMES and machine/costs.py CostId disagree")
 if tuple(u.key for u in Use) != E.USE_NAMES:
     raise ImportError("sim/fast/engine.py USE_NAMES and sim/timeuse.py Use disagree")
-if (E.SWAP_SLOTS_CACHE_SIZE, E.SWAPFILE_CLUSTER, E.SWAP_ADDRESS_SPACE_SHIFT, E.SWAP_CACHE_LOCKS) != (
-        SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER, SWAP_ADDRESS_SPACE_SHIFT, SWAP_CACHE_LOCKS):
+if (E.SWAP_SLOTS_CACHE_SIZE, E.SWAPFILE_CLUSTER, E.SWAP_ADDRESS_SPACE_SHIFT, E.CLUSTERS_PER_TREE) != (
+        SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER, SWAP_ADDRESS_SPACE_SHIFT, CLUSTERS_PER_TREE):
     raise ImportError("sim/fast/engine.py and kernel/swapfile.py disagree on the swap constants")
 
 
@@ -118,7 +118,7 @@ def warm_up() -> float:
 
 def unsupported(machine: Machine, kernel: Kernel, workload: Workload) -> str | None:
     """Why the fast engine cannot run this configuration, or None if it can."""
-    if not isinstance(workload, SwapWSeqMt | Synthetic):
+    if not isinstance(workload, SwapWSeqMt | Synthetic) or isinstance(workload, SwapWSeq):
         return f"workload {workload.name} is modelled by the reference engine only"
     if machine.topology.apic_mode not in ("x2apic_phys", "x2apic_cluster", "kvm_pv"):
         return f"APIC mode {machine.topology.apic_mode} is not in the fast engine"
@@ -170,7 +170,8 @@ class FastSim:
         self._pid = [0] * n
         nodes = machine.topology.numa_nodes
         ncsd = n * n + 2 * n
-        nlocks = nodes + 2 + E.SWAP_CACHE_LOCKS  # lru_lock per node, swap_avail_lock, si->lock, the trees'
+        trees = workload.swap_trees(n) if isinstance(workload, SwapWSeqMt) else 1
+        nlocks = nodes + 2 + trees  # lru_lock per node, swap_avail_lock, si->lock, the swap cache trees'
         nwatch = ncsd + n + nodes + nlocks * (n + 1)
         cap = 8 * n + 1024
         s = self.s = E.State(
@@ -225,7 +226,8 @@ class FastSim:
         s.cpu[:, E.Q_TAIL] = -1
         s.cpu[:, E.USE] = E.U_IDLE
         # The locks as the kernel model names them (sim/timeuse.py LOCK_USES), and whether taken with _irq.
-        kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * E.SWAP_CACHE_LOCKS
+        kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * trees
+        g[E.SWAP_TREES] = trees
         s.lock[:, E.LK_LAST_OWNER] = -1
         s.lock[:, E.LK_USE] = [LOCK_USES[k] for k in kinds]
         s.lock[:, E.LK_IRQ] = [k in ("lru_lock", "swap_cache") for k in kinds]
