@@ -18,10 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, Event
+from ipilab.kernel import vmscan
 from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, CallSingleQueue, SmpFunc
 from ipilab.kernel.steps import Busy
 from ipilab.sim.machine import SimMachine
+from ipilab.workloads.swap import SwapWSeqMt
 
 FN_VECTORS = {CALL_FUNCTION_VECTOR, CALL_FUNCTION_SINGLE_VECTOR}
 
@@ -193,3 +195,51 @@ def test_same_seed_same_events():
     assert a == b
     assert len(a) > 100
     assert a != c
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 5), threads=st.integers(1, 4), kswapd=st.booleans(), kernel=st.sampled_from(["v4.12", "v4.13"]),
+       irq=st.integers(0, 400), scan=st.integers(0, 200), flush=st.sampled_from(["per-page", "per-batch"]),
+       seed=st.integers(0, 1000))
+def test_reclaim_locks_and_swap_slots_hold_their_invariants_in_every_state(n, threads, kswapd, kernel, irq, scan,
+                                                                          flush, seed):
+    """The swap-w-seq-mt reclaim path with its locks, after every event: a lock's queue never holds more than
+    the CPUs; a CPU owning a lock taken with interrupts off runs no handler; no swap slot is handed out twice;
+    and every CPU's time by use adds up to the time simulated."""
+    costs = {"icr_write": 50, "ipi_latency_same_socket": 300, "irq_entry": irq, "irq_exit": irq,
+             "tlb_flush_full": 100, "page_fault": 300, "cacheline_same_socket": 40, "user_write_page": 300,
+             "lru_page": 20, "page_referenced": 200, "add_to_swap": 100, "try_to_unmap": 100, "swap_writepage": 500,
+             "remove_mapping": 100, "free_page": 50, "swap_slot_scan": scan}
+    m = tiny_machine(n, **costs)
+    threads = min(threads, n - (1 if kswapd else 0))
+    sim = SimMachine(m, resolve_kernel(kernel), seed=seed)
+    w = SwapWSeqMt(threads=threads, memory_gb=1, ram_gb=0.002, kswapd=kswapd, flush=flush, batch=4)
+    w.start(sim, seed)
+    swap = w._run.reclaim.swap
+    irq_locks = [nd.lru_lock for nd in w._run.mem.nodes] + swap.tree_locks
+    handed: list[int] = []
+    original = vmscan.add_to_swap
+
+    def add_to_swap(p, cpu, dev):  # records every slot a page is given
+        offset = yield from original(p, cpu, dev)
+        handed.append(offset)
+        return offset
+
+    def check():
+        for lock in w.locks():
+            assert 0 <= lock.next_ticket - lock.serving <= n, lock.name
+        for lock in irq_locks:
+            if lock.owner is not None:
+                assert all(ctx.kind != "irq" for ctx in sim.cpus[lock.owner].stack), lock.name
+        now = sim.engine.now
+        for row in sim.time_use():
+            assert sum(row) == now
+
+    vmscan.add_to_swap = add_to_swap
+    try:
+        sim.engine.run(1_000_000, check)
+    finally:
+        vmscan.add_to_swap = original
+    assert w._run.mem.stats.pages_reclaimed > 0
+    assert len(handed) == len(set(handed)) and 0 not in handed  # slot 0 is the swap header
+    assert swap.refills * 64 >= len(handed) > swap.refills * 64 - 64 * n
