@@ -210,11 +210,12 @@ class Smp:
 
     def _call_single_remote(self, cpu: int, target: int, func: SmpFunc, info: Any, wait: bool,
                             callsite: str) -> KernelCode:
-        # A waiting caller uses a CSD on its stack; an async one reuses its per-CPU csd_data.
+        # A waiting caller uses a CSD on its stack; an async one reuses its per-CPU csd_data, whose previous
+        # use (perhaps to another CPU) may still be pending: the CSD is locked first, and only then filled,
+        # its target too, so the wait for that use's unlock still sees the CPU that will unlock it.
         csd = self._new_csd(cpu, target) if wait else self.csd_data[cpu]
-        csd.dst = target
         yield from self.csd_lock(cpu, csd)
-        csd.func, csd.info, csd.sync = func, info, wait
+        csd.dst, csd.func, csd.info, csd.sync = target, func, info, wait
         yield from self.generic_exec_single(cpu, target, csd, callsite)
         if wait:
             yield from self.csd_lock_wait(cpu, csd)

@@ -1017,11 +1017,12 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 s.csd[csd, IDENT] = g[NEXT_CSD]
             else:
                 csd = g[CSD_DATA0] + c  # per_cpu(csd_data, c)
-            s.csd[csd, DST] = x[L_TARGET]
             x[L_CSD] = csd
             _call(x, CL_START, CR_LOCKED)
         elif pc == CR_LOCKED:
+            # Filled once locked, its target too: the lock's wait pulled the line from the previous target.
             csd = x[L_CSD]
+            s.csd[csd, DST] = x[L_TARGET]
             s.csd[csd, FUNC] = x[L_FUNC]
             s.csd[csd, INFO] = x[L_INFO]
             s.csd[csd, SYNC] = x[L_WAIT]
