@@ -1316,8 +1316,8 @@ def resume(s: State, c: int) -> tuple[bool, int]:
     x = s.ctx[c, k]
     saved = x[SAVED_KIND]
     x[SAVED_KIND] = S_NONE
-    if saved == S_NONE:
-        return True, -1
+    # Never S_NONE here: whatever put a handler on top of this context recorded what it was doing first
+    # (run: S_VALUE, park: S_BUSY or S_SPIN, preempt: S_HALT, this function: what it had), as the reference.
     if s.cpu[c, IRR] and x[IRQS_ON]:
         x[SAVED_KIND] = saved  # another interrupt first; run() takes it and comes back here
         take_interrupt(s, c)
@@ -1333,7 +1333,9 @@ def resume(s: State, c: int) -> tuple[bool, int]:
         if spin(s, c, x[SAVED_COND], x[SAVED_A], x[SAVED_B], x[SAVED_WATCH], x[SAVED_DEADLINE]):
             return False, -1
         return True, 0
-    return True, -1  # HLT returns once the interrupt is handled
+    if saved == S_HALT:
+        return True, -1  # HLT returns once the interrupt is handled
+    raise RuntimeError("fast engine: a handler ended over a context that recorded nothing to resume")
 
 
 @njit(cache=True, _nrt=False, inline="always")
