@@ -287,7 +287,8 @@ def print_result(r: dict[str, Any]) -> None:
     lat = r["wait_latency_ns"]
     if lat["count"]:
         console.print(f"sender wait latency (call entry to return, ns): p50 {lat['p50']:,}  p90 {lat['p90']:,}  "
-                      f"p99 {lat['p99']:,}  max {lat['max']:,}  over {lat['count']:,} calls", highlight=False)
+                      f"p99 {lat['p99']:,}  max {lat['max']:,}  over {lat['count']:,} calls (percentiles to "
+                      "within 1/128, rounded down)", highlight=False)
     busiest = sorted(r["per_cpu"], key=lambda c: -c["irq_ns"])[:8]
     console.print("time in function-call interrupt handlers, busiest CPUs: " + ", ".join(
         f"cpu{c['cpu']} {c['irq_fraction'] * 100:.2f}%" for c in busiest), highlight=False)

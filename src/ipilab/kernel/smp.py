@@ -18,6 +18,7 @@ from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, FUN
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.kernel.x86 import Apic, send_IPI, send_IPI_mask
+from ipilab.latency import LatencyHistogram
 from ipilab.machine.costs import CostId
 
 # What a queued call does when it runs on `cpu`: a generator of steps (its cost and effects).
@@ -119,7 +120,7 @@ class SmpStats:
     calls: int = 0
     queue_windows: int = 0  # times a queue went from empty to detached (one window of coalescing each)
     queue_nonempty_ns: int = 0  # summed over those windows: first llist_add to llist_del_all
-    call_latencies_ns: list[int] = field(default_factory=list)  # wait=1 calls: entry to return
+    call_latencies_ns: LatencyHistogram = field(default_factory=LatencyHistogram)  # wait=1 calls: entry to return
 
 
 class Smp:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
 from ipilab.kernel.time import tick_phases
+from ipilab.latency import LatencyHistogram
 from ipilab.machine.costs import CostId, RunCosts
 from ipilab.machine.model import Machine, load_machine
 from ipilab.sim.fast import engine as E
@@ -156,7 +156,7 @@ class FastSim:
         n = self.ncpus = machine.ncpus
         self.costs = RunCosts(machine, seed)
         self._seed = seed
-        self.latencies: Counter[int] = Counter()  # exact: value -> count, so memory grows with distinct values
+        self.latencies = LatencyHistogram()
         self._rngs: dict[int, np.random.Generator] = {}  # the synthetic senders' generators
         self._comm = ["<idle>"] * n
         self._pid = [0] * n
@@ -391,8 +391,7 @@ class FastSim:
     def _fold_latencies(self) -> None:
         g = self.s.g
         if g[E.LAT_N]:
-            values, counts = np.unique(self.s.lat[:g[E.LAT_N]], return_counts=True)
-            self.latencies.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            self.latencies.extend(self.s.lat[:g[E.LAT_N]])
             g[E.LAT_N] = 0
 
     def clear_latencies(self) -> None:
