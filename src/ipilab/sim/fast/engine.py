@@ -14,10 +14,15 @@ It all lives in this one file on purpose: numba's on-disk cache (cache=True) not
 file a function is in, not to the constants or functions it imports from elsewhere.
 
 Speed: calls that carry the whole State cost tens of nanoseconds each, so what runs on every event or
-step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until
-(inline="always", one call site each or nearly) and the rarer helpers stay calls, which keeps numba's
-compile near 40 s. Nothing allocates or frees while the loop runs, so reference counting is off
-(_nrt=False): with it on, every array taken from State paid atomic increments.
+step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until, and the
+rarer helpers stay calls. The inlining is LLVM's (`inlined`: numba's forceinline, LLVM's alwaysinline), not
+numba's (inline="always"): numba compiles each function on its own and LLVM merges them, at the same speed.
+numba's own inliner deep-copies the callee's IR for every call site, each block with the caller's whole
+scope (numba issue 8989), which on this file took 64 of the 70 s CPU of a cold compile; LLVM's takes a
+fraction of that. No function but the three the host calls (at, _draw, run_until) gets the CPython and
+C wrappers numba compiles beside each function by default, which were a third of what remained. Nothing
+allocates or frees while the loop runs, so reference counting is off (_nrt=False): with it on, every
+array taken from State paid atomic increments.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import numpy as np
 from numba import njit
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
+
+# How the functions below are compiled (see Speed above): a helper stays a call unless LLVM inlines it on its
+# own; an inlined function is always merged into its callers by LLVM. Neither can be called from Python.
+helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
 NG = 62
@@ -208,7 +218,7 @@ ARITY_BITS = 2
 ARITY = 1 << ARITY_BITS  # children per node: 4 (8 measured slower on the seed scenario)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False, forceinline=True)  # also called by the host
 def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order.
 
@@ -240,7 +250,7 @@ def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     hs[i] = slot
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _heap_pop(s: State) -> None:
     """Remove the root. Floyd's way: the hole walks down to a leaf along the smallest children, then the
     last entry rises from there; it belongs near the bottom, so this skips a hard-to-predict compare
@@ -290,29 +300,29 @@ def _heap_pop(s: State) -> None:
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_csd(s: State, csd: int) -> int:
     return csd
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_idle(s: State, c: int) -> int:
     return len(s.csd) + c
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_kswapd(s: State, node: int) -> int:
     return len(s.csd) + s.g[NCPUS] + node
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_ticket(s: State, lock: int, ticket: int) -> int:
     """lock._waiting[ticket]: at most one ticket per CPU is outstanding, so ticket mod (ncpus + 1) is unique."""
     n = s.g[NCPUS] + 1
     return len(s.csd) + s.g[NCPUS] + s.g[NNODES] + lock * n + ticket % n
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     """_watchers[watch].append((c, gen))"""
     g = s.g
@@ -331,7 +341,7 @@ def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     s.watch_tail[watch] = e
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def watch_remove(s: State, watch: int, c: int) -> None:
     """SimMachine._unwatch: drop CPU `c`'s entry from `watch`'s list (its spin ended without a notify)."""
     prev = -1
@@ -352,7 +362,7 @@ def watch_remove(s: State, watch: int, c: int) -> None:
         e = nxt
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def notify(s: State, watch: int) -> None:
     """SimMachine.notify: every CPU spinning on `watch` re-tests its condition now (a _spin_check each)."""
     e = s.watch_head[watch]
@@ -366,13 +376,13 @@ def notify(s: State, watch: int) -> None:
         e = nxt
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
     s.cpu[dst, IN_FLIGHT] += 1
     at(s, s.g[NOW] + cost(s, src, s.ipi_latency[src, dst]), EV_IPI_ARRIVES, dst, vector)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def top_ctx(s: State, c: int) -> int:
     if s.cpu[c, IN_STEAL]:
         return STEAL
@@ -381,7 +391,7 @@ def top_ctx(s: State, c: int) -> int:
     return TASK if s.cpu[c, HAS_TASK] else IDLE
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> None:
     """SimMachine.trace: a tracepoint hit with the flags column's inputs, kept until the host writes it out.
     Callers test g[TRACE_ON] first: an untraced run pays nothing."""
@@ -410,7 +420,7 @@ def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> No
     r[TR_FLAGS] = flags
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def set_nr_if_polling(s: State, c: int) -> bool:
     if not s.cpu[c, POLLING]:
         return False
@@ -419,12 +429,12 @@ def set_nr_if_polling(s: State, c: int) -> bool:
     return True
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def is_lazy_tlb(s: State, c: int) -> bool:
     return not (s.cpu[c, USER_MM] and s.cpu[c, HAS_TASK])
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     """The cond() of a SpinUntil."""
     if cond == COND_CSD_UNLOCKED:
@@ -436,7 +446,7 @@ def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     return s.node[a, KSWAPD_AWAKE] != 0
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _latency(s: State, ns: int) -> None:
     """SmpStats.call_latencies_ns.append(ns)"""
     i = s.g[LAT_N]
@@ -446,7 +456,7 @@ def _latency(s: State, ns: int) -> None:
     s.g[LAT_N] = i + 1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def cost(s: State, c: int, k: int) -> int:
     """SimMachine.cost: what cost `k` takes on CPU `c` this time: its constant, or the next draw of its stream."""
     ns = s.cost[k]
@@ -471,7 +481,7 @@ def _draw(s: State, c: int, k: int) -> int:
 
 # === the kernel model: one step of a context (kernel/*.py) ===========================================
 
-@njit(cache=True, _nrt=False)
+@helper
 def _call(x: np.ndarray, entry: int, ret: int) -> None:
     """`yield from f()` in context row `x`: remember where to come back to, go to f's first state."""
     x[STK + x[SP]] = ret
@@ -479,13 +489,13 @@ def _call(x: np.ndarray, entry: int, ret: int) -> None:
     x[PC] = entry
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _return(x: np.ndarray) -> None:
     x[SP] -= 1
     x[PC] = x[STK + x[SP]]
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _busy(cpu: np.ndarray, x: np.ndarray, ns: int, nxt: int) -> int:
     """`yield Busy(ns)`, resuming at `nxt`."""
     cpu[STEP_NS] = ns
@@ -493,7 +503,7 @@ def _busy(cpu: np.ndarray, x: np.ndarray, ns: int, nxt: int) -> int:
     return ST_BUSY
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _spin(cpu: np.ndarray, x: np.ndarray, cond: int, a: int, b: int, watch: int, timeout: int, nxt: int) -> int:
     """`yield SpinUntil(cond, watch, timeout)` (-1: none), resuming at `nxt`."""
     cpu[STEP_COND] = cond
@@ -505,14 +515,14 @@ def _spin(cpu: np.ndarray, x: np.ndarray, cond: int, a: int, b: int, watch: int,
     return ST_SPIN
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _step(x: np.ndarray, step: int, nxt: int) -> int:
     """`yield IRQS_OFF` / `IRQS_ON` / `Halt()`, resuming at `nxt`."""
     x[PC] = nxt
     return step
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def func_cost(s: State, c: int, func: int, info: int) -> int:
     """The body of an SmpFunc on CPU `c`: tlb.py _flush_tlb_func, or the synthetic workload's function."""
     if func == FUNC_FLUSH_TLB:
@@ -522,13 +532,13 @@ def func_cost(s: State, c: int, func: int, info: int) -> int:
     return info
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def csd_unlock(s: State, csd: int) -> None:
     s.csd[csd, LOCKED] = 0
     notify(s, w_csd(s, csd))
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def wakeup_kswapd(s: State, nd: int) -> None:
     if not s.node[nd, KSWAPD_AWAKE]:
         s.node[nd, KSWAPD_AWAKE] = 1
@@ -536,7 +546,7 @@ def wakeup_kswapd(s: State, nd: int) -> None:
         notify(s, w_kswapd(s, nd))
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _ipi_mask_order(s: State, c: int) -> None:
     """kernel/x86.py send_IPI_mask: which targets each ICR write carries, in order."""
     g = s.g
@@ -577,7 +587,7 @@ def _ipi_mask_order(s: State, c: int) -> None:
     cpu[NGROUPS] = groups
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def advance(s: State, c: int, k: int, value: int) -> int:
     """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step."""
     g = s.g
@@ -1247,13 +1257,13 @@ def advance(s: State, c: int, k: int, value: int) -> int:
 
 # === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _block(s: State, c: int, kind: int) -> None:
     s.cpu[c, WAIT_GEN] += 1
     s.cpu[c, WAIT_KIND] = kind
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _block_busy(s: State, c: int, end: int) -> None:
     gen = s.cpu[c, WAIT_GEN] + 1
     at(s, end, EV_BUSY_DONE, c, gen)
@@ -1261,7 +1271,7 @@ def _block_busy(s: State, c: int, end: int) -> None:
     s.cpu[c, WAIT_END] = end
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int) -> bool:
     """SimMachine._spin: start (or resume) spinning; False if the deadline (-1: none) has passed."""
     now = s.g[NOW]
@@ -1281,7 +1291,7 @@ def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int)
     return True
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def take_interrupt(s: State, c: int) -> None:
     """SimMachine._take_interrupt: the highest pending vector; its handler goes on top of the stack."""
     cpu = s.cpu[c]
@@ -1309,7 +1319,7 @@ def take_interrupt(s: State, c: int) -> None:
     x[L_VECTOR] = vector
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def resume(s: State, c: int) -> tuple[bool, int]:
     """SimMachine._resume: after a handler, continue what the interrupted context was doing."""
     k = top_ctx(s, c)
@@ -1338,7 +1348,7 @@ def resume(s: State, c: int) -> tuple[bool, int]:
     raise RuntimeError("fast engine: a handler ended over a context that recorded nothing to resume")
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def run(s: State, c: int, value: int) -> None:
     """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
     now = s.g[NOW]
@@ -1388,7 +1398,7 @@ def run(s: State, c: int, value: int) -> None:
             return
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def preempt(s: State, c: int) -> bool:
     """SimMachine._preempt: an interrupt arrives while `c` waits with interrupts on. True: run `c`."""
     cpu = s.cpu[c]
@@ -1403,7 +1413,7 @@ def preempt(s: State, c: int) -> bool:
     return True  # and run(c, None)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def park(s: State, c: int) -> None:
     """SimMachine._park: set aside the busy step or spin `c` waits in."""
     cpu = s.cpu[c]
@@ -1424,7 +1434,7 @@ def park(s: State, c: int) -> None:
         x[SAVED_DEADLINE] = cpu[WAIT_DEADLINE]
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     """What a timer calls: SimMachine._run / _busy_done / _spin_timeout / _spin_check / _ipi_arrives /
     _woken. Each ends, if it does anything, in _run(c, value): returned as (True, value)."""
@@ -1488,7 +1498,7 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     return False, -1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _needs_host(s: State, margin: int) -> bool:
     """Whether a buffer lacks `margin` rows of room, gaps run low or seq needs renumbering: checked
     before every event."""

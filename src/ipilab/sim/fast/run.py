@@ -57,10 +57,9 @@ _warm = False
 
 
 def _helpers() -> list[Dispatcher]:
-    """The engine's compiled functions that stay calls (not inlined into run_until), in file order."""
-    return [f for f in vars(E).values()
-            if isinstance(f, Dispatcher) and f.targetoptions.get("inline", "never") != "always"
-            and f is not E.run_until]
+    """The engine's compiled functions but run_until, in file order (numba compiles each on its own, the
+    ones LLVM inlines too)."""
+    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until]
 
 
 _pinned: set[Any] = set()  # the State types the helpers are compiled for
