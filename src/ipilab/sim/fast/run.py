@@ -86,7 +86,7 @@ def _pin_helpers(state: E.State) -> None:
 
 
 # What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py), for the notice.
-COMPILE_SECONDS_2CORE = 70
+COMPILE_SECONDS_2CORE = 15
 
 
 def engine_cached() -> bool:
