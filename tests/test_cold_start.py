@@ -1,6 +1,6 @@
 """A first run on a fresh install: the compile notice, what gets compiled, and where it is cached.
 
-A real cold compile of the fast engine takes over a minute of CPU on our 2-core VM (benchmarks/cold_start.py
+A real cold compile of the fast engine takes about 15 s of CPU on our 2-core VM (benchmarks/cold_start.py
 measures it), too long for the suite, so the notice is tested with the cache check and the compile
 stood in for, and the cache check itself against numba's cache in a fresh folder (empty: no compile
 needed to know) and the suite's own (filled by conftest's warm-up).

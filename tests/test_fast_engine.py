@@ -15,7 +15,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from test_cli import assert_user_error, ipilab
 
@@ -23,7 +22,7 @@ from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, load_machine
 from ipilab.reproduce.seed import build_machine, run_seed
 from ipilab.sim.fast.run import FastSim
-from ipilab.sim.run import _histogram_percentiles, _percentiles, choose_engine, simulate
+from ipilab.sim.run import choose_engine, simulate
 from ipilab.workloads import WorkloadError, workload_from_settings
 
 HOST_ONLY = ("wall_seconds", "warmup_wall_seconds", "engine", "compile_seconds", "trace_out", "csds_per_second",
@@ -160,17 +159,6 @@ def test_the_seed_scenario_gives_the_same_numbers_on_both_engines() -> None:
             run.pop("wall_seconds")
     assert ref["runs"]["v4.12"]["csd_enqueues"] > 1000
     assert json.dumps(ref, sort_keys=True) == json.dumps(fast, sort_keys=True)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 99, 100, 101, 1000, 4321])
-def test_histogram_percentiles_are_numpys_percentiles_of_the_samples(n: int) -> None:
-    """The fast engine keeps latencies as value -> count; its percentiles must be numpy's inverted_cdf ones."""
-    rng = np.random.default_rng(n)
-    samples = [int(v) for v in rng.integers(0, 50, size=n) * rng.choice([1, 7, 1000])]
-    counts: dict[int, int] = {}
-    for v in samples:
-        counts[v] = counts.get(v, 0) + 1
-    assert _histogram_percentiles(counts) == _percentiles(samples)
 
 
 def test_forcing_the_fast_engine_on_a_workload_it_lacks_is_a_clear_error() -> None:

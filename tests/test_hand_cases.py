@@ -28,6 +28,7 @@ from ipilab.events import Event
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import SmpFunc
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy
+from ipilab.machine.model import COST_FIELDS, Machine
 from ipilab.sim.machine import SimMachine
 
 
@@ -211,6 +212,54 @@ def test_async_csd_reuse_waits_for_unlock():
     assert sim.smp.stats.csd_ipis == 2
     runs = [e.ts for e in events if e.name == "csd_function_entry" and e.cpu == 1]
     assert runs == [1100, 2200]
+
+
+def test_a_reused_csd_gets_its_new_target_only_once_locked():
+    """kernel/smp.c locks a CSD before it fills it, its target too. Litmus, 4 CPUs on one socket of 2
+    cores x 2 threads (CPU2 is CPU0's SMT sibling, CPU1 is on the other core), every cost 0 except
+    cache line SMT = 10 ns, same socket = 300 ns, IPI delivery = 1000 ns:
+
+        CPU0: smp_call_function_single(1, f, wait=0); smp_call_function_single(2, f, wait=0)   at t=0
+        CPU1: interrupts off until t=5000
+        CPU2: user code
+
+    Both calls use CPU0's one csd_data. The first queues on CPU1 (llist_add pulls CPU1's line: 0..300)
+    and IPIs it; the interrupt waits until 5000; CPU1 pulls the CSD's line from CPU0 (5000..5300) and
+    unlocks it. The second call spins in csd_lock meanwhile; seeing the unlock pulls the line back from
+    CPU1, the CPU that unlocked it: 300 ns, so it queues on CPU2 at 5600. Had it set dst=2 before
+    locking, CPU1 would unlock a CSD already saying dst=2 and the wait would pay CPU2's 10 ns (5310)."""
+    m = Machine.model_validate({
+        "name": "smt-4", "description": "2 cores x 2 threads",
+        "topology": {"sockets": 1, "cores_per_socket": 2, "threads_per_core": 2, "llc_mb_per_socket": 1.0,
+                     "numa_nodes": 1, "apic_mode": "x2apic_phys", "cpu_model": "test", "halt_poll_ns": 0},
+        "costs": {k: {"ns": {"cacheline_smt": 10, "cacheline_same_socket": 300,
+                             "ipi_latency_same_socket": 1000}.get(k, 0), "source": "test value"}
+                  for k in COST_FIELDS}})
+    assert [m.distance(0, c) for c in (1, 2)] == [1, 0]
+    events: list[Event] = []
+    sim = SimMachine(m, resolve_kernel("v4.13"), tracer=events.append)
+    dst_at_unlock: list[tuple[int, int]] = []
+    unlock = sim.smp.csd_unlock
+
+    def spy_unlock(csd):
+        dst_at_unlock.append((sim.now, csd.dst))
+        unlock(csd)
+
+    sim.smp.csd_unlock = spy_unlock
+
+    def sender():
+        yield from sim.smp.smp_call_function_single(0, 1, F, None, wait=False)
+        yield from sim.smp.smp_call_function_single(0, 2, F, None, wait=False)
+        yield from user_loop()
+
+    sim.start(0, sender(), "s", 1)
+    sim.start(1, irqs_off_for(5000), "u1", 2)
+    sim.start(2, user_loop(), "u2", 3)
+    sim.start(3, user_loop(), "u3", 4)
+    sim.engine.run(100_000)
+    assert dst_at_unlock[0] == (5300, 1)
+    queued = [(e.ts, e.fields["cpu"]) for e in events if e.name == "csd_queue_cpu"]
+    assert queued == [(0, 1), (5600, 2)]
 
 
 def test_what_if_kernel_composes_behaviours(tmp_path):

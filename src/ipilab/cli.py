@@ -294,7 +294,8 @@ def print_result(r: dict[str, Any]) -> None:
     lat = r["wait_latency_ns"]
     if lat["count"]:
         console.print(f"sender wait latency (call entry to return, ns): p50 {lat['p50']:,}  p90 {lat['p90']:,}  "
-                      f"p99 {lat['p99']:,}  max {lat['max']:,}  over {lat['count']:,} calls", highlight=False)
+                      f"p99 {lat['p99']:,}  max {lat['max']:,}  over {lat['count']:,} calls (percentiles to "
+                      "within 1/128, rounded down)", highlight=False)
     busiest = sorted(r["per_cpu"], key=lambda c: -c["irq_ns"])[:8]
     console.print("time in function-call interrupt handlers, busiest CPUs: " + ", ".join(
         f"cpu{c['cpu']} {c['irq_fraction'] * 100:.2f}%" for c in busiest), highlight=False)
@@ -665,7 +666,7 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     Simulates vm-scalability's swap-w-seq-mt (80 usemem threads writing 100 GB with 32 GB of RAM) on
     broadwell-ep-2s-88t under v4.12 (before the patch) and v4.13 (after), and compares them with the
     paper. No cost is fitted to the paper's numbers; `--explain` shows each cost's source and how the
-    prediction moves with it. The default window takes about 5 s on 2 cores (about 75 s the first time, when the
+    prediction moves with it. The default window takes about 5 s on 2 cores (about 20 s the first time, when the
     fast engine is compiled and cached, which it says on stderr; `ipilab compile` does that ahead).
     """
     if plot is not None and not plot.resolve().parent.is_dir():
@@ -983,7 +984,7 @@ def compile_cmd() -> None:
     numba compiles them on first use and caches the machine code beside the installed modules (or in
     NUMBA_CACHE_DIR), where every later run loads it in about a second. The cache is void when ipilab or
     numba changes, so run this after installing. Takes about
-    70 s (engine) + 15 s (parser and audit) of CPU on our 2 cores the first time; seconds once cached.
+    15 s (engine) + 15 s (parser and audit) of CPU on our 2 cores the first time; seconds once cached.
     """
     t0 = time.perf_counter()
     warm_fast_engine()

@@ -18,6 +18,7 @@ from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, FUN
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.kernel.x86 import Apic, send_IPI, send_IPI_mask
+from ipilab.latency import LatencyHistogram
 from ipilab.machine.costs import CostId
 
 # What a queued call does when it runs on `cpu`: a generator of steps (its cost and effects).
@@ -119,7 +120,7 @@ class SmpStats:
     calls: int = 0
     queue_windows: int = 0  # times a queue went from empty to detached (one window of coalescing each)
     queue_nonempty_ns: int = 0  # summed over those windows: first llist_add to llist_del_all
-    call_latencies_ns: list[int] = field(default_factory=list)  # wait=1 calls: entry to return
+    call_latencies_ns: LatencyHistogram = field(default_factory=LatencyHistogram)  # wait=1 calls: entry to return
 
 
 class Smp:
@@ -210,11 +211,12 @@ class Smp:
 
     def _call_single_remote(self, cpu: int, target: int, func: SmpFunc, info: Any, wait: bool,
                             callsite: str) -> KernelCode:
-        # A waiting caller uses a CSD on its stack; an async one reuses its per-CPU csd_data.
+        # A waiting caller uses a CSD on its stack; an async one reuses its per-CPU csd_data, whose previous
+        # use (perhaps to another CPU) may still be pending: the CSD is locked first, and only then filled,
+        # its target too, so the wait for that use's unlock still sees the CPU that will unlock it.
         csd = self._new_csd(cpu, target) if wait else self.csd_data[cpu]
-        csd.dst = target
         yield from self.csd_lock(cpu, csd)
-        csd.func, csd.info, csd.sync = func, info, wait
+        csd.dst, csd.func, csd.info, csd.sync = target, func, info, wait
         yield from self.generic_exec_single(cpu, target, csd, callsite)
         if wait:
             yield from self.csd_lock_wait(cpu, csd)

@@ -525,6 +525,9 @@ UNITS = {
                   "flush_wait_fraction: of reclaiming tasks' time inside shootdowns; lru_lock_spin_fraction: of "
                   "usemem CPUs' time spinning on lru_lock with interrupts off)",
     "*_us_*": "microseconds",
+    "shootdown_wait_ns": "simulated ns from a TLB flush's start to its return, per waited-for shootdown: count and "
+                         "max exact; p50/p90/p99 the lowest value of the log bin (under 1/128 of the value wide, "
+                         "exact below 256 ns) that holds the exact percentile",
     "wall_seconds": "host seconds from the first simulation's start to the last one's end (warm-ups included)",
     "csds_per_second": "simulated CSDs (counted windows) per host second of wall_seconds",
     "csds_per_second_per_worker": "the same per worker process: CSDs over the summed run times",

@@ -403,8 +403,9 @@ class SimMachine:
         """After a handler: continue what the interrupted context was doing. (False,_) if it blocks."""
         top = c.stack[-1]
         saved, top.saved = top.saved, None
-        if saved is None:
-            return True, None
+        # Whatever put a handler on top of this context recorded what it was doing first (_run: a value,
+        # _park: a busy step or spin, _preempt: the halt, this method: what it had), so there is always one.
+        assert saved is not None, "a handler ended over a context that recorded nothing to resume"
         if c.irr and top.irqs_on:
             top.saved = saved  # another interrupt first; _run takes it and comes back here
             self._take_interrupt(c)
@@ -422,5 +423,5 @@ class SimMachine:
             if step.cond():
                 return True, True
             return (False, None) if self._spin(c, step, deadline) else (True, False)
-        return True, None  # HLT returns once the interrupt is handled
+        return True, None  # ("halt",): HLT returns once the interrupt is handled
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,7 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
             run(warmup_ns + window_ns * i // parts)
             snaps.append(_snapshot(sim, counters()))
         wall = time.perf_counter() - wall0
-    latency = (_histogram_percentiles(sim.latencies) if engine == "fast"
-               else _percentiles(sim.smp.stats.call_latencies_ns))
+    latency = (sim.latencies if engine == "fast" else sim.smp.stats.call_latencies_ns).percentiles()
     r = _results(sim, machine, kernel, workload, snaps, warmup_ns, window_ns, seed, wall - compile_seconds,
                  trace_out, latency)
     r["engine"] = engine
@@ -120,7 +119,7 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
 def _snapshot(sim: Any, workload_counts: dict[str, int]) -> dict[str, Any]:
     """Every monotone counter of the run so far."""
     s = sim.smp.stats
-    counts = {k: v for k, v in asdict(s).items() if k != "call_latencies_ns"}
+    counts = {f.name: getattr(s, f.name) for f in fields(s) if f.name != "call_latencies_ns"}
     counts["apic_merged"] = sim.stats.apic_merged
     counts["ticks"] = sim.stats.ticks
     counts["vcpu_preemptions"] = sim.stats.vcpu_preemptions
@@ -146,32 +145,6 @@ def _rates(snaps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if t is not None:
             entry["ci95"] = float(t * np.std(parts, ddof=1) / np.sqrt(n))
         out[key] = entry
-    return out
-
-
-def _percentiles(samples: list[int]) -> dict[str, int | None]:
-    if not samples:
-        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
-    a = np.asarray(samples)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99], method="inverted_cdf")
-    return {"count": len(samples), "p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(a.max())}
-
-
-def _histogram_percentiles(counts: dict[int, int]) -> dict[str, int | None]:
-    """`_percentiles` of the samples a value -> count histogram holds: the same numbers (numpy's
-    inverted_cdf picks the sample at rank ceil(n * q), found here on the cumulative counts)."""
-    if not counts:
-        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
-    values = np.array(sorted(counts), dtype=np.int64)
-    cum = np.cumsum([counts[v] for v in values])
-    n = int(cum[-1])
-    out: dict[str, int | None] = {"count": n}
-    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
-        index = n * (np.float64(q) / 100) - 1  # numpy's virtual index for inverted_cdf
-        below = np.floor(index)
-        rank = min(max(int(below + 1 if index - below > 0 else below), 0), n - 1)
-        out[name] = int(values[np.searchsorted(cum, rank, side="right")])
-    out["max"] = int(values[-1])
     return out
 
 
@@ -242,6 +215,9 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
                   "irq_fraction": "share of the window in interrupt handlers",
                   "time_ns": "per CPU, simulated ns of the window by what they were spent on (sim/timeuse.py Use); "
                   "they sum to the window",
+                  "wait_latency_ns": "per waited-for call, entry to return: count and max exact; p50/p90/p99 the "
+                  "lowest value of the log bin (under 1/128 of the value wide, exact below 256 ns) that holds the "
+                  "exact percentile (ipilab/latency.py)",
                   "rates": "per simulated second, with the half-width of a 95% confidence interval "
                   "(t-distribution over the intervals; null with fewer than 2)"},
         "metrics": METRIC_DOCS,

@@ -37,7 +37,8 @@ COLUMN_DOCS: dict[str, str] = {
     "<metric>": "the counts of `ipilab simulate --json` over the measured window (METRIC_DOCS)",
     "<counter>_per_s, <counter>_per_s_ci95": "rate per simulated second and the half-width of its 95% "
                                              "confidence interval (needs intervals >= 2)",
-    "wait_latency_*_ns": "sender's call latency percentiles (call entry to return), simulated ns",
+    "wait_latency_*_ns": "sender's call latency percentiles (call entry to return), simulated ns; p50/p90/p99 "
+                         "rounded down to within 1/128, max exact",
     "per_cpu_interrupts, per_cpu_irq_ns": "function-call interrupts taken and ns spent in them, per CPU",
     "timeline_interval_ns, timeline_cpu_interrupts": "the window's intervals (ns) and, per interval, the "
                                                      "interrupts each CPU took",

@@ -14,10 +14,15 @@ It all lives in this one file on purpose: numba's on-disk cache (cache=True) not
 file a function is in, not to the constants or functions it imports from elsewhere.
 
 Speed: calls that carry the whole State cost tens of nanoseconds each, so what runs on every event or
-step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until
-(inline="always", one call site each or nearly) and the rarer helpers stay calls, which keeps numba's
-compile near 40 s. Nothing allocates or frees while the loop runs, so reference counting is off
-(_nrt=False): with it on, every array taken from State paid atomic increments.
+step (the loop, run, advance, the timer queue, blocking and interrupts) is inlined into run_until, and the
+rarer helpers stay calls. The inlining is LLVM's (`inlined`: numba's forceinline, LLVM's alwaysinline), not
+numba's (inline="always"): numba compiles each function on its own and LLVM merges them, at the same speed.
+numba's own inliner deep-copies the callee's IR for every call site, each block with the caller's whole
+scope (numba issue 8989), which on this file took 64 of the 70 s CPU of a cold compile; LLVM's takes a
+fraction of that. No function but the three the host calls (at, _draw, run_until) gets the CPython and
+C wrappers numba compiles beside each function by default, which were a third of what remained. Nothing
+allocates or frees while the loop runs, so reference counting is off (_nrt=False): with it on, every
+array taken from State paid atomic increments.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import numpy as np
 from numba import njit
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
+
+# How the functions below are compiled (see Speed above): a helper stays a call unless LLVM inlines it on its
+# own; an inlined function is always merged into its callers by LLVM. Neither can be called from Python.
+helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
 NG = 66
@@ -257,7 +267,7 @@ ARITY_BITS = 2
 ARITY = 1 << ARITY_BITS  # children per node: 4 (8 measured slower on the seed scenario)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False, forceinline=True)  # also called by the host
 def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order.
 
@@ -289,7 +299,7 @@ def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     hs[i] = slot
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _heap_pop(s: State) -> None:
     """Remove the root. Floyd's way: the hole walks down to a leaf along the smallest children, then the
     last entry rises from there; it belongs near the bottom, so this skips a hard-to-predict compare
@@ -339,29 +349,29 @@ def _heap_pop(s: State) -> None:
 
 # === SimMachine's platform: notify, raise_ipi, trace, set_nr_if_polling, is_lazy_tlb =================
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_csd(s: State, csd: int) -> int:
     return csd
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_idle(s: State, c: int) -> int:
     return len(s.csd) + c
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_kswapd(s: State, node: int) -> int:
     return len(s.csd) + s.g[NCPUS] + node
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def w_ticket(s: State, lock: int, ticket: int) -> int:
     """lock._waiting[ticket]: at most one ticket per CPU is outstanding, so ticket mod (ncpus + 1) is unique."""
     n = s.g[NCPUS] + 1
     return len(s.csd) + s.g[NCPUS] + s.g[NNODES] + lock * n + ticket % n
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     """_watchers[watch].append((c, gen))"""
     g = s.g
@@ -380,7 +390,7 @@ def watch_add(s: State, watch: int, c: int, gen: int) -> None:
     s.watch_tail[watch] = e
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def watch_remove(s: State, watch: int, c: int) -> None:
     """SimMachine._unwatch: drop CPU `c`'s entry from `watch`'s list (its spin ended without a notify)."""
     prev = -1
@@ -401,7 +411,7 @@ def watch_remove(s: State, watch: int, c: int) -> None:
         e = nxt
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def notify(s: State, watch: int) -> None:
     """SimMachine.notify: every CPU spinning on `watch` re-tests its condition now (a _spin_check each)."""
     e = s.watch_head[watch]
@@ -415,13 +425,13 @@ def notify(s: State, watch: int) -> None:
         e = nxt
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def raise_ipi(s: State, src: int, dst: int, vector: int) -> None:
     s.cpu[dst, IN_FLIGHT] += 1
     at(s, s.g[NOW] + cost(s, src, s.ipi_latency[src, dst]), EV_IPI_ARRIVES, dst, vector)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def top_ctx(s: State, c: int) -> int:
     if s.cpu[c, IN_STEAL]:
         return STEAL
@@ -430,7 +440,7 @@ def top_ctx(s: State, c: int) -> int:
     return TASK if s.cpu[c, HAS_TASK] else IDLE
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> None:
     """SimMachine.trace: a tracepoint hit with the flags column's inputs, kept until the host writes it out.
     Callers test g[TRACE_ON] first: an untraced run pays nothing."""
@@ -459,7 +469,7 @@ def trace(s: State, c: int, name: int, f0: int, f1: int, f2: int, f3: int) -> No
     r[TR_FLAGS] = flags
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def set_nr_if_polling(s: State, c: int) -> bool:
     if not s.cpu[c, POLLING]:
         return False
@@ -468,12 +478,12 @@ def set_nr_if_polling(s: State, c: int) -> bool:
     return True
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def is_lazy_tlb(s: State, c: int) -> bool:
     return not (s.cpu[c, USER_MM] and s.cpu[c, HAS_TASK])
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     """The cond() of a SpinUntil."""
     if cond == COND_CSD_UNLOCKED:
@@ -485,7 +495,7 @@ def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
     return s.node[a, KSWAPD_AWAKE] != 0
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _latency(s: State, ns: int) -> None:
     """SmpStats.call_latencies_ns.append(ns)"""
     i = s.g[LAT_N]
@@ -495,7 +505,7 @@ def _latency(s: State, ns: int) -> None:
     s.g[LAT_N] = i + 1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def cost(s: State, c: int, k: int) -> int:
     """SimMachine.cost: what cost `k` takes on CPU `c` this time: its constant, or the next draw of its stream."""
     ns = s.cost[k]
@@ -520,7 +530,7 @@ def _draw(s: State, c: int, k: int) -> int:
 
 # === the kernel model: one step of a context (kernel/*.py) ===========================================
 
-@njit(cache=True, _nrt=False)
+@helper
 def _call(x: np.ndarray, entry: int, ret: int) -> None:
     """`yield from f()` in context row `x`: remember where to come back to, go to f's first state."""
     x[STK + x[SP]] = ret
@@ -528,13 +538,13 @@ def _call(x: np.ndarray, entry: int, ret: int) -> None:
     x[PC] = entry
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _return(x: np.ndarray) -> None:
     x[SP] -= 1
     x[PC] = x[STK + x[SP]]
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _busy(cpu: np.ndarray, x: np.ndarray, ns: int, nxt: int) -> int:
     """`yield Busy(ns)`, resuming at `nxt`."""
     cpu[STEP_NS] = ns
@@ -542,7 +552,7 @@ def _busy(cpu: np.ndarray, x: np.ndarray, ns: int, nxt: int) -> int:
     return ST_BUSY
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _spin(cpu: np.ndarray, x: np.ndarray, cond: int, a: int, b: int, watch: int, timeout: int, nxt: int) -> int:
     """`yield SpinUntil(cond, watch, timeout)` (-1: none), resuming at `nxt`."""
     cpu[STEP_COND] = cond
@@ -554,14 +564,14 @@ def _spin(cpu: np.ndarray, x: np.ndarray, cond: int, a: int, b: int, watch: int,
     return ST_SPIN
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _step(x: np.ndarray, step: int, nxt: int) -> int:
     """`yield IRQS_OFF` / `IRQS_ON` / `Halt()`, resuming at `nxt`."""
     x[PC] = nxt
     return step
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def func_cost(s: State, c: int, func: int, info: int) -> int:
     """The body of an SmpFunc on CPU `c`: tlb.py _flush_tlb_func, or the synthetic workload's function."""
     if func == FUNC_FLUSH_TLB:
@@ -571,13 +581,13 @@ def func_cost(s: State, c: int, func: int, info: int) -> int:
     return info
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def csd_unlock(s: State, csd: int) -> None:
     s.csd[csd, LOCKED] = 0
     notify(s, w_csd(s, csd))
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def wakeup_kswapd(s: State, nd: int) -> None:
     if not s.node[nd, KSWAPD_AWAKE]:
         s.node[nd, KSWAPD_AWAKE] = 1
@@ -585,13 +595,13 @@ def wakeup_kswapd(s: State, nd: int) -> None:
         notify(s, w_kswapd(s, nd))
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def tree_lock(s: State, offset: int) -> int:
     """kernel/swapfile.py SwapDevice.tree_lock: the lock row of the swap cache tree holding slot `offset`."""
     return s.g[NNODES] + 2 + (offset >> SWAP_ADDRESS_SPACE_SHIFT) % s.g[SWAP_TREES]
 
 
-@njit(cache=True, _nrt=False)
+@helper
 def _ipi_mask_order(s: State, c: int) -> None:
     """kernel/x86.py send_IPI_mask: which targets each ICR write carries, in order."""
     g = s.g
@@ -632,7 +642,7 @@ def _ipi_mask_order(s: State, c: int) -> None:
     cpu[NGROUPS] = groups
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def advance(s: State, c: int, k: int, value: int) -> int:
     """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step."""
     g = s.g
@@ -1138,11 +1148,12 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 s.csd[csd, IDENT] = g[NEXT_CSD]
             else:
                 csd = g[CSD_DATA0] + c  # per_cpu(csd_data, c)
-            s.csd[csd, DST] = x[L_TARGET]
             x[L_CSD] = csd
             _call(x, CL_START, CR_LOCKED)
         elif pc == CR_LOCKED:
+            # Filled once locked, its target too: the lock's wait pulled the line from the previous target.
             csd = x[L_CSD]
+            s.csd[csd, DST] = x[L_TARGET]
             s.csd[csd, FUNC] = x[L_FUNC]
             s.csd[csd, INFO] = x[L_INFO]
             s.csd[csd, SYNC] = x[L_WAIT]
@@ -1378,7 +1389,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
 
 # === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _block(s: State, c: int, kind: int, use: int) -> None:
     cpu = s.cpu[c]
     cpu[WAIT_GEN] += 1
@@ -1390,7 +1401,7 @@ def _block(s: State, c: int, kind: int, use: int) -> None:
     cpu[USE_SINCE] = now
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _busy_use(s: State, c: int) -> int:
     """The use of the Busy step the top context is in: by the state it resumes at."""
     k = top_ctx(s, c)
@@ -1399,7 +1410,7 @@ def _busy_use(s: State, c: int) -> int:
     return s.lock[x[L_LOCK], LK_USE] if use == U_BY_LOCK else use
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _spin_use(s: State, cond: int, a: int) -> int:
     if cond == COND_CSD_UNLOCKED:
         return U_SHOOTDOWN_WAIT
@@ -1408,7 +1419,7 @@ def _spin_use(s: State, cond: int, a: int) -> int:
     return U_IDLE  # polling idle, kswapd asleep
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _block_busy(s: State, c: int, end: int) -> None:
     gen = s.cpu[c, WAIT_GEN] + 1
     at(s, end, EV_BUSY_DONE, c, gen)
@@ -1416,7 +1427,7 @@ def _block_busy(s: State, c: int, end: int) -> None:
     s.cpu[c, WAIT_END] = end
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int) -> bool:
     """SimMachine._spin: start (or resume) spinning; False if the deadline (-1: none) has passed."""
     now = s.g[NOW]
@@ -1436,7 +1447,7 @@ def spin(s: State, c: int, cond: int, a: int, b: int, watch: int, deadline: int)
     return True
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def take_interrupt(s: State, c: int) -> None:
     """SimMachine._take_interrupt: the highest pending vector; its handler goes on top of the stack."""
     cpu = s.cpu[c]
@@ -1465,15 +1476,15 @@ def take_interrupt(s: State, c: int) -> None:
     x[L_VECTOR] = vector
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def resume(s: State, c: int) -> tuple[bool, int]:
     """SimMachine._resume: after a handler, continue what the interrupted context was doing."""
     k = top_ctx(s, c)
     x = s.ctx[c, k]
     saved = x[SAVED_KIND]
     x[SAVED_KIND] = S_NONE
-    if saved == S_NONE:
-        return True, -1
+    # Never S_NONE here: whatever put a handler on top of this context recorded what it was doing first
+    # (run: S_VALUE, park: S_BUSY or S_SPIN, preempt: S_HALT, this function: what it had), as the reference.
     if s.cpu[c, IRR] and x[IRQS_ON]:
         x[SAVED_KIND] = saved  # another interrupt first; run() takes it and comes back here
         take_interrupt(s, c)
@@ -1489,10 +1500,12 @@ def resume(s: State, c: int) -> tuple[bool, int]:
         if spin(s, c, x[SAVED_COND], x[SAVED_A], x[SAVED_B], x[SAVED_WATCH], x[SAVED_DEADLINE]):
             return False, -1
         return True, 0
-    return True, -1  # HLT returns once the interrupt is handled
+    if saved == S_HALT:
+        return True, -1  # HLT returns once the interrupt is handled
+    raise RuntimeError("fast engine: a handler ended over a context that recorded nothing to resume")
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def run(s: State, c: int, value: int) -> None:
     """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
     now = s.g[NOW]
@@ -1542,7 +1555,7 @@ def run(s: State, c: int, value: int) -> None:
             return
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def preempt(s: State, c: int) -> bool:
     """SimMachine._preempt: an interrupt arrives while `c` waits with interrupts on. True: run `c`."""
     cpu = s.cpu[c]
@@ -1557,7 +1570,7 @@ def preempt(s: State, c: int) -> bool:
     return True  # and run(c, None)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def park(s: State, c: int) -> None:
     """SimMachine._park: set aside the busy step or spin `c` waits in."""
     cpu = s.cpu[c]
@@ -1578,7 +1591,7 @@ def park(s: State, c: int) -> None:
         x[SAVED_DEADLINE] = cpu[WAIT_DEADLINE]
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     """What a timer calls: SimMachine._run / _busy_done / _spin_timeout / _spin_check / _ipi_arrives /
     _woken. Each ends, if it does anything, in _run(c, value): returned as (True, value)."""
@@ -1642,7 +1655,7 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     return False, -1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@inlined
 def _needs_host(s: State, margin: int) -> bool:
     """Whether a buffer lacks `margin` rows of room, gaps run low or seq needs renumbering: checked
     before every event."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
 from ipilab.kernel.swapfile import CLUSTERS_PER_TREE, SWAP_ADDRESS_SPACE_SHIFT, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
 from ipilab.kernel.time import tick_phases
+from ipilab.latency import LatencyHistogram
 from ipilab.machine.costs import CostId, RunCosts
 from ipilab.machine.model import Machine, load_machine
 from ipilab.sim.fast import engine as E
@@ -65,10 +65,9 @@ _warm = False
 
 
 def _helpers() -> list[Dispatcher]:
-    """The engine's compiled functions that stay calls (not inlined into run_until), in file order."""
-    return [f for f in vars(E).values()
-            if isinstance(f, Dispatcher) and f.targetoptions.get("inline", "never") != "always"
-            and f is not E.run_until]
+    """The engine's compiled functions but run_until, in file order (numba compiles each on its own, the
+    ones LLVM inlines too)."""
+    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until]
 
 
 _pinned: set[Any] = set()  # the State types the helpers are compiled for
@@ -95,7 +94,7 @@ def _pin_helpers(state: E.State) -> None:
 
 
 # What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py), for the notice.
-COMPILE_SECONDS_2CORE = 70
+COMPILE_SECONDS_2CORE = 15
 
 
 def engine_cached() -> bool:
@@ -164,7 +163,7 @@ class FastSim:
         n = self.ncpus = machine.ncpus
         self.costs = RunCosts(machine, seed)
         self._seed = seed
-        self.latencies: Counter[int] = Counter()  # exact: value -> count, so memory grows with distinct values
+        self.latencies = LatencyHistogram()
         self._rngs: dict[int, np.random.Generator] = {}  # the synthetic senders' generators
         self._comm = ["<idle>"] * n
         self._pid = [0] * n
@@ -412,8 +411,7 @@ class FastSim:
     def _fold_latencies(self) -> None:
         g = self.s.g
         if g[E.LAT_N]:
-            values, counts = np.unique(self.s.lat[:g[E.LAT_N]], return_counts=True)
-            self.latencies.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            self.latencies.extend(self.s.lat[:g[E.LAT_N]])
             g[E.LAT_N] = 0
 
     def clear_latencies(self) -> None:
