@@ -33,7 +33,6 @@ from ipilab.analysis.fastaudit import audit_block
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_calibration, print_replay, top_table
 from ipilab.analysis.replay import POLL_CLEAR_NS, replay_trace
-from ipilab.analysis.report import ReportError, write_report
 from ipilab.compiled import in_cache
 from ipilab.cpulist import CpuListError, parse_cpulist
 from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
@@ -50,6 +49,7 @@ from ipilab.machine.model import (
 )
 from ipilab.orchestration.closedloop import closed_loop
 from ipilab.orchestration.runconfig import BACKGROUND_KEYS, MACHINE_KEYS, TOPOLOGY_KEYS, build_run, parse_pairs
+from ipilab.report import ReportError, write_report
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import print_costs, print_seed, print_sensitivity, print_spread
 from ipilab.sim.fast.run import COMPILE_SECONDS_2CORE, engine_cached, unsupported, warm_up
@@ -62,7 +62,7 @@ from ipilab.trace.fastparse import parse_block
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.trace.top import TOP_DOCS, top
-from ipilab.validation import ConfigError
+from ipilab.validation import ConfigError, first_error
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
 from ipilab.verify.explore import Progress as SearchProgress
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
@@ -524,8 +524,8 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
                             pages_per_range=pages_per_range, tlb_flush=tlb_flush, samples=samples,
                             vcpu_preemption=vcpu_preemption)
     except ValidationError as e:
-        first = e.errors()[0]
-        fail(f"the calibrated machine is not valid: field {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+        err = first_error(e)
+        fail(f"the calibrated machine is not valid: field {err.field}: {err.message}")
     cal.write(out)
     for note in cal.notes:
         click.echo(f"ipilab: calibrate: {note}", err=True)
