@@ -114,6 +114,10 @@ def main() -> None:
 
     Start with `ipilab reproduce seed` (the 2017 patch that stopped needless IPIs), or simulate your own
     question with `ipilab simulate`. `ipilab kernels` and `ipilab machines` list what the model knows.
+
+    simulate, export --from-sim, reproduce seed and sweep ([base.set], [vary]) take the same `--set KEY=VALUE`
+    settings: a field of the workload, a machine field (topology, background interrupts, spread) or a machine
+    cost in whole ns; `ipilab simulate --help` lists them. simulate and export also take `--cost NAME=NS`.
     """
 
 
@@ -525,7 +529,7 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
                             vcpu_preemption=vcpu_preemption)
     except ValidationError as e:
         err = first_error(e)
-        fail(f"the calibrated machine is not valid: field {err.field}: {err.message}")
+        fail(f"the calibrated machine is not valid: field {err.field or '(machine)'}: {err.message}")
     cal.write(out)
     for note in cal.notes:
         click.echo(f"ipilab: calibrate: {note}", err=True)
