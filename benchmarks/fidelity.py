@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from ipilab.analysis.audit import audit_trace
-from ipilab.analysis.replay import closed_loop
 from ipilab.files import published
 from ipilab.kernel.features import resolve_kernel
 from ipilab.machine.calibrate import calibrate
 from ipilab.machine.model import Cost, Machine, load_machine
+from ipilab.orchestration.closedloop import closed_loop
 from ipilab.sim.run import MAX_SECONDS, simulate
 from ipilab.trace.sidecar import read_machine_facts, sidecar_for
 from ipilab.workloads import workload_from_settings

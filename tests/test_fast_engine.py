@@ -20,7 +20,8 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import VERSIONS, resolve_kernel
 from ipilab.machine.model import ALL_COST_FIELDS, Machine, load_machine
-from ipilab.reproduce.seed import build_machine, run_seed
+from ipilab.orchestration.runconfig import build_machine
+from ipilab.reproduce.seed import run_seed
 from ipilab.sim.fast.run import FastSim
 from ipilab.sim.run import choose_engine, simulate
 from ipilab.workloads import WorkloadError, workload_from_settings

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 from ipilab import cli
 from ipilab.machine.model import ALL_COST_FIELDS
+from ipilab.orchestration.runconfig import BACKGROUND_KEYS, TOPOLOGY_KEYS
 from ipilab.reproduce import seed as seed_exp
-from ipilab.reproduce.seed import BACKGROUND_KEYS, SEED_WORKLOAD_KEYS, TOPOLOGY_KEYS
+from ipilab.reproduce.seed import SEED_WORKLOAD_KEYS
 from ipilab.sweep import run as sweep_run
 from ipilab.workloads import WORKLOADS
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import ipilab
 
-import ipilab.analysis.report as report_module
+import ipilab.report as report_module
 from ipilab.analysis.plots import plain, plain_ticks
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic-quick.toml"

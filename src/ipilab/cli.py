@@ -32,10 +32,10 @@ from ipilab.analysis.audit import GROUP_KEYS, audit_trace
 from ipilab.analysis.fastaudit import audit_block
 from ipilab.analysis.plots import plot_seed
 from ipilab.analysis.render import TOP_COLUMNS, counts_table, print_audit, print_calibration, print_replay, top_table
-from ipilab.analysis.replay import POLL_CLEAR_NS, closed_loop, replay_trace
-from ipilab.analysis.report import ReportError, write_report
+from ipilab.analysis.replay import POLL_CLEAR_NS, replay_trace
 from ipilab.compiled import in_cache
-from ipilab.kernel.features import FEATURES, VERSIONS, Kernel, KernelSpecError, resolve_kernel
+from ipilab.cpulist import CpuListError, parse_cpulist
+from ipilab.kernel.features import FEATURES, VERSIONS, KernelSpecError, resolve_kernel
 from ipilab.kernel.x86 import APIC_MODES
 from ipilab.machine.calibrate import FLUSH_KINDS, CalibrateError, output_name, sample_trace
 from ipilab.machine.calibrate import calibrate as run_calibrate
@@ -43,11 +43,13 @@ from ipilab.machine.model import (
     ALL_COST_FIELDS,
     MAX_COST_NS,
     MAX_MACHINE_CPUS,
-    Machine,
     MachineError,
     load_machine,
     preset_names,
 )
+from ipilab.orchestration.closedloop import closed_loop
+from ipilab.orchestration.runconfig import BACKGROUND_KEYS, MACHINE_KEYS, TOPOLOGY_KEYS, build_run, parse_pairs
+from ipilab.report import ReportError, write_report
 from ipilab.reproduce import seed as seed_exp
 from ipilab.reproduce.render import (
     print_ablation,
@@ -57,9 +59,8 @@ from ipilab.reproduce.render import (
     print_sensitivity,
     print_spread,
 )
-from ipilab.reproduce.seed import SeedError, build_machine, split_settings
 from ipilab.sim.fast.run import COMPILE_SECONDS_2CORE, engine_cached, unsupported, warm_up
-from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, choose_engine, simulate
+from ipilab.sim.run import MAX_SECONDS, METRIC_DOCS, simulate
 from ipilab.sweep import run as sweep_run
 from ipilab.sweep.spec import SpecError, expand, load_spec
 from ipilab.sweep.store import ResultStore, StoreError
@@ -68,13 +69,13 @@ from ipilab.trace.fastparse import parse_block
 from ipilab.trace.perfetto import window, write_timeline
 from ipilab.trace.read import ReadStats, TraceFormatError, read_trace
 from ipilab.trace.top import TOP_DOCS, top
+from ipilab.validation import ConfigError, first_error
 from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config, StateLimitError, default_programs
 from ipilab.verify.explore import Progress as SearchProgress
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
 from ipilab.verify.variants import VARIANTS
-from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_settings
-from ipilab.workloads.base import parse_cpulist
+from ipilab.workloads import WORKLOADS, workload_from_settings
 
 console = Console()
 TRACE_COMPILE_SECONDS_2CORE = 15  # a cold compile of trace/fastparse.py and analysis/fastaudit.py on our 2-core VM
@@ -120,6 +121,10 @@ def main() -> None:
 
     Start with `ipilab reproduce seed` (the 2017 patch that stopped needless IPIs), or simulate your own
     question with `ipilab simulate`. `ipilab kernels` and `ipilab machines` list what the model knows.
+
+    simulate, export --from-sim, reproduce seed and sweep ([base.set], [vary]) take the same `--set KEY=VALUE`
+    settings: a field of the workload, a machine field (topology, background interrupts, spread) or a machine
+    cost in whole ns; `ipilab simulate --help` lists them. simulate and export also take `--cost NAME=NS`.
     """
 
 
@@ -184,18 +189,19 @@ def cpus_option(text: str | None) -> set[int] | None:
         return None
     try:
         return set(parse_cpulist(text, 1 << 16, "--cpus"))
-    except WorkloadError:
+    except CpuListError:
         fail(f"--cpus: {text!r} is not a CPU list like 0-3,8")
 
 
-def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--set takes key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
+SET_HELP = (
+    "A setting (repeatable), by its key: a field of the workload (each workload's are listed below); a machine "
+    f"topology field ({', '.join(TOPOLOGY_KEYS)}; cores_per_socket=8; {MAX_MACHINE_CPUS:,} CPUs at most); a "
+    f"background field ({', '.join(BACKGROUND_KEYS)}: tick_hz=250 turns on the timer tick's interrupts); "
+    "spread=R (every constant cost becomes lognormal with p90 = R x median); or a machine cost in whole ns "
+    "(icr_write=150; `ipilab machines` lists them). A key that is both a workload field and a machine field or "
+    "cost is refused.")
+COST_HELP = (f"A machine cost in whole nanoseconds (repeatable), 0 to {MAX_COST_NS:,}: as `--set NAME=NS`, but "
+             "costs only; where both give the same cost, --cost wins.")
 
 
 @main.command(epilog="Docs: docs/simulate.md")
@@ -205,12 +211,8 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
               help="A version (`ipilab kernels`), a what-if like v4.12+coalesce_many, or a TOML file.")
 @click.option("--workload", "-w", default="synthetic", show_default=True,
               type=click.Choice(sorted(WORKLOADS)), help="What drives the calls.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="A workload parameter (see the list below), a machine topology field (cores_per_socket=8; "
-                   f"{MAX_MACHINE_CPUS:,} CPUs at most), "
-                   "tick_hz=250 (the timer tick's background interrupts) or a cost in ns (repeatable).")
-@click.option("--cost", "costs", multiple=True, metavar="NAME=NS",
-              help="Override one machine cost in nanoseconds (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--cost", "costs", multiple=True, metavar="NAME=NS", help=COST_HELP)
 @click.option("--seconds", "-s", type=float, default=0.01, show_default=True,
               help=f"Simulated window in seconds (up to {MAX_SECONDS:g}).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
@@ -229,52 +231,23 @@ def simulate_cmd(machine: str, kernel: str, workload: str, settings: tuple[str, 
     Workload parameters (--set):
     """
     try:
-        m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
+        run = build_run(machine, kernel, workload, parse_pairs(settings), costs=parse_pairs(costs, "--cost"),
+                        seconds=seconds, seed=seed, engine=engine or "auto")
         if trace_out is not None and not trace_out.resolve().parent.is_dir():
             fail(f"--trace-out: folder {trace_out.parent} does not exist")
-        chosen = choose_engine(m, k, w, engine or "auto")
-        if engine is None and chosen == "reference" and not as_json:
-            console.print(f"note: {unsupported(m, k, w)}: using the reference engine", highlight=False)
-        compiled = warm_fast_engine() if chosen == "fast" else 0.0
-        result = simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace_out, engine=chosen)
+        if engine is None and run.engine == "reference" and not as_json:
+            console.print(f"note: {unsupported(run.machine, run.kernel, run.workload)}: using the reference engine",
+                          highlight=False)
+        compiled = warm_fast_engine() if run.engine == "fast" else 0.0
+        result = run.simulate(trace_out)
         # The compile ran before simulate(), to say so first; it is still this run's.
         result["compile_seconds"] = round(result["compile_seconds"] + compiled, 3)
-    except (MachineError, KernelSpecError, WorkloadError) as e:
+    except ConfigError as e:
         fail(str(e))
     if as_json:
         emit_json(result)
     else:
         print_result(result)
-
-
-def sim_inputs(machine: str, kernel: str, workload: str, settings: tuple[str, ...], costs: tuple[str, ...],
-               seconds: float) -> tuple[Machine, Kernel, Workload]:
-    """Machine, kernel and workload from simulate's options (errors: MachineError, KernelSpecError,
-    WorkloadError, or a user error). --set takes the workload's fields first, then a machine's topology or
-    background field or a cost; --cost only costs."""
-    if workload not in WORKLOADS:
-        fail(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
-    try:
-        wanted, topology, set_costs = split_settings(parse_settings(settings), tuple(WORKLOADS[workload].model_fields))
-    except SeedError as e:
-        fail(str(e))
-    overrides = parse_settings(costs)
-    try:
-        ns = {k: int(v) for k, v in overrides.items()}
-    except ValueError:
-        fail("--cost values must be whole nanoseconds, e.g. --cost icr_write=150")
-    unknown = [k for k in ns if k not in ALL_COST_FIELDS]
-    if unknown:
-        fail(f"--cost: unknown cost {unknown[0]!r}; known: {', '.join(ALL_COST_FIELDS)}")
-    for key, value in ns.items():
-        if not 0 <= value <= MAX_COST_NS:
-            fail(f"--cost {key}={value}: a cost must be greater than or equal to 0 and at most {MAX_COST_NS:,} ns")
-    m = build_machine(machine, topology, {**set_costs, **ns})
-    k = resolve_kernel(kernel)
-    w = workload_from_settings(workload, wanted)
-    if not 0 < seconds <= MAX_SECONDS:
-        fail(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    return m, k, w
 
 
 simulate_cmd.name = "simulate"
@@ -563,8 +536,8 @@ def calibrate(traces: tuple[Path, ...], out: Path, base: str, apic_mode: str | N
                             pages_per_range=pages_per_range, tlb_flush=tlb_flush, samples=samples,
                             vcpu_preemption=vcpu_preemption)
     except ValidationError as e:
-        first = e.errors()[0]
-        fail(f"the calibrated machine is not valid: field {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+        err = first_error(e)
+        fail(f"the calibrated machine is not valid: field {err.field or '(machine)'}: {err.message}")
     cal.write(out)
     for note in cal.notes:
         click.echo(f"ipilab: calibrate: {note}", err=True)
@@ -614,7 +587,7 @@ def replay(trace: Path, kernel_specs: tuple[str, ...], mode: str, machine: str, 
         else:
             result = replay_trace(trace, kernels, trace_kernel=trace_kernel, halt_poll_ns=halt_poll_ns,
                                   poll_clear_ns=poll_clear_ns)
-    except (KernelSpecError, MachineError, WorkloadError, TraceFormatError) as e:
+    except (ConfigError, TraceFormatError) as e:
         fail(str(e))
     for w in result["warnings"]:
         click.echo(f"ipilab: warning: {w}", err=True)
@@ -631,9 +604,10 @@ def reproduce() -> None:
 
 @reproduce.command("seed", epilog="Docs: docs/reproduce.md")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Change the experiment (repeatable): a workload field (threads, memory_gb, ram_gb, swap_gb_s, "
-                   "batch, flush), a machine field (sockets, cores_per_socket, threads_per_core, numa_nodes, "
-                   "apic_mode) or a machine cost in ns (icr_write=150).")
+              help="Change the experiment (repeatable): a field of the swap-w-seq-mt workload "
+                   f"({', '.join(seed_exp.SEED_WORKLOAD_KEYS)}; `ipilab simulate --help` says what each means), "
+                   f"a machine field ({', '.join(MACHINE_KEYS)}) or a machine cost in whole ns (icr_write=150; "
+                   "`ipilab machines` lists them).")
 @click.option("--seconds", "-s", type=click.FloatRange(0.0005, MAX_SECONDS), default=seed_exp.SECONDS,
               show_default=True, help="Simulated reclaim-phase window per kernel, after the warm-up.")
 @click.option("--warmup", type=click.FloatRange(0, MAX_SECONDS), default=seed_exp.WARMUP, show_default=True,
@@ -675,27 +649,28 @@ def seed_cmd(settings: tuple[str, ...], seconds: float, warmup: float, intervals
     if engine == "fast":
         warm_fast_engine()
     try:
+        pairs = parse_pairs(settings)
         with _progress(quiet) as step:
-            result = seed_exp.run_seed(parse_settings(settings), seconds=seconds, warmup=warmup,
+            result = seed_exp.run_seed(pairs, seconds=seconds, warmup=warmup,
                                        intervals=intervals, seed=rng_seed, workers=workers, engine=engine,
                                        progress=step("simulating v4.12 and v4.13"))
             rows = None
             if explain:
-                rows = seed_exp.sensitivity(parse_settings(settings), result, seconds=sensitivity_seconds,
+                rows = seed_exp.sensitivity(pairs, result, seconds=sensitivity_seconds,
                                             seed=rng_seed, workers=workers, engine=engine,
                                             progress=step("sensitivity runs"))
                 result["sensitivity"] = rows
                 result["sensitivity_window"] = {"sim_seconds": sensitivity_seconds,
                                                 "warmup_seconds": seed_exp.SENSITIVITY_WARMUP,
                                                 "intervals": seed_exp.SENSITIVITY_INTERVALS}
-                result["spread"] = seed_exp.spread_sensitivity(parse_settings(settings), seconds=sensitivity_seconds,
+                result["spread"] = seed_exp.spread_sensitivity(pairs, seconds=sensitivity_seconds,
                                                                seed=rng_seed, workers=workers, engine=engine,
                                                                progress=step("spread runs"))
-                result["ablation"] = seed_exp.ablation(parse_settings(settings), seconds=seconds, warmup=warmup,
+                result["ablation"] = seed_exp.ablation(pairs, seconds=seconds, warmup=warmup,
                                                        intervals=intervals, seed=rng_seed, workers=workers,
                                                        engine=engine, progress=step("ablation runs"))
-                result["absolute"] = seed_exp.absolute_check(parse_settings(settings), seed=rng_seed)
-    except (MachineError, KernelSpecError, WorkloadError, seed_exp.SeedError) as e:
+                result["absolute"] = seed_exp.absolute_check(pairs, seed=rng_seed)
+    except ConfigError as e:
         fail(str(e))
     if plot is not None:
         plot_seed(result, plot)
@@ -829,12 +804,13 @@ def export_cmd(trace: Path | None, out: Path, from_sim: bool, machine: str, kern
     with tempfile.TemporaryDirectory(prefix="ipilab-export-") as tmp:
         if from_sim:
             try:
-                m, k, w = sim_inputs(machine, kernel, workload, settings, costs, seconds)
+                run = build_run(machine, kernel, workload, parse_pairs(settings), costs=parse_pairs(costs, "--cost"),
+                                seconds=seconds, seed=seed)
                 trace = Path(tmp) / "sim.trace"
-                if choose_engine(m, k, w, "auto") == "fast":
+                if run.engine == "fast":
                     warm_fast_engine()
-                simulate(m, k, w, seconds=seconds, seed=seed, trace_out=trace)
-            except (MachineError, KernelSpecError, WorkloadError) as e:
+                run.simulate(trace)
+            except ConfigError as e:
                 fail(str(e))
         assert trace is not None
         if not trace.exists():

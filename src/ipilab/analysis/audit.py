@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
+from ipilab.analysis.auditrules import SINGLE_CALLSITES, TIME_DOCS, new_histogram, percentiles
 from ipilab.analysis.fastaudit import fast_audit
 from ipilab.analysis.queues import NULL_CSD, CallQueues, Flush
 from ipilab.events import HANDLER_ENTRY, HANDLER_EXIT, Event, symbol_name
@@ -43,11 +44,6 @@ from ipilab.trace.sidecar import Sidecar, read_sidecar, sidecar_for
 RESCHEDULE_CALLBACK = "0x0"
 IRQ_ENTRY = HANDLER_ENTRY | {"reschedule_entry"}
 IRQ_EXIT = HANDLER_EXIT | {"reschedule_exit"}
-# Callsites (csd_queue_cpu's _RET_IP_) on the single-target paths: each enqueue there is a call of its own,
-# its send (if any) right after it.
-SINGLE_CALLSITES = frozenset({"generic_exec_single", "ttwu_queue_wakelist", "irq_work_queue_on",
-                              "smp_call_function_single", "smp_call_function_single_async",
-                              "__smp_call_single_queue", "send_call_function_single_ipi"})
 GROUP_KEYS = ("callsite", "func", "sender", "target", "cpu")
 
 # What each number of the audit counts; printed with the table and stored in the JSON.
@@ -70,18 +66,6 @@ AUDIT_DOCS: dict[str, str] = {
     "runs_unseen": "queued calls whose run the trace does not show (their csd was queued again first): no wait",
     "runs_unmatched": "calls run whose queueing the trace does not show (queued before it began): no wait",
 }
-# What the per-function times are; stored in the JSON (`times`) and printed under the table.
-TIME_DOCS: dict[str, str] = {
-    "latency_ns": "wait: from a call's csd_queue_cpu to the csd_function_entry on its target that ran it, the run "
-                  "found by the kernel's queue rules (analysis/queues.py): a remote wakeup queued behind another runs "
-                  "in the batch's one sched_ttwu_pending call; calls counted in runs_unseen or runs_unmatched have "
-                  "no wait",
-    "function_ns": "run: a queued call's csd_function_entry to its csd_function_exit on the target",
-    "units": "nanoseconds, as percentiles of an HdrHistogram (3 significant digits); no time finer than "
-             "timestamp_resolution_ns can be told from 0",
-}
-
-
 @dataclass(eq=False, slots=True)
 class Queued:
     """One csd_queue_cpu: its IPI decision once the trace shows it, and (queues.py) the flush that ran it."""
@@ -112,10 +96,6 @@ class Tally:
                 "no_ipi_polling": self.no_ipi_polling}
 
 
-def _histogram() -> HdrHistogram:
-    return HdrHistogram(1, 3_600_000_000_000, 3)  # 1 ns to an hour, 3 significant digits
-
-
 class Audit:
     """Feed it events in time order (`feed`), then read `result()`. `cpus` limits it to target CPUs."""
 
@@ -125,8 +105,8 @@ class Audit:
         self.groups: dict[str, defaultdict[str, Tally]] = {k: defaultdict(Tally) for k in GROUP_KEYS}
         self.per_cpu: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self.top_senders: defaultdict[int, Counter[tuple[str, str]]] = defaultdict(Counter)
-        self.latency: defaultdict[str, HdrHistogram] = defaultdict(_histogram)
-        self.duration: defaultdict[str, HdrHistogram] = defaultdict(_histogram)
+        self.latency: defaultdict[str, HdrHistogram] = defaultdict(new_histogram)
+        self.duration: defaultdict[str, HdrHistogram] = defaultdict(new_histogram)
         # Undecided calls per sending context: (cpu, in an interrupt handler). A handler that queues and
         # sends between a task's queueing and its send must not decide the task's calls.
         self._waiting: dict[tuple[int, bool], list[Queued]] = defaultdict(list)
@@ -328,12 +308,6 @@ class Audit:
         out["times"] = TIME_DOCS
         out["cpus"] = sorted(self.cpus) if self.cpus is not None else None
         return out
-
-
-def percentiles(h: HdrHistogram) -> dict[str, int]:
-    """count, p50, p90, p99 and max of a histogram of nanoseconds."""
-    return {"count": h.get_total_count(), "p50": h.get_value_at_percentile(50),
-            "p90": h.get_value_at_percentile(90), "p99": h.get_value_at_percentile(99), "max": h.get_max_value()}
 
 
 # --- a whole trace ----------------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ from hdrh.histogram import HdrHistogram
 from numba import njit, types
 from numba.typed import Dict
 
+from ipilab.analysis.auditrules import SINGLE_CALLSITES, TIME_DOCS, new_histogram, percentiles
 from ipilab.analysis.queues import TTWU_FUNC
 from ipilab.events import symbol_name
 from ipilab.trace.fastparse import BAD, OTHER, SKIP, fnv1a, line_starts, parse
 from ipilab.trace.read import (
     DECOMPRESS_ERRORS,
+    FORMATS,
     FTRACE,
     ReadStats,
     TraceFormatError,
@@ -32,6 +34,7 @@ from ipilab.trace.read import (
     decompressed,
     detect_format,
     event_name,
+    parse_fields,
 )
 
 # Counter slots.
@@ -458,8 +461,6 @@ def fast_audit(path: Path, cpus: set[int] | None, stats: ReadStats,
 
 def _fast_audit(path: Path, raw: BinaryIO, stream: BinaryIO, cpus: set[int] | None, stats: ReadStats,
                 progress: Callable[[int, int], None] | None, top_n: int) -> dict[str, Any] | None:
-    from ipilab.analysis.audit import SINGLE_CALLSITES  # audit.py imports this module
-
     state: dict[str, Any] | None = None  # sized once the first block shows how many CPUs there are
     names: dict[int, str] = {}
     tasks: dict[int, str] = {}
@@ -637,8 +638,6 @@ SKIPPED = "skip"
 def _why_bad(line: str) -> str | None:
     """What read.py says about a line the compiled parser refused: its warning, SKIPPED (a blank line
     by Python's idea of whitespace), or None (read.py reads it as an event)."""
-    from ipilab.trace.read import FORMATS, parse_fields
-
     if not line.strip() or line.startswith("#"):
         return SKIPPED
     if not line.endswith("\n"):
@@ -701,14 +700,12 @@ def _record(hists: dict[int, HdrHistogram], funcs: np.ndarray, values: np.ndarra
         f, v = key >> 47, key & ((1 << 47) - 1)
         h = hists.get(f)
         if h is None:
-            h = hists[f] = HdrHistogram(1, 3_600_000_000_000, 3)
+            h = hists[f] = new_histogram()
         h.record_value(v, n)
 
 
 def _result(st: dict[str, Any], names: dict[int, str], tasks: dict[int, str], lat: dict[int, HdrHistogram],
             dur: dict[int, HdrHistogram], cpus: set[int] | None, top_n: int) -> dict[str, Any]:
-    from ipilab.analysis.audit import TIME_DOCS, percentiles  # audit.py imports this module
-
     C, PC, tallies, order = st["C"], st["PC"], st["tallies"], st["order"]
     counts = {name: int(C[i]) for i, name in COUNTER_NAMES.items()}
     if not C[SAW_SENDS]:

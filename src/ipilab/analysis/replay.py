@@ -38,21 +38,18 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipilab.analysis.audit import SINGLE_CALLSITES, Audit, Queued
-from ipilab.analysis.queues import NEVER, NULL_CSD, TTWU_FUNC, UNSEEN, CallQueues, Flush
+from ipilab.analysis.queues import NEVER, TTWU_FUNC, UNSEEN, Flush
+from ipilab.analysis.tracemodel import Call, Enqueue, TraceModel, read_model, trace_events
 from ipilab.events import (
     CALL_FUNCTION_SINGLE_VECTOR,
     CALL_FUNCTION_VECTOR,
     CPU_IDLE_EXIT,
-    HANDLER_EXIT,
     Event,
-    symbol_name,
 )
 from ipilab.kernel.features import Kernel, resolve_kernel
 from ipilab.kernel.smp import (
@@ -62,24 +59,14 @@ from ipilab.kernel.smp import (
     polling_skips_ipi,
     single_needs_ipi,
 )
-from ipilab.machine.model import Machine
-from ipilab.sim.run import MAX_SECONDS, simulate
-from ipilab.trace.read import ReadStats, read_trace
-from ipilab.workloads.replay import START_NS, TraceCall, TraceReplay
+from ipilab.trace.read import ReadStats
 
-CONTEXT_BEFORE, CONTEXT_AFTER = 8, 6  # trace events shown around a mismatching call
 MAX_MISMATCHES_SHOWN = 5
 # Two enqueues traced this close may have reached llist_add in either order: under QEMU's emulated clock
 # (the qemu4-* traces) the gap between the tracepoint and llist_add reaches tens of microseconds.
 RACE_NS = 100_000
 POLL_CLEAR_NS = 12_000  # the idle loop clears TIF_POLLING_NRFLAG this long before cpu_idle shows the halt
 OWN_KERNEL = "v6.18"  # csd_* tracepoints exist since 6.3, whose cross-call path the model's v6.18 describes
-# The window: tracepoints are often enabled one after another (at boot, by a script), so the trace's
-# first stretch lacks some of them. Counting starts once each of these has appeared (those seen fewer
-# than WINDOW_MIN_EVENTS times are left out: they tell nothing about when tracing began).
-WINDOW_EVENTS = ("csd_queue_cpu", "csd_function_entry", "csd_function_exit", "call_function_entry",
-                 "call_function_single_entry", "sched_switch", "cpu_idle")
-WINDOW_MIN_EVENTS = 10
 
 # What each number of a replay counts; printed with the table and stored in the JSON.
 REPLAY_DOCS: dict[str, str] = {
@@ -125,40 +112,6 @@ NOTES: dict[str, str] = {
                    "run); each is taken to have found the queue empty",
     "poll_clear_ns": "an idle CPU is taken as no longer polling this long before cpu_idle shows it halting",
 }
-
-
-@dataclass(eq=False, slots=True)
-class Call:
-    """One cross-CPU call: the CSDs a sending context queued together, decided by one send."""
-
-    ctx: tuple[int, bool]
-    callsite: str
-    func: str
-    single: bool
-    csds: list[Enqueue] = field(default_factory=list)
-
-
-@dataclass(eq=False, slots=True)
-class Enqueue:
-    """One csd_queue_cpu: the call it belongs to, the flush that ran it, the trace's own decision (from the
-    audit, when the trace has its sends), and the trace events around it."""
-
-    seq: int
-    event: Event
-    lineno: int
-    target: int
-    csd: str
-    func: str
-    call: Call
-    real: Queued | None
-    before: tuple[tuple[int, Event], ...]
-    after: list[tuple[int, Event]] = field(default_factory=list)
-    flush: Flush | None = None
-    run_ts: int | None = None
-
-    @property
-    def ts(self) -> int:
-        return self.event.ts
 
 
 @dataclass(slots=True)
@@ -230,96 +183,6 @@ class IdleModel:
         return i == len(seqs) or ts < stamps[i] - self.poll_clear_ns
 
 
-class TraceModel:
-    """Pass 1: the trace as calls, flushes and idle transitions, plus the audit's real decisions."""
-
-    def __init__(self, halt_poll_ns: int | None = None) -> None:
-        self.audit = Audit()
-        self.halt_poll_override = halt_poll_ns
-        self.enqueues: list[Enqueue] = []
-        self.calls: list[Call] = []
-        self.flushes: list[Flush] = []
-        self.idle_actions: list[tuple[int, int, str, Event]] = []  # (seq, cpu, what, event)
-        self.have_sched = False
-        self.halt_poll_seen: set[int] = set()
-        self.first_pid: dict[int, int] = {}
-        self.queues = CallQueues(on_flush=self.flushes.append)
-        self.runs_unmatched = self.runs_unseen = 0
-        self._open_call: dict[tuple[int, bool], Call] = {}
-        self._ring: deque[tuple[int, Event]] = deque(maxlen=CONTEXT_BEFORE)
-        self._awaiting: list[Enqueue] = []
-        self.first_seq: dict[str, int] = {}
-        self.kind_counts: Counter[str] = Counter()
-        self.window_start = 0
-
-    def feed(self, seq: int, ev: Event, lineno: int = 0) -> None:
-        for q in self._awaiting:
-            q.after.append((lineno, ev))
-        if self._awaiting:
-            self._awaiting = [q for q in self._awaiting if len(q.after) < CONTEXT_AFTER]
-        self._ring.append((lineno, ev))
-        real = self.audit.feed(ev)
-        cpu, name, f = ev.cpu, ev.name, ev.fields
-        self.first_pid.setdefault(cpu, ev.pid)
-        self.first_seq.setdefault(name, seq)
-        self.kind_counts[name] += 1
-        self.queues.event(seq, ev)
-        if name == "csd_queue_cpu":
-            self._enqueue(seq, ev, lineno, real)
-        elif name == "csd_function_entry":
-            if f["csd"] == NULL_CSD and not self._in_irq(ev):
-                self._open_call.pop((cpu, False), None)  # a local run: the calling context's call has been sent
-        elif name in HANDLER_EXIT or name == "reschedule_exit":
-            self._open_call.pop((cpu, True), None)
-        elif name in ("sched_switch", "cpu_idle", "guest_halt_poll_ns"):
-            if name == "sched_switch":
-                self.have_sched = True
-            if name == "guest_halt_poll_ns":
-                self.halt_poll_seen.add(cpu)
-            self.idle_actions.append((seq, cpu, name, ev))
-            if not self._in_irq(ev):
-                self._open_call.pop((cpu, False), None)
-
-    def _in_irq(self, ev: Event) -> bool:
-        return self.audit.in_irq(ev)  # the same contexts as the audit's
-
-    def _enqueue(self, seq: int, ev: Event, lineno: int, real: Queued | None) -> None:
-        f = ev.fields
-        ctx = (ev.cpu, self._in_irq(ev))
-        target, callsite, func = int(f["cpu"]), symbol_name(str(f["callsite"])), symbol_name(str(f["func"]))  # type: ignore[arg-type]
-        call = self._open_call.get(ctx)
-        single = callsite in SINGLE_CALLSITES
-        if (call is None or single or call.single or call.callsite != callsite or call.func != func
-                or target <= call.csds[-1].target):
-            call = Call(ctx, callsite, func, single)
-            self.calls.append(call)
-            self._open_call[ctx] = call
-        q = Enqueue(seq, ev, lineno, target, str(f["csd"]), func, call, real, tuple(self._ring)[:-1])
-        call.csds.append(q)
-        self.enqueues.append(q)
-        self.queues.enqueue(q)
-        self._awaiting.append(q)
-
-    def finish(self) -> None:
-        """Calls never run are still queued at the end: one last batch per target."""
-        self.queues.finish()
-        self.runs_unmatched = self.queues.runs_unmatched.total()
-        self.runs_unseen = self.queues.runs_unseen.total()
-        self.audit.finish()
-        self.audit_result = self.audit.result()
-        self.window_start = max((self.first_seq[k] for k in WINDOW_EVENTS if self.kind_counts[k] >= WINDOW_MIN_EVENTS),
-                                default=0)
-
-
-def read_model(events: Iterable[tuple[Event, int]], halt_poll_ns: int | None = None) -> TraceModel:
-    """Pass 1 over `(event, file line)` pairs in file order."""
-    m = TraceModel(halt_poll_ns)
-    for seq, (ev, lineno) in enumerate(events):
-        m.feed(seq, ev, lineno)
-    m.finish()
-    return m
-
-
 # The lines that carry a kernel's decisions; a prediction must work without them.
 DECISION_EVENTS = frozenset({"ipi_send_cpu", "ipi_send_cpumask", "sched_wake_idle_without_ipi"})
 
@@ -337,23 +200,6 @@ def read_with_and_without_decisions(path: Path, halt_poll_ns: int | None = None)
     full.finish()
     bare.finish()
     return full, bare
-
-
-def trace_calls(m: TraceModel) -> tuple[list[TraceCall], dict[str, int]]:
-    """The trace's calls for the closed-loop replay (workloads/replay.py), timed from the first one, and
-    each function's median run time (ns)."""
-    if not m.calls:
-        return [], {}
-    t0 = m.calls[0].csds[0].event.ts
-    calls = [TraceCall(call.csds[0].event.ts - t0, call.ctx[0], tuple(q.target for q in call.csds), call.func,
-                       call.single, call.callsite) for call in m.calls]
-    func_ns = {f: max(1, int(v["p50"])) for f, v in m.audit_result["function_ns"].items()}
-    return calls, func_ns
-
-
-def trace_events(path: Path, stats: ReadStats) -> Iterator[tuple[Event, int]]:
-    for ev in read_trace(path, stats, idle_events=True):
-        yield ev, stats.lineno
 
 
 # --- pass 2: one kernel's decisions -------------------------------------------------------------------
@@ -575,53 +421,3 @@ def _describe(lineno: int, ev: Event, mark: bool) -> str:
     fields = " ".join(f"{k}={v}" for k, v in ev.fields.items())
     return (f"{'>>' if mark else '  '} line {lineno}: {ev.ts / 1e9:.6f} [{ev.cpu:03d}] {ev.task}-{ev.pid} {ev.flags} "
             f"{ev.name}: {fields}")
-
-
-# --- closed loop ---------------------------------------------------------------------------------------
-
-CLOSED_DOCS: dict[str, str] = {
-    "csd_enqueues": "remote calls queued in the simulation (the trace's calls, issued again)",
-    "calls": "cross-CPU calls issued",
-    "ipis": "function-call IPIs the simulated kernel sent, one per target CPU",
-    "cal_interrupts": "function-call interrupts the simulated targets took",
-    "apic_merged": "IPIs absorbed by the same vector already pending in the target's APIC",
-    "csds_per_interrupt": "calls run in interrupts / cal_interrupts",
-    "csd_no_ipi_queued": "calls that needed no IPI: the target's queue already waited for one",
-    "csd_no_ipi_polling": "calls that needed no IPI: the target was polling idle",
-    "ipis_to_nonempty_queue": "IPIs sent although the target's queue already waited for one",
-    "csds_run_in_irq": "calls run inside function-call interrupts",
-    "csds_run_without_irq": "calls run by an idle CPU's own flush, without an interrupt",
-    "calls_not_issued": "trace calls still waiting to be issued when the simulated window closed",
-    "wakeups_off_queue": "remote wakeups not issued: not on call_single_queue before shared_queue (v5.8)",
-}
-
-
-def closed_loop(path: Path, kernels: list[Kernel], machine: Machine, *, seed: int = 1) -> dict[str, Any]:
-    """Issue the trace's calls again on a simulated `machine` under each kernel (workloads/replay.py)."""
-    stats = ReadStats()
-    m = read_model(trace_events(Path(path), stats))
-    calls, func_ns = trace_calls(m)
-    span = max((c.at_ns for c in calls), default=0)
-    seconds = min(MAX_SECONDS, (START_NS + span + 1_000_000) / 1e9)  # a millisecond past the last call
-    out: dict[str, Any] = {"trace": str(path), "mode": "closed", "machine": machine.name,
-                           "format": stats.format, "bad_lines": stats.bad_lines,
-                           "warnings": [str(w) for w in stats.warnings], "calls_in_trace": len(calls),
-                           "trace_span_ns": span, "sim_seconds": seconds, "seed": seed,
-                           "func_ns": func_ns, "real": real_counts(m), "kernels": [],
-                           "metrics": CLOSED_DOCS, "real_metrics": REAL_DOCS}
-    for kernel in kernels:
-        # Before shared_queue (v5.8) remote wakeups did not use call_single_queue: they are not issued.
-        mine = calls if kernel.has("shared_queue") else [c for c in calls if c.func != TTWU_FUNC]
-        w = TraceReplay(trace=str(path)).use(mine, func_ns)
-        r = simulate(machine, kernel, w, seconds=seconds, seed=seed)
-        issued = r["calls"]
-        out["kernels"].append({
-            "kernel": kernel.name, "features": sorted(kernel.features), "csd_enqueues": r["csd_enqueues"],
-            "calls": issued, "ipis": r["ipis_sent"], "cal_interrupts": r["cal_interrupts"],
-            "apic_merged": r["apic_merged"], "csds_per_interrupt": r["csds_per_interrupt"],
-            "csd_no_ipi_queued": r["csd_no_ipi_queued"], "csd_no_ipi_polling": r["csd_no_ipi_polling"],
-            "ipis_to_nonempty_queue": r["ipis_to_nonempty_queue"], "csds_run_in_irq": r["csds_run_in_irq"],
-            "csds_run_without_irq": r["csds_run_from_idle"], "calls_not_issued": len(mine) - issued,
-            "wakeups_off_queue": len(calls) - len(mine),
-            "agreement": None})
-    return out

@@ -15,9 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 from ipilab.files import TomlFileError, read_toml
+from ipilab.validation import ConfigError
 
 
-class KernelSpecError(ValueError):
+class KernelSpecError(ConfigError):
     """A kernel name, feature or config file that does not make sense; the message says which."""
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ipilab.files import TomlFileError, read_toml
 from ipilab.kernel.x86 import APIC_MODES, Apic
+from ipilab.validation import ConfigError, first_error
 
 # Costs every preset must give (nanoseconds), with what they mean.
 COST_FIELDS: dict[str, str] = {
@@ -283,8 +284,8 @@ class Machine(BaseModel):
         return self.model_copy(update={"costs": costs})
 
 
-class MachineError(ValueError):
-    pass
+class MachineError(ConfigError):
+    """A machine that cannot be loaded or built; the message names the file or option and the field."""
 
 
 def preset_names() -> list[str]:
@@ -309,6 +310,5 @@ def load_machine(name_or_path: str) -> Machine:
     try:
         return Machine.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        raise MachineError(f"{where}: field {field or '(top)'}: {first['msg']}") from None
+        err = first_error(e)
+        raise MachineError(f"{where}: field {err.field or '(top)'}: {err.message}") from None

@@ -24,16 +24,14 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from pydantic import ValidationError
 
 from ipilab import __version__
-from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES
-from ipilab.machine.model import ALL_COST_FIELDS, MAX_COST_NS, Background, Machine, MachineError, Topology, load_machine
+from ipilab.machine.model import Machine
+from ipilab.orchestration.runconfig import RunConfig, build_run
 from ipilab.sim.fast.run import warm_up
-from ipilab.sim.run import simulate
 from ipilab.sim.timeuse import Use
-from ipilab.workloads import workload_from_settings
+from ipilab.validation import ConfigError
 from ipilab.workloads.swap import PAGE_SIZE, SwapWSeqMt
 
 PAPER = {
@@ -58,76 +56,19 @@ SENSITIVITY_FACTORS = (0.5, 1.5)
 # Spreads (p90 / median of every cost, lognormal) the --explain spread table runs, from none to about what
 # the 2-vCPU VM's traces measure for the IPI path (see docs/reproduce.md: the seed with spread).
 SPREAD_RATIOS = (1.0, 1.25, 1.5, 2.0, 3.0)
-TOPOLOGY_KEYS = tuple(k for k in Topology.model_fields if k not in ("cpu_model",))
-BACKGROUND_KEYS = tuple(k for k in Background.model_fields if k != "source")
 SEED_WORKLOAD_KEYS = tuple(k for k in SwapWSeqMt.model_fields if k != "phase")  # both phases always run
+WORKLOAD = SwapWSeqMt.name
 
 
-class SeedError(ValueError):
-    """A bad setting for the seed experiment; the message names it."""
-
-
-def split_settings(settings: dict[str, str], workload_keys: tuple[str, ...] = SEED_WORKLOAD_KEYS
-                   ) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
-    """--set pairs into workload fields (`workload_keys`: the seed workload's by default), machine
-    topology fields and machine costs."""
-    workload, topology, costs = {}, {}, {}
-    for key, value in settings.items():
-        if key in workload_keys:
-            workload[key] = value
-        elif key in TOPOLOGY_KEYS or key in BACKGROUND_KEYS or key == "spread":
-            topology[key] = value
-        elif key in ALL_COST_FIELDS:
-            try:
-                costs[key] = int(value)
-            except ValueError:
-                raise SeedError(f"--set {key}: a cost is whole nanoseconds, got {value!r}") from None
-        else:
-            raise SeedError(f"--set {key}: unknown; workload fields: {', '.join(workload_keys)}; "
-                            f"machine: {', '.join((*TOPOLOGY_KEYS, *BACKGROUND_KEYS))}, spread; or a cost "
-                            "name (`ipilab machines`)")
-    return workload, topology, costs
-
-
-def build_machine(name: str, topology: dict[str, str], costs: dict[str, int]) -> Machine:
-    """A preset or machine file with --set's machine fields (topology, background, `spread`) and costs."""
-    m = load_machine(name)
-    topology = dict(topology)
-    spread = topology.pop("spread", None)
-    # Costs first: the background a --set turns on may need the costs the same command line gives.
-    for key, ns in costs.items():
-        if not 0 <= ns <= MAX_COST_NS:
-            raise MachineError(f"--set {key}={ns}: a cost is 0 to {MAX_COST_NS:,} ns")
-    if costs:
-        m = m.with_costs(**costs)
-    if topology:
-        data = m.model_dump()
-        data["topology"].update({k: v for k, v in topology.items() if k not in BACKGROUND_KEYS})
-        data["background"].update({k: v for k, v in topology.items() if k in BACKGROUND_KEYS})
-        if any(k in BACKGROUND_KEYS for k in topology):
-            data["background"]["source"] = "set by the user"
-        try:
-            m = Machine.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            # a field's own error names the field; a check across fields (ncpus) names its table
-            where = ".".join(str(x) for x in err["loc"][1:]) or ".".join(str(x) for x in err["loc"]) or "(machine)"
-            raise MachineError(f"--set {where}: {err['msg'].removeprefix('Value error, ')}") from None
-    if spread is not None:
-        try:
-            ratio = float(spread)
-        except ValueError:
-            raise MachineError(f"--set spread: a p90/median ratio such as 2, got {spread!r}") from None
-        m = m.with_spread(ratio)
-    return m
+class SeedError(ConfigError):
+    """A bad setting or window for the seed experiment; the message names it."""
 
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     """One simulation, in a worker process; returns the compact result the report needs."""
-    m = build_machine(job["machine"], job["topology"], job["costs"])
-    w = workload_from_settings("swap-w-seq-mt", {**job["workload"], "phase": job["phase"]})
-    r = simulate(m, resolve_kernel(job["kernel"]), w, seconds=job["seconds"], seed=job["seed"],
-                 warmup=job["warmup"], intervals=job["intervals"], engine=job.get("engine", "auto"))
+    r = build_run(job["machine"], job["kernel"], WORKLOAD, {**job["settings"], "phase": job["phase"]},
+                  seconds=job["seconds"], warmup=job["warmup"], intervals=job["intervals"], seed=job["seed"],
+                  engine=job.get("engine", "auto")).simulate()
     return {k: r[k] for k in ("kernel", "machine", "workload", "sim_seconds", "warmup_seconds", "wall_seconds",
                               "engine", "compile_seconds",
                               "engine_events", "csd_enqueues", "ipis_sent", "cal_interrupts", "apic_merged",
@@ -311,11 +252,10 @@ def headline(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             "reclaim_throughput_gain": s - 1, "reclaim_throughput_gain_ci95": s_ci}
 
 
-def jobs_for(kernels: tuple[str, ...], machine: str, workload: dict[str, str], topology: dict[str, str],
-             costs: dict[str, int], seconds: float, warmup: float, intervals: int, seed: int,
-             fill: bool = True, engine: str = "fast") -> list[dict[str, Any]]:
-    base = {"machine": machine, "workload": workload, "topology": topology, "costs": costs, "seed": seed,
-            "engine": engine}
+def jobs_for(kernels: tuple[str, ...], machine: str, settings: dict[str, str], seconds: float, warmup: float,
+             intervals: int, seed: int, fill: bool = True, engine: str = "fast") -> list[dict[str, Any]]:
+    """Both phases' simulations (`fill`: also the fill phase) under each kernel, as plain data for the workers."""
+    base = {"machine": machine, "settings": settings, "seed": seed, "engine": engine}
     jobs = [{**base, "kernel": k, "phase": "reclaim", "seconds": seconds, "warmup": warmup,
              "intervals": intervals} for k in kernels]
     if fill:
@@ -324,18 +264,27 @@ def jobs_for(kernels: tuple[str, ...], machine: str, workload: dict[str, str], t
     return jobs
 
 
+def checked(settings: dict[str, str], machine: str, seconds: float, warmup: float, intervals: int, seed: int,
+            engine: str) -> RunConfig:
+    """The experiment's configuration (reclaim phase, first kernel), checked before any run starts: the
+    user's settings, and whether the machine has room for the threads."""
+    config = build_run(machine, KERNELS[0], WORKLOAD, settings, seconds=seconds, warmup=warmup, intervals=intervals,
+                       seed=seed, engine=engine, workload_keys=SEED_WORKLOAD_KEYS)
+    workload = config.workload
+    assert isinstance(workload, SwapWSeqMt)
+    SwapWSeqMt.placement(config.machine, workload.threads, workload.kswapd)  # too many threads fails here
+    return config
+
+
 def run_seed(settings: dict[str, str], *, seconds: float = SECONDS, warmup: float = WARMUP,
              intervals: int = INTERVALS, seed: int = 1, workers: int | None = None, machine: str = MACHINE,
              engine: str = "fast", progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Both kernels, both phases: the comparison and the headline ratios, with the paper's values.
     `engine`: "fast" or "reference" (the same numbers; see ipilab.sim.run.simulate)."""
-    workload_set, topology, costs = split_settings(settings)
-    workload = workload_from_settings("swap-w-seq-mt", workload_set)  # validates before any run
-    m = build_machine(machine, topology, costs)
-    SwapWSeqMt.placement(m, workload.threads, workload.kswapd)  # too many threads fails here, before any run
+    config = checked(settings, machine, seconds, warmup, intervals, seed, engine)
+    m, workload = config.machine, config.workload
     workers = workers or os.cpu_count() or 1
-    jobs = jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed,
-                    engine=engine)
+    jobs = jobs_for(KERNELS, machine, settings, seconds, warmup, intervals, seed, engine=engine)
     t0 = time.perf_counter()
     results = run_jobs(jobs, workers, progress)
     wall = time.perf_counter() - t0
@@ -375,20 +324,18 @@ def sensitivity(settings: dict[str, str], base: dict[str, Any], *, seconds: floa
     Runs on a shorter window than the main result, against a reference run at the preset's costs on
     that same window; the fill phase is taken from the main result except for the costs the fill phase
     itself pays."""
-    workload_set, topology, costs = split_settings(settings)
-    workload = workload_from_settings("swap-w-seq-mt", workload_set)
-    m = build_machine(machine, topology, costs)
+    config = checked(settings, machine, seconds, warmup, intervals, seed, engine)
+    m, workload = config.machine, config.workload
     names = sensitivity_costs(m)
-    if "swap_gb_s" in workload_set:
+    if "swap_gb_s" in settings:
         names.remove("swap_writepage")  # --set swap_gb_s fixes it in every run
     jobs = []
     for name in names:
         for f in SENSITIVITY_FACTORS:
-            c = {**costs, name: max(0, round(m.costs[name].ns * f))}
-            jobs += jobs_for(KERNELS, machine, workload_set, topology, c, seconds, warmup, intervals, seed,
-                             fill=name in FILL_COSTS, engine=engine)
-    jobs += jobs_for(KERNELS, machine, workload_set, topology, costs, seconds, warmup, intervals, seed, fill=False,
-                     engine=engine)
+            moved = {**settings, name: str(max(0, round(m.costs[name].ns * f)))}
+            jobs += jobs_for(KERNELS, machine, moved, seconds, warmup, intervals, seed, fill=name in FILL_COSTS,
+                             engine=engine)
+    jobs += jobs_for(KERNELS, machine, settings, seconds, warmup, intervals, seed, fill=False, engine=engine)
     results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
     fake_fill = {k: {"rates": {"pages_written": {"per_second": base["runs"][k]["fill_throughput_kb_s"] * 1024
                                                  / PAGE_SIZE, "ci95": 0.0}}, "wall_seconds": 0.0}
@@ -425,12 +372,11 @@ def spread_sensitivity(settings: dict[str, str], *, seconds: float = SENSITIVITY
                        progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """How the two headline ratios move as every cost gets a spread: lognormal around the preset's value
     with p90 = ratio x median, for each of SPREAD_RATIOS (1: the constants), both phases rerun."""
-    workload_set, topology, costs = split_settings(settings)
-    workload = workload_from_settings("swap-w-seq-mt", workload_set)
+    workload = checked(settings, machine, seconds, warmup, intervals, seed, engine).workload
     jobs = []
     for ratio in SPREAD_RATIOS:
-        jobs += jobs_for(KERNELS, machine, workload_set, {**topology, "spread": str(ratio)}, costs, seconds, warmup,
-                         intervals, seed, engine=engine)
+        jobs += jobs_for(KERNELS, machine, {**settings, "spread": str(ratio)}, seconds, warmup, intervals, seed,
+                         engine=engine)
     results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
     rows, n = [], len(KERNELS)
     for i, ratio in enumerate(SPREAD_RATIOS):
@@ -488,12 +434,10 @@ ABSOLUTE_WARMUP = 0.004
 def absolute_check(settings: dict[str, str], *, seed: int = 1, machine: str = MACHINE) -> dict[str, Any]:
     """The seed's model run as ABSOLUTE's workload (processes: a page's shootdown goes to its owner's CPU
     only) on the seed's machine, against the published swap-out rate. The reference engine runs it."""
-    workload_set, topology, costs = split_settings(settings)
-    workload = workload_from_settings(ABSOLUTE["workload"],
-                                      {**workload_set, "threads": str(ABSOLUTE["processes"])})
-    m = build_machine(machine, topology, costs)
-    r = simulate(m, resolve_kernel(ABSOLUTE["kernel"]), workload, seconds=ABSOLUTE_SECONDS,
-                 warmup=ABSOLUTE_WARMUP, seed=seed, intervals=4, engine="auto")
+    config = build_run(machine, ABSOLUTE["kernel"], ABSOLUTE["workload"],
+                       {**settings, "threads": str(ABSOLUTE["processes"])}, seconds=ABSOLUTE_SECONDS,
+                       warmup=ABSOLUTE_WARMUP, intervals=4, seed=seed)
+    r = config.simulate()
     wc = r["workload_counts"]
     kb_s = wc["pages_reclaimed"] * PAGE_SIZE / 1024 / r["sim_seconds"]
     return {**ABSOLUTE, "machine": machine, "model_swap_out_kb_s": kb_s,

@@ -21,9 +21,11 @@ from ipilab.sim.fast.run import FastSim, unsupported, warm_up
 from ipilab.sim.machine import SimMachine
 from ipilab.sim.timeuse import Use
 from ipilab.trace.ftrace import FtraceWriter
+from ipilab.validation import ConfigError
 from ipilab.workloads.base import Workload, WorkloadError
 
 MAX_SECONDS = 60.0
+MAX_INTERVALS = 1000
 ENGINES = ("auto", "fast", "reference")
 
 # What each reported number counts; printed with the table and stored in the JSON.
@@ -64,6 +66,17 @@ def choose_engine(machine: Machine, kernel: Kernel, workload: Workload, engine: 
     return "reference"
 
 
+def check_window(seconds: float, warmup: float = 0.0, intervals: int = 0, option: str = "--") -> None:
+    """The simulated window of a run: `seconds` measured after `warmup` seconds, cut into `intervals` parts.
+    `option` prefixes the names in the message: "--" for command-line options, "" for a sweep spec's fields."""
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ConfigError(f"{option}seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    if not 0 <= warmup <= MAX_SECONDS:
+        raise ConfigError(f"{option}warmup must be in [0, {MAX_SECONDS:g}], got {warmup:g}")
+    if not 0 <= intervals <= MAX_INTERVALS:
+        raise ConfigError(f"{option}intervals must be in [0, {MAX_INTERVALS}], got {intervals}")
+
+
 def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: float, seed: int,
              trace_out: Path | None = None, warmup: float = 0.0, intervals: int = 0,
              engine: str = "auto") -> dict[str, Any]:
@@ -72,10 +85,7 @@ def simulate(machine: Machine, kernel: Kernel, workload: Workload, *, seconds: f
     into equal parts whose rates give each rate its 95% confidence interval (batch means) and the
     per-CPU timeline. Times are integer nanoseconds. `engine`: "fast" (compiled), "reference" (the
     readable one) or "auto" (fast where it covers the configuration); both give the same results."""
-    if not 0 < seconds <= MAX_SECONDS:
-        raise ValueError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    if not 0 <= warmup <= MAX_SECONDS:
-        raise ValueError(f"warm-up must be in [0, {MAX_SECONDS:g}] seconds, got {warmup:g}")
+    check_window(seconds, warmup, intervals)
     missing = [c for c in workload.costs_needed if c not in machine.costs]
     if missing:
         raise WorkloadError(f"workload {workload.name} needs machine costs {', '.join(missing)}, which machine "

@@ -15,7 +15,6 @@ from typing import Any
 
 from ipilab import __version__
 from ipilab.sim.fast.run import warm_up
-from ipilab.sim.run import choose_engine, simulate
 from ipilab.sweep.spec import Run, configure
 from ipilab.sweep.store import ResultStore
 
@@ -70,9 +69,7 @@ def run_one(run: Run) -> dict[str, Any]:
     """Simulate one run (in a worker); a failure becomes the row's `error`, never an exception."""
     t0 = time.perf_counter()
     try:
-        c = configure(run.params)
-        result = simulate(c.machine, c.kernel, c.workload, seconds=c.seconds, seed=run.seed, warmup=c.warmup,
-                          intervals=c.intervals)
+        result = configure(run.params, run.seed).simulate()
     except Exception as e:  # any failure of one run is recorded, and the sweep goes on
         last = traceback.extract_tb(e.__traceback__)[-1]
         where = f" (at {os.path.basename(last.filename)}:{last.lineno})" if not isinstance(e, ValueError) else ""
@@ -109,8 +106,7 @@ def _worker_start(parent: int) -> None:
 def uses_fast_engine(run: Run) -> bool:
     """Whether `run` goes to the fast engine (False for a run whose configuration fails: it fails later)."""
     try:
-        c = configure(run.params)
-        return choose_engine(c.machine, c.kernel, c.workload, "auto") == "fast"
+        return configure(run.params).engine == "fast"
     except Exception:  # the run records its own error when it runs
         return False
 

@@ -36,20 +36,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ipilab.files import TomlFileError, read_toml
-from ipilab.kernel.features import Kernel, KernelSpecError, resolve_kernel
-from ipilab.machine.model import ALL_COST_FIELDS, Machine, MachineError
-from ipilab.reproduce.seed import BACKGROUND_KEYS, TOPOLOGY_KEYS, SeedError, build_machine, split_settings
-from ipilab.sim.run import MAX_SECONDS
-from ipilab.workloads import WORKLOADS, Workload, WorkloadError, workload_from_settings
+from ipilab.orchestration.runconfig import SETTING_KEYS, RunConfig, build_run
+from ipilab.validation import ConfigError, first_error
 
 Scalar = bool | int | float | str
 BASE_KEYS = ("machine", "kernel", "workload", "seconds", "warmup", "intervals")
-SETTING_KEYS = tuple(dict.fromkeys([*(k for w in WORKLOADS.values() for k in w.model_fields), *TOPOLOGY_KEYS,
-                                    *BACKGROUND_KEYS, "spread", *ALL_COST_FIELDS]))
 MAX_RUNS = 1_000_000
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A bad sweep spec; the message names the file and the field."""
 
 
@@ -81,9 +76,10 @@ class Base(BaseModel):
     machine: str = "vm-2cpu"
     kernel: str = "v6.18"
     workload: str = "synthetic"
-    seconds: float = Field(0.01, gt=0, le=MAX_SECONDS)
-    warmup: float = Field(0.0, ge=0, le=MAX_SECONDS)
-    intervals: int = Field(5, ge=0, le=1000)
+    # their bounds are every run's: configure() checks them (sim.run.check_window), varied or not
+    seconds: float = 0.01
+    warmup: float = 0.0
+    intervals: int = 5
     set: dict[str, Scalar] = Field(default_factory=dict)
 
     @field_validator("set")
@@ -129,12 +125,9 @@ class SweepSpec(BaseModel):
                 try:
                     values = Range.model_validate(values)
                 except ValidationError as e:
-                    err = e.errors()[0]
-                    field = ".".join(str(x) for x in err["loc"])
-                    msg = err["msg"].removeprefix("Value error, ")
-                    if err["type"] == "extra_forbidden":
-                        msg = "unknown field; a range takes from, to, step"
-                    raise ValueError(f"{key}{'.' + field if field else ''}: {msg}") from None
+                    err = first_error(e)
+                    msg = "unknown field; a range takes from, to, step" if err.unknown else err.message
+                    raise ValueError(f"{key}{'.' + err.field if err.field else ''}: {msg}") from None
             elif not isinstance(values, list):
                 raise ValueError(f"{key}: a list of values or a range {{from, to, step}}, got {values!r}")
             out[key] = values
@@ -162,45 +155,16 @@ class SweepSpec(BaseModel):
         return list(range(s.first, s.first + s.count))
 
 
-@dataclass(frozen=True)
-class Config:
-    """What one run simulates."""
-
-    machine: Machine
-    kernel: Kernel
-    workload: Workload
-    seconds: float
-    warmup: float
-    intervals: int
-
-
-def configure(params: dict[str, Scalar]) -> Config:
-    """Machine, kernel and workload from a run's parameters (BASE_KEYS plus --set style settings), by
-    the same path as `reproduce seed --set`. Raises MachineError, KernelSpecError, WorkloadError, SeedError
-    or ValueError, naming the field."""
-    name = str(params["workload"])
-    if name not in WORKLOADS:
-        raise WorkloadError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
-    settings = {k: str(v) for k, v in params.items() if k not in BASE_KEYS}
-    wl_keys = tuple(WORKLOADS[name].model_fields)
-    wl_set, topology, costs = split_settings(settings, wl_keys)
-    machine = build_machine(str(params["machine"]), topology, costs)
-    workload = workload_from_settings(name, wl_set)
-    kernel = resolve_kernel(str(params["kernel"]))
+def configure(params: dict[str, Scalar], seed: int = 1) -> RunConfig:
+    """One run's configuration from its parameters (BASE_KEYS plus `--set` settings), by the same builder as
+    `ipilab simulate`. Raises ConfigError naming the field."""
     try:
         seconds, warmup, intervals = float(params["seconds"]), float(params["warmup"]), int(params["intervals"])
     except (TypeError, ValueError):
-        raise ValueError("seconds and warmup are numbers, intervals a whole number") from None
-    if not 0 < seconds <= MAX_SECONDS:
-        raise ValueError(f"seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    if not 0 <= warmup <= MAX_SECONDS:
-        raise ValueError(f"warmup must be in [0, {MAX_SECONDS:g}], got {warmup:g}")
-    if not 0 <= intervals <= 1000:
-        raise ValueError(f"intervals must be in [0, 1000], got {intervals}")
-    return Config(machine, kernel, workload, seconds, warmup, intervals)
-
-
-CONFIG_ERRORS = (MachineError, KernelSpecError, WorkloadError, SeedError, ValueError)
+        raise ConfigError("seconds and warmup are numbers, intervals a whole number") from None
+    settings = {k: str(v) for k, v in params.items() if k not in BASE_KEYS}
+    return build_run(str(params["machine"]), str(params["kernel"]), str(params["workload"]), settings,
+                     seconds=seconds, warmup=warmup, intervals=intervals, seed=seed, option_prefix="")
 
 
 def run_id(params: dict[str, Scalar], seed: int) -> str:
@@ -225,20 +189,17 @@ def load_spec(path: Path) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; " + _allowed(err["loc"])
-        raise SpecError(f"{path}: {field or '(top)'}: {msg}") from None
+        err = first_error(e)
+        msg = "unknown field; " + _allowed(err.field.split(".")) if err.unknown else err.message
+        raise SpecError(f"{path}: {err.field or '(top)'}: {msg}") from None
 
 
 def _why(e: Exception) -> str:
     """A config error's message, without the command-line wording of the --set path."""
-    return str(e).removeprefix("--set ").replace("Value error, ", "")
+    return str(e).removeprefix("--set ")
 
 
-def _allowed(loc: tuple[Any, ...]) -> str:
+def _allowed(loc: list[str]) -> str:
     models: dict[str, type[BaseModel]] = {"base": Base, "seeds": Seeds}
     if len(loc) == 1:
         return "allowed: base, vary, seeds"
@@ -261,14 +222,14 @@ def expand(spec: SweepSpec, path: Path) -> list[Run]:
         raise SpecError(f"{path}: vary: {total:,} runs; at most {MAX_RUNS:,}")
     try:
         configure(base)
-    except CONFIG_ERRORS as e:
+    except ConfigError as e:
         raise SpecError(f"{path}: base: {_why(e)}") from None
     # Each value alone on the base first, so that an error names vary.KEY and the value.
     for key, values in axes.items():
         for value in values:
             try:
                 configure({**base, key: value})
-            except CONFIG_ERRORS as e:
+            except ConfigError as e:
                 raise SpecError(f"{path}: vary.{key} = {value!r}: {_why(e)}") from None
     runs = []
     keys = list(axes)
@@ -276,7 +237,7 @@ def expand(spec: SweepSpec, path: Path) -> list[Run]:
         params = {**base, **dict(zip(keys, combo, strict=True))}
         try:
             configure(params)
-        except CONFIG_ERRORS as e:
+        except ConfigError as e:
             where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, combo, strict=True))
             raise SpecError(f"{path}: vary ({where}): {_why(e)}") from None
         for seed in seeds:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import zstandard
 
+from ipilab.cpulist import CpuListError, parse_cpulist
 from ipilab.files import published
 from ipilab.trace.sidecar import MAX_CPUS, ROWS, CpuPlace, MachineFacts, sidecar_for
-from ipilab.workloads.base import WorkloadError, parse_cpulist
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -249,7 +249,7 @@ def _text(path: Path) -> str | None:
 def _cpus(text: str | None, what: str) -> list[int]:
     try:
         return parse_cpulist(text, MAX_CPUS, what) if text else []
-    except WorkloadError:
+    except CpuListError:
         return []
 
 

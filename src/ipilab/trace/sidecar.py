@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipilab.workloads.base import WorkloadError, parse_cpulist
+from ipilab.cpulist import CpuListError, parse_cpulist
 
 ROWS = ("CAL", "RES", "TLB")
 ROW = re.compile(r"^#\s*(CAL|RES|TLB):\s+((?:\d+\s+)+)")
@@ -183,7 +183,7 @@ def read_machine_facts(path: Path) -> MachineFacts | None:
             cpu = int(m[1] if m[1] is not None else m[2])
             try:
                 siblings = tuple(parse_cpulist(m[5], MAX_CPUS, f"{path.name}: cpu {cpu} siblings"))
-            except WorkloadError:
+            except CpuListError:
                 continue
             cpus[cpu] = CpuPlace(cpu, int(m[3]), int(m[4]), siblings, None if m[6] is None else int(m[6]))
         elif m := UNAME_LINE.match(line):

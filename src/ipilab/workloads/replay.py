@@ -11,29 +11,20 @@ from interrupt handlers are issued from the thread; the trace's other work on th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PrivateAttr
 
+from ipilab.analysis.tracemodel import TraceCall, read_model, trace_calls, trace_events
 from ipilab.kernel.smp import SmpFunc
 from ipilab.kernel.steps import Busy, KernelCode, Platform
 from ipilab.sim.machine import SimMachine
+from ipilab.trace.read import ReadStats, TraceFormatError
 from ipilab.workloads.base import Workload, WorkloadError
 
 DEFAULT_FUNC_NS = 1_000  # a function the trace never shows running
 START_NS = 1_000  # the first call, after time 0 (whose events simulate() counts as before its window)
-
-
-@dataclass(frozen=True)
-class TraceCall:
-    at_ns: int  # from the trace's first call
-    cpu: int
-    targets: tuple[int, ...]
-    func: str
-    single: bool
-    callsite: str
 
 
 class TraceReplay(Workload):
@@ -56,9 +47,6 @@ class TraceReplay(Workload):
 
     def _load(self) -> None:
         if not self._loaded:
-            from ipilab.analysis.replay import read_model, trace_calls, trace_events
-            from ipilab.trace.read import ReadStats, TraceFormatError
-
             try:
                 calls, func_ns = trace_calls(read_model(trace_events(Path(self.trace), ReadStats())))
             except TraceFormatError as e:

@@ -7,10 +7,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ipilab.cpulist import parse_cpulist
 from ipilab.kernel.smp import SmpFunc
 from ipilab.kernel.steps import Busy, KernelCode, Platform
 from ipilab.sim.machine import SimMachine
-from ipilab.workloads.base import Workload, parse_cpulist
+from ipilab.workloads.base import Workload
 
 
 class Synthetic(Workload):

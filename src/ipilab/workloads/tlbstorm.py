@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from ipilab.cpulist import parse_cpulist
 from ipilab.kernel.steps import Busy, KernelCode
 from ipilab.kernel.tlb import flush_tlb_mm_range
 from ipilab.machine.costs import CostId
 from ipilab.sim.machine import SimMachine
-from ipilab.workloads.base import Workload, parse_cpulist
+from ipilab.workloads.base import Workload
 
 # Threads start at seeded random points within this window: pthread_create() starts them one after
 # another, tens of microseconds apart, so they never begin in lock-step.

@@ -18,6 +18,7 @@ import numpy as np
 from numba.core.registry import CPUDispatcher as Dispatcher
 
 from ipilab.compiled import in_cache
+from ipilab.cpulist import parse_cpulist
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
@@ -31,7 +32,7 @@ from ipilab.sim.fast import engine as E
 from ipilab.sim.machine import MachineStats
 from ipilab.sim.timeuse import LOCK_USES, Use
 from ipilab.trace.ftrace import irq_flags
-from ipilab.workloads.base import Workload, parse_cpulist
+from ipilab.workloads.base import Workload
 from ipilab.workloads.swap import PAGE_SIZE, STAGGER_NS, SwapWSeq, SwapWSeqMt, watermarks
 from ipilab.workloads.synthetic import Synthetic
 
