@@ -469,6 +469,13 @@ UNITS = {
                   "flush_wait_fraction: of reclaiming tasks' time inside shootdowns; lru_lock_spin_fraction: of "
                   "usemem CPUs' time spinning on lru_lock with interrupts off)",
     "*_us_*": "microseconds",
+    "time_use": "per group of CPUs (usemem, kswapd), each use's share of the group's CPU time in the reclaim "
+                "window (sim/timeuse.py; a group's shares sum to 1)",
+    "locks": "per kind of lock in the reclaim window: acquisitions_per_second, contended_share (acquisitions "
+             "that waited), spin_ns_mean (of those), spin_cpus (spin time over the window), hold_ns_mean, "
+             "interrupted_share (holds with an interrupt taken inside), hold_ns_mean_interrupted / _uninterrupted",
+    "ablation": "--explain: the headline with each modelling change added in turn (settings: the --set that adds it)",
+    "absolute": "--explain: the model's swap-out rate as swap-w-seq with 32 processes against a published one",
     "shootdown_wait_ns": "simulated ns from a TLB flush's start to its return, per waited-for shootdown: count and "
                          "max exact; p50/p90/p99 the lowest value of the log bin (under 1/128 of the value wide, "
                          "exact below 256 ns) that holds the exact percentile",
