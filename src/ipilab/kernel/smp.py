@@ -334,24 +334,3 @@ class Smp:
             self.stats.empty_interrupts += 1
         self.p.trace(cpu, f"{name}_exit", vector=vector)
         yield Busy(self.p.cost(CostId.IRQ_EXIT, cpu), "irq_exit")
-
-
-# Transitional: analysis/replay.py still decides with these (removed when it runs the model itself).
-def single_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
-    return was_empty or not kernel.has("single_ipi_if_empty")
-
-
-def many_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
-    return was_empty or not kernel.has("coalesce_many")
-
-
-def many_goes_single(kernel: Kernel, remote_targets: int) -> bool:
-    return kernel.has("many_single_shortcut") and remote_targets == 1
-
-
-def many_sends_single(kernel: Kernel, ipi_targets: int) -> bool:
-    return kernel.has("single_ipi_for_one") and ipi_targets == 1
-
-
-def polling_skips_ipi(kernel: Kernel) -> bool:
-    return kernel.has("skip_polling_idle")
