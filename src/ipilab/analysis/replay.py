@@ -399,7 +399,7 @@ class _TraceQueue:
         self.platform = platform
 
     def llist_add(self, csd: Csd) -> bool:
-        return self.platform.was_empty(csd.dst)
+        return self.platform.llist_add(csd)
 
 
 def _no_body(_p: object, _cpu: int, _info: object) -> KernelCode:
@@ -417,9 +417,9 @@ class TracePlatform:
       (`first_of_batch`, see the module doc's queue-state rule).
     - set_nr_if_polling() asks the idle model (IdleModel.polling) at the call's send.
     - Costs are irrelevant: the model's Busy steps are consumed as they come.
-    - A SpinUntil is csd_lock() finding a CSD an earlier call still holds (the model's receiving side does
-      not run here: the trace's flushes stand for it). The trace shows the sender went on, so the CSD had
-      been unlocked; the replay unlocks it.
+    - CSD locks: the model's receiving side does not run here (the trace's flushes stand for it), so
+      nothing would unlock a CSD; the trace shows each sender's next call going ahead, so a call's CSDs are
+      unlocked once it is decided, and a csd_lock() spin (which that leaves none of) would be released.
 
     The decisions are what the model does: an IPI raised for a target (raise_ipi, with its vector), a
     sched_wake_idle_without_ipi traced for it, or neither (its queue already waited for an IPI)."""
@@ -435,17 +435,18 @@ class TracePlatform:
         smp.call_single_queue = _PerCpu(lambda _cpu: _TraceQueue(self))
         smp._nonempty_since = _PerCpu(lambda _cpu: 0)
         self.smp = smp
-        self._csds: dict[int, Enqueue] = {}  # the call being decided: target -> its queued call
-        self._added: set[int] = set()  # of its targets, those the model queued on
-        self._decided: list[tuple[Enqueue, str, int]] = []
+        # The call being decided: its queued calls by target, the CSDs the model queued, what it decided.
+        self._csds: dict[int, Enqueue] = {}
+        self._queued: dict[int, Csd] = {}
+        self._decided: dict[int, tuple[str, int]] = {}
 
     def decide(self, call: Call, csds: list[Enqueue]) -> list[tuple[Enqueue, str, int]]:
         """Run the kernel's code for one call of the trace, its queued calls `csds`; return each one's
         decision ("ipi", "polling" or "queued") and, for an IPI, its vector. A call the trace shows queued
         on its own sender's CPU gets none: the kernel (and the model) runs such a call locally."""
         self._csds = {q.target: q for q in csds}
-        self._added = set()
-        self._decided = []
+        self._queued = {}
+        self._decided = {}
         self.now = csds[-1].ts
         cpu, func = call.ctx[0], SmpFunc(call.func, _no_body)
         # The trace does not say whether the sender waited; waiting decides nothing (it follows the sends).
@@ -457,26 +458,20 @@ class TracePlatform:
             # the sender itself are not in the trace).
             code = self.smp.smp_call_function_many_cond(cpu, [q.target for q in csds], func, None, wait=False,
                                                         callsite=call.callsite)
-        reply: Any = None
-        while True:
-            try:
-                step = code.send(reply)
-            except StopIteration:
-                break
-            reply = None
+        for step in code:  # Busy and interrupts off/on: nothing to do
             if type(step) is SpinUntil:
                 assert isinstance(step.watch, Csd), step  # csd_lock() is the model's only spin on a sender
                 self.smp.csd_unlock(step.watch)  # see the class doc
-                reply = True
-        decided = {q.seq for q, _, _ in self._decided}
-        self._decided += [(q, "queued", 0) for q in csds if q.seq not in decided and q.target in self._added]
-        return self._decided
+        for csd in self._queued.values():
+            self.smp.csd_unlock(csd)
+        decided, queued = self._decided, self._queued
+        return [(q, *decided.get(q.target, ("queued", 0))) for q in csds if q.target in queued]
 
     # --- kernel/steps.py Platform ---------------------------------------------------------------------
 
-    def was_empty(self, target: int) -> bool:
-        self._added.add(target)
-        return self._csds[target].seq in self.first_of_batch
+    def llist_add(self, csd: Csd) -> bool:
+        self._queued[csd.dst] = csd
+        return self._csds[csd.dst].seq in self.first_of_batch
 
     def cost(self, what: object, cpu: int) -> int:
         return 0
@@ -485,14 +480,14 @@ class TracePlatform:
         return 0
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
-        self._decided.append((self._csds[dst], "ipi", vector))
+        self._decided[dst] = ("ipi", vector)
 
     def notify(self, watch: object) -> None:
         pass
 
     def trace(self, cpu: int, name: str, /, **fields: object) -> None:
         if name == "sched_wake_idle_without_ipi":
-            self._decided.append((self._csds[fields["cpu"]], "polling", 0))  # type: ignore[index]
+            self._decided[fields["cpu"]] = ("polling", 0)  # type: ignore[index]
 
     def set_nr_if_polling(self, cpu: int) -> bool:
         return self.polling(self._csds[cpu])
