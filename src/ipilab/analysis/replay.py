@@ -21,7 +21,9 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
   call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
   idle or leaves the handler. Callsites of the single-target paths (SINGLE_CALLSITES) are one call each.
   The sends (ipi_send_*, sched_wake_idle_without_ipi) are not used, so a trace without them replays the
-  same.
+  same. The model is given the CPUs a call queued on as its cpumask: CPUs that the call's cond_func
+  skipped (lazy TLB) are not in the trace, so under a kernel with the one-target shortcut (before 5.13) a
+  call that queued on one CPU takes smp_call_function_single()'s path even if its mask held more.
 - Polling. An idle CPU is polling (TIF_POLLING_NRFLAG) from sched_switch to the idle task, and again
   after each `cpu_idle` exit, until POLL_CLEAR_NS before its next halting `cpu_idle` (state >= 1), or
   until it switches away. A cpuidle poll state (`cpu_idle` state 0) polls until its exit. With a
