@@ -155,6 +155,19 @@ def test_without_send_lines_the_same_decisions_are_predicted(tmp_path: Path) -> 
     assert r["kernels"][0]["agreement"] is None and r["kernels"][0]["ipis"] == 4
 
 
+def test_a_call_queued_on_its_own_cpu_is_run_locally_not_decided(tmp_path: Path) -> None:
+    """CPU 0 queues a call on CPU 1, then (as only a malformed trace shows) one on itself. The kernel runs a
+    call for its own CPU locally, never queuing it, and so does the model that decides the replay: the
+    call on CPU 1 found an empty queue and gets an IPI; the one on CPU 0 gets no decision at all."""
+    site = "generic_exec_single+0x36/0x150"
+    path = write(tmp_path, [queue(10, 0, 1, 0x10, site), queue(20, 0, 0, 0x20, site), *handler(30, 1, 251, 0x10)])
+    m = read_model(trace_events(path, ReadStats()))
+    for k in ("v6.18", "v4.12"):
+        p = predict(m, resolve_kernel(k))
+        assert [p.decisions.get(q.seq) for q in m.enqueues] == ["ipi", None], k
+        assert (p.counts["ipis"], p.counts["csd_no_ipi_queued"], p.counts["csd_no_ipi_polling"]) == (1, 0, 0)
+
+
 # --- when the queue is detached ---------------------------------------------------------------------------
 
 def test_a_call_belongs_to_the_flush_that_runs_it(tmp_path: Path) -> None:

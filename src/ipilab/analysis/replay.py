@@ -2,9 +2,10 @@
 
 The trace's enqueues (who queued what on which CPU, when) and the targets' flushes (when each target
 detached its call_single_queue, and which calls it ran then) stay as they were. For every call the kernel
-model (kernel/smp.py's decision functions) decides again: IPI, no IPI because the queue already waited
-for one, or no IPI because the target was polling idle; and each IPI either raises an interrupt or merges
-with the same vector already pending in the target's APIC.
+model decides again, by running its own code (kernel/smp.py, as the simulator does) on a TracePlatform
+that answers from the trace: IPI, no IPI because the queue already waited for one, or no IPI because the
+target was polling idle; and each IPI either raises an interrupt or merges with the same vector already
+pending in the target's APIC.
 
 Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in tests/test_replay.py):
 
@@ -20,7 +21,9 @@ Rules read off the traces (Linux 6.x; each is checked by a hand-built trace in t
   call's targets in CPU order), until that context runs a local function (csd=0), switches task, goes
   idle or leaves the handler. Callsites of the single-target paths (SINGLE_CALLSITES) are one call each.
   The sends (ipi_send_*, sched_wake_idle_without_ipi) are not used, so a trace without them replays the
-  same.
+  same. The model is given the CPUs a call queued on as its cpumask: CPUs that the call's cond_func
+  skipped (lazy TLB) are not in the trace, so under a kernel with the one-target shortcut (before 5.13) a
+  call that queued on one CPU takes smp_call_function_single()'s path even if its mask held more.
 - Polling. An idle CPU is polling (TIF_POLLING_NRFLAG) from sched_switch to the idle task, and again
   after each `cpu_idle` exit, until POLL_CLEAR_NS before its next halting `cpu_idle` (state >= 1), or
   until it switches away. A cpuidle poll state (`cpu_idle` state 0) polls until its exit. With a
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +51,13 @@ from ipilab.analysis.queues import NEVER, TTWU_FUNC, UNSEEN, Flush
 from ipilab.analysis.tracemodel import Call, Enqueue, TraceModel, read_model, trace_events
 from ipilab.events import (
     CALL_FUNCTION_SINGLE_VECTOR,
-    CALL_FUNCTION_VECTOR,
     CPU_IDLE_EXIT,
     Event,
 )
 from ipilab.kernel.features import Kernel, resolve_kernel
-from ipilab.kernel.smp import (
-    many_goes_single,
-    many_needs_ipi,
-    many_sends_single,
-    polling_skips_ipi,
-    single_needs_ipi,
-)
+from ipilab.kernel.smp import Csd, Smp, SmpFunc
+from ipilab.kernel.steps import KernelCode, SpinUntil
+from ipilab.kernel.x86 import Apic
 from ipilab.trace.read import ReadStats
 
 MAX_MISMATCHES_SHOWN = 5
@@ -228,9 +227,127 @@ def first_added(batch: list[Enqueue]) -> Enqueue | None:
     return earliest
 
 
+class _PerCpu(dict[int, Any]):
+    """Per-CPU data made on first use: a trace may name any CPU numbers, and few pairs of them talk."""
+
+    def __init__(self, make: Callable[[int], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, cpu: int) -> Any:
+        value = self[cpu] = self.make(cpu)
+        return value
+
+
+class _TraceQueue:
+    """A target's call_single_queue as the replay knows it: llist_add() answers from the trace."""
+
+    __slots__ = ("platform",)
+
+    def __init__(self, platform: TracePlatform) -> None:
+        self.platform = platform
+
+    def llist_add(self, csd: Csd) -> bool:
+        return self.platform.llist_add(csd)
+
+
+def _no_body(_p: object, _cpu: int, _info: object) -> KernelCode:
+    """A queued call's function: the replay never runs it (the trace's flushes stand for the targets)."""
+    return
+    yield
+
+
+class TracePlatform:
+    """The machine the kernel model (kernel/smp.py, the simulator's own code) runs on in pass 2: it
+    implements kernel/steps.py's Platform with the trace's answers, so the model decides each call of the
+    trace exactly as it decides a simulated one.
+
+    - llist_add() reports the queue empty for the call added first to the batch its flush ran
+      (`first_of_batch`, see the module doc's queue-state rule).
+    - set_nr_if_polling() asks the idle model (IdleModel.polling) at the call's send.
+    - Costs are irrelevant: the model's Busy steps are consumed as they come.
+    - CSD locks: the model's receiving side does not run here (the trace's flushes stand for it), so
+      nothing would unlock a CSD; the trace shows each sender's next call going ahead, so a call's CSDs are
+      unlocked once it is decided, and a csd_lock() spin (which that leaves none of) would be released.
+
+    The decisions are what the model does: an IPI raised for a target (raise_ipi, with its vector), a
+    sched_wake_idle_without_ipi traced for it, or neither (its queue already waited for an IPI)."""
+
+    def __init__(self, kernel: Kernel, first_of_batch: set[int], polling: Callable[[Enqueue], bool]) -> None:
+        self.first_of_batch = first_of_batch
+        self.polling = polling
+        self.now = 0  # Platform.now: the time of the call being decided (the model reads it for statistics)
+        # How the ICR is written decides no IPI: one write per target, no shorthand.
+        smp = Smp(kernel, 0, Apic("x2apic_phys", (), use_shorthand=False), self)
+        smp.cfd_csd = _PerCpu(lambda src: _PerCpu(lambda dst: smp._new_csd(src, dst)))
+        smp.csd_data = _PerCpu(lambda src: smp._new_csd(src, src))
+        smp.call_single_queue = _PerCpu(lambda _cpu: _TraceQueue(self))
+        smp._nonempty_since = _PerCpu(lambda _cpu: 0)
+        self.smp = smp
+        # The call being decided: its queued calls by target, the CSDs the model queued, what it decided.
+        self._csds: dict[int, Enqueue] = {}
+        self._queued: dict[int, Csd] = {}
+        self._decided: dict[int, tuple[str, int]] = {}
+
+    def decide(self, call: Call, csds: list[Enqueue]) -> list[tuple[Enqueue, str, int]]:
+        """Run the kernel's code for one call of the trace, its queued calls `csds`; return each one's
+        decision ("ipi", "polling" or "queued") and, for an IPI, its vector. A call the trace shows queued
+        on its own sender's CPU gets none: the kernel (and the model) runs such a call locally."""
+        self._csds = {q.target: q for q in csds}
+        self._queued = {}
+        self._decided = {}
+        self.now = csds[-1].ts
+        cpu, func = call.ctx[0], SmpFunc(call.func, _no_body)
+        # The trace does not say whether the sender waited; waiting decides nothing (it follows the sends).
+        if call.single:
+            code = self.smp.smp_call_function_single(cpu, csds[0].target, func, None, wait=False,
+                                                     callsite=call.callsite)
+        else:
+            # The mask the sender passed is known only as the CPUs it queued on (cond_func's rejects and
+            # the sender itself are not in the trace).
+            code = self.smp.smp_call_function_many_cond(cpu, [q.target for q in csds], func, None, wait=False,
+                                                        callsite=call.callsite)
+        for step in code:  # Busy and interrupts off/on: nothing to do
+            if type(step) is SpinUntil:
+                assert isinstance(step.watch, Csd), step  # csd_lock() is the model's only spin on a sender
+                self.smp.csd_unlock(step.watch)  # see the class doc
+        for csd in self._queued.values():
+            self.smp.csd_unlock(csd)
+        decided, queued = self._decided, self._queued
+        return [(q, *decided.get(q.target, ("queued", 0))) for q in csds if q.target in queued]
+
+    # --- kernel/steps.py Platform ---------------------------------------------------------------------
+
+    def llist_add(self, csd: Csd) -> bool:
+        self._queued[csd.dst] = csd
+        return self._csds[csd.dst].seq in self.first_of_batch
+
+    def cost(self, what: object, cpu: int) -> int:
+        return 0
+
+    def cacheline(self, cpu: int, other: int) -> int:
+        return 0
+
+    def raise_ipi(self, src: int, dst: int, vector: int) -> None:
+        self._decided[dst] = ("ipi", vector)
+
+    def notify(self, watch: object) -> None:
+        pass
+
+    def trace(self, cpu: int, name: str, /, **fields: object) -> None:
+        if name == "sched_wake_idle_without_ipi":
+            self._decided[fields["cpu"]] = ("polling", 0)  # type: ignore[index]
+
+    def set_nr_if_polling(self, cpu: int) -> bool:
+        return self.polling(self._csds[cpu])
+
+    def is_lazy_tlb(self, cpu: int) -> bool:
+        raise AssertionError("the replay passes the trace's queued CPUs as the mask: no cond_func runs")
+
+
 def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -> Prediction:
-    """Decide every call of the trace under `kernel` (see the module doc). Everything is replayed, but only
-    what happens from `m.window_start` on is counted."""
+    """Decide every call of the trace under `kernel` (see the module doc): the kernel model itself decides,
+    on a TracePlatform. Everything is replayed, but only what happens from `m.window_start` on is counted."""
     p = Prediction(kernel)
     on_queue = kernel.has("shared_queue")
     start = m.window_start
@@ -255,28 +372,14 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
     idle = IdleModel(m, poll_clear_ns)
     irr: dict[int, set[int]] = defaultdict(set)  # per target: vectors pending in its APIC
 
-    def decide(q: Enqueue, decision: str) -> None:
-        p.decisions[q.seq] = decision
-        count({"ipi": "ipis", "queued": "csd_no_ipi_queued", "polling": "csd_no_ipi_polling"}[decision], q.seq)
-
-    def send(q: Enqueue, vector: int) -> None:
-        decide(q, "ipi")
-        count("ipis_single" if vector == CALL_FUNCTION_SINGLE_VECTOR else "ipis_mask", q.seq)
-        if q.seq not in first_of_batch:
-            count("ipis_to_nonempty_queue", q.seq)
-        if vector in irr[q.target]:
-            count("apic_merged", q.seq)
-        else:
-            irr[q.target].add(vector)
-
-    def send_call_function_single_ipi(q: Enqueue) -> None:
+    def polling(q: Enqueue) -> bool:
         last = q.call.csds[-1]
         ran = None if q.flush is None or q.flush.vector is not None or q.flush.seq == NEVER else \
             ("unseen" if q.flush.seq == UNSEEN else "idle loop")
-        if polling_skips_ipi(kernel) and idle.polling(q.target, last.seq, last.event.ts, ran):
-            decide(q, "polling")
-        else:
-            send(q, CALL_FUNCTION_SINGLE_VECTOR)
+        return idle.polling(q.target, last.seq, last.event.ts, ran)
+
+    platform = TracePlatform(kernel, first_of_batch, polling)
+    outcome = {"ipi": "ipis", "queued": "csd_no_ipi_queued", "polling": "csd_no_ipi_polling"}
 
     for seq, kind, item in actions:
         if kind == 0:
@@ -290,22 +393,18 @@ def predict(m: TraceModel, kernel: Kernel, poll_clear_ns: int = POLL_CLEAR_NS) -
                 continue
             count("calls", seq)
             count("csd_enqueues", seq, len(csds))
-            if call.single or many_goes_single(kernel, len(csds)):
-                for q in csds:  # one
-                    if single_needs_ipi(kernel, q.seq in first_of_batch):
-                        send_call_function_single_ipi(q)
-                    else:
-                        decide(q, "queued")
-                continue
-            cpumask_ipi = [q for q in csds if many_needs_ipi(kernel, q.seq in first_of_batch)]
-            for q in csds:
-                if q not in cpumask_ipi:
-                    decide(q, "queued")
-            if many_sends_single(kernel, len(cpumask_ipi)):
-                send_call_function_single_ipi(cpumask_ipi[0])
-            else:
-                for q in cpumask_ipi:
-                    send(q, CALL_FUNCTION_VECTOR)
+            for q, decision, vector in platform.decide(call, csds):
+                p.decisions[q.seq] = decision
+                count(outcome[decision], q.seq)
+                if decision != "ipi":
+                    continue
+                count("ipis_single" if vector == CALL_FUNCTION_SINGLE_VECTOR else "ipis_mask", q.seq)
+                if q.seq not in first_of_batch:
+                    count("ipis_to_nonempty_queue", q.seq)
+                if vector in irr[q.target]:
+                    count("apic_merged", q.seq)
+                else:
+                    irr[q.target].add(vector)
         else:
             fl: Flush = item
             taken = len(irr[fl.target])

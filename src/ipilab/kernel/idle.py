@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ipilab.events import CPU_IDLE_EXIT
 from ipilab.kernel.smp import Smp
-from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, Halt, KernelCode, SpinUntil
+from ipilab.kernel.steps import Busy, Halt, KernelCode, SpinUntil
 from ipilab.machine.costs import CostId
 
 
@@ -44,10 +44,7 @@ def do_idle(smp: Smp, cpu: int, idle: IdleState, halt_poll_ns: int) -> KernelCod
         p.trace(cpu, "cpu_idle", state=CPU_IDLE_EXIT, cpu_id=cpu)
         if idle.need_resched:
             yield Busy(p.cost(CostId.POLL_NOTICE, cpu), "poll_notice")
-            # do_idle() flushes a non-empty queue itself, interrupts off (no interrupt taken), then
-            # schedule_idle() clears NEED_RESCHED.
-            if len(smp.call_single_queue[cpu]):
-                yield IRQS_OFF
-                yield from smp.flush_smp_call_function_queue(cpu, from_irq=False)
-                yield IRQS_ON
+            # do_idle() flushes the queue itself (no interrupt taken), then schedule_idle() clears
+            # NEED_RESCHED.
+            yield from smp.flush_smp_call_function_queue(cpu)
             idle.need_resched = False

@@ -2,10 +2,24 @@
 
 It follows the kernel's names and order of steps: `smp_call_function_many_cond` locks and queues a CSD on
 every target's `call_single_queue`, sends the IPIs, maybe runs the local function, then waits;
-`generic_exec_single` does the same for one target; the interrupt handler and the idle loop run
-`flush_smp_call_function_queue`. Behaviour that differs between kernel versions is chosen by
+`smp_call_function_single` / `generic_exec_single` do the same for one target; the interrupt handler
+(`generic_smp_call_function_single_interrupt`) and the idle loop (`flush_smp_call_function_queue`) run
+`__flush_smp_call_function_queue`. Behaviour that differs between kernel versions is chosen by
 `kernel.has(feature)` (see versions.toml). Each yield is an interleaving point (see steps.py), so the same
-code drives the simulator, the replay and the model checker.
+code drives the simulator, the trace replay (analysis/replay.py) and the model checker.
+
+Some of these were renamed over the years; the model uses 6.x's names. What to grep for in kernel/smp.c:
+  the model (6.x)                             4.12, 4.13                        5.8 to 5.18
+  smp_call_function_many_cond                 smp_call_function_many            smp_call_function_many_cond (5.6+)
+    with run_local, before local_after_send   on_each_cpu_mask                  on_each_cpu_cond_mask
+  smp_call_function_single                    the same                          the same
+  generic_exec_single                         the same                          the same
+  llist_add_csd (csd_queue_cpu + llist_add)   llist_add in generic_exec_single  __smp_call_single_queue, and
+                                              and smp_call_function_many        inline in ..._many_cond
+  generic_smp_call_function_single_interrupt  the same                          the same
+  __flush_smp_call_function_queue             flush_smp_call_function_queue     flush_smp_call_function_queue
+  flush_smp_call_function_queue (idle loop)   none: idle CPUs took the IPI      flush_smp_call_function_from_idle
+5.19 gave the last two their 6.x names (16bf5a5e1ec5, "smp: Rename flush_smp_call_function_from_idle()").
 """
 
 from __future__ import annotations
@@ -51,35 +65,6 @@ class Csd:
 
 
 LOCAL_CSD_POINTER = "0000000000000000"  # how 6.x traces a function it runs locally, without a CSD
-
-
-# --- the IPI decisions, as pure functions of what the sender sees ------------------------------------
-# The generators below and the trace replay (analysis/replay.py) both decide with these, so a replayed
-# trace and a simulated run follow one set of rules.
-
-def single_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
-    """generic_exec_single(): does this enqueue owe its target an IPI?"""
-    return was_empty or not kernel.has("single_ipi_if_empty")
-
-
-def many_needs_ipi(kernel: Kernel, was_empty: bool) -> bool:
-    """smp_call_function_many_cond(): does this target go into cpumask_ipi?"""
-    return was_empty or not kernel.has("coalesce_many")
-
-
-def many_goes_single(kernel: Kernel, remote_targets: int) -> bool:
-    """Pre-5.13: a multi-CPU call with exactly one remote target takes the smp_call_function_single() way."""
-    return kernel.has("many_single_shortcut") and remote_targets == 1
-
-
-def many_sends_single(kernel: Kernel, ipi_targets: int) -> bool:
-    """5.13+: when one target of a multi-CPU call needs an IPI, it goes out on the single-target path."""
-    return kernel.has("single_ipi_for_one") and ipi_targets == 1
-
-
-def polling_skips_ipi(kernel: Kernel) -> bool:
-    """send_call_function_single_ipi() sets NEED_RESCHED on a polling idle target instead of an IPI."""
-    return kernel.has("skip_polling_idle")
 
 
 class CallSingleQueue:
@@ -161,8 +146,11 @@ class Smp:
 
     # --- queueing and sending ----------------------------------------------------------------------
 
-    def __smp_call_single_queue(self, cpu: int, csd: Csd, callsite: str) -> Generator[Any, Any, bool]:
-        """Queue `csd` on its target; return whether the queue was empty (the caller owes an IPI)."""
+    def llist_add_csd(self, cpu: int, csd: Csd, callsite: str) -> Generator[Any, Any, bool]:
+        """The enqueue both call paths share: the csd_queue_cpu tracepoint, then llist_add() of `csd` onto
+        its target's call_single_queue. Returns whether the queue was empty, i.e. whether the caller owes
+        the target an IPI. (6.x's smp_call_function_many_cond() has these two lines inline; its
+        __smp_call_single_queue() has them too and sends the single IPI itself: generic_exec_single below.)"""
         self.p.trace(cpu, "csd_queue_cpu", cpu=csd.dst, callsite=callsite, func=csd.func.name,
                      csd=csd.pointer)
         self.stats.csd_enqueues += 1  # counted where traced, so a trace and the counters agree
@@ -173,7 +161,8 @@ class Smp:
         return was_empty
 
     def send_call_function_single_ipi(self, cpu: int, target: int, callsite: str) -> KernelCode:
-        if polling_skips_ipi(self.kernel) and self.p.set_nr_if_polling(target):
+        # 5.8+: a polling idle target is woken with NEED_RESCHED instead (set_nr_if_polling).
+        if self.kernel.has("skip_polling_idle") and self.p.set_nr_if_polling(target):
             self.p.trace(cpu, "sched_wake_idle_without_ipi", cpu=target)
             self.stats.csd_no_ipi_polling += 1
             return
@@ -193,8 +182,10 @@ class Smp:
     # --- the calls ---------------------------------------------------------------------------------
 
     def generic_exec_single(self, cpu: int, target: int, csd: Csd, callsite: str) -> KernelCode:
-        was_empty = yield from self.__smp_call_single_queue(cpu, csd, callsite)
-        if single_needs_ipi(self.kernel, was_empty):
+        """Queue `csd` on `target` and send the single-target IPI if the queue was empty (5.8+: the body of
+        __smp_call_single_queue()). Without single_ipi_if_empty (before 3.14) every call sends one."""
+        was_empty = yield from self.llist_add_csd(cpu, csd, callsite)
+        if was_empty or not self.kernel.has("single_ipi_if_empty"):
             if not was_empty:
                 self.stats.ipis_to_nonempty_queue += 1
             yield from self.send_call_function_single_ipi(cpu, target, callsite)
@@ -225,14 +216,20 @@ class Smp:
                                     wait: bool, run_local: bool = False,
                                     cond_func: Callable[[int, Any], bool] | None = None,
                                     callsite: str = "smp_call_function_many_cond") -> KernelCode:
-        """Call `func(info)` on every CPU of `mask` (and on `cpu` itself when `run_local`)."""
+        """Call `func(info)` on every CPU of `mask` (and on `cpu` itself when `run_local`).
+
+        4.12/4.13: smp_call_function_many() (no cond_func), and on_each_cpu_mask() for `run_local`, which
+        ran the local function after smp_call_function_many() returned: `run_local` without
+        local_after_send. 5.6 gave it cond_func and this name; 5.13 moved the local run (and SCF_RUN_LOCAL)
+        into it, between send and wait (local_after_send)."""
         k = self.kernel
         self.stats.calls += 1
         run_local = run_local and cpu in mask and (cond_func is None or cond_func(cpu, info))
         targets = [t for t in sorted(set(mask)) if t != cpu]
 
-        if many_goes_single(k, len(targets)):
-            # Pre-5.13: one remote target goes the smp_call_function_single() way.
+        if k.has("many_single_shortcut") and len(targets) == 1:
+            # Before 5.13: a mask with one remote CPU (counted before cond_func) goes the
+            # smp_call_function_single() way.
             if cond_func is None or cond_func(targets[0], info):
                 yield from self._call_single_remote(cpu, targets[0], func, info, wait, callsite)
             if run_local:
@@ -247,9 +244,9 @@ class Smp:
             csd = self.cfd_csd[cpu][target]
             yield from self.csd_lock(cpu, csd)
             csd.func, csd.info, csd.sync = func, info, wait
-            was_empty = yield from self.__smp_call_single_queue(cpu, csd, callsite)
+            was_empty = yield from self.llist_add_csd(cpu, csd, callsite)
             queued.append(csd)
-            if not many_needs_ipi(k, was_empty):
+            if not was_empty and k.has("coalesce_many"):  # the seed (4.13): cfd->cpumask_ipi
                 self.stats.csd_no_ipi_queued += 1
             else:
                 if not was_empty:
@@ -257,7 +254,7 @@ class Smp:
                     self.stats.ipis_to_nonempty_queue += 1
                 cpumask_ipi.append(target)
 
-        if many_sends_single(k, len(cpumask_ipi)):
+        if k.has("single_ipi_for_one") and len(cpumask_ipi) == 1:  # 5.13+: one IPI goes the single way
             yield from self.send_call_function_single_ipi(cpu, cpumask_ipi[0], callsite)
         elif cpumask_ipi:
             yield from self.send_call_function_ipi_mask(cpu, cpumask_ipi, callsite)
@@ -285,8 +282,10 @@ class Smp:
         yield from func.body(self.p, cpu, info)
         self.p.trace(cpu, "csd_function_exit", func=func.name, csd=csd.pointer)
 
-    def flush_smp_call_function_queue(self, cpu: int, from_irq: bool) -> Generator[Any, Any, int]:
-        """Detach the whole queue and run every entry; return how many ran."""
+    def __flush_smp_call_function_queue(self, cpu: int, from_irq: bool) -> Generator[Any, Any, int]:
+        """Detach the whole queue and run every entry; return how many ran. (Static in kernel/smp.c, so
+        private here: its callers are the two functions below. `from_irq` is for the statistics only; the
+        kernel's argument, warn_cpu_offline, is about CPU hot-unplug, which the model has none of.)"""
         yield Busy(0, "llist_del_all")
         entries = self.call_single_queue[cpu].llist_del_all()
         if entries:
@@ -313,13 +312,26 @@ class Smp:
                 yield from self.csd_do_func(cpu, csd, func, info)
         return len(entries)
 
+    def generic_smp_call_function_single_interrupt(self, cpu: int) -> Generator[Any, Any, int]:
+        """What both function-call vectors run (generic_smp_call_function_interrupt is the same function)."""
+        return (yield from self.__flush_smp_call_function_queue(cpu, from_irq=True))
+
+    def flush_smp_call_function_queue(self, cpu: int) -> KernelCode:
+        """The idle loop's flush after a polling wakeup (5.8-5.18: flush_smp_call_function_from_idle()):
+        nothing if the queue is empty, else the flush with interrupts off."""
+        if not len(self.call_single_queue[cpu]):
+            return
+        yield IRQS_OFF
+        yield from self.__flush_smp_call_function_queue(cpu, from_irq=False)
+        yield IRQS_ON
+
     def sysvec_call_function(self, cpu: int, vector: int) -> KernelCode:
-        """The CALL_FUNCTION(_SINGLE) interrupt: both vectors flush the same queue."""
+        """x86's CALL_FUNCTION(_SINGLE) interrupt entry: both vectors flush the same queue."""
         name = "call_function_single" if vector == CALL_FUNCTION_SINGLE_VECTOR else "call_function"
         yield Busy(self.p.cost(CostId.IRQ_ENTRY, cpu), "irq_entry")
         self.stats.cal_interrupts += 1
         self.p.trace(cpu, f"{name}_entry", vector=vector)
-        ran = yield from self.flush_smp_call_function_queue(cpu, from_irq=True)
+        ran = yield from self.generic_smp_call_function_single_interrupt(cpu)
         if ran == 0:
             self.stats.empty_interrupts += 1
         self.p.trace(cpu, f"{name}_exit", vector=vector)

@@ -17,8 +17,7 @@ class CheckThenAdd(Smp):
     between them the target may detach the (non-empty) queue, so the CSD lands on an empty queue and its
     sender, having seen it non-empty, sends no IPI."""
 
-    # Overrides Smp.__smp_call_single_queue (Python mangles the double-underscore name).
-    def _Smp__smp_call_single_queue(self, cpu: int, csd: Csd, callsite: str) -> Generator[Any, Any, bool]:
+    def llist_add_csd(self, cpu: int, csd: Csd, callsite: str) -> Generator[Any, Any, bool]:
         self.p.trace(cpu, "csd_queue_cpu", cpu=csd.dst, callsite=callsite, func=csd.func.name, csd=csd.pointer)
         self.stats.csd_enqueues += 1
         queue = self.call_single_queue[csd.dst]
@@ -35,7 +34,7 @@ class IpiBeforeAdd(Smp):
 
     def generic_exec_single(self, cpu: int, target: int, csd: Csd, callsite: str) -> KernelCode:
         yield from self.send_call_function_single_ipi(cpu, target, callsite)
-        yield from self._Smp__smp_call_single_queue(cpu, csd, callsite)
+        yield from self.llist_add_csd(cpu, csd, callsite)
 
 
 class UnlockBeforeFuncSync(Smp):

@@ -670,7 +670,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             if cpu[NEED_RESCHED]:
                 return _busy(cpu, x, cost(s, c, C_POLL_NOTICE), ID_NOTICED)
             x[PC] = ID_TOP
-        elif pc == ID_NOTICED:
+        elif pc == ID_NOTICED:  # kernel/smp.py flush_smp_call_function_queue, the idle loop's flush
             if cpu[Q_HEAD] >= 0:
                 return _step(x, ST_IRQS_OFF, ID_FLUSH)
             cpu[NEED_RESCHED] = 0
@@ -683,7 +683,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == ID_FLUSH_DONE:
             cpu[NEED_RESCHED] = 0
             x[PC] = ID_TOP
-        # --- kernel/smp.py sysvec_call_function --------------------------------------------------------
+        # --- kernel/smp.py sysvec_call_function, generic_smp_call_function_single_interrupt -----------
         elif pc == SV_ENTRY:
             return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), SV_FLUSH)
         elif pc == SV_FLUSH:
@@ -702,7 +702,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), SV_DONE)
         elif pc == SV_DONE:
             return ST_RETURN
-        # --- kernel/smp.py flush_smp_call_function_queue ------------------------------------------------
+        # --- kernel/smp.py __flush_smp_call_function_queue ----------------------------------------------
         elif pc == FL_START:
             return _busy(cpu, x, 0, FL_DETACH)  # llist_del_all costs nothing of its own
         elif pc == FL_DETACH:
@@ -1178,7 +1178,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 _return(x)
         elif pc == GE_DONE:
             _return(x)
-        # --- kernel/smp.py __smp_call_single_queue ----------------------------------------------------------
+        # --- kernel/smp.py llist_add_csd --------------------------------------------------------------------
         elif pc == SQ_START:
             csd = x[L_CSD]
             dst = s.csd[csd, DST]
