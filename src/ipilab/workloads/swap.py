@@ -99,8 +99,8 @@ class SwapWSeqMt(Workload):
 
     # --- placement -------------------------------------------------------------------------------
 
-    @staticmethod
-    def placement(m: Machine, threads: int, kswapd: bool = True) -> tuple[list[int], list[int]]:
+    @classmethod
+    def placement(cls, m: Machine, threads: int, kswapd: bool = True) -> tuple[list[int], list[int]]:
         """CPUs of the usemem threads, and of each node's kswapd (none without kswapd)."""
         t = m.topology
         order = sorted(range(m.ncpus), key=lambda c: (m.thread_of(c), m.core_of(c), m.socket_of(c)))
@@ -108,7 +108,7 @@ class SwapWSeqMt(Workload):
         room = m.ncpus - nodes
         if threads > room:
             less = ", less one per node for kswapd" if kswapd else ""
-            raise WorkloadError(f"workload swap-w-seq-mt: field threads: {threads} is more than {room} "
+            raise WorkloadError(f"workload {cls.name}: field threads: {threads} is more than {room} "
                                 f"(the machine's {m.ncpus} CPUs{less})")
         usemem = sorted(order[:threads])
         idle = [c for c in order[threads:]]
