@@ -625,7 +625,9 @@ def reproduce() -> None:
               help="Also list every machine cost with its source and run the sensitivity table: each cost at "
                    "x0.5 and x1.5 for both kernels, and the fill phase again for the costs it pays, and the spread "
                    "table: every cost lognormal with p90 = 1, 1.25, 1.5, 2 and 3 x median (about 120 more short "
-                   "simulations: a few minutes on 2 cores at the default --sensitivity-seconds).")
+                   "simulations), the ablation table (each modelling change added in turn, on the main window) and "
+                   "the absolute check (the model as swap-w-seq with 32 processes against a published swap-out "
+                   "rate): about 5 minutes on 2 cores at the default windows.")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "
