@@ -49,7 +49,7 @@ class SimCpu:
     stack: list[Context] = field(default_factory=list)
     irr: set[int] = field(default_factory=set)  # vectors pending in the local APIC
     idle: IdleState = field(default_factory=IdleState)
-    wait: tuple | None = None  # ("busy", end, timer, use) | ("spin", step, deadline, timer) | ("halt",) | ("waking",)
+    wait: tuple | None = None  # ("busy", end, timer) | ("spin", step, deadline, timer) | ("halt",) | ("waking",)
     wait_gen: int = 0
     irq_ns: int = 0
     interrupts: int = 0
@@ -266,7 +266,7 @@ class SimMachine:
                     gen = c.wait_gen + 1
                     timer = self.engine.at(end, lambda gen=gen: self._busy_done(c, gen))
                     use = self._use(step.what, top.kind, False)
-                    self._block(c, ("busy", end, timer, use), use)
+                    self._block(c, ("busy", end, timer), use)
                     return
             elif type(step) is SpinUntil:
                 if step.cond():
@@ -369,7 +369,7 @@ class SimMachine:
         c.wait = None
         if wait[0] == "busy":
             wait[2].cancel()
-            top.saved = ("busy", wait[1] - self.engine.now, wait[3])
+            top.saved = ("busy", wait[1] - self.engine.now, c.use)
         else:
             if wait[3] is not None:
                 wait[3].cancel()
@@ -416,7 +416,7 @@ class SimMachine:
             gen = c.wait_gen + 1
             end = self.engine.now + saved[1]
             timer = self.engine.at(end, lambda: self._busy_done(c, gen))
-            self._block(c, ("busy", end, timer, saved[2]), saved[2])
+            self._block(c, ("busy", end, timer), saved[2])
             return False, None
         if saved[0] == "spin":
             step, deadline = saved[1], saved[2]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES
+
 
 class Use(IntEnum):
     """What a CPU spends time on. The lower-case name is the key in results."""
@@ -40,13 +42,8 @@ class Use(IntEnum):
 
 NUSES = len(Use)
 
-# The lock each spin_lock name belongs to (a SpinLock's name is "<kind>" or "<kind>/<instance>").
-LOCK_USES = {
-    "lru_lock": Use.SPIN_LRU_LOCK,
-    "swap_avail_lock": Use.SPIN_SWAP_AVAIL_LOCK,
-    "si->lock": Use.SPIN_SI_LOCK,
-    "swap_cache": Use.SPIN_SWAP_CACHE_LOCK,
-}
+# Spinning on each kind of lock, named after its counters in results (lru_lock -> SPIN_LRU_LOCK).
+LOCK_USES = {kind: Use["SPIN_" + prefix.upper()] for kind, prefix in LOCK_COUNTER_PREFIXES.items()}
 
 _BUSY = {
     "usemem write": Use.USER, "usemem start": Use.USER, "thread start": Use.USER, "user": Use.USER,

@@ -1402,9 +1402,8 @@ def _block(s: State, c: int, kind: int, use: int) -> None:
 
 
 @inlined
-def _busy_use(s: State, c: int) -> int:
-    """The use of the Busy step the top context is in: by the state it resumes at."""
-    k = top_ctx(s, c)
+def _busy_use(s: State, c: int, k: int) -> int:
+    """The use of the Busy step context `k` (the top one) is in: by the state it resumes at."""
     x = s.ctx[c, k]
     use = s.busy_use[x[PC], 1 if k == TASK else 0]
     return s.lock[x[L_LOCK], LK_USE] if use == U_BY_LOCK else use
@@ -1420,10 +1419,10 @@ def _spin_use(s: State, cond: int, a: int) -> int:
 
 
 @inlined
-def _block_busy(s: State, c: int, end: int) -> None:
+def _block_busy(s: State, c: int, k: int, end: int) -> None:
     gen = s.cpu[c, WAIT_GEN] + 1
     at(s, end, EV_BUSY_DONE, c, gen)
-    _block(s, c, W_BUSY, _busy_use(s, c))
+    _block(s, c, W_BUSY, _busy_use(s, c, k))
     s.cpu[c, WAIT_END] = end
 
 
@@ -1492,7 +1491,7 @@ def resume(s: State, c: int) -> tuple[bool, int]:
     if saved == S_VALUE:
         return True, x[SAVED_END]
     if saved == S_BUSY:
-        _block_busy(s, c, s.g[NOW] + x[SAVED_END])
+        _block_busy(s, c, k, s.g[NOW] + x[SAVED_END])
         return False, -1
     if saved == S_SPIN:
         if cond_holds(s, x[SAVED_COND], x[SAVED_A], x[SAVED_B]):
@@ -1535,7 +1534,7 @@ def run(s: State, c: int, value: int) -> None:
         value = -1
         if step == ST_BUSY:
             if cpu[STEP_NS] > 0:
-                _block_busy(s, c, now + cpu[STEP_NS])
+                _block_busy(s, c, k, now + cpu[STEP_NS])
                 return
         elif step == ST_SPIN:
             if cond_holds(s, cpu[STEP_COND], cpu[STEP_A], cpu[STEP_B]):
