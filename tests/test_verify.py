@@ -28,7 +28,7 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
-from ipilab.verify.dpor import explore_dpor, shorter_runs
+from ipilab.verify.dpor import causal_past, explore_dpor, shorter_runs
 from ipilab.verify.explore import (
     Call,
     Config,
@@ -110,9 +110,11 @@ CASES = {
     # cpu0 T1 lock+fill, T2 llist_add, T3 ICR write; cpu1 irq entry, H1 detach, H2 early unlock;
     # cpu0 T4 csd_lock_wait sees it unlocked and returns: the function has not run. 7 moves.
     "unlock-before-func-sync": (programs("many:wait", ""), "early-return", 7),
-    # cpu0 T1 lock+fill, T2 ICR write; cpu1 irq entry, H1 detach (empty), H2 irq_exit; cpu0 T3 csd_queue_cpu
-    # trace, T4 llist_add, T5 idle halts; cpu1 U halts. The CSD stays queued: 9 moves.
-    "ipi-before-add": (programs("single:async", ""), "lost-wakeup", 9),
+    # cpu0 T1 lock+fill, T2 ICR write, T3 csd_queue_cpu (reads the CSD); cpu1 irq entry, H1 detach (empty);
+    # cpu0 T4 llist_add onto the now empty queue, and its call returns owing cpu1 the IPI it sent too
+    # early, with nothing pending there and the handler past its detach: 6 moves. (Checked only at the
+    # end, the run had to go on until both CPUs halt: 9.)
+    "ipi-before-add": (programs("single:async", ""), "lost-wakeup", 6),
     # cpu0's async call (T1-T5, with its IPI), then its waiting call: T6 lock+fill, T7 sees cpu1's queue
     # non-empty; cpu1 irq entry + H1 detaches it; cpu0 T8 adds to the now empty queue, sends nothing and
     # spins; cpu1 H2-H4, U. 13 moves.
@@ -275,6 +277,62 @@ def test_a_broken_variant_on_3_cpus_gets_a_shortest_counterexample():
     m = replay(cfg, r.counterexample[:-1])
     m.apply(r.counterexample[-1])
     assert m.violation is not None and m.violation.kind == "early-return"
+
+
+def test_a_lost_wakeup_on_3_cpus_is_shown_where_the_owed_ipi_goes_missing():
+    """The issue's command: 3 CPUs x 1 call, v4.13, check-then-add. The sender that makes a queue non-empty
+    owes its CPU an interrupt; here one returns owing it while nothing else is due to flush that queue, so
+    the counterexample ends there instead of where every program ends. The breadth-first search, which
+    skips moves asleep, must give exactly the length a plain breadth-first search over every schedule
+    (a second implementation: no sleep sets, every state replayed) finds, and say it is a shortest."""
+    cfg = config("v4.13", default_programs(3, 1), "check-then-add")
+    r = explore_dpor(cfg)
+    assert r.shortest and len(r.counterexample) == r.fewest_moves == plain_bfs_shortest(cfg)
+    m = replay(cfg, r.counterexample)
+    assert m.violation is not None and m.violation.kind == "lost-wakeup" and "owes" in m.violation.message
+    # The early check agrees with the end-of-run one: let the run go on (the latest CPU first, then the
+    # earliest) with that check off, and it ends with the CSD still queued.
+    ends = []
+    for pick in (-1, 0):
+        m = replay(cfg, r.counterexample)
+        m.violation = None
+        while moves := m.choices():
+            m.apply(moves[pick])
+        ends.append(m.terminal_violation())
+    assert all(v is not None and v.kind == "lost-wakeup" and "stranded" in v.message for v in ends)
+
+
+def test_an_ipi_still_pending_keeps_a_csd_that_is_owed_one_from_counting_as_stranded():
+    """Litmus, ipi-before-add, cpu0 one single:async call to cpu1, cpu1 idle. cpu0: T1 lock+fill, T2 ICR
+    write (cpu1's IRR now holds the vector), T3 csd_queue_cpu, T4 llist_add onto the empty queue, and its
+    call returns owing cpu1 an IPI (it sent it too early). But cpu1 has not taken the interrupt yet, so
+    the pending vector will flush the CSD. Expected: no check fails after T4, and the run ends clean with
+    the function run on cpu1, whatever the order of what is left."""
+    cfg = config("v4.13", programs("single:async", ""), "ipi-before-add")
+    m = ModelMachine(cfg)
+    for _ in range(4):
+        m.apply(("run", 0))
+    assert m.violation is None
+    assert len(m.smp.call_single_queue[1]) == 1 and m.cpus[1].irr
+    while moves := m.choices():
+        m.apply(moves[-1])
+    assert m.violation is None and m.terminal_violation() is None and (0, 0, 1) in m.ran
+
+
+def test_a_counterexample_is_cut_to_the_moves_its_violation_depends_on():
+    """no-csd-lock, cpu0 two single:async calls to cpu1 (CASES: a shortest run has 4 moves). A run of 5:
+    cpu0's first call (T1-T3, the IPI sent), cpu1 takes the interrupt, cpu0's T4 takes csd_data while it
+    is still locked. The interrupt entry touches only cpu1's IRR, which no later cpu0 move reads, so the
+    violation does not depend on it: the cut run is cpu0's 4 moves, and it breaks the same check."""
+    cfg = config("v4.13", programs("single:async,single:async", ""), "no-csd-lock")
+    run = [("run", 0)] * 3 + [("irq", 1), ("run", 0)]
+    assert replay(cfg, run[:-1]).violation is None
+    cut = causal_past(cfg, run)
+    assert cut == [("run", 0)] * 4
+    m = ModelMachine(cfg)
+    for move in cut:
+        m.apply(move)
+    assert m.violation is not None and m.violation.kind == "reuse-while-locked"
 
 
 def test_shorter_runs_are_real_counterexamples_and_a_time_boxed_search_a_true_lower_bound():

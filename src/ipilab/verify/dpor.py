@@ -48,8 +48,18 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from ipilab.verify import explore as ex
-from ipilab.verify.explore import Choice, Config, ModelMachine, Progress, Result, StateLimitError, replay, shorten
+from ipilab.verify.explore import (
+    Choice,
+    Config,
+    ModelMachine,
+    Progress,
+    Result,
+    StateLimitError,
+    footprint,
+    independent,
+    replay,
+    shorten,
+)
 
 
 @dataclass(slots=True)
@@ -115,32 +125,23 @@ class _Bits:
         return [q for q, mask in enumerate(self.cpu_masks) if bits & mask]
 
 
-def _footprint() -> tuple[frozenset, frozenset]:
-    reads = frozenset(obj for obj, write in ex._accesses if not write)
-    writes = frozenset(obj for obj, write in ex._accesses if write)
-    return reads, writes
-
-
-def _independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset]) -> bool:
-    (ra, wa), (rb, wb) = a, b
-    return not (wa & rb or wa & wb or ra & wb)
-
-
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
                  keep_terminal_keys: bool = False, progress: Progress | None = None,
                  shortest_seconds: float | None = None) -> Result:
     """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
     slept at its first expansion and are awake when it is reached again; see the module doc), stopping
-    at the first violation: its run is the counterexample. With `shortest`, the search goes on for
-    shorter violating runs (`shorter_runs`, half of `shortest_seconds`), then a breadth-first search of
-    every schedule (`shorten`) looks for a shortest one with the rest of the time."""
+    at the first violation: its run, cut to what its violation depends on (`causal_past`), is the
+    counterexample. With `shortest`, the search goes on for shorter violating runs (`shorter_runs`, a
+    quarter of `shortest_seconds`), then a breadth-first search of every state (`shorten`) looks for a
+    shortest one with the rest of the time: only it can prove a length, and it stops at the first depth
+    where a check fails, so the time goes to it."""
     t0 = time.perf_counter()
     res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
     _search(config, res, max_states, progress)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
         t1 = time.perf_counter()
-        shorter_runs(res, max_states, None if shortest_seconds is None else shortest_seconds / 2, progress)
+        shorter_runs(res, max_states, None if shortest_seconds is None else shortest_seconds / 4, progress)
         left = None if shortest_seconds is None else max(0.0, shortest_seconds - (time.perf_counter() - t1))
         shorten(res, max_states, left, progress)
         res.seconds = time.perf_counter() - t0
@@ -200,12 +201,12 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             m = replay(config, [mv.choice for mv in moves])
         m.apply(node.enabled[cpu])
         res.transitions += 1
-        move = _new_move(moves, cpu, node.enabled[cpu], *_footprint(), n)
+        move = _new_move(moves, cpu, node.enabled[cpu], *footprint(), n)
         bits.of(move)
         _add_backtracks(nodes, moves, move)
         moves.append(move)
         fp = (move.reads, move.writes)
-        sleep = {q: f for q, f in node.sleep.items() if _independent(f, fp)}
+        sleep = {q: f for q, f in node.sleep.items() if independent(f, fp)}
         node.sleep[cpu] = fp
         key = m.key()
         seen = visited.get(key)
@@ -237,12 +238,14 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             res.executions += 1
             if limit is None:
                 # Stop: the rest of the search would only count more violations (minutes at 3 CPUs).
-                res.add_violation(violation, lambda: [mv.choice for mv in moves])
+                res.add_violation(violation, lambda: causal_past(config, [mv.choice for mv in moves]))
                 res.complete = False
                 return
             if len(moves) <= limit:
-                res.counterexample, res.counterexample_violation = [mv.choice for mv in moves], violation
-                limit = len(moves) - 1
+                schedule = causal_past(config, [mv.choice for mv in moves])
+                res.counterexample = schedule
+                res.counterexample_violation = replay(config, schedule).violation or violation
+                limit = len(schedule) - 1
         elif not enabled:
             res.executions += 1
             res.add_terminal(m, key)
@@ -258,6 +261,36 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
         node.summary |= move.bits
         moves.pop()
         m = None
+
+
+def causal_past(config: Config, schedule: list[Choice]) -> list[Choice]:
+    """A counterexample cut to what its violation needs. When the last move broke a check as it ran (not
+    a check of the end state), only the moves it depends on, directly or through others, matter: the
+    rest are independent of it and can be left out, as independent moves commute. The moves kept, in
+    their order, are replayed; if that run breaks a check (possibly earlier) it is returned, else (the
+    dependencies were not the whole story) `schedule` itself."""
+    m = ModelMachine(config)
+    footprints = []
+    for choice in schedule:
+        m.apply(choice)
+        footprints.append((choice[1], footprint()))
+    if m.violation is None or len(schedule) < 2:
+        return schedule
+    keep = [False] * len(schedule)
+    keep[-1] = True
+    for i in range(len(schedule) - 2, -1, -1):
+        cpu, fp = footprints[i]
+        keep[i] = any(keep[j] and (footprints[j][0] == cpu or not independent(fp, footprints[j][1]))
+                      for j in range(i + 1, len(schedule)))
+    cut = [choice for choice, kept in zip(schedule, keep, strict=True) if kept]
+    m = ModelMachine(config)
+    for i, choice in enumerate(cut):
+        if choice not in m.choices():
+            return schedule
+        m.apply(choice)
+        if m.violation is not None:
+            return cut[:i + 1]
+    return schedule
 
 
 def _enabled(m: ModelMachine) -> dict[int, Choice]:
@@ -280,7 +313,7 @@ def _new_move(moves: list[_Move], cpu: int, choice: Choice, reads: frozenset, wr
 
 
 def _depends(a: _Move, b: _Move) -> bool:
-    return not _independent((a.reads, a.writes), (b.reads, b.writes))
+    return not independent((a.reads, a.writes), (b.reads, b.writes))
 
 
 def _happens_before(a: _Move, b: _Move) -> bool:

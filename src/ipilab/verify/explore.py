@@ -60,6 +60,13 @@ What is checked (each a `Violation.kind`):
     which finds exactly the states violating the per-state form. (The weaker-looking "an IPI is pending or
     an interrupt is in progress" is NOT an invariant of the correct kernel: between llist_add and its ICR
     write the sender owes the IPI and nothing is pending yet.)
+    It is also caught early, where the kernel's own rule breaks: llist_add reports that it made a queue
+    non-empty, and the CPU that did so owes that queue's CPU an interrupt (an IPI, or 5.8+'s wakeup of a
+    polling idle CPU). When a call returns still owing one and nothing else is due to flush that queue
+    (no vector pending there, no interrupt taken that has yet to detach it, no idle wakeup), the CSD is
+    stranded already. The owed IPIs are tracked beside the model (`owed`), never inside kernel/smp.py,
+    and the correct kernels never break the rule (the tests run them at up to 3 CPUs x 2 calls); the
+    counterexample is then as long as the breakage, not as long as every program's end.
   * `deadlock`: a terminal state in which some CPU has not finished its program (a waiting sender never
     returns, or a sender spins on a CSD lock forever), or a CSD is left locked.
   * `ran-twice` / `not-run`: every queued (call, target) runs its function exactly once: a second run is
@@ -188,16 +195,22 @@ _SHARED_CSD_FIELDS = frozenset(("src", "dst", "func", "info", "locked", "sync"))
 
 
 class _WatchedQueue(CallSingleQueue):
-    def __init__(self, cpu: int) -> None:
+    def __init__(self, cpu: int, machine: ModelMachine) -> None:
         super().__init__()
+        self.cpu, self.machine = cpu, machine
         self.obj = ("call_single_queue", cpu)
 
     def llist_add(self, csd: Csd) -> bool:
         _accesses.append((self.obj, True))
-        return super().llist_add(csd)
+        was_empty = super().llist_add(csd)
+        if was_empty:
+            # Whoever makes the queue non-empty must interrupt its CPU (the llist_add contract).
+            self.machine.owed[self.machine.running].add(self.cpu)
+        return was_empty
 
     def llist_del_all(self) -> list[Csd]:
         _accesses.append((self.obj, True))
+        self.machine.flush_due[self.cpu] = False  # this handler (or idle flush) looks at the queue no more
         return super().llist_del_all()
 
     def __len__(self) -> int:
@@ -252,6 +265,13 @@ class ModelMachine:
         self.labels: list[str] = []  # what the last `run` move went through (for counterexamples)
         self.stack_keys: list[tuple | None] = [None] * n  # per CPU, the part of key() its own moves change
         self.events: list[Event] | None = [] if record else None
+        self.running = -1  # the CPU whose move is being taken
+        # Per CPU, the CPUs whose empty call_single_queue it put a CSD on and has not yet sent an IPI (or
+        # woken from polling): it owes each an interrupt. Only its own moves change it.
+        self.owed: list[set[int]] = [set() for _ in range(n)]
+        # Per CPU, whether an interrupt it took has yet to detach its queue (set at entry, cleared by the
+        # detach): the position of the handler's code says as much, so the key needs nothing more.
+        self.flush_due = [False] * n
         # physical x2APIC: one ICR write (one interleaving point) per target CPU
         apic = Apic("x2apic_phys", tuple(range(n)), use_shorthand=False)
         self.smp = smp = config.smp_class(config.kernel, n, apic, self)
@@ -263,7 +283,7 @@ class ModelMachine:
             self._name(smp.csd_data[src], ("data", src))
         self._stack_csds = [0] * n
         smp._new_csd = self._new_stack_csd  # on-stack CSDs get schedule-independent names
-        smp.call_single_queue = [_WatchedQueue(c) for c in range(n)]
+        smp.call_single_queue = [_WatchedQueue(c, self) for c in range(n)]
         self.cpus = [Cpu(i, [], _WatchedIdleState(i)) for i in range(n)]
         for c in self.cpus:
             c.stack = [Context(do_idle(smp, c.id, c.idle, 0), "idle", True),
@@ -291,12 +311,27 @@ class ModelMachine:
                 yield from smp.smp_call_function_many_cond(cpu, targets, VERIFY_FUNC, info, wait=call.wait)
             else:
                 yield from smp.smp_call_function_single(cpu, targets[0], VERIFY_FUNC, info, call.wait)
+            stranded = [t for t in sorted(self.owed[cpu]) if self._nothing_due(t)]
+            if stranded:
+                self.fail("lost-wakeup", f"cpu{cpu}'s call {k} ({call}) put a CSD on the empty call_single_queue of "
+                                         f"cpu{','.join(map(str, stranded))} and returned without the IPI it owes: "
+                                         f"none is pending there, no interrupt in progress, no flush to come")
+            self.owed[cpu].clear()
             if call.wait:
                 _accesses.extend((("ran", (cpu, k, t)), False) for t in targets)
                 missing = [t for t in targets if (cpu, k, t) not in self.ran]
                 if missing:
                     self.fail("early-return", f"cpu{cpu}'s call {k} ({call}) returned before its function ran "
                                               f"on cpu{','.join(map(str, missing))}")
+
+    def _nothing_due(self, cpu: int) -> bool:
+        """Whether CPU `cpu`'s call_single_queue holds CSDs that nothing is due to flush: no vector pending
+        in its APIC, no interrupt taken that has yet to detach the queue, and its idle loop not woken to
+        flush it. A check of other CPUs' state, so it reads what it looks at."""
+        c = self.cpus[cpu]
+        _accesses.append((("irr", cpu), False))
+        return (len(self.smp.call_single_queue[cpu]) > 0 and not c.irr and not self.flush_due[cpu]
+                and not (c.idle.polling or c.idle.need_resched))
 
     def func_ran(self, cpu: int, info: tuple[int, int]) -> None:
         run = (info[0], info[1], cpu)
@@ -323,6 +358,7 @@ class ModelMachine:
 
     def raise_ipi(self, src: int, dst: int, vector: int) -> None:
         _accesses.append((("irr", dst), True))
+        self.owed[src].discard(dst)
         self.ipis += 1
         c = self.cpus[dst]
         if vector in c.irr:
@@ -345,7 +381,10 @@ class ModelMachine:
         self.events.append(Event(self.now, cpu, name, task, pid, flags, fields))
 
     def set_nr_if_polling(self, cpu: int) -> bool:
-        return self.cpus[cpu].idle.set_nr_if_polling()
+        if self.cpus[cpu].idle.set_nr_if_polling():
+            self.owed[self.running].discard(cpu)  # the woken CPU flushes its queue itself
+            return True
+        return False
 
     def is_lazy_tlb(self, cpu: int) -> bool:
         return False
@@ -378,6 +417,7 @@ class ModelMachine:
         if check:
             self._seen = {name: (d["info"], d["locked"]) for name, d in self._fields}
         c = self.cpus[cpu]
+        self.running = cpu
         self.steps += 1
         _accesses.clear()
         if c.stack[-1].irqs_on:
@@ -392,6 +432,7 @@ class ModelMachine:
             vector = max(c.irr)  # the APIC delivers the highest pending vector first
             c.irr.discard(vector)
             c.stack.append(Context(self.smp.sysvec_call_function(cpu, vector), "irq", False))
+            self.flush_due[cpu] = True
         if check:
             self._check_reuse()
 
@@ -488,7 +529,8 @@ class ModelMachine:
         queues = tuple(tuple(x.vname for x in q.entries) for q in self.smp.call_single_queue)
         csds = tuple(sorted((name, d["dst"], d["locked"], d["sync"], d["func"] and d["func"].name, d["info"])
                             for name, d in self._fields))
-        return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis))
+        owed = tuple(tuple(sorted(o)) for o in self.owed)
+        return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis, owed))
 
     def _canon(self, v: Any) -> Any:
         t = type(v)
@@ -691,30 +733,76 @@ def _schedule_to(parent: list[tuple[int, Choice | None]], sid: int) -> list[Choi
     return path[::-1]
 
 
+def footprint() -> tuple[frozenset, frozenset]:
+    """What the move just taken read and wrote (see LOCAL STEPS): two sets of shared objects."""
+    reads = frozenset(obj for obj, write in _accesses if not write)
+    writes = frozenset(obj for obj, write in _accesses if write)
+    return reads, writes
+
+
+def independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset]) -> bool:
+    """Whether two moves of different CPUs, by their footprints, commute: neither writes what the other
+    reads or writes."""
+    (ra, wa), (rb, wb) = a, b
+    return not (wa & rb or wa & wb or ra & wb)
+
+
+# Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
+# up to this many per depth; past it they are replayed from the initial state when expanded.
+_KEEP_MACHINES = 50_000
+
+
 def shorten(res: Result, max_states: int, seconds: float | None = None, progress: Progress | None = None) -> None:
-    """Look for a counterexample shorter than `res`'s: breadth first over every schedule (the full
-    search's, no reduction), depth by depth, stopping at the first depth where some state violates a
-    check, or when `seconds` run out (or the states pass `max_states`), or at the depth of the
-    counterexample in hand. Sets `res.fewest_moves` to one more than the deepest depth whose every
-    state was checked, and replaces the counterexample when a shorter one turns up."""
+    """Look for a counterexample shorter than `res`'s: breadth first over every state (no reduction of
+    states), depth by depth, stopping at the first depth where some state violates a check, or when
+    `seconds` run out (or the states pass `max_states`), or at the depth of the counterexample in hand.
+    Sets `res.fewest_moves` to one more than the deepest depth whose every state was checked, and
+    replaces the counterexample when a shorter one turns up.
+
+    Moves are saved with sleep sets (Godefroid 1996): after taking CPU q's move from a state, its
+    siblings' moves taken later sleep for q's move where they are independent of it, and stay asleep
+    down a path as long as each move on it is independent of theirs; a sleeping move is not taken, since
+    taking it there reaches, in as many moves, a state the earlier order reaches too. A state first met
+    at depth d by several moves sleeps only what sleeps in every one of them. Every state is still
+    reached at its least depth: the same depths, far fewer moves taken (and replays)."""
     t0 = time.perf_counter()
     config = res.config
     assert res.counterexample is not None
-    visited = {ModelMachine(config).key()}
+    root = ModelMachine(config)
+    visited = {root.key()}
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
-    frontier, depth = [0], 0
+    frontier: list[tuple[int, ModelMachine | None, dict[int, tuple]]] = [(0, root, {})]
+    depth = 0
     try:
         while frontier and depth + 1 < len(res.counterexample):
             depth += 1  # of the states made now; every shallower state is checked
-            nxt = []
-            for sid in frontier:
+            nxt: list[tuple[int, ModelMachine | None, dict[int, tuple]]] = []
+            at: dict[int, int] = {}  # key -> its place in nxt, for states met again at this depth
+            for sid, m, sleep in frontier:
                 if seconds is not None and time.perf_counter() - t0 > seconds:
                     return
                 path = _schedule_to(parent, sid)
-                m = replay(config, path)
-                for choice, child in _successors(config, path, m, m.choices()):
+                if m is None:
+                    m = replay(config, path)
+                    m.key()
+                moves = [choice for choice in m.choices() if choice[1] not in sleep]
+                taken: dict[int, tuple] = {}
+                for i, choice in enumerate(moves):
+                    if i < len(moves) - 1:
+                        child = replay(config, path)
+                        child.stack_keys = list(m.stack_keys)
+                    else:
+                        child = m
+                    child.apply(choice)
+                    fp = footprint()
+                    child_sleep = {q: f for q, f in (sleep | taken).items() if independent(f, fp)}
+                    taken[choice[1]] = fp
                     k = child.key()
                     if k in visited:
+                        j = at.get(k)
+                        if j is not None:
+                            cid, cm, cs = nxt[j]
+                            nxt[j] = (cid, cm, {q: f for q, f in cs.items() if q in child_sleep})
                         continue
                     visited.add(k)
                     parent.append((sid, choice))
@@ -731,7 +819,8 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                         res.counterexample_violation = violation
                         return
                     if child_moves:
-                        nxt.append(len(parent) - 1)
+                        at[k] = len(nxt)
+                        nxt.append((len(parent) - 1, child if len(nxt) < _KEEP_MACHINES else None, child_sleep))
             frontier = nxt
         depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
     finally:
