@@ -61,16 +61,20 @@ def test_every_unmapped_page_is_flushed_before_it_is_reused_and_faults_match_wri
         stale_seen = []
 
         def check(run=run, stale_seen=stale_seen):
-            # A page on a free list must not be mapped by any TLB any more.
+            # A page on a free list (the buddy lists or a per-CPU list) must not be mapped by any TLB any more.
             for node in run.mem.nodes:
                 stale_seen.extend(p.pfn for p in node.free if p.tlb_stale or p.mapped)
+                for pcp in node.zone.pcp.values():
+                    stale_seen.extend(p.pfn for p in pcp if p.tlb_stale or p.mapped)
 
         sim.engine.run(2_000_000, check=check)
         assert stale_seen == []
         s = run.mem.stats
         assert s.pages_reclaimed > 100 and s.tlb_flushes > 0
         if flush == "per-page":
-            assert s.tlb_flushes == s.pages_reclaimed  # every dirty page its own shootdown
+            # Every dirty page its own shootdown; a reclaimer may be between one and the page's write-out.
+            reclaimers = w.threads + len(run.kswapd_cpus)
+            assert s.pages_reclaimed <= s.tlb_flushes <= s.pages_reclaimed + reclaimers
         else:
             assert s.tlb_flushes * w.batch >= s.pages_reclaimed > (s.tlb_flushes - 5) * w.batch
         written = sum(run.written)

@@ -113,7 +113,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
 
 
 USE_DOCS = {
-    "user": "usemem's own page writes", "page_fault": "fault entry, allocation and zeroing, the LRU add",
+    "user": "usemem's own page writes", "page_fault": "fault entry, allocation (rmqueue_bulk's hold), zeroing, LRU add",
     "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing",
     "shootdown_send": "queueing the flush on each target, ICR writes, the local flush",
     "shootdown_wait": "csd_lock_wait: until the last target has run the flush",
@@ -124,10 +124,12 @@ USE_DOCS = {
     "spin_swap_avail_lock": "waiting for swap_avail_lock (interrupts on)",
     "spin_si_lock": "waiting for si->lock (interrupts on)",
     "spin_swap_cache_lock": "waiting for a swap cache tree_lock (interrupts off)",
+    "spin_zone_lock": "waiting for zone->lock: rmqueue_bulk, free_pcppages_bulk (interrupts off)",
+    "mem_bandwidth": "a page write waiting for the socket's memory bandwidth beyond its CPU time",
     "other": "steps outside the kernel model",
 }
 LOCK_NAMES = {"lru_lock": "pgdat->lru_lock", "swap_avail_lock": "swap_avail_lock", "si_lock": "si->lock",
-              "swap_cache_lock": "swap cache tree_lock"}
+              "swap_cache_lock": "swap cache tree_lock", "zone_lock": "zone->lock"}
 
 
 def print_time_use(r: dict[str, Any], console: Console) -> None:

@@ -120,21 +120,22 @@ COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket"
               "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
               "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
               "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
-              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan")
+              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan", "zone_page", "mem_write_page")
 NCOSTS = len(COST_NAMES)
 (C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
  C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
  C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
- C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN) = range(NCOSTS)
+ C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN, C_ZONE_PAGE,
+ C_MEM_WRITE_PAGE) = range(NCOSTS)
 
 # What time is spent on: sim/timeuse.py Use, written out here for the same reason (run.py checks them too)
 USE_NAMES = ("user", "page_fault", "reclaim", "shootdown_send", "shootdown_wait", "irq_entry_exit", "irq_functions",
              "tick", "idle", "stolen", "spin_lru_lock", "spin_swap_avail_lock", "spin_si_lock",
-             "spin_swap_cache_lock", "other")
+             "spin_swap_cache_lock", "spin_zone_lock", "mem_bandwidth", "other")
 NUSES = len(USE_NAMES)
 (U_USER, U_PAGE_FAULT, U_RECLAIM, U_SHOOTDOWN_SEND, U_SHOOTDOWN_WAIT, U_IRQ_ENTRY_EXIT, U_IRQ_FUNCTIONS, U_TICK,
  U_IDLE, U_STOLEN, U_SPIN_LRU_LOCK, U_SPIN_SWAP_AVAIL_LOCK, U_SPIN_SI_LOCK, U_SPIN_SWAP_CACHE_LOCK,
- U_OTHER) = range(NUSES)
+ U_SPIN_ZONE_LOCK, U_MEM_BANDWIDTH, U_OTHER) = range(NUSES)
 U_BY_LOCK = -1  # a lock's acquisition: the use of the lock in x[L_LOCK]
 
 # Trace records: one row per tracepoint hit

@@ -120,6 +120,8 @@ def unsupported(machine: Machine, kernel: Kernel, workload: Workload) -> str | N
     """Why the fast engine cannot run this configuration, or None if it can."""
     if not isinstance(workload, SwapWSeqMt | Synthetic) or isinstance(workload, SwapWSeq):
         return f"workload {workload.name} is modelled by the reference engine only"
+    if isinstance(workload, SwapWSeqMt) and (workload.zone_lock or workload.mem_bandwidth):
+        return "zone_lock and mem_bandwidth are modelled by the reference engine only (for now)"
     if machine.topology.apic_mode not in ("x2apic_phys", "x2apic_cluster", "kvm_pv"):
         return f"APIC mode {machine.topology.apic_mode} is not in the fast engine"
     if machine.ncpus > MAX_CPUS:
