@@ -201,8 +201,8 @@ def print_why(r: dict[str, Any], console: Console) -> None:
         f"receives {before['csds_per_target_per_us']:.2f} / {after['csds_per_target_per_us']:.2f} CSDs per µs.",
         f"A target's call_single_queue stays non-empty {before['queue_window_us_mean']:.2f} µs ({KERNELS[0]}) / "
         f"{after['queue_window_us_mean']:.2f} µs ({KERNELS[1]}) on average from its first CSD to the handler's "
-        f"detach: the IPI's ICR writes and flight, interrupts held off (spin_lock_irq on lru_lock, other "
-        f"handlers), the entry path.",
+        f"detach: the IPI's ICR writes and flight, interrupts held off (lru_lock, zone->lock, swap cache "
+        f"tree_lock, other handlers), the entry path.",
         f"{KERNELS[0]} sends an IPI for every CSD, but {b_merge * 100:.0f}% of them find the vector still pending "
         f"in the target's APIC and merge, so it takes {before['csds_per_interrupt']:.1f} CSDs per interrupt; "
         f"{KERNELS[1]} sends only to an empty queue and takes {after['csds_per_interrupt']:.1f}.",
