@@ -24,10 +24,11 @@ def _node(free_pages: int) -> PgData:
                   new_pfn=pfn.__next__, zone_lock=True)
 
 
-def test_the_186th_free_sends_the_31_oldest_pages_to_the_buddy_lists():
-    # CPU0 frees 200 pages at 10 ns each onto its empty list. The 186th reaches pcp->high at 1860 ns:
-    # free_pcppages_bulk moves the 31 oldest (the first 31 freed) under zone->lock at 5 ns each, to 2015 ns;
-    # the other 14 then go on the list (140 ns): 155 + 14 = 169 left on it at 2155 ns.
+def test_the_186th_free_sends_31_pages_from_the_tail_to_the_buddy_lists():
+    # CPU0 frees 200 pages at 10 ns each onto its empty list, cold (at the tail), as reclaim does. The 186th
+    # reaches pcp->high at 1860 ns: free_pcppages_bulk moves 31 from the tail (the 186th freed first, back to the
+    # 156th) under zone->lock at 5 ns each, to 2015 ns; the other 14 then go on the list (140 ns): 155 + 14 =
+    # 169 left on it at 2155 ns.
     assert (PCP_BATCH, PCP_HIGH) == (31, 186)
     sim = SimMachine(tiny_machine(2, free_page=10, zone_page=5), resolve_kernel("v4.12"), Engine())
     node = _node(0)
@@ -41,8 +42,8 @@ def test_the_186th_free_sends_the_31_oldest_pages_to_the_buddy_lists():
     sim.start(0, freer())
     sim.engine.run(10_000)
     assert done == [2155]
-    assert list(node.free) == pages[:31]
-    assert len(node.zone.pcp[0]) == 169
+    assert list(node.free) == pages[155:186][::-1]
+    assert list(node.zone.pcp[0]) == pages[:155] + pages[186:]
     assert node.zone.bulk_frees == 1
     lock = node.zone.lock
     assert (lock.acquisitions, lock.hold_ns) == (1, 155)

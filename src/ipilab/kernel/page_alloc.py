@@ -4,8 +4,9 @@ One zone per node (the seed's memory is all ZONE_NORMAL but for a few low megaby
 free pages per zone (`per_cpu_pages`: `count` pages). An order-0 allocation (`rmqueue_pcplist`, mm/page_alloc.c)
 takes one from this CPU's list with interrupts off (`local_irq_save`); when the list is empty, `rmqueue_bulk`
 first moves `pcp->batch` pages from the buddy free lists to it under `zone->lock`. A free (`free_hot_cold_page`)
-puts the page on the freeing CPU's list, interrupts off; when the list reaches `pcp->high`, `free_pcppages_bulk`
-returns `pcp->batch` of its oldest pages to the buddy lists under `zone->lock`. zone->lock is a plain spin_lock,
+puts the page on the freeing CPU's list, interrupts off (reclaim frees its pages cold: at the list's tail); when the
+list reaches `pcp->high`, `free_pcppages_bulk` returns `pcp->batch` pages from the tail to the buddy lists under
+`zone->lock`. zone->lock is a plain spin_lock,
 but both callers take it inside local_irq_save: a CPU waiting for it, or holding it, takes no interrupt, so an
 IPI sent to it waits in its APIC until the bulk move is done.
 
@@ -41,7 +42,7 @@ class Zone:
     def __init__(self, node: int) -> None:
         self.node = node
         self.lock = SpinLock(f"zone->lock/{node}")
-        self.pcp: dict[int, deque[Page]] = {}  # per CPU, newest (hot) page on the right
+        self.pcp: dict[int, deque[Page]] = {}  # per CPU: the list's head (hot) on the left, its tail on the right
         self.pages_in = 0  # pages freed onto a per-CPU list
         self.pages_out = 0  # pages allocated from one
         self.made = 0  # pages an unlimited (fill phase) buddy list made on demand
@@ -67,10 +68,10 @@ def rmqueue_bulk(p: Platform, cpu: int, pgdat: PgData, count: int) -> KernelCode
     n = count if pgdat.unlimited else max(1, min(count, pgdat.nr_free()))
     yield Busy(n * p.cost(CostId.ZONE_PAGE, cpu), "rmqueue_bulk")
     pcp = zone.pcp_list(cpu)
-    for _ in range(n):
+    for _ in range(n):  # the list is empty: the pages go on it in the order taken, the first at its head
         if not pgdat.free:
             zone.made += 1
-        pcp.appendleft(pgdat.take_free())
+        pcp.append(pgdat.take_free())
     zone.bulk_allocs += 1
     spin_unlock(p, cpu, zone.lock)
 
@@ -82,27 +83,28 @@ def rmqueue_pcplist(p: Platform, cpu: int, pgdat: PgData) -> Generator[Any, Any,
     pcp = zone.pcp_list(cpu)
     if not pcp:
         yield from rmqueue_bulk(p, cpu, pgdat, PCP_BATCH)
-    page = pcp.pop()
+    page = pcp.popleft()  # a fault's page is hot: from the head
     zone.pages_out += 1
     yield IRQS_ON  # local_irq_restore
     return page
 
 
 def free_pcppages_bulk(p: Platform, cpu: int, pgdat: PgData, count: int) -> KernelCode:
-    """Return the `count` oldest pages of `cpu`'s list to the buddy lists, under zone->lock (interrupts off)."""
+    """Return `count` pages from the tail of `cpu`'s list to the buddy lists, under zone->lock (interrupts off)."""
     zone = pgdat.zone
     yield from spin_lock(p, cpu, zone.lock)
     yield Busy(count * p.cost(CostId.ZONE_PAGE, cpu), "free_pcppages_bulk")
     pcp = zone.pcp_list(cpu)
     for _ in range(count):
-        pgdat.free.append(pcp.popleft())
+        pgdat.free.append(pcp.pop())
     zone.bulk_frees += 1
     spin_unlock(p, cpu, zone.lock)
 
 
 def free_hot_cold_page_list(p: Platform, cpu: int, pgdat: PgData, pages: list[Page]) -> KernelCode:
-    """free_hot_cold_page() for each page: onto `cpu`'s list; each time the list reaches pcp->high, a bulk free
-    with interrupts off. The per-page work (cost free_page) runs in one step up to each bulk free."""
+    """free_hot_cold_page(page, cold=true) for each page, as shrink_page_list frees them: onto the tail of `cpu`'s
+    list; each time the list reaches pcp->high, a bulk free with interrupts off. The per-page work (cost free_page)
+    runs in one step up to each bulk free."""
     zone = pgdat.zone
     pcp = zone.pcp_list(cpu)
     i = 0
