@@ -62,7 +62,8 @@ class SwapRun:
     usemem_cpus: list[int]
     kswapd_cpus: list[int]
     mms: dict[int, MmStruct] | None = None  # swap-w-seq: each CPU's process (None: one process for all)
-    writers: list[int] | None = None  # per socket, the page writes under way (None: bandwidth not modelled)
+    writing: list[bool] | None = None  # per CPU, whether it is in a page write (None: bandwidth not modelled)
+    socket_cpus: list[list[int]] | None = None  # per socket, its usemem CPUs
 
 
 class SwapWSeqMt(Workload):
@@ -96,7 +97,7 @@ class SwapWSeqMt(Workload):
                             "and drained pcp->batch=31 at a time under the node's zone->lock with interrupts off (free "
                             "at pcp->high=186), as 4.12 does; false: straight from and to the free pages (an ablation)")
     mem_bandwidth: bool = Field(True, description="true: a page write waits for its socket's memory bandwidth "
-                                "(cost mem_write_page per page, times the writers on the socket at once); false: "
+                                "(cost mem_write_page per page, times the CPUs of the socket writing at once); false: "
                                 "it costs its CPU time only (an ablation)")
 
     _run: SwapRun | None = PrivateAttr(None)
@@ -152,7 +153,8 @@ class SwapWSeqMt(Workload):
         swap = SwapDevice(m.ncpus, self.swap_trees(m.ncpus)) if self.swap_locks else None
         run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch, swap=swap),
                                   [0] * len(usemem), usemem, kswapd, mms,
-                                  [0] * m.topology.sockets if self.mem_bandwidth else None)
+                                  [False] * m.ncpus if self.mem_bandwidth else None,
+                                  [[c for c in usemem if m.socket_of(c) == k] for k in range(m.topology.sockets)])
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
@@ -179,17 +181,20 @@ class SwapWSeqMt(Workload):
         while True:
             yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct, mm)
             ns = sim.cost(CostId.USER_WRITE_PAGE, cpu)
-            if run.writers is None:
+            if run.writing is None:
                 yield Busy(ns, "usemem write")
             else:
-                # The socket's memory writes the pages written at once in turn: with n under way (this one
-                # too), each takes n times a page's share of the bandwidth, or its CPU time if that is longer.
-                run.writers[socket] += 1
-                stall = run.writers[socket] * sim.cost(CostId.MEM_WRITE_PAGE, cpu) - ns
+                # The socket's memory serves the pages being written at once in turn: with n CPUs writing (this
+                # one too; a write an interrupt has set aside does not count), a page takes n times its share of
+                # the bandwidth, or its CPU time if that is longer.
+                n = 1 + sum(1 for o in run.socket_cpus[socket]
+                            if run.writing[o] and sim.cpus[o].stack[-1].kind == "task")
+                stall = n * sim.cost(CostId.MEM_WRITE_PAGE, cpu) - ns
+                run.writing[cpu] = True
                 yield Busy(ns, "usemem write")
                 if stall > 0:
                     yield Busy(stall, "memory bandwidth")
-                run.writers[socket] -= 1
+                run.writing[cpu] = False
             run.written[i] += 1
 
     def counters(self) -> dict[str, int]:

@@ -54,13 +54,14 @@ NG = 70
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 # (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
-# swap_slots_cache; PCP: the count of its per-CPU page list, kernel/page_alloc.py; SOCKET: its socket)
-NCPU = 53
+# swap_slots_cache; PCP: the count of its per-CPU page list, kernel/page_alloc.py; SOCKET: its socket; WRITING: in a
+# page write, workloads/swap.py SwapRun.writing)
+NCPU = 54
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
  NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
- IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET) = range(NCPU)
+ IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET, WRITING) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
 NCTX = 36
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
@@ -195,7 +196,6 @@ class State(NamedTuple):
     tmask: np.ndarray  # cpumasks of ipi_send_cpumask hits
     lat: np.ndarray  # call latencies not yet folded into the histogram
     gaps: np.ndarray  # [ncpus, gcap] the synthetic senders' pre-drawn gaps
-    writers: np.ndarray  # [sockets] SwapRun.writers: the page writes under way on each socket
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
@@ -803,9 +803,15 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == UM_WRITE:
             if g[MEM_BANDWIDTH]:
                 ns = cost(s, c, C_USER_WRITE_PAGE)
-                # The socket's memory writes the pages written at once in turn (see workloads/swap.py).
-                s.writers[cpu[SOCKET]] += 1
-                x[L_STALL] = s.writers[cpu[SOCKET]] * cost(s, c, C_MEM_WRITE_PAGE) - ns
+                # The socket's memory serves the CPUs writing at once in turn, not counting a write an interrupt
+                # has set aside (see workloads/swap.py).
+                writing = 1
+                for i in range(g[NUSEMEM]):
+                    o = s.usemem[i]
+                    if s.cpu[o, WRITING] and s.cpu[o, SOCKET] == cpu[SOCKET] and top_ctx(s, o) == TASK:
+                        writing += 1
+                x[L_STALL] = writing * cost(s, c, C_MEM_WRITE_PAGE) - ns
+                cpu[WRITING] = 1
                 return _busy(cpu, x, ns, UM_WROTE)
             return _busy(cpu, x, cost(s, c, C_USER_WRITE_PAGE), UM_WRITTEN)
         elif pc == UM_WROTE:
@@ -813,7 +819,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 return _busy(cpu, x, x[L_STALL], UM_STALLED)
             x[PC] = UM_STALLED
         elif pc == UM_STALLED:
-            s.writers[cpu[SOCKET]] -= 1
+            cpu[WRITING] = 0
             x[PC] = UM_WRITTEN
         elif pc == UM_WRITTEN:
             g[MM_PAGES_WRITTEN] += 1

@@ -200,8 +200,7 @@ class FastSim:
             busy_use=E.busy_use_table(),
             trace=np.zeros((TRACE_ROWS if tracer else MARGIN * 2, 8), np.int64),
             tmask=np.zeros((TRACE_ROWS * 4 if tracer else MARGIN * 2 * n), np.int64),
-            lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64),
-            writers=np.zeros(machine.topology.sockets, np.int64))
+            lat=np.zeros(LAT_ROWS, np.int64), gaps=np.zeros((n, 1), np.int64))
         g = s.g
         g[E.W_NFREE] = cap
         _pin_helpers(s)
