@@ -150,3 +150,19 @@ def test_as_processes_each_page_is_flushed_only_on_its_owners_cpu():
     astride = 4 * 2
     assert 0 < procs["csd_enqueues"] <= flushes + astride
     assert abs(threads["csd_enqueues"] - 3 * threads["workload_counts"]["tlb_flushes"]) <= 3 * astride
+
+
+def test_two_writers_on_one_socket_share_its_memory_bandwidth(monkeypatch):
+    # Two usemem threads on one socket start together (no stagger) in the fill phase; a page write costs 300 ns of
+    # CPU, and 200 ns per page of the socket's bandwidth; faults, LRU adds and zone->lock cost nothing. CPU0 starts
+    # its first write at 0 alone: 300 ns. CPU1 starts at 0 while CPU0 writes: 2 x 200 = 400 ns. From then on each
+    # write starts while the other CPU is writing: 400 ns each. Written by 1000 ns: CPU0 at 300 and 700, CPU1 at 400
+    # and 800. Without the bandwidth, 300 ns each: three pages per CPU.
+    monkeypatch.setattr("ipilab.workloads.swap.STAGGER_NS", 1)
+    m = tiny_machine(2, **(dict.fromkeys(RECLAIM_COST_FIELDS, 0) | {"user_write_page": 300, "mem_write_page": 200}))
+    for bandwidth, expected in ((True, [2, 2]), (False, [3, 3])):
+        sim = SimMachine(m, resolve_kernel("v4.12"), Engine())
+        w = SwapWSeqMt(threads=2, memory_gb=1, ram_gb=0.5, phase="fill", kswapd=False, mem_bandwidth=bandwidth)
+        w.start(sim, seed=1)
+        sim.engine.run(1000)
+        assert w._run.written == expected, bandwidth
