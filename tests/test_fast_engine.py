@@ -37,7 +37,7 @@ MAY_BE_ZERO = {"icr_write", "irq_entry", "irq_exit", "cacheline_smt", "free_page
 ADDED_LAST = ("zone_page", "mem_write_page")
 
 
-def random_machine(rng: random.Random) -> Machine:
+def random_machine(rng: random.Random, added_last: bool = True) -> Machine:
     sockets = rng.choice([1, 1, 2])
     topology = {"sockets": sockets, "cores_per_socket": rng.randint(1, 3), "threads_per_core": rng.choice([1, 2]),
                 "llc_mb_per_socket": 8.0, "numa_nodes": rng.choice([1, sockets]),
@@ -46,7 +46,8 @@ def random_machine(rng: random.Random) -> Machine:
     costs = {}
     spread = rng.random() < 0.5  # half the machines draw their costs from distributions
     # The costs added last are drawn last, so every earlier case keeps its machine.
-    for name in [*(k for k in ALL_COST_FIELDS if k not in ADDED_LAST), *ADDED_LAST]:
+    last = ADDED_LAST if added_last else ()
+    for name in [*(k for k in ALL_COST_FIELDS if k not in last), *last]:
         ns = rng.choice([40, 100, 300, 1000, 3000])
         if name in MAY_BE_ZERO and rng.random() < 0.15:
             ns = 0
@@ -126,6 +127,23 @@ def test_random_small_configuration_gives_the_same_events_and_results(case: int,
     assert ref == fast, where + ": " + ", ".join(k for k in ref if ref[k] != fast.get(k))
     # Every nanosecond of every CPU is charged to exactly one use.
     assert all(sum(c["time_ns"].values()) == ref["sim_ns"] for c in ref["per_cpu"]), where
+
+
+@pytest.mark.xfail(strict=True, reason="known engine mismatch with vCPU preemption, there before zone->lock (f76173b): "
+                   "4 events and 3,228 ns of stolen time apart, traces identical; not yet found")
+def test_vcpu_preemption_case_found_while_adding_zone_lock(tmp_path: Path) -> None:
+    """A configuration the random cases drew while zone_page and mem_write_page were drawn in ALL_COST_FIELDS' order:
+    a 2 x 3 CPU machine with the tick and vCPU preemption, both new switches off (the model as before them)."""
+    rng = random.Random(147)
+    m = random_machine(rng, added_last=False)
+    while m.ncpus < 2:
+        m = random_machine(rng, added_last=False)
+    settings = {"threads": "2", "batch": "1", "flush": "per-batch", "kswapd": "true", "phase": "reclaim",
+                "ram_gb": "0.05", "memory_gb": "1", "swap_gb_s": "8", "swap_locks": "true", "zone_lock": "false",
+                "mem_bandwidth": "false"}
+    ref, fast, _, _ = both(m, "v6.18", "swap-w-seq-mt", settings, {"seconds": 0.001, "warmup": 0.0, "intervals": 0},
+                           147, tmp_path)
+    assert ref == fast
 
 
 # Litmus cases for paths random configurations rarely reach; each states what it must exercise.
