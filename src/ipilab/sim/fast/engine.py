@@ -1718,11 +1718,11 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
         watch_add(s, cpu[WAIT_WATCH], c, arg)
         return False, -1
     if kind == EV_DESCHEDULE:
-        # SimMachine._deschedule: the next one first; a halted (or waking) vCPU loses nothing.
+        # SimMachine._deschedule: the next one first; a halted (or waking, or descheduled) vCPU loses nothing.
         off = cost(s, c, C_VCPU_PREEMPT)
         at(s, s.g[NOW] + off + cost(s, c, C_VCPU_RUN), EV_DESCHEDULE, c, 0)
         wait = cpu[WAIT_KIND]
-        if wait == W_NONE or wait == W_HALT or wait == W_WAKING:
+        if wait == W_NONE or wait == W_HALT or wait == W_WAKING or cpu[IN_STEAL]:  # nor an already descheduled one
             return False, -1
         park(s, c)
         s.g[M_VCPU_PREEMPTIONS] += 1
