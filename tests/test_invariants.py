@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, Event
 from ipilab.kernel import vmscan
 from ipilab.kernel.features import VERSIONS, resolve_kernel
+from ipilab.kernel.page_alloc import PCP_HIGH
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, CallSingleQueue, SmpFunc
 from ipilab.kernel.steps import Busy
 from ipilab.sim.machine import SimMachine
@@ -204,19 +205,23 @@ def test_same_seed_same_events():
 def test_reclaim_locks_and_swap_slots_hold_their_invariants_in_every_state(n, threads, kswapd, kernel, irq, scan,
                                                                           flush, seed):
     """The swap-w-seq-mt reclaim path with its locks, after every event: a lock's queue never holds more than
-    the CPUs; a CPU owning a lock taken with interrupts off runs no handler; no swap slot is handed out twice;
-    and every CPU's time by use adds up to the time simulated."""
+    the CPUs; a CPU owning a lock taken with interrupts off runs no handler, nor does one waiting for zone->lock;
+    no swap slot is handed out twice; pages are conserved between the buddy and per-CPU lists; and every CPU's
+    time by use adds up to the time simulated."""
     costs = {"icr_write": 50, "ipi_latency_same_socket": 300, "irq_entry": irq, "irq_exit": irq,
              "tlb_flush_full": 100, "page_fault": 300, "cacheline_same_socket": 40, "user_write_page": 300,
              "lru_page": 20, "page_referenced": 200, "add_to_swap": 100, "try_to_unmap": 100, "swap_writepage": 500,
-             "remove_mapping": 100, "free_page": 50, "swap_slot_scan": scan}
+             "remove_mapping": 100, "free_page": 50, "swap_slot_scan": scan, "zone_page": scan // 2,
+             "mem_write_page": 100}
     m = tiny_machine(n, **costs)
     threads = min(threads, n - (1 if kswapd else 0))
     sim = SimMachine(m, resolve_kernel(kernel), seed=seed)
     w = SwapWSeqMt(threads=threads, memory_gb=1, ram_gb=0.002, kswapd=kswapd, flush=flush, batch=4)
     w.start(sim, seed)
     swap = w._run.reclaim.swap
-    irq_locks = [nd.lru_lock for nd in w._run.mem.nodes] + swap.tree_locks
+    nodes = w._run.mem.nodes
+    irq_locks = [nd.lru_lock for nd in nodes] + swap.tree_locks + [nd.zone.lock for nd in nodes]
+    first_free = [nd.nr_free() for nd in nodes]
     handed: list[int] = []
     original = vmscan.add_to_swap
 
@@ -231,6 +236,15 @@ def test_reclaim_locks_and_swap_slots_hold_their_invariants_in_every_state(n, th
         for lock in irq_locks:
             if lock.owner is not None:
                 assert all(ctx.kind != "irq" for ctx in sim.cpus[lock.owner].stack), lock.name
+        for c in sim.cpus:  # local_irq_save before zone->lock: no interrupt is taken while waiting for it
+            if c.wait is not None and c.wait[0] == "spin" and c.wait[1].what.startswith("spin_lock(zone->lock"):
+                assert not c.stack[-1].irqs_on
+        # Pages are conserved: those on the buddy lists and per-CPU lists are the first free ones, plus the
+        # ones freed, less the ones allocated (plus any a too-small machine made on demand).
+        for nd, first in zip(nodes, first_free, strict=True):
+            z = nd.zone
+            assert nd.nr_free() + z.pcp_pages() == first + z.pages_in - z.pages_out + z.made
+            assert all(len(pcp) <= PCP_HIGH for pcp in z.pcp.values())
         now = sim.engine.now
         for row in sim.time_use():
             assert sum(row) == now
@@ -241,5 +255,6 @@ def test_reclaim_locks_and_swap_slots_hold_their_invariants_in_every_state(n, th
     finally:
         vmscan.add_to_swap = original
     assert w._run.mem.stats.pages_reclaimed > 0
+    assert all(nd.zone.bulk_allocs > 0 for nd in nodes)
     assert len(handed) == len(set(handed)) and 0 not in handed  # slot 0 is the swap header
     assert swap.refills * 64 >= len(handed) > swap.refills * 64 - 64 * n

@@ -10,7 +10,11 @@ import math
 import pytest
 from test_cli import assert_user_error, ipilab
 
-SHORT = ["-s", "0.001", "--warmup", "0.0005", "--intervals", "4", "--set", "threads=16", "-j", "2"]
+# Without the per-CPU page lists' zone->lock: its start-up transient (the lists fill from empty before pages
+# reach the buddy lists, several ms) outlasts these windows; tests/test_page_alloc.py and the differential test
+# cover it.
+SHORT = ["-s", "0.001", "--warmup", "0.0005", "--intervals", "4", "--set", "threads=16", "--set", "zone_lock=false",
+         "-j", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,12 @@ def test_headline_ratios_follow_from_the_runs(seed_run: tuple[dict, bytes]) -> N
     # Before the patch every CSD sends an IPI; after it, far fewer IPIs than CSDs.
     assert before["ipis_sent"] >= 0.99 * before["csd_enqueues"]
     assert after["ipis_sent"] < 0.5 * after["csd_enqueues"]
-    assert before["cal_interrupts"] + before["apic_merged"] <= before["ipis_sent"]
+    # Every interrupt taken or merged in the window was sent in it, or was already on its way or pending when the
+    # window began: at most one IPI from each usemem thread's one shootdown to each other thread's CPU, and one
+    # pending vector per CPU.
+    threads = w["threads"]
+    before_window = threads * (threads - 1) + len(before["per_cpu_interrupts"])
+    assert before["cal_interrupts"] + before["apic_merged"] <= before["ipis_sent"] + before_window
 
 
 def test_plot_is_a_png(seed_run: tuple[dict, bytes]) -> None:

@@ -14,7 +14,7 @@ from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, S
 
 # Each kind of lock (a SpinLock's name up to any "/instance") and the prefix of its counters in results.
 LOCK_COUNTER_PREFIXES = {"lru_lock": "lru_lock", "swap_avail_lock": "swap_avail_lock", "si->lock": "si_lock",
-                         "swap_cache": "swap_cache_lock"}
+                         "swap_cache": "swap_cache_lock", "zone->lock": "zone_lock"}
 LOCK_STATS = ("acquisitions", "contended", "spin_ns", "hold_ns", "holds_interrupted", "hold_interrupted_ns")
 
 

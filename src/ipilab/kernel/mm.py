@@ -4,8 +4,9 @@ Follows mm/memory.c, mm/page_alloc.c and mm/swap.c as of 4.12, in their names: `
 allocates a page, zeroes it and puts it on the per-CPU LRU pagevec; a full pagevec (14 pages) goes to
 the node's active list under `lru_lock` with interrupts off (`__pagevec_lru_add`). `__alloc_pages`
 takes a free page while the node stays above its low watermark, wakes kswapd below it, and below the
-min watermark reclaims directly (vmscan.py) before trying again. Reclaim reads pages from the tail of
-the LRU lists; pages that were there before the simulated window are made on demand.
+min watermark reclaims directly (vmscan.py) before trying again; the page then comes from this CPU's
+per-CPU list, refilled under zone->lock (page_alloc.py). Reclaim reads pages from the tail of the LRU
+lists; pages that were there before the simulated window are made on demand.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipilab.kernel.locking import SpinLock, spin_lock_irq, spin_unlock_irq
+from ipilab.kernel.page_alloc import Zone, rmqueue_pcplist
 from ipilab.kernel.steps import Busy, KernelCode, Platform
 from ipilab.machine.costs import CostId
 
@@ -61,12 +63,15 @@ class PgData:
     """One NUMA node (pglist_data): its LRU lists and lock, its free pages and watermarks, its kswapd."""
 
     def __init__(self, node: int, *, min_wmark: int, low_wmark: int, high_wmark: int,
-                 free_pages: int, unlimited: bool, new_pfn: Any) -> None:
+                 free_pages: int, unlimited: bool, new_pfn: Any, zone_lock: bool = False) -> None:
         self.node = node
         self.lru_lock = SpinLock(f"lru_lock/{node}")
         self.active: deque[Page] = deque()  # head = left = newest
         self.inactive: deque[Page] = deque()
-        self.free: deque[Page] = deque()
+        self.free: deque[Page] = deque()  # the buddy lists' free pages (the zone's NR_FREE_PAGES)
+        # With a zone, pages pass through per-CPU lists under zone->lock (page_alloc.py); without one (an
+        # ablation), an allocation takes a free page and a free returns it directly.
+        self.zone = Zone(node) if zone_lock else None
         self.min_wmark, self.low_wmark, self.high_wmark = min_wmark, low_wmark, high_wmark
         self.unlimited = unlimited  # no memory pressure: free pages never run out (the fill phase)
         self._new_pfn = new_pfn
@@ -141,7 +146,10 @@ def __alloc_pages(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
             break
         reclaimed_first = True
         yield from direct_reclaim(p, cpu, mem, pgdat)
-    page = pgdat.take_free()
+    if pgdat.zone is not None:
+        page = yield from rmqueue_pcplist(p, cpu, pgdat)
+    else:
+        page = pgdat.take_free()
     if page.tlb_stale:
         mem.stats.pages_reused_before_flush += 1
     mem.stats.pages_allocated += 1

@@ -21,6 +21,7 @@ from typing import Any
 
 from ipilab.kernel.locking import spin_lock_irq, spin_unlock_irq
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, Page, PgData
+from ipilab.kernel.page_alloc import free_hot_cold_page_list
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.kernel.swapfile import SwapDevice, add_to_swap, remove_mapping
@@ -147,9 +148,11 @@ class Reclaim:
         # putback_inactive_pages() runs under lru_lock even when every page was freed.
         yield from spin_lock_irq(p, cpu, pgdat.lru_lock)
         yield from spin_unlock_irq(p, cpu, pgdat.lru_lock)
-        # free_hot_cold_page_list()
-        yield Busy(len(freed) * p.cost(CostId.FREE_PAGE, cpu), "free_hot_cold_page_list")
-        pgdat.free.extend(freed)
+        if pgdat.zone is not None:
+            yield from free_hot_cold_page_list(p, cpu, pgdat, freed)
+        else:
+            yield Busy(len(freed) * p.cost(CostId.FREE_PAGE, cpu), "free_hot_cold_page_list")
+            pgdat.free.extend(freed)
         return len(freed)
 
     def shrink_node(self, cpu: int, pgdat: PgData) -> Generator[Any, Any, int]:

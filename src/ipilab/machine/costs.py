@@ -49,6 +49,8 @@ class CostId(IntEnum):
     VCPU_RUN = 23
     VCPU_PREEMPT = 24
     SWAP_SLOT_SCAN = 25
+    ZONE_PAGE = 26
+    MEM_WRITE_PAGE = 27
 
     @property
     def key(self) -> str:

@@ -55,6 +55,10 @@ RECLAIM_COST_FIELDS: dict[str, str] = {
     "remove_mapping": "__remove_mapping: dropping the page from the swap cache, interrupts off",
     "free_page": "returning one reclaimed page to the page allocator",
     "swap_slot_scan": "scan_swap_map_slots' work per slot handed out, under si->lock (interrupts on)",
+    "zone_page": "one page moved between the buddy lists and a per-CPU list under zone->lock (rmqueue_bulk, "
+                 "free_pcppages_bulk; interrupts off)",
+    "mem_write_page": "4 KB of DRAM writes at a socket's whole memory bandwidth: n pages written at once on a socket "
+                      "take n times this each",
 }
 ALL_COST_FIELDS = {**COST_FIELDS, **RECLAIM_COST_FIELDS, **BACKGROUND_COST_FIELDS}
 

@@ -113,7 +113,7 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
 
 
 USE_DOCS = {
-    "user": "usemem's own page writes", "page_fault": "fault entry, allocation and zeroing, the LRU add",
+    "user": "usemem's own page writes", "page_fault": "fault entry, allocation (rmqueue_bulk's hold), zeroing, LRU add",
     "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing",
     "shootdown_send": "queueing the flush on each target, ICR writes, the local flush",
     "shootdown_wait": "csd_lock_wait: until the last target has run the flush",
@@ -124,10 +124,12 @@ USE_DOCS = {
     "spin_swap_avail_lock": "waiting for swap_avail_lock (interrupts on)",
     "spin_si_lock": "waiting for si->lock (interrupts on)",
     "spin_swap_cache_lock": "waiting for a swap cache tree_lock (interrupts off)",
+    "spin_zone_lock": "waiting for zone->lock: rmqueue_bulk, free_pcppages_bulk (interrupts off)",
+    "mem_bandwidth": "a page write waiting for the socket's memory bandwidth beyond its CPU time",
     "other": "steps outside the kernel model",
 }
 LOCK_NAMES = {"lru_lock": "pgdat->lru_lock", "swap_avail_lock": "swap_avail_lock", "si_lock": "si->lock",
-              "swap_cache_lock": "swap cache tree_lock"}
+              "swap_cache_lock": "swap cache tree_lock", "zone_lock": "zone->lock"}
 
 
 def print_time_use(r: dict[str, Any], console: Console) -> None:
@@ -199,8 +201,8 @@ def print_why(r: dict[str, Any], console: Console) -> None:
         f"receives {before['csds_per_target_per_us']:.2f} / {after['csds_per_target_per_us']:.2f} CSDs per µs.",
         f"A target's call_single_queue stays non-empty {before['queue_window_us_mean']:.2f} µs ({KERNELS[0]}) / "
         f"{after['queue_window_us_mean']:.2f} µs ({KERNELS[1]}) on average from its first CSD to the handler's "
-        f"detach: the IPI's ICR writes and flight, interrupts held off (spin_lock_irq on lru_lock, other "
-        f"handlers), the entry path.",
+        f"detach: the IPI's ICR writes and flight, interrupts held off (lru_lock, zone->lock, swap cache "
+        f"tree_lock, other handlers), the entry path.",
         f"{KERNELS[0]} sends an IPI for every CSD, but {b_merge * 100:.0f}% of them find the vector still pending "
         f"in the target's APIC and merge, so it takes {before['csds_per_interrupt']:.1f} CSDs per interrupt; "
         f"{KERNELS[1]} sends only to an empty queue and takes {after['csds_per_interrupt']:.1f}.",

@@ -50,7 +50,7 @@ INTERVALS = 10
 FILL_SECONDS = 0.002
 FILL_WARMUP = 0.0005
 SENSITIVITY_SECONDS = 0.005
-SENSITIVITY_WARMUP = 0.002
+SENSITIVITY_WARMUP = 0.01  # past the ~6 ms in which the empty per-CPU page lists first fill to pcp->high
 SENSITIVITY_INTERVALS = 5
 SENSITIVITY_FACTORS = (0.5, 1.5)
 # Spreads (p90 / median of every cost, lognormal) the --explain spread table runs, from none to about what
@@ -391,11 +391,16 @@ def spread_sensitivity(settings: dict[str, str], *, seconds: float = SENSITIVITY
 # does it), and the settings that add it. The default model is the rows marked default; the others are
 # assumptions a user can turn on with the same --set.
 ABLATION = (
-    ("constant costs, no swap locks, no tick", {"swap_locks": "false"}, False,
-     "the model before the swap locks: a swap slot and the swap cache as plain CPU time"),
-    ("+ swap slot and swap cache locks", {}, True,
+    ("constant costs, no swap locks, no tick", {"swap_locks": "false", "zone_lock": "false", "mem_bandwidth": "false"},
+     False, "the model before the swap locks: a swap slot and the swap cache as plain CPU time"),
+    ("+ swap slot and swap cache locks", {"zone_lock": "false", "mem_bandwidth": "false"}, False,
      "4.12 takes them for every page (mm/swap_slots.c get_swap_page, mm/swapfile.c get_swap_pages, "
      "mm/swap_state.c __add_to_swap_cache, mm/vmscan.c __remove_mapping); si->lock with interrupts on"),
+    ("+ zone->lock behind the per-CPU page lists", {"mem_bandwidth": "false"}, False,
+     "4.12 refills and drains a CPU's page list 31 pages at a time under the zone's lock, interrupts off "
+     "(mm/page_alloc.c rmqueue_bulk, free_pcppages_bulk at pcp->high 186); drain_all_pages left out"),
+    ("+ memory bandwidth per socket", {}, True,
+     "a socket's memory writes about 56 GB/s (likwid update, Broadwell-EP): page writes at once share it"),
     ("+ timer tick, 250 Hz", {"tick_hz": "250"}, False,
      "every busy CPU takes the tick; 250 Hz is x86_64's default CONFIG_HZ (LKP's own setting: unknown)"),
     ("+ every cost spread, p90 = 1.5 x median", {"tick_hz": "250", "spread": "1.5"}, False,

@@ -122,10 +122,11 @@ class SimMachine:
 
     def _deschedule(self, c: SimCpu) -> None:
         """The host takes `c`'s physical CPU away for a while, whatever `c` was doing (interrupts on or off):
-        it runs nothing, and interrupts sent to it stay pending. A halted vCPU loses nothing."""
+        it runs nothing, and interrupts sent to it stay pending. A halted vCPU loses nothing, nor does one already
+        descheduled (its next run time can round to 0 ns: the host cannot take a CPU the vCPU does not have)."""
         off = self.cost(CostId.VCPU_PREEMPT, c.id)
         self.engine.at(self.engine.now + off + self.cost(CostId.VCPU_RUN, c.id), lambda: self._deschedule(c))
-        if c.wait is None or c.wait[0] in ("halt", "waking"):
+        if c.wait is None or c.wait[0] in ("halt", "waking") or c.stack[-1].kind == "steal":
             return
         self._park(c)
         self.stats.vcpu_preemptions += 1

@@ -20,8 +20,8 @@ class Use(IntEnum):
     """What a CPU spends time on. The lower-case name is the key in results."""
 
     USER = 0  # the workload's own instructions: usemem's page writes, start-up stagger
-    PAGE_FAULT = 1  # fault entry, allocation, zeroing, the LRU add of new pages and its lock hold
-    RECLAIM = 2  # reclaim work: LRU isolation and moves, page_referenced, add_to_swap, unmap, swap-out, freeing
+    PAGE_FAULT = 1  # fault entry, allocation (rmqueue_bulk's hold), zeroing, the LRU add of new pages and its hold
+    RECLAIM = 2  # reclaim: LRU isolation and moves, page_referenced, add_to_swap, unmap, swap-out, freeing (bulk too)
     SHOOTDOWN_SEND = 3  # csd_lock, llist_add, ICR writes, the sender's own flush
     SHOOTDOWN_WAIT = 4  # csd_lock_wait: waiting for the targets to run the flush
     IRQ_ENTRY_EXIT = 5  # interrupt entry and exit paths (function-call and timer)
@@ -33,7 +33,9 @@ class Use(IntEnum):
     SPIN_SWAP_AVAIL_LOCK = 11  # swap_avail_lock (interrupts on)
     SPIN_SI_LOCK = 12  # swap_info_struct->lock (interrupts on)
     SPIN_SWAP_CACHE_LOCK = 13  # the swap cache's address_space tree_lock (interrupts off)
-    OTHER = 14  # steps of code outside the kernel model's own (a test's, a replayed trace's)
+    SPIN_ZONE_LOCK = 14  # zone->lock behind the per-CPU page lists (interrupts off)
+    MEM_BANDWIDTH = 15  # a page write's wait for the socket's memory bandwidth beyond its own CPU time
+    OTHER = 16  # steps of code outside the kernel model's own (a test's, a replayed trace's)
 
     @property
     def key(self) -> str:
@@ -51,7 +53,8 @@ _BUSY = {
     "isolate_lru_pages": Use.RECLAIM, "page_referenced": Use.RECLAIM, "move_active_pages_to_lru": Use.RECLAIM,
     "add_to_swap": Use.RECLAIM, "add_to_swap_cache": Use.RECLAIM, "scan_swap_map_slots": Use.RECLAIM,
     "try_to_unmap": Use.RECLAIM, "swap_writepage": Use.RECLAIM, "__remove_mapping": Use.RECLAIM,
-    "free_hot_cold_page_list": Use.RECLAIM,
+    "free_hot_cold_page_list": Use.RECLAIM, "free_pcppages_bulk": Use.RECLAIM, "rmqueue_bulk": Use.PAGE_FAULT,
+    "memory bandwidth": Use.MEM_BANDWIDTH,
     "llist_add": Use.SHOOTDOWN_SEND, "icr_write": Use.SHOOTDOWN_SEND, "csd_lock_wait": Use.SHOOTDOWN_SEND,
     "irq_entry": Use.IRQ_ENTRY_EXIT, "irq_exit": Use.IRQ_ENTRY_EXIT,
     "csd_unlock": Use.IRQ_FUNCTIONS, "llist_del_all": Use.IRQ_FUNCTIONS, "synthetic_func": Use.IRQ_FUNCTIONS,

@@ -4,8 +4,10 @@ N threads of one process each write their own region sequentially, one new page 
 page fault, a zeroed page, the thread's 4 KB write. Once RAM is full (`phase="reclaim"`, the steady
 state this models), every allocation below the node's min watermark reclaims first, and kswapd (one
 per node) reclaims in the background: pages are deactivated, added to swap, unmapped with a TLB
-shootdown to every CPU the process runs on, written to the swap device and freed. `phase="fill"`
-models the run's start, while free memory lasts: the same threads without reclaim.
+shootdown to every CPU the process runs on, written to the swap device and freed. Pages are allocated
+from and freed to per-CPU lists behind each node's zone->lock (kernel/page_alloc.py), and a socket's
+page writes share its memory bandwidth. `phase="fill"` models the run's start, while free memory lasts:
+the same threads without reclaim.
 
 Threads are placed as the scheduler spreads them: one per core first, alternating sockets, then on
 the second hyperthreads; each node's kswapd runs on an idle CPU of that node. With `kswapd=false`
@@ -60,6 +62,8 @@ class SwapRun:
     usemem_cpus: list[int]
     kswapd_cpus: list[int]
     mms: dict[int, MmStruct] | None = None  # swap-w-seq: each CPU's process (None: one process for all)
+    writing: list[bool] | None = None  # per CPU, whether it is in a page write (None: bandwidth not modelled)
+    socket_cpus: list[list[int]] | None = None  # per socket, its usemem CPUs
 
 
 class SwapWSeqMt(Workload):
@@ -88,6 +92,13 @@ class SwapWSeqMt(Workload):
                              "time under swap_avail_lock and si->lock (interrupts on), and the swap cache is "
                              "updated under its tree_lock (interrupts off), as 4.12 does; false: that work as "
                              "plain CPU time (an ablation)")
+
+    zone_lock: bool = Field(True, description="true: pages are allocated from and freed to per-CPU lists, refilled "
+                            "and drained pcp->batch=31 at a time under the node's zone->lock with interrupts off (free "
+                            "at pcp->high=186), as 4.12 does; false: straight from and to the free pages (an ablation)")
+    mem_bandwidth: bool = Field(True, description="true: a page write waits for its socket's memory bandwidth "
+                                "(cost mem_write_page per page, times the CPUs of the socket writing at once); false: "
+                                "it costs its CPU time only (an ablation)")
 
     _run: SwapRun | None = PrivateAttr(None)
 
@@ -133,14 +144,17 @@ class SwapWSeqMt(Workload):
         fill = self.phase == "fill"
         mms = {cpu: MmStruct([cpu]) for cpu in usemem} if self.processes else None
         mem = Memory([PgData(n, min_wmark=wmin, low_wmark=wlow, high_wmark=whigh,
-                             free_pages=0 if fill else wlow, unlimited=fill, new_pfn=pfn.__next__)
+                             free_pages=0 if fill else wlow, unlimited=fill, new_pfn=pfn.__next__,
+                             zone_lock=self.zone_lock)
                       for n in range(nodes)], MmStruct([] if mms else usemem))
         if mms:
             for pgdat in mem.nodes:  # a process allocates on its own CPU's node
                 pgdat.owners = [mm for cpu, mm in mms.items() if m.node_of(cpu) == pgdat.node] or list(mms.values())
         swap = SwapDevice(m.ncpus, self.swap_trees(m.ncpus)) if self.swap_locks else None
         run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch, swap=swap),
-                                  [0] * len(usemem), usemem, kswapd, mms)
+                                  [0] * len(usemem), usemem, kswapd, mms,
+                                  [False] * m.ncpus if self.mem_bandwidth else None,
+                                  [[c for c in usemem if m.socket_of(c) == k] for k in range(m.topology.sockets)])
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
@@ -163,9 +177,24 @@ class SwapWSeqMt(Workload):
         pgdat = run.mem.nodes[sim.machine.node_of(cpu)]
         direct = run.reclaim.try_to_free_pages
         mm = run.mms[cpu] if run.mms else None
+        socket = sim.machine.socket_of(cpu)
         while True:
             yield from do_anonymous_page(sim, cpu, run.mem, pgdat, direct, mm)
-            yield Busy(sim.cost(CostId.USER_WRITE_PAGE, cpu), "usemem write")
+            ns = sim.cost(CostId.USER_WRITE_PAGE, cpu)
+            if run.writing is None:
+                yield Busy(ns, "usemem write")
+            else:
+                # The socket's memory serves the pages being written at once in turn: with n CPUs writing (this
+                # one too; a write an interrupt has set aside does not count), a page takes n times its share of
+                # the bandwidth, or its CPU time if that is longer.
+                n = 1 + sum(1 for o in run.socket_cpus[socket]
+                            if run.writing[o] and sim.cpus[o].stack[-1].kind == "task")
+                stall = n * sim.cost(CostId.MEM_WRITE_PAGE, cpu) - ns
+                run.writing[cpu] = True
+                yield Busy(ns, "usemem write")
+                if stall > 0:
+                    yield Busy(stall, "memory bandwidth")
+                run.writing[cpu] = False
             run.written[i] += 1
 
     def counters(self) -> dict[str, int]:
@@ -185,16 +214,19 @@ class SwapWSeqMt(Workload):
             "flush_wait_ns": s.flush_wait_ns,
             "pages_reused_before_flush": s.pages_reused_before_flush,
             "swap_slot_refills": run.reclaim.swap.refills if run.reclaim.swap else 0,
+            "pcp_refills": sum(n.zone.bulk_allocs for n in run.mem.nodes if n.zone),
+            "pcp_bulk_frees": sum(n.zone.bulk_frees for n in run.mem.nodes if n.zone),
             **lock_counters(self.locks()),
         }
 
     def locks(self) -> list[SpinLock]:
-        """Every lock the run takes: each node's lru_lock, then the swap device's."""
+        """Every lock the run takes: each node's lru_lock, then the swap device's, then each node's zone->lock."""
         if self._run is None:
             return []
         swap = self._run.reclaim.swap
         dev = [swap.swap_avail_lock, swap.lock, *swap.tree_locks] if swap else []
-        return [n.lru_lock for n in self._run.mem.nodes] + dev
+        zones = [n.zone.lock for n in self._run.mem.nodes if n.zone]
+        return [n.lru_lock for n in self._run.mem.nodes] + dev + zones
 
 
 class SwapWSeq(SwapWSeqMt):

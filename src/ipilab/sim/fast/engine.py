@@ -40,7 +40,7 @@ helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=
 inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 66
+NG = 70
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -49,29 +49,33 @@ NG = 66
  ST_CALLS, ST_QUEUE_WINDOWS, ST_QUEUE_NONEMPTY_NS, M_APIC_MERGED, M_IPIS_DELIVERED, MM_FAULTS, MM_PAGES_ALLOCATED,
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
- M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS, SWAP_TREES) = range(NG)
+ M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS, SWAP_TREES,
+ ZONE_LOCKS, MEM_BANDWIDTH, PCP_REFILLS, PCP_BULK_FREES) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 # (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
-# swap_slots_cache)
-NCPU = 51
+# swap_slots_cache; PCP: the count of its per-CPU page list, kernel/page_alloc.py; SOCKET: its socket; WRITING: in a
+# page write, workloads/swap.py SwapRun.writing)
+NCPU = 54
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
  NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
- IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT) = range(NCPU)
+ IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET, WRITING) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
-NCTX = 33
+NCTX = 36
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
  L_LOCK, L_TICKET, L_T0, L_CSD, L_TARGET, L_I, L_J, L_FUNC, L_INFO, L_WAIT, L_RUN_LOCAL, L_COND, L_CALLSITE,
- L_FROM_IRQ, L_N, L_G, L_RECLAIMED_FIRST, L_FLUSH_T0, L_VECTOR, L_LRU, L_PAGE) = range(NCTX)
+ L_FROM_IRQ, L_N, L_G, L_RECLAIMED_FIRST, L_FLUSH_T0, L_VECTOR, L_LRU, L_PAGE, L_PAGES, L_LEFT,
+ L_STALL) = range(NCTX)
 # --- csd: one row per struct call_single_data -------------------------------------------------------
 NCSD = 8
 (LOCKED, SRC, DST, FUNC, INFO, SYNC, IDENT, NEXT) = range(NCSD)
 # --- node: one row per pglist_data -------------------------------------------------------------------
 NNODE = 8
 (FREE, ACTIVE, INACTIVE, MIN_WMARK, LOW_WMARK, HIGH_WMARK, UNLIMITED, KSWAPD_AWAKE) = range(NNODE)
-# --- lock: one row per SpinLock: each node's lru_lock, then swap_avail_lock, si->lock and the swap cache trees'
+# --- lock: one row per SpinLock: each node's lru_lock, then swap_avail_lock, si->lock, the swap cache trees',
+# then each node's zone->lock
 NLK = 13
 (LK_NEXT_TICKET, LK_SERVING, LK_LAST_OWNER, LK_ACQUISITIONS, LK_CONTENDED, LK_SPIN_NS, LK_IRQ, LK_ACQUIRED_AT,
  LK_IRQS_AT, LK_HOLD_NS, LK_HOLDS_INTERRUPTED, LK_HOLD_INTERRUPTED_NS, LK_USE) = range(NLK)
@@ -80,6 +84,8 @@ SWAPFILE_CLUSTER = 256
 SWAP_ADDRESS_SPACE_SHIFT = 14
 CLUSTERS_PER_TREE = 64
 MAX_BATCH = 512  # the workload's largest batch: room for each page's swap slot
+PCP_BATCH = 31  # kernel/page_alloc.py
+PCP_HIGH = 186
 
 STACK_DEPTH = 16  # the deepest call chain, usemem -> do_anonymous_page -> ... -> csd_lock_wait, is 11 deep
 CTX_WIDTH = NCTX + STACK_DEPTH  # the continuation stack follows the named columns
@@ -120,21 +126,22 @@ COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket"
               "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
               "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
               "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
-              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan")
+              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan", "zone_page", "mem_write_page")
 NCOSTS = len(COST_NAMES)
 (C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
  C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
  C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
- C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN) = range(NCOSTS)
+ C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN, C_ZONE_PAGE,
+ C_MEM_WRITE_PAGE) = range(NCOSTS)
 
 # What time is spent on: sim/timeuse.py Use, written out here for the same reason (run.py checks them too)
 USE_NAMES = ("user", "page_fault", "reclaim", "shootdown_send", "shootdown_wait", "irq_entry_exit", "irq_functions",
              "tick", "idle", "stolen", "spin_lru_lock", "spin_swap_avail_lock", "spin_si_lock",
-             "spin_swap_cache_lock", "other")
+             "spin_swap_cache_lock", "spin_zone_lock", "mem_bandwidth", "other")
 NUSES = len(USE_NAMES)
 (U_USER, U_PAGE_FAULT, U_RECLAIM, U_SHOOTDOWN_SEND, U_SHOOTDOWN_WAIT, U_IRQ_ENTRY_EXIT, U_IRQ_FUNCTIONS, U_TICK,
  U_IDLE, U_STOLEN, U_SPIN_LRU_LOCK, U_SPIN_SWAP_AVAIL_LOCK, U_SPIN_SI_LOCK, U_SPIN_SWAP_CACHE_LOCK,
- U_OTHER) = range(NUSES)
+ U_SPIN_ZONE_LOCK, U_MEM_BANDWIDTH, U_OTHER) = range(NUSES)
 U_BY_LOCK = -1  # a lock's acquisition: the use of the lock in x[L_LOCK]
 
 # Trace records: one row per tracepoint hit
@@ -192,7 +199,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 147  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 163  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -227,7 +234,10 @@ NPC = 147  # one state per piece of code between two yields, grouped by the func
  SY_GAP, SY_CALL, SY_DONE,
  BL_LOOP,
  TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE,
- VS_START, VS_DONE) = range(NPC)
+ VS_START, VS_DONE,
+ RQ_START, RQ_CHECK, RQ_LOCKED, RQ_BULKED, RQ_TAKE, RQ_DONE, AL_TAKEN,
+ FP_NEXT, FP_ADDED, FP_BULK, FP_LOCKED, FP_MOVED, FP_UNLOCKED, FP_DONE,
+ UM_WROTE, UM_STALLED) = range(NPC)
 
 
 def busy_use_table() -> np.ndarray:
@@ -246,6 +256,8 @@ def busy_use_table() -> np.ndarray:
         PO_UNLOCK: U_RECLAIM, AS_SCANNED: U_RECLAIM, AS_ADDED: U_RECLAIM,
         SQ_ADD: U_SHOOTDOWN_SEND, CW_DONE: U_SHOOTDOWN_SEND, SS_RAISE: U_SHOOTDOWN_SEND, SM_RAISE: U_SHOOTDOWN_SEND,
         SL_DONE: U_BY_LOCK,
+        RQ_BULKED: U_PAGE_FAULT, FP_ADDED: U_RECLAIM, FP_MOVED: U_RECLAIM,
+        UM_WROTE: U_USER, UM_STALLED: U_MEM_BANDWIDTH,
         VS_DONE: U_STOLEN,
     }
     for pc, use in by_resume.items():
@@ -602,6 +614,12 @@ def tree_lock(s: State, offset: int) -> int:
 
 
 @helper
+def zone_lock(s: State, node: int) -> int:
+    """The lock row of `node`'s zone->lock: after the swap cache trees' (kernel/page_alloc.py Zone.lock)."""
+    return s.g[NNODES] + 2 + s.g[SWAP_TREES] + node
+
+
+@helper
 def _ipi_mask_order(s: State, c: int) -> None:
     """kernel/x86.py send_IPI_mask: which targets each ICR write carries, in order."""
     g = s.g
@@ -783,7 +801,26 @@ def advance(s: State, c: int, k: int, value: int) -> int:
         elif pc == UM_FAULT:
             _call(x, DA_START, UM_WRITE)
         elif pc == UM_WRITE:
+            if g[MEM_BANDWIDTH]:
+                ns = cost(s, c, C_USER_WRITE_PAGE)
+                # The socket's memory serves the CPUs writing at once in turn, not counting a write an interrupt
+                # has set aside (see workloads/swap.py).
+                writing = 1
+                for i in range(g[NUSEMEM]):
+                    o = s.usemem[i]
+                    if s.cpu[o, WRITING] and s.cpu[o, SOCKET] == cpu[SOCKET] and top_ctx(s, o) == TASK:
+                        writing += 1
+                x[L_STALL] = writing * cost(s, c, C_MEM_WRITE_PAGE) - ns
+                cpu[WRITING] = 1
+                return _busy(cpu, x, ns, UM_WROTE)
             return _busy(cpu, x, cost(s, c, C_USER_WRITE_PAGE), UM_WRITTEN)
+        elif pc == UM_WROTE:
+            if x[L_STALL] > 0:
+                return _busy(cpu, x, x[L_STALL], UM_STALLED)
+            x[PC] = UM_STALLED
+        elif pc == UM_STALLED:
+            cpu[WRITING] = 0
+            x[PC] = UM_WRITTEN
         elif pc == UM_WRITTEN:
             g[MM_PAGES_WRITTEN] += 1
             x[PC] = UM_FAULT
@@ -817,12 +854,44 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 x[L_RECLAIMED_FIRST] = 1
                 _call(x, SN_START, AL_CHECK)  # try_to_free_pages, then try again
                 continue
+            if g[ZONE_LOCKS]:
+                _call(x, RQ_START, AL_TAKEN)
+                continue
             # take_free(); no page is ever reused before its flush here (pages_reused_before_flush stays 0):
             # reclaimed pages reach the free list only after their TLB flush completed.
             if node[FREE] > 0:
                 node[FREE] -= 1
             g[MM_PAGES_ALLOCATED] += 1
             g[MM_ALLOC_DIRECT_RECLAIM] += x[L_RECLAIMED_FIRST]
+            _return(x)
+        elif pc == AL_TAKEN:
+            g[MM_PAGES_ALLOCATED] += 1
+            g[MM_ALLOC_DIRECT_RECLAIM] += x[L_RECLAIMED_FIRST]
+            _return(x)
+        # --- kernel/page_alloc.py rmqueue_pcplist, rmqueue_bulk --------------------------------------------
+        elif pc == RQ_START:
+            return _step(x, ST_IRQS_OFF, RQ_CHECK)  # local_irq_save
+        elif pc == RQ_CHECK:
+            if cpu[PCP] == 0:
+                x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+                _call(x, SL_START, RQ_LOCKED)
+            else:
+                x[PC] = RQ_TAKE
+        elif pc == RQ_LOCKED:
+            node = s.node[cpu[PGDAT]]
+            x[L_PAGES] = PCP_BATCH if node[UNLIMITED] else max(1, min(PCP_BATCH, node[FREE]))
+            return _busy(cpu, x, x[L_PAGES] * cost(s, c, C_ZONE_PAGE), RQ_BULKED)
+        elif pc == RQ_BULKED:
+            node = s.node[cpu[PGDAT]]
+            cpu[PCP] += x[L_PAGES]
+            node[FREE] = max(0, node[FREE] - x[L_PAGES])  # an unlimited zone makes its pages on demand
+            g[PCP_REFILLS] += 1
+            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+            _call(x, SU_START, RQ_TAKE)
+        elif pc == RQ_TAKE:
+            cpu[PCP] -= 1
+            return _step(x, ST_IRQS_ON, RQ_DONE)  # local_irq_restore
+        elif pc == RQ_DONE:
             _return(x)
         # --- kernel/mm.py __pagevec_lru_add ----------------------------------------------------------------
         elif pc == PV_START:
@@ -888,7 +957,40 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             x[L_LOCK] = cpu[PGDAT]
             _call(x, SU_START, SI_PUTBACK_DONE)
         elif pc == SI_PUTBACK_DONE:
+            if g[ZONE_LOCKS]:
+                x[L_LEFT] = g[BATCH]
+                x[PC] = FP_NEXT
+                continue
             return _busy(cpu, x, g[BATCH] * cost(s, c, C_FREE_PAGE), SI_FREED)  # every page was freed
+        # --- kernel/page_alloc.py free_hot_cold_page_list, free_pcppages_bulk (every page was freed) ----------
+        elif pc == FP_NEXT:
+            if x[L_LEFT] == 0:
+                x[PC] = FP_DONE
+                continue
+            x[L_PAGES] = min(PCP_HIGH - cpu[PCP], x[L_LEFT])  # pages until the list reaches pcp->high
+            return _busy(cpu, x, x[L_PAGES] * cost(s, c, C_FREE_PAGE), FP_ADDED)
+        elif pc == FP_ADDED:
+            cpu[PCP] += x[L_PAGES]
+            x[L_LEFT] -= x[L_PAGES]
+            if cpu[PCP] >= PCP_HIGH:
+                return _step(x, ST_IRQS_OFF, FP_BULK)  # local_irq_save
+            x[PC] = FP_NEXT
+        elif pc == FP_BULK:
+            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+            _call(x, SL_START, FP_LOCKED)
+        elif pc == FP_LOCKED:
+            return _busy(cpu, x, PCP_BATCH * cost(s, c, C_ZONE_PAGE), FP_MOVED)
+        elif pc == FP_MOVED:
+            cpu[PCP] -= PCP_BATCH
+            s.node[cpu[PGDAT], FREE] += PCP_BATCH
+            g[PCP_BULK_FREES] += 1
+            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+            _call(x, SU_START, FP_UNLOCKED)
+        elif pc == FP_UNLOCKED:
+            return _step(x, ST_IRQS_ON, FP_NEXT)  # local_irq_restore
+        elif pc == FP_DONE:
+            x[L_RET] = g[BATCH]
+            _return(x)
         elif pc == SI_FREED:
             s.node[cpu[PGDAT], FREE] += g[BATCH]
             x[L_RET] = g[BATCH]
@@ -1616,11 +1718,11 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
         watch_add(s, cpu[WAIT_WATCH], c, arg)
         return False, -1
     if kind == EV_DESCHEDULE:
-        # SimMachine._deschedule: the next one first; a halted (or waking) vCPU loses nothing.
+        # SimMachine._deschedule: the next one first; a halted (or waking, or descheduled) vCPU loses nothing.
         off = cost(s, c, C_VCPU_PREEMPT)
         at(s, s.g[NOW] + off + cost(s, c, C_VCPU_RUN), EV_DESCHEDULE, c, 0)
         wait = cpu[WAIT_KIND]
-        if wait == W_NONE or wait == W_HALT or wait == W_WAKING:
+        if wait == W_NONE or wait == W_HALT or wait == W_WAKING or cpu[IN_STEAL]:  # nor an already descheduled one
             return False, -1
         park(s, c)
         s.g[M_VCPU_PREEMPTIONS] += 1

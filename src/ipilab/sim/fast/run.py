@@ -22,6 +22,7 @@ from ipilab.cpulist import parse_cpulist
 from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
+from ipilab.kernel.page_alloc import PCP_BATCH, PCP_HIGH
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
 from ipilab.kernel.swapfile import CLUSTERS_PER_TREE, SWAP_ADDRESS_SPACE_SHIFT, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
 from ipilab.kernel.time import tick_phases
@@ -60,6 +61,8 @@ if tuple(u.key for u in Use) != E.USE_NAMES:
 if (E.SWAP_SLOTS_CACHE_SIZE, E.SWAPFILE_CLUSTER, E.SWAP_ADDRESS_SPACE_SHIFT, E.CLUSTERS_PER_TREE) != (
         SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER, SWAP_ADDRESS_SPACE_SHIFT, CLUSTERS_PER_TREE):
     raise ImportError("sim/fast/engine.py and kernel/swapfile.py disagree on the swap constants")
+if (E.PCP_BATCH, E.PCP_HIGH) != (PCP_BATCH, PCP_HIGH):
+    raise ImportError("sim/fast/engine.py and kernel/page_alloc.py disagree on pcp->batch and pcp->high")
 
 
 _warm = False
@@ -171,7 +174,8 @@ class FastSim:
         nodes = machine.topology.numa_nodes
         ncsd = n * n + 2 * n
         trees = workload.swap_trees(n) if isinstance(workload, SwapWSeqMt) else 1
-        nlocks = nodes + 2 + trees  # lru_lock per node, swap_avail_lock, si->lock, the swap cache trees'
+        # lru_lock per node, swap_avail_lock, si->lock, the swap cache trees', zone->lock per node
+        nlocks = nodes + 2 + trees + nodes
         nwatch = ncsd + n + nodes + nlocks * (n + 1)
         cap = 8 * n + 1024
         s = self.s = E.State(
@@ -226,7 +230,7 @@ class FastSim:
         s.cpu[:, E.Q_TAIL] = -1
         s.cpu[:, E.USE] = E.U_IDLE
         # The locks as the kernel model names them (sim/timeuse.py LOCK_USES), and whether taken with _irq.
-        kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * trees
+        kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * trees + ["zone->lock"] * nodes
         g[E.SWAP_TREES] = trees
         s.lock[:, E.LK_LAST_OWNER] = -1
         s.lock[:, E.LK_USE] = [LOCK_USES[k] for k in kinds]
@@ -287,6 +291,8 @@ class FastSim:
         s.node[:, E.FREE] = 0 if fill else wlow
         s.g[E.BATCH] = w.batch
         s.g[E.SWAP_LOCKS] = w.swap_locks
+        s.g[E.ZONE_LOCKS] = w.zone_lock
+        s.g[E.MEM_BANDWIDTH] = w.mem_bandwidth
         s.g[E.NEXT_CLUSTER] = 1
         s.g[E.PER_PAGE_FLUSH] = w.flush == "per-page"
         s.g[E.NUSEMEM] = len(usemem)
@@ -297,6 +303,7 @@ class FastSim:
         for c in range(m.ncpus):
             self._targets(c, usemem)
             s.cpu[c, E.IN_MM] = c in usemem
+            s.cpu[c, E.SOCKET] = m.socket_of(c)
             if c in usemem:
                 i = usemem.index(c)
                 s.cpu[c, E.START_NS] = int(stagger[i])
@@ -501,6 +508,8 @@ class FastSim:
             "flush_wait_ns": int(g[E.MM_FLUSH_WAIT_NS]),
             "pages_reused_before_flush": 0,  # structurally 0 here: see the AL_CHECK state
             "swap_slot_refills": int(g[E.SWAP_REFILLS]),
+            "pcp_refills": int(g[E.PCP_REFILLS]),
+            "pcp_bulk_frees": int(g[E.PCP_BULK_FREES]),
             **self._lock_counters(),
         }
 

@@ -1,0 +1,111 @@
+"""Litmus cases for the per-CPU page lists and zone->lock (kernel/page_alloc.py): when a free or an allocation
+goes to the buddy lists, how many pages move, and that interrupts wait while a CPU spins on or holds zone->lock.
+
+Costs are zero except the ones named, so every time below is worked out by hand from 4.12's pcp->batch = 31
+and pcp->high = 186.
+"""
+
+from __future__ import annotations
+
+from conftest import tiny_machine
+
+from ipilab.kernel.features import resolve_kernel
+from ipilab.kernel.mm import Page, PgData
+from ipilab.kernel.page_alloc import PCP_BATCH, PCP_HIGH, free_hot_cold_page_list, rmqueue_pcplist
+from ipilab.kernel.smp import SmpFunc
+from ipilab.kernel.steps import Busy
+from ipilab.sim.engine import Engine
+from ipilab.sim.machine import SimMachine
+
+
+def _node(free_pages: int) -> PgData:
+    pfn = iter(range(1, 1 << 30))
+    return PgData(0, min_wmark=0, low_wmark=0, high_wmark=0, free_pages=free_pages, unlimited=False,
+                  new_pfn=pfn.__next__, zone_lock=True)
+
+
+def test_the_186th_free_sends_31_pages_from_the_tail_to_the_buddy_lists():
+    # CPU0 frees 200 pages at 10 ns each onto its empty list, cold (at the tail), as reclaim does. The 186th
+    # reaches pcp->high at 1860 ns: free_pcppages_bulk moves 31 from the tail (the 186th freed first, back to the
+    # 156th) under zone->lock at 5 ns each, to 2015 ns; the other 14 then go on the list (140 ns): 155 + 14 =
+    # 169 left on it at 2155 ns.
+    assert (PCP_BATCH, PCP_HIGH) == (31, 186)
+    sim = SimMachine(tiny_machine(2, free_page=10, zone_page=5), resolve_kernel("v4.12"), Engine())
+    node = _node(0)
+    pages = [Page(1000 + i, 0) for i in range(200)]
+    done: list[int] = []
+
+    def freer():
+        yield from free_hot_cold_page_list(sim, 0, node, pages)
+        done.append(sim.now)
+
+    sim.start(0, freer())
+    sim.engine.run(10_000)
+    assert done == [2155]
+    assert list(node.free) == pages[155:186][::-1]
+    assert list(node.zone.pcp[0]) == pages[:155] + pages[186:]
+    assert node.zone.bulk_frees == 1
+    lock = node.zone.lock
+    assert (lock.acquisitions, lock.hold_ns) == (1, 155)
+
+
+def test_185_frees_stay_on_the_list():
+    sim = SimMachine(tiny_machine(2, free_page=10, zone_page=5), resolve_kernel("v4.12"), Engine())
+    node = _node(0)
+    sim.start(0, free_hot_cold_page_list(sim, 0, node, [Page(i, 0) for i in range(185)]))
+    sim.engine.run(10_000)
+    assert (len(node.free), len(node.zone.pcp[0]), node.zone.lock.acquisitions) == (0, 185, 0)
+
+
+def test_an_empty_list_is_refilled_with_31_pages_then_with_what_is_left():
+    # 40 free pages in the buddy lists. The first allocation refills the list with 31 (31 x 5 = 155 ns under
+    # zone->lock) and takes one; the next 30 take from the list; the 32nd finds it empty again and takes the
+    # 9 pages left.
+    sim = SimMachine(tiny_machine(2, zone_page=5), resolve_kernel("v4.12"), Engine())
+    node = _node(40)
+    got: list[tuple[int, int]] = []
+
+    def allocator():
+        for _ in range(32):
+            page = yield from rmqueue_pcplist(sim, 0, node)
+            got.append((page.pfn, sim.now))
+
+    sim.start(0, allocator())
+    sim.engine.run(10_000)
+    assert got[0][1] == 155 and got[30][1] == 155 and got[31][1] == 155 + 9 * 5
+    assert len({pfn for pfn, _ in got}) == 32
+    assert node.nr_free() == 0 and len(node.zone.pcp[0]) == 8
+    assert node.zone.bulk_allocs == 2
+
+
+def test_an_ipi_waits_while_its_target_spins_on_zone_lock_and_refills():
+    # CPU1 frees 186 pages (free_page 0): its bulk free holds zone->lock from 0 to 31 x 100 = 3100 ns.
+    # CPU0 allocates at 100 with an empty list: interrupts off (local_irq_save), it spins until 3100, then
+    # holds the lock for its own 31 pages to 6200. CPU2 calls a function on CPU0 at 500 (the IPI costs nothing
+    # here): CPU0 takes it only at 6200, when local_irq_restore turns interrupts on again.
+    sim = SimMachine(tiny_machine(3, zone_page=100, free_page=0), resolve_kernel("v4.12"), Engine(),
+                     tracer=(events := []).append)
+    node = _node(100)
+    func = SmpFunc("probe", lambda p, cpu, info: iter([Busy(50, "probe")]))
+    log: list = []
+
+    def allocator():
+        yield Busy(100, "before")
+        yield from rmqueue_pcplist(sim, 0, node)
+        log.append(("allocated", sim.now))
+
+    def caller():
+        yield Busy(500, "before")
+        yield from sim.smp.smp_call_function_single(2, 0, func, None, wait=True)
+        log.append(("returned", sim.now))
+
+    sim.start(1, free_hot_cold_page_list(sim, 1, node, [Page(10_000 + i, 0) for i in range(186)]))
+    sim.start(0, allocator())
+    sim.start(2, caller())
+    sim.engine.run(20_000)
+    entry = [e.ts for e in events if e.name == "csd_function_entry" and e.cpu == 0]
+    assert entry == [6200]
+    assert ("returned", 6250) in log
+    assert ("allocated", 6250) in log  # the handler ran first, as interrupts came back on
+    lock = node.zone.lock
+    assert (lock.acquisitions, lock.contended, lock.spin_ns) == (2, 1, 3000)
