@@ -264,8 +264,9 @@ def print_spread(rows: list[dict[str, Any]], window: dict[str, float], console: 
 
 
 def print_ablation(rows: list[dict[str, Any]], console: Console) -> None:
-    t = Table(title="ablation: the modelling changes added one at a time, each row on top of the one above "
-              "(the main window; * marks the default model)", title_justify="left")
+    t = Table(title="ablation: the modelling changes added one at a time, each row on top of the one above, up to "
+              "the default model (*); each \"default +\" row adds one change to it (the main window)",
+              title_justify="left")
     t.add_column("model")
     t.add_column("IPIs", justify="right")
     t.add_column("throughput", justify="right")
@@ -275,8 +276,8 @@ def print_ablation(rows: list[dict[str, Any]], console: Console) -> None:
                   _pct(_neg(row["ipi_reduction"]), row["ipi_reduction_ci95"]), _gain(row), row["why"])
     console.print(t)
     console.print("  A change is in the model because the kernel or the machine does it, never because it moves a "
-                  "ratio toward the paper's -88% / +15%. The rows off by default are assumptions: `--set` turns "
-                  "each on (the settings are in --json).", highlight=False)
+                  "ratio toward the paper's -88% / +15%. The rows off by default are assumptions or incomplete (each "
+                  "says why): `--set` turns each on (the settings are in --json).", highlight=False)
 
 
 def print_absolute(a: dict[str, Any], console: Console) -> None:

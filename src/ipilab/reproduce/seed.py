@@ -396,14 +396,16 @@ ABLATION = (
     ("+ swap slot and swap cache locks", {"zone_lock": "false", "mem_bandwidth": "false"}, False,
      "4.12 takes them for every page (mm/swap_slots.c get_swap_page, mm/swapfile.c get_swap_pages, "
      "mm/swap_state.c __add_to_swap_cache, mm/vmscan.c __remove_mapping); si->lock with interrupts on"),
-    ("+ zone->lock behind the per-CPU page lists", {"mem_bandwidth": "false"}, False,
-     "4.12 refills and drains a CPU's page list 31 pages at a time under the zone's lock, interrupts off "
-     "(mm/page_alloc.c rmqueue_bulk, free_pcppages_bulk at pcp->high 186); drain_all_pages left out"),
-    ("+ memory bandwidth per socket", {}, True,
+    ("+ memory bandwidth per socket", {"zone_lock": "false"}, True,
      "a socket's memory writes about 56 GB/s (likwid update, Broadwell-EP): page writes at once share it"),
-    ("+ timer tick, 250 Hz", {"tick_hz": "250"}, False,
+    ("default + zone->lock behind the per-CPU page lists", {"zone_lock": "true"}, False,
+     "4.12 refills and drains a CPU's page list 31 pages at a time under the zone's lock, interrupts off "
+     "(mm/page_alloc.c rmqueue_bulk, free_pcppages_bulk at pcp->high 186); not in the default: without "
+     "drain_all_pages (left out: it needs a scheduler model) reclaim runs in bursts 4.12 does not have"),
+    ("default + timer tick, 250 Hz", {"zone_lock": "false", "tick_hz": "250"}, False,
      "every busy CPU takes the tick; 250 Hz is x86_64's default CONFIG_HZ (LKP's own setting: unknown)"),
-    ("+ every cost spread, p90 = 1.5 x median", {"tick_hz": "250", "spread": "1.5"}, False,
+    ("default + tick + every cost spread, p90 = 1.5 x median", {"zone_lock": "false", "tick_hz": "250",
+                                                                 "spread": "1.5"}, False,
      "real costs vary: the VM traces measure p90/p50 of 1.2 to 2.3 on the IPI path; 1.5 is an assumption"),
 )
 

@@ -93,9 +93,11 @@ class SwapWSeqMt(Workload):
                              "updated under its tree_lock (interrupts off), as 4.12 does; false: that work as "
                              "plain CPU time (an ablation)")
 
-    zone_lock: bool = Field(True, description="true: pages are allocated from and freed to per-CPU lists, refilled "
+    zone_lock: bool = Field(False, description="true: pages are allocated from and freed to per-CPU lists, refilled "
                             "and drained pcp->batch=31 at a time under the node's zone->lock with interrupts off (free "
-                            "at pcp->high=186), as 4.12 does; false: straight from and to the free pages (an ablation)")
+                            "at pcp->high=186), as 4.12 does, but without drain_all_pages, so pages pile up on the "
+                            "lists unseen by the watermarks and reclaim comes in bursts 4.12 does not have (off by "
+                            "default until it is modelled); false: straight from and to the free pages")
     mem_bandwidth: bool = Field(True, description="true: a page write waits for its socket's memory bandwidth "
                                 "(cost mem_write_page per page, times the CPUs of the socket writing at once); false: "
                                 "it costs its CPU time only (an ablation)")
