@@ -643,8 +643,8 @@ def _ipi_mask_order(s: State, c: int) -> None:
 
 
 @inlined
-def advance(s: State, c: int, k: int, value: int) -> int:
-    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step."""
+def _advance_head(s: State, c: int, k: int, value: int) -> int:
+    """advance's states before FT_START; -1 when the context reaches one of _advance_tail's."""
     g = s.g
     cpu = s.cpu[c]
     x = s.ctx[c, k]
@@ -1025,6 +1025,23 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             _call(x, SU_START, AS_DONE)
         elif pc == AS_DONE:
             _return(x)
+        elif pc >= FT_START:
+            return -1
+        else:
+            raise RuntimeError("fast engine: unknown program counter")
+
+
+@inlined
+def _advance_tail(s: State, c: int, k: int, value: int) -> int:
+    """advance's states from FT_START on; -1 when the context reaches one of _advance_head's."""
+    g = s.g
+    cpu = s.cpu[c]
+    x = s.ctx[c, k]
+    n = g[NCPUS]
+    while True:
+        pc = x[PC]
+        if pc < FT_START:
+            return -1
         # --- kernel/tlb.py _flush_tlb_on (flush_tlb_batched: a full flush on mm_cpumask) -------------------
         elif pc == FT_START:
             x[L_FUNC] = FUNC_FLUSH_TLB
@@ -1385,6 +1402,21 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             return ST_RETURN
         else:
             raise RuntimeError("fast engine: unknown program counter")
+
+
+@inlined
+def advance(s: State, c: int, k: int, value: int) -> int:
+    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step.
+
+    Its states are split over two functions at FT_START only so that numba compiles two halves, in
+    parallel on a cold start (fast/run.py); LLVM merges them back into one."""
+    while True:
+        step = _advance_head(s, c, k, value)
+        if step >= 0:
+            return step
+        step = _advance_tail(s, c, k, value)
+        if step >= 0:
+            return step
 
 
 # === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
