@@ -643,12 +643,13 @@ def _ipi_mask_order(s: State, c: int) -> None:
 
 
 @inlined
-def _advance_head(s: State, c: int, k: int, value: int) -> int:
-    """advance's states before FT_START; -1 when the context reaches one of _advance_tail's."""
+def advance(s: State, c: int, k: int, value: int) -> int:
+    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step; -1 when it
+    reaches a state from FT_START on, which are advance_tail's: numba compiles the two halves apart (in
+    parallel on a cold start, fast/run.py) and LLVM merges them back into run."""
     g = s.g
     cpu = s.cpu[c]
     x = s.ctx[c, k]
-    n = g[NCPUS]
     while True:
         pc = x[PC]
         # --- kernel/idle.py do_idle ------------------------------------------------------------------
@@ -1032,8 +1033,8 @@ def _advance_head(s: State, c: int, k: int, value: int) -> int:
 
 
 @inlined
-def _advance_tail(s: State, c: int, k: int, value: int) -> int:
-    """advance's states from FT_START on; -1 when the context reaches one of _advance_head's."""
+def advance_tail(s: State, c: int, k: int, value: int) -> int:
+    """advance, continued: the states from FT_START on; -1 when the context reaches one of advance's."""
     g = s.g
     cpu = s.cpu[c]
     x = s.ctx[c, k]
@@ -1404,21 +1405,6 @@ def _advance_tail(s: State, c: int, k: int, value: int) -> int:
             raise RuntimeError("fast engine: unknown program counter")
 
 
-@inlined
-def advance(s: State, c: int, k: int, value: int) -> int:
-    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step.
-
-    Its states are split over two functions at FT_START only so that numba compiles two halves, in
-    parallel on a cold start (fast/run.py); LLVM merges them back into one."""
-    while True:
-        step = _advance_head(s, c, k, value)
-        if step >= 0:
-            return step
-        step = _advance_tail(s, c, k, value)
-        if step >= 0:
-            return step
-
-
 # === SimMachine: running contexts, spinning, interrupts (sim/machine.py) ============================
 
 @inlined
@@ -1552,6 +1538,10 @@ def run(s: State, c: int, value: int) -> None:
             value = -1
             continue
         step = advance(s, c, k, value)
+        while step < 0:  # advance's states and advance_tail's, until one of them returns a step
+            step = advance_tail(s, c, k, value)
+            if step < 0:
+                step = advance(s, c, k, value)
         if step == ST_RETURN:  # only a handler (or a descheduled stretch) returns
             if k == STEAL:
                 cpu[IN_STEAL] = 0

@@ -9,6 +9,8 @@ CPU order), draws its random numbers from the same seeded generators.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +76,14 @@ def _helpers() -> list[Dispatcher]:
 _pinned: set[Any] = set()  # the State types the helpers are compiled for
 
 
+def _pin(f: Dispatcher, kinds: dict[str, Any]) -> None:
+    """Compile (or load from numba's cache) `f` for the int64 version of its annotations, and no other."""
+    params = inspect.signature(f.py_func).parameters.values()
+    f.disable_compile(False)
+    f.compile(tuple(kinds[p.annotation] for p in params))
+    f.disable_compile()
+
+
 def _pin_helpers(state: E.State) -> None:
     """Compile each helper once, for int64 arguments, and let numba compile no other version of it.
 
@@ -86,12 +96,60 @@ def _pin_helpers(state: E.State) -> None:
     if state_type in _pinned:
         return
     kinds = {"State": state_type, "np.ndarray": numba.types.int64[::1], "int": numba.types.int64}
-    for f in _helpers():
-        params = inspect.signature(f.py_func).parameters.values()
-        f.disable_compile(False)
-        f.compile(tuple(kinds[p.annotation] for p in params))
-        f.disable_compile()
+    helpers = _helpers()
+    if not in_cache(E.run_until) and (os.cpu_count() or 1) > 1 and not multiprocessing.current_process().daemon:
+        _compile_on_two_cores(helpers, kinds)
+    for f in helpers:  # after _compile_on_two_cores: the ones its child compiled load from numba's cache
+        _pin(f, kinds)
     _pinned.add(state_type)
+
+
+def _closure(roots: list[Dispatcher], helpers: list[Dispatcher]) -> set[Dispatcher]:
+    """`roots` and every helper they call, directly or not (by the names their code uses)."""
+    by_name = {f.py_func.__name__: f for f in helpers}
+    out: set[Dispatcher] = set()
+    todo = list(roots)
+    while todo:
+        f = todo.pop()
+        if f not in out:
+            out.add(f)
+            todo += [by_name[n] for n in f.py_func.__code__.co_names if n in by_name]
+    return out
+
+
+# How long the parent waits for its compiling child before compiling the child's share itself.
+CHILD_TIMEOUT_S = 300
+
+
+def _compile_on_two_cores(helpers: list[Dispatcher], kinds: dict[str, Any]) -> None:
+    """A cold compile takes one core (numba compiles one function at a time); this shares it with a forked
+    child. The functions up to run split into what this process compiles (advance, dispatch and what they
+    call) and what the child does (advance_tail and the rest); what both call is compiled first, here, so
+    the child inherits it. The child's work reaches this process through numba's cache (each compile saves
+    there); whatever it failed to do _pin_helpers compiles here after all. run and run_until need both
+    halves of advance, so they come after."""
+    halves = _closure([E.advance, E.advance_tail], helpers)
+    rest = [f for f in helpers if f in halves or not {E.advance, E.advance_tail} <= _closure([f], helpers)]
+    mine = _closure([E.advance, E.dispatch], rest)
+    child = _closure([f for f in rest if f not in mine], rest)
+    for f in helpers:
+        if f in mine and f in child:
+            _pin(f, kinds)
+    proc = multiprocessing.get_context("fork").Process(
+        target=_pin_all, args=([f for f in helpers if f in child and f not in mine], kinds), daemon=True)
+    proc.start()
+    for f in helpers:
+        if f in mine and f not in child:
+            _pin(f, kinds)
+    proc.join(CHILD_TIMEOUT_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def _pin_all(fs: list[Dispatcher], kinds: dict[str, Any]) -> None:
+    for f in fs:
+        _pin(f, kinds)
 
 
 # What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py), for the notice.
