@@ -20,7 +20,12 @@ numba's (inline="always"): numba compiles each function on its own and LLVM merg
 numba's own inliner deep-copies the callee's IR for every call site, each block with the caller's whole
 scope (numba issue 8989), which on this file took 64 of the 70 s CPU of a cold compile; LLVM's takes a
 fraction of that. No function but the three the host calls (at, _draw, run_until) gets the CPython and
-C wrappers numba compiles beside each function by default, which were a third of what remained. Nothing
+C wrappers numba compiles beside each function by default, which were a third of what remained. But
+LLVM's inlining has its own waste: numba optimises and compiles to machine code every function's module
+with all it calls linked in, so a function that calls advance pays for advance's LLVM work again. Only
+run calls it, once, so run alone is numba-inlined into run_until (copying its IR once is cheap). And
+advance is split in two (advance, advance_tail) only so that a cold compile can give each half a core
+(fast/run.py _compile_on_two_cores). Nothing
 allocates or frees while the loop runs, so reference counting is off (_nrt=False): with it on, every
 array taken from State paid atomic increments.
 """
@@ -1522,7 +1527,9 @@ def resume(s: State, c: int) -> tuple[bool, int]:
     raise RuntimeError("fast engine: a handler ended over a context that recorded nothing to resume")
 
 
-@inlined
+# numba's inliner, not LLVM's: compiled on its own, run would merge advance's two halves once more than
+# run_until does (a second of CPU of the compile for nothing; see Speed).
+@njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, inline="always")
 def run(s: State, c: int, value: int) -> None:
     """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
     now = s.g[NOW]

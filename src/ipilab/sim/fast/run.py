@@ -68,9 +68,10 @@ _warm = False
 
 
 def _helpers() -> list[Dispatcher]:
-    """The engine's compiled functions but run_until, in file order (numba compiles each on its own, the
-    ones LLVM inlines too)."""
-    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until]
+    """The engine's compiled functions but run_until and those numba inlines (run), in file order (numba
+    compiles each on its own, the ones LLVM inlines too)."""
+    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until
+            and f.targetoptions.get("inline") != "always"]
 
 
 _pinned: set[Any] = set()  # the State types the helpers are compiled for
@@ -123,15 +124,13 @@ CHILD_TIMEOUT_S = 300
 
 def _compile_on_two_cores(helpers: list[Dispatcher], kinds: dict[str, Any]) -> None:
     """A cold compile takes one core (numba compiles one function at a time); this shares it with a forked
-    child. The functions up to run split into what this process compiles (advance, dispatch and what they
-    call) and what the child does (advance_tail and the rest); what both call is compiled first, here, so
-    the child inherits it. The child's work reaches this process through numba's cache (each compile saves
-    there); whatever it failed to do _pin_helpers compiles here after all. run and run_until need both
-    halves of advance, so they come after."""
-    halves = _closure([E.advance, E.advance_tail], helpers)
-    rest = [f for f in helpers if f in halves or not {E.advance, E.advance_tail} <= _closure([f], helpers)]
-    mine = _closure([E.advance, E.dispatch], rest)
-    child = _closure([f for f in rest if f not in mine], rest)
+    child. The helpers split into what this process compiles (advance, dispatch and what they call) and what
+    the child does (advance_tail and the rest), about half the time each; what both call is compiled first,
+    here, so the child inherits it. The child's work reaches this process through numba's cache (each
+    compile saves there); whatever it failed to do _pin_helpers compiles here after all. run_until (with
+    run) needs both halves of advance, so it comes after."""
+    mine = _closure([E.advance, E.dispatch], helpers)
+    child = _closure([f for f in helpers if f not in mine], helpers)
     for f in helpers:
         if f in mine and f in child:
             _pin(f, kinds)
