@@ -36,13 +36,30 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.typed_passes import NopythonRewrites
+from numba.core.untyped_passes import InlineClosureLikes
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
+
+class Lean(CompilerBase):
+    """numba's nopython pipeline less two passes with nothing to do in this file but a second of CPU between
+    them on a cold compile: inlining closures (there are none) and fusing array expressions (there are
+    none: nothing allocates)."""
+
+    def define_pipelines(self) -> list:
+        pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pm.passes = [p for p in pm.passes if p[0] not in (InlineClosureLikes, NopythonRewrites)]
+        pm.finalize()
+        return [pm]
+
+
 # How the functions below are compiled (see Speed above): a helper stays a call unless LLVM inlines it on its
 # own; an inlined function is always merged into its callers by LLVM. Neither can be called from Python.
-helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True)
+helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, pipeline_class=Lean)
+inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True,
+               pipeline_class=Lean)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
 NG = 66
@@ -272,7 +289,7 @@ ARITY_BITS = 2
 ARITY = 1 << ARITY_BITS  # children per node: 4 (8 measured slower on the seed scenario)
 
 
-@njit(cache=True, _nrt=False, forceinline=True)  # also called by the host
+@njit(cache=True, _nrt=False, forceinline=True, pipeline_class=Lean)  # also called by the host
 def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order.
 
@@ -519,7 +536,7 @@ def cost(s: State, c: int, k: int) -> int:
     return _draw(s, c, k)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, pipeline_class=Lean)
 def _draw(s: State, c: int, k: int) -> int:
     slot = s.cost_slot[k]
     if slot < 0:
@@ -1529,7 +1546,7 @@ def resume(s: State, c: int) -> tuple[bool, int]:
 
 # numba's inliner, not LLVM's: compiled on its own, run would merge advance's two halves once more than
 # run_until does (a second of CPU of the compile for nothing; see Speed).
-@njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, inline="always")
+@njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, inline="always", pipeline_class=Lean)
 def run(s: State, c: int, value: int) -> None:
     """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
     now = s.g[NOW]
@@ -1693,7 +1710,7 @@ def _needs_host(s: State, margin: int) -> bool:
             or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[DRAW_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, pipeline_class=Lean)
 def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""
