@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import multiprocessing.connection
 import os
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numba
@@ -118,32 +120,68 @@ def _closure(roots: list[Dispatcher], helpers: list[Dispatcher]) -> set[Dispatch
     return out
 
 
-# How long the parent waits for its compiling child before compiling the child's share itself.
+# How long either process waits for the other before going on alone (the parent then compiles the rest itself).
 CHILD_TIMEOUT_S = 300
 
 
 def _compile_on_two_cores(helpers: list[Dispatcher], kinds: dict[str, Any]) -> None:
     """A cold compile takes one core (numba compiles one function at a time); this shares it with a forked
     child. The helpers split into what this process compiles (advance, dispatch and what they call) and what
-    the child does (advance_tail and the rest), about half the time each; what both call is compiled first,
-    here, so the child inherits it. The child's work reaches this process through numba's cache (each
-    compile saves there); whatever it failed to do _pin_helpers compiles here after all. run_until (with
-    run) needs both halves of advance, so it comes after."""
+    the child does (advance_tail and the rest), about half the time each. What both call goes first, half
+    in each process; each then loads the other's half from numba's cache (every compile saves there) before
+    going on. Whatever the child failed to do _pin_helpers compiles here after all. run_until (with run)
+    needs both halves of advance, so it comes after."""
     mine = _closure([E.advance, E.dispatch], helpers)
-    child = _closure([f for f in helpers if f not in mine], helpers)
-    for f in helpers:
-        if f in mine and f in child:
-            _pin(f, kinds)
+    theirs = _closure([f for f in helpers if f not in mine], helpers)
+    shared_mine, shared_theirs = _split_shared([f for f in helpers if f in mine and f in theirs], helpers)
+    here, there = multiprocessing.get_context("fork").Pipe()
     proc = multiprocessing.get_context("fork").Process(
-        target=_pin_all, args=([f for f in helpers if f in child and f not in mine], kinds), daemon=True)
+        target=_child, args=(there, shared_theirs, shared_mine, [f for f in helpers if f in theirs and f not in mine],
+                             kinds), daemon=True)
     proc.start()
-    for f in helpers:
-        if f in mine and f not in child:
-            _pin(f, kinds)
+    there.close()
+    _pin_all(shared_mine, kinds)
+    here.send(True)
+    if proc.sentinel not in multiprocessing.connection.wait([here, proc.sentinel], CHILD_TIMEOUT_S):
+        _pin_all(shared_theirs, kinds)  # from the cache
+    _pin_all([f for f in helpers if f in mine and f not in theirs], kinds)
     proc.join(CHILD_TIMEOUT_S)
     if proc.is_alive():
         proc.kill()
         proc.join()
+
+
+def _split_shared(shared: list[Dispatcher], helpers: list[Dispatcher]) -> tuple[list[Dispatcher], list[Dispatcher]]:
+    """`shared` in two halves of about the same size (by bytecode), each holding whatever its functions call,
+    in file order: the groups of functions that call one another go whole to the half with less so far."""
+    groups: list[set[Dispatcher]] = []
+    for f in shared:
+        group = _closure([f], helpers)
+        for g in [g for g in groups if g & group]:
+            group |= g
+            groups.remove(g)
+        groups.append(group)
+    halves: tuple[set[Dispatcher], set[Dispatcher]] = (set(), set())
+    for group in sorted(groups, key=_size, reverse=True):
+        min(halves, key=lambda h: sum(map(_size, h))).update(group)
+    return [f for f in shared if f in halves[0]], [f for f in shared if f in halves[1]]
+
+
+def _size(f: Dispatcher | set[Dispatcher]) -> int:
+    return sum(map(_size, f)) if isinstance(f, set) else len(f.py_func.__code__.co_code)
+
+
+def _child(conn: Connection, first: list[Dispatcher], then: list[Dispatcher], rest: list[Dispatcher],
+           kinds: dict[str, Any]) -> None:
+    """The forked child's share: `first`, then (once the parent says it has) the parent's half `then`
+    loaded from the cache, then `rest`. Quiet: any failure just leaves the work to the parent."""
+    try:
+        _pin_all(first, kinds)
+        conn.send(True)
+        if conn.poll(CHILD_TIMEOUT_S):
+            _pin_all(then + rest, kinds)
+    except BaseException:
+        os._exit(1)
 
 
 def _pin_all(fs: list[Dispatcher], kinds: dict[str, Any]) -> None:
