@@ -113,3 +113,31 @@ def test_cold_compile_shares_split_so_advance_halves_compile_apart() -> None:
     for half in (a, b):
         assert fast_run._closure(half, helpers) == set(half)
         assert half == [f for f in helpers if f in half]  # file order: callees first
+
+
+def test_cold_compile_whose_child_fails_compiles_everything_itself(tmp_path: Path) -> None:
+    """The compiling child dies at once: the parent still pins every helper to its one int64 version and the
+    engine runs as the suite's warm one does (same engine events for the same short run)."""
+    probe = (
+        "import os\n"
+        "from ipilab.sim.fast import run\n"
+        "run._child = lambda *args: os._exit(1)\n"
+        "run.warm_up()\n"
+        "assert all(len(f.signatures) == 1 for f in run._helpers()), 'a helper compiled twice'\n"
+        "from ipilab.sim.run import simulate\n"
+        "from ipilab.kernel.features import resolve_kernel\n"
+        "from ipilab.machine.model import load_machine\n"
+        "from ipilab.workloads import workload_from_settings\n"
+        "r = simulate(load_machine('vm-2cpu'), resolve_kernel('v6.18'), workload_from_settings('synthetic', {}),"
+        " seconds=0.002, seed=3, engine='fast')\n"
+        "print(r['engine_events'])\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    from ipilab.kernel.features import resolve_kernel
+    from ipilab.machine.model import load_machine
+    from ipilab.sim.run import simulate
+    from ipilab.workloads import workload_from_settings
+    warm = simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
+                    seconds=0.002, seed=3, engine="fast")
+    assert int(proc.stdout.split()[-1]) == warm["engine_events"] > 0

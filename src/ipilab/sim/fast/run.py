@@ -8,6 +8,7 @@ CPU order), draws its random numbers from the same seeded generators.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import multiprocessing
 import multiprocessing.connection
@@ -142,9 +143,10 @@ def _compile_on_two_cores(helpers: list[Dispatcher], kinds: dict[str, Any]) -> N
     proc.start()
     there.close()
     _pin_all(shared_mine, kinds)
-    here.send(True)
-    if proc.sentinel not in multiprocessing.connection.wait([here, proc.sentinel], CHILD_TIMEOUT_S):
-        _pin_all(shared_theirs, kinds)  # from the cache
+    with contextlib.suppress(OSError):  # a child that died: wait() below sees it
+        here.send(True)
+    multiprocessing.connection.wait([here, proc.sentinel], CHILD_TIMEOUT_S)
+    _pin_all(shared_theirs, kinds)  # from the cache; compiled here if the child failed
     _pin_all([f for f in helpers if f in mine and f not in theirs], kinds)
     proc.join(CHILD_TIMEOUT_S)
     if proc.is_alive():
@@ -175,14 +177,18 @@ def _size(f: Dispatcher | set[Dispatcher]) -> int:
 def _child(conn: Connection, first: list[Dispatcher], then: list[Dispatcher], rest: list[Dispatcher],
            kinds: dict[str, Any]) -> None:
     """The forked child's share: `first`, then (once the parent says it has) the parent's half `then`
-    loaded from the cache, then `rest`. Quiet: any failure just leaves the work to the parent."""
+    loaded from the cache, then `rest`. Quiet: any failure just leaves the work to the parent. It ends with
+    os._exit, flushing nothing: a lock on stderr held at the fork by another thread (the compile notice's
+    spinner) would hang it."""
+    code = 1
     try:
         _pin_all(first, kinds)
         conn.send(True)
         if conn.poll(CHILD_TIMEOUT_S):
             _pin_all(then + rest, kinds)
-    except BaseException:
-        os._exit(1)
+            code = 0
+    finally:
+        os._exit(code)
 
 
 def _pin_all(fs: list[Dispatcher], kinds: dict[str, Any]) -> None:
