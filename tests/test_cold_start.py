@@ -96,3 +96,48 @@ def test_compile_command_leaves_engine_parser_and_audit_in_the_cache() -> None:
     assert result.stdout == ""
     assert "fast engine ready" in result.stderr and "trace parser and audit ready" in result.stderr
     assert fast_run.engine_cached() and in_cache(parse_block) and in_cache(audit_block)
+
+
+def test_cold_compile_shares_split_so_advance_halves_compile_apart() -> None:
+    """_compile_on_two_cores: advance in this process, advance_tail in the child, neither needing the other;
+    what both call is split in two halves that each hold everything their functions call (a callee compiled
+    before it is pinned would get a literal-typed version), and together the shares cover every helper."""
+    helpers = fast_run._helpers()
+    mine = fast_run._closure([fast_run.E.advance, fast_run.E.dispatch], helpers)
+    theirs = fast_run._closure([f for f in helpers if f not in mine], helpers)
+    assert fast_run.E.advance in mine - theirs and fast_run.E.advance_tail in theirs - mine
+    assert mine | theirs == set(helpers)
+    shared = [f for f in helpers if f in mine and f in theirs]
+    a, b = fast_run._split_shared(shared, helpers)
+    assert a and b and not set(a) & set(b) and set(a) | set(b) == set(shared)
+    for half in (a, b):
+        assert fast_run._closure(half, helpers) == set(half)
+        assert half == [f for f in helpers if f in half]  # file order: callees first
+
+
+def test_cold_compile_whose_child_fails_compiles_everything_itself(tmp_path: Path) -> None:
+    """The compiling child dies at once: the parent still pins every helper to its one int64 version and the
+    engine runs as the suite's warm one does (same engine events for the same short run)."""
+    probe = (
+        "import os\n"
+        "from ipilab.sim.fast import run\n"
+        "run._child = lambda *args: os._exit(1)\n"
+        "run.warm_up()\n"
+        "assert all(len(f.signatures) == 1 for f in run._helpers()), 'a helper compiled twice'\n"
+        "from ipilab.sim.run import simulate\n"
+        "from ipilab.kernel.features import resolve_kernel\n"
+        "from ipilab.machine.model import load_machine\n"
+        "from ipilab.workloads import workload_from_settings\n"
+        "r = simulate(load_machine('vm-2cpu'), resolve_kernel('v6.18'), workload_from_settings('synthetic', {}),"
+        " seconds=0.002, seed=3, engine='fast')\n"
+        "print(r['engine_events'])\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    from ipilab.kernel.features import resolve_kernel
+    from ipilab.machine.model import load_machine
+    from ipilab.sim.run import simulate
+    from ipilab.workloads import workload_from_settings
+    warm = simulate(load_machine("vm-2cpu"), resolve_kernel("v6.18"), workload_from_settings("synthetic", {}),
+                    seconds=0.002, seed=3, engine="fast")
+    assert int(proc.stdout.split()[-1]) == warm["engine_events"] > 0

@@ -965,7 +965,8 @@ def compile_cmd() -> None:
     numba compiles them on first use and caches the machine code beside the installed modules (or in
     NUMBA_CACHE_DIR), where every later run loads it in about a second. The cache is void when ipilab or
     numba changes, so run this after installing. Takes about
-    15 s (engine) + 15 s (parser and audit) of CPU on our 2 cores the first time; seconds once cached.
+    8 s for the engine (12.5 s of CPU on both cores) + 15 s for the parser and audit on our 2 cores the first
+    time; seconds once cached.
     """
     t0 = time.perf_counter()
     warm_fast_engine()

@@ -20,7 +20,12 @@ numba's (inline="always"): numba compiles each function on its own and LLVM merg
 numba's own inliner deep-copies the callee's IR for every call site, each block with the caller's whole
 scope (numba issue 8989), which on this file took 64 of the 70 s CPU of a cold compile; LLVM's takes a
 fraction of that. No function but the three the host calls (at, _draw, run_until) gets the CPython and
-C wrappers numba compiles beside each function by default, which were a third of what remained. Nothing
+C wrappers numba compiles beside each function by default, which were a third of what remained. But
+LLVM's inlining has its own waste: numba optimises and compiles to machine code every function's module
+with all it calls linked in, so a function that calls advance pays for advance's LLVM work again. Only
+run calls it, once, so run alone is numba-inlined into run_until (copying its IR once is cheap). And
+advance is split in two (advance, advance_tail) only so that a cold compile can give each half a core
+(fast/run.py _compile_on_two_cores). Nothing
 allocates or frees while the loop runs, so reference counting is off (_nrt=False): with it on, every
 array taken from State paid atomic increments.
 """
@@ -31,13 +36,30 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.typed_passes import NopythonRewrites
+from numba.core.untyped_passes import InlineClosureLikes
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
 
+
+class Lean(CompilerBase):
+    """numba's nopython pipeline less two passes with nothing to do in this file but a second of CPU between
+    them on a cold compile: inlining closures (there are none) and fusing array expressions (there are
+    none: nothing allocates)."""
+
+    def define_pipelines(self) -> list:
+        pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pm.passes = [p for p in pm.passes if p[0] not in (InlineClosureLikes, NopythonRewrites)]
+        pm.finalize()
+        return [pm]
+
+
 # How the functions below are compiled (see Speed above): a helper stays a call unless LLVM inlines it on its
 # own; an inlined function is always merged into its callers by LLVM. Neither can be called from Python.
-helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True)
+helper = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, pipeline_class=Lean)
+inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=True,
+               pipeline_class=Lean)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
 NG = 70
@@ -279,7 +301,7 @@ ARITY_BITS = 2
 ARITY = 1 << ARITY_BITS  # children per node: 4 (8 measured slower on the seed scenario)
 
 
-@njit(cache=True, _nrt=False, forceinline=True)  # also called by the host
+@njit(cache=True, _nrt=False, forceinline=True, pipeline_class=Lean)  # also called by the host
 def at(s: State, when: int, kind: int, c: int, arg: int) -> None:
     """Engine.at: call `kind`(c, arg) at `when`; ties run in scheduling order.
 
@@ -526,7 +548,7 @@ def cost(s: State, c: int, k: int) -> int:
     return _draw(s, c, k)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, pipeline_class=Lean)
 def _draw(s: State, c: int, k: int) -> int:
     slot = s.cost_slot[k]
     if slot < 0:
@@ -662,11 +684,12 @@ def _ipi_mask_order(s: State, c: int) -> None:
 
 @inlined
 def advance(s: State, c: int, k: int, value: int) -> int:
-    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step."""
+    """Resume context `k` of CPU `c` with `value` (-1 None, 0 False, 1 True) until its next step; -1 when it
+    reaches a state from FT_START on, which are advance_tail's: numba compiles the two halves apart (in
+    parallel on a cold start, fast/run.py) and LLVM merges them back into run."""
     g = s.g
     cpu = s.cpu[c]
     x = s.ctx[c, k]
-    n = g[NCPUS]
     while True:
         pc = x[PC]
         # --- kernel/idle.py do_idle ------------------------------------------------------------------
@@ -1127,6 +1150,23 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             _call(x, SU_START, AS_DONE)
         elif pc == AS_DONE:
             _return(x)
+        elif pc >= FT_START:
+            return -1
+        else:
+            raise RuntimeError("fast engine: unknown program counter")
+
+
+@inlined
+def advance_tail(s: State, c: int, k: int, value: int) -> int:
+    """advance, continued: the states from FT_START on; -1 when the context reaches one of advance's."""
+    g = s.g
+    cpu = s.cpu[c]
+    x = s.ctx[c, k]
+    n = g[NCPUS]
+    while True:
+        pc = x[PC]
+        if pc < FT_START:
+            return -1
         # --- kernel/tlb.py _flush_tlb_on (flush_tlb_batched: a full flush on mm_cpumask) -------------------
         elif pc == FT_START:
             x[L_FUNC] = FUNC_FLUSH_TLB
@@ -1606,7 +1646,9 @@ def resume(s: State, c: int) -> tuple[bool, int]:
     raise RuntimeError("fast engine: a handler ended over a context that recorded nothing to resume")
 
 
-@inlined
+# numba's inliner, not LLVM's: compiled on its own, run would merge advance's two halves once more than
+# run_until does (a second of CPU of the compile for nothing; see Speed).
+@njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, inline="always", pipeline_class=Lean)
 def run(s: State, c: int, value: int) -> None:
     """SimMachine._run: run `c`'s top context until it blocks on a Busy, a spin or a halt."""
     now = s.g[NOW]
@@ -1622,6 +1664,10 @@ def run(s: State, c: int, value: int) -> None:
             value = -1
             continue
         step = advance(s, c, k, value)
+        while step < 0:  # advance's states and advance_tail's, until one of them returns a step
+            step = advance_tail(s, c, k, value)
+            if step < 0:
+                step = advance(s, c, k, value)
         if step == ST_RETURN:  # only a handler (or a descheduled stretch) returns
             if k == STEAL:
                 cpu[IN_STEAL] = 0
@@ -1766,7 +1812,7 @@ def _needs_host(s: State, margin: int) -> bool:
             or g[W_NFREE] < margin or g[GAP_LOW] != 0 or g[DRAW_LOW] != 0 or g[SEQ] >= SEQ_LIMIT)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, pipeline_class=Lean)
 def run_until(s: State, until: int, margin: int) -> int:
     """Engine.run(until): process every timer due by `until`. Returns 1 early (between timers) when a
     buffer needs the host's attention: trace or latencies to write out, tables to grow, gaps to draw."""

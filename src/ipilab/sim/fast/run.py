@@ -8,9 +8,14 @@ CPU order), draws its random numbers from the same seeded generators.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import multiprocessing
+import multiprocessing.connection
+import os
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numba
@@ -69,12 +74,21 @@ _warm = False
 
 
 def _helpers() -> list[Dispatcher]:
-    """The engine's compiled functions but run_until, in file order (numba compiles each on its own, the
-    ones LLVM inlines too)."""
-    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until]
+    """The engine's compiled functions but run_until and those numba inlines (run), in file order (numba
+    compiles each on its own, the ones LLVM inlines too)."""
+    return [f for f in vars(E).values() if isinstance(f, Dispatcher) and f is not E.run_until
+            and f.targetoptions.get("inline") != "always"]
 
 
 _pinned: set[Any] = set()  # the State types the helpers are compiled for
+
+
+def _pin(f: Dispatcher, kinds: dict[str, Any]) -> None:
+    """Compile (or load from numba's cache) `f` for the int64 version of its annotations, and no other."""
+    params = inspect.signature(f.py_func).parameters.values()
+    f.disable_compile(False)
+    f.compile(tuple(kinds[p.annotation] for p in params))
+    f.disable_compile()
 
 
 def _pin_helpers(state: E.State) -> None:
@@ -89,16 +103,105 @@ def _pin_helpers(state: E.State) -> None:
     if state_type in _pinned:
         return
     kinds = {"State": state_type, "np.ndarray": numba.types.int64[::1], "int": numba.types.int64}
-    for f in _helpers():
-        params = inspect.signature(f.py_func).parameters.values()
-        f.disable_compile(False)
-        f.compile(tuple(kinds[p.annotation] for p in params))
-        f.disable_compile()
+    helpers = _helpers()
+    if (not in_cache(E.run_until) and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon):
+        _compile_on_two_cores(helpers, kinds)
+    for f in helpers:  # after _compile_on_two_cores: the ones its child compiled load from numba's cache
+        _pin(f, kinds)
     _pinned.add(state_type)
 
 
-# What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py), for the notice.
-COMPILE_SECONDS_2CORE = 15
+def _closure(roots: list[Dispatcher], helpers: list[Dispatcher]) -> set[Dispatcher]:
+    """`roots` and every helper they call, directly or not (by the names their code uses)."""
+    by_name = {f.py_func.__name__: f for f in helpers}
+    out: set[Dispatcher] = set()
+    todo = list(roots)
+    while todo:
+        f = todo.pop()
+        if f not in out:
+            out.add(f)
+            todo += [by_name[n] for n in f.py_func.__code__.co_names if n in by_name]
+    return out
+
+
+# How long either process waits for the other before going on alone (the parent then compiles the rest itself).
+CHILD_TIMEOUT_S = 300
+
+
+def _compile_on_two_cores(helpers: list[Dispatcher], kinds: dict[str, Any]) -> None:
+    """A cold compile takes one core (numba compiles one function at a time); this shares it with a forked
+    child. The helpers split into what this process compiles (advance, dispatch and what they call) and what
+    the child does (advance_tail and the rest), about half the time each. What both call goes first, half
+    in each process; each then loads the other's half from numba's cache (every compile saves there) before
+    going on. Whatever the child failed to do _pin_helpers compiles here after all. run_until (with run)
+    needs both halves of advance, so it comes after."""
+    mine = _closure([E.advance, E.dispatch], helpers)
+    theirs = _closure([f for f in helpers if f not in mine], helpers)
+    shared_mine, shared_theirs = _split_shared([f for f in helpers if f in mine and f in theirs], helpers)
+    here, there = multiprocessing.get_context("fork").Pipe()
+    proc = multiprocessing.get_context("fork").Process(
+        target=_child, args=(there, shared_theirs, shared_mine, [f for f in helpers if f in theirs and f not in mine],
+                             kinds), daemon=True)
+    proc.start()
+    there.close()
+    _pin_all(shared_mine, kinds)
+    with contextlib.suppress(OSError):  # a child that died: wait() below sees it
+        here.send(True)
+    multiprocessing.connection.wait([here, proc.sentinel], CHILD_TIMEOUT_S)
+    _pin_all(shared_theirs, kinds)  # from the cache; compiled here if the child failed
+    _pin_all([f for f in helpers if f in mine and f not in theirs], kinds)
+    proc.join(CHILD_TIMEOUT_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def _split_shared(shared: list[Dispatcher], helpers: list[Dispatcher]) -> tuple[list[Dispatcher], list[Dispatcher]]:
+    """`shared` in two halves of about the same size (by bytecode), each holding whatever its functions call,
+    in file order: the groups of functions that call one another go whole to the half with less so far."""
+    groups: list[set[Dispatcher]] = []
+    for f in shared:
+        group = _closure([f], helpers)
+        for g in [g for g in groups if g & group]:
+            group |= g
+            groups.remove(g)
+        groups.append(group)
+    halves: tuple[set[Dispatcher], set[Dispatcher]] = (set(), set())
+    for group in sorted(groups, key=_size, reverse=True):
+        min(halves, key=lambda h: sum(map(_size, h))).update(group)
+    return [f for f in shared if f in halves[0]], [f for f in shared if f in halves[1]]
+
+
+def _size(f: Dispatcher | set[Dispatcher]) -> int:
+    return sum(map(_size, f)) if isinstance(f, set) else len(f.py_func.__code__.co_code)
+
+
+def _child(conn: Connection, first: list[Dispatcher], then: list[Dispatcher], rest: list[Dispatcher],
+           kinds: dict[str, Any]) -> None:
+    """The forked child's share: `first`, then (once the parent says it has) the parent's half `then`
+    loaded from the cache, then `rest`. Quiet: any failure just leaves the work to the parent. It ends with
+    os._exit, flushing nothing: a lock on stderr held at the fork by another thread (the compile notice's
+    spinner) would hang it."""
+    code = 1
+    try:
+        _pin_all(first, kinds)
+        conn.send(True)
+        if conn.poll(CHILD_TIMEOUT_S):
+            _pin_all(then + rest, kinds)
+            code = 0
+    finally:
+        os._exit(code)
+
+
+def _pin_all(fs: list[Dispatcher], kinds: dict[str, Any]) -> None:
+    for f in fs:
+        _pin(f, kinds)
+
+
+# What a cold compile of the engine took on our 2-core VM (benchmarks/cold_start.py: 7.7 and 8.0 s wall, both
+# cores), for the notice.
+COMPILE_SECONDS_2CORE = 8
 
 
 def engine_cached() -> bool:
