@@ -216,7 +216,7 @@ def test_reclaim_locks_and_swap_slots_hold_their_invariants_in_every_state(n, th
     m = tiny_machine(n, **costs)
     threads = min(threads, n - (1 if kswapd else 0))
     sim = SimMachine(m, resolve_kernel(kernel), seed=seed)
-    w = SwapWSeqMt(threads=threads, memory_gb=1, ram_gb=0.002, kswapd=kswapd, flush=flush, batch=4)
+    w = SwapWSeqMt(threads=threads, memory_gb=1, ram_gb=0.002, kswapd=kswapd, flush=flush, batch=4, zone_lock=True)
     w.start(sim, seed)
     swap = w._run.reclaim.swap
     nodes = w._run.mem.nodes

@@ -55,7 +55,7 @@ def test_every_unmapped_page_is_flushed_before_it_is_reused_and_faults_match_wri
     m = reclaim_machine(6)
     for flush in ("per-page", "per-batch"):
         sim = SimMachine(m, resolve_kernel("v4.13"), Engine())
-        w = SwapWSeqMt(threads=5, memory_gb=1, ram_gb=0.01, flush=flush)
+        w = SwapWSeqMt(threads=5, memory_gb=1, ram_gb=0.01, flush=flush, zone_lock=True)
         w.start(sim, seed=3)
         run = w._run
         stale_seen = []
