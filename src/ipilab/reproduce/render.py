@@ -113,7 +113,8 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
 
 
 USE_DOCS = {
-    "user": "usemem's own page writes", "page_fault": "fault entry, allocation (rmqueue_bulk's hold), zeroing, LRU add",
+    "user": "usemem's own page writes",
+    "page_fault": "fault entry, allocation (with zone_lock on, rmqueue_bulk's hold), zeroing, LRU add",
     "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing",
     "shootdown_send": "queueing the flush on each target, ICR writes, the local flush",
     "shootdown_wait": "csd_lock_wait: until the last target has run the flush",
@@ -194,6 +195,9 @@ def print_why(r: dict[str, Any], console: Console) -> None:
     before, after = (r["runs"][k] for k in KERNELS)
     b_merge = before["rates"]["apic_merged"]["per_second"] / before["rates"]["csd_ipis"]["per_second"]
     console.print("[bold]Where the saving comes from[/bold]", highlight=False)
+    # The locks this run took with interrupts off (the swap locks and zone->lock are switches).
+    held_off = [name for name, prefix in (("lru_lock", "lru_lock"), ("swap cache tree_lock", "swap_cache_lock"),
+                                          ("zone->lock", "zone_lock")) if prefix in before.get("locks", {})]
     lines = [
         f"Every dirty page reclaimed costs a shootdown to the CPUs the process runs on (its {before['threads']} "
         f"usemem CPUs, less the reclaimer's own); on average {before['concurrent_shootdowns']:.0f} ({KERNELS[0]}) and "
@@ -201,8 +205,8 @@ def print_why(r: dict[str, Any], console: Console) -> None:
         f"receives {before['csds_per_target_per_us']:.2f} / {after['csds_per_target_per_us']:.2f} CSDs per µs.",
         f"A target's call_single_queue stays non-empty {before['queue_window_us_mean']:.2f} µs ({KERNELS[0]}) / "
         f"{after['queue_window_us_mean']:.2f} µs ({KERNELS[1]}) on average from its first CSD to the handler's "
-        f"detach: the IPI's ICR writes and flight, interrupts held off (lru_lock, zone->lock, swap cache "
-        f"tree_lock, other handlers), the entry path.",
+        f"detach: the IPI's ICR writes and flight, interrupts held off ({', '.join(held_off)}, other handlers), "
+        f"the entry path.",
         f"{KERNELS[0]} sends an IPI for every CSD, but {b_merge * 100:.0f}% of them find the vector still pending "
         f"in the target's APIC and merge, so it takes {before['csds_per_interrupt']:.1f} CSDs per interrupt; "
         f"{KERNELS[1]} sends only to an empty queue and takes {after['csds_per_interrupt']:.1f}.",
