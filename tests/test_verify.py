@@ -327,8 +327,9 @@ def test_a_counterexample_is_cut_to_the_moves_its_violation_depends_on():
     cfg = config("v4.13", programs("single:async,single:async", ""), "no-csd-lock")
     run = [("run", 0)] * 3 + [("irq", 1), ("run", 0)]
     assert replay(cfg, run[:-1]).violation is None
-    cut = causal_past(cfg, run)
-    assert cut == [("run", 0)] * 4
+    whole = replay(cfg, run).violation
+    cut, violation = causal_past(cfg, run, whole)
+    assert cut == [("run", 0)] * 4 and violation.kind == "reuse-while-locked"
     m = ModelMachine(cfg)
     for move in cut:
         m.apply(move)

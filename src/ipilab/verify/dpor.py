@@ -55,6 +55,7 @@ from ipilab.verify.explore import (
     Progress,
     Result,
     StateLimitError,
+    Violation,
     footprint,
     independent,
     replay,
@@ -238,13 +239,13 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             res.executions += 1
             if limit is None:
                 # Stop: the rest of the search would only count more violations (minutes at 3 CPUs).
-                res.add_violation(violation, lambda: causal_past(config, [mv.choice for mv in moves]))
+                schedule, violation = causal_past(config, [mv.choice for mv in moves], violation)
+                res.add_violation(violation, lambda schedule=schedule: schedule)
                 res.complete = False
                 return
             if len(moves) <= limit:
-                schedule = causal_past(config, [mv.choice for mv in moves])
-                res.counterexample = schedule
-                res.counterexample_violation = replay(config, schedule).violation or violation
+                schedule, violation = causal_past(config, [mv.choice for mv in moves], violation)
+                res.counterexample, res.counterexample_violation = schedule, violation
                 limit = len(schedule) - 1
         elif not enabled:
             res.executions += 1
@@ -263,19 +264,20 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
         m = None
 
 
-def causal_past(config: Config, schedule: list[Choice]) -> list[Choice]:
-    """A counterexample cut to what its violation needs. When the last move broke a check as it ran (not
-    a check of the end state), only the moves it depends on, directly or through others, matter: the
-    rest are independent of it and can be left out, as independent moves commute. The moves kept, in
-    their order, are replayed; if that run breaks a check (possibly earlier) it is returned, else (the
-    dependencies were not the whole story) `schedule` itself."""
+def causal_past(config: Config, schedule: list[Choice], violation: Violation) -> tuple[list[Choice], Violation]:
+    """A counterexample (`schedule`, breaking `violation`) cut to what its violation needs. When the last
+    move broke a check as it ran (not a check of the end state), only the moves it depends on, directly
+    or through others, matter: the rest are independent of it and can be left out, as independent moves
+    commute. The moves kept, in their order, are replayed; if that run breaks a check (possibly earlier)
+    it is returned with the check it breaks, else (the dependencies were not the whole story) the
+    counterexample as it was."""
     m = ModelMachine(config)
     footprints = []
     for choice in schedule:
         m.apply(choice)
         footprints.append((choice[1], footprint()))
     if m.violation is None or len(schedule) < 2:
-        return schedule
+        return schedule, violation
     keep = [False] * len(schedule)
     keep[-1] = True
     for i in range(len(schedule) - 2, -1, -1):
@@ -286,11 +288,11 @@ def causal_past(config: Config, schedule: list[Choice]) -> list[Choice]:
     m = ModelMachine(config)
     for i, choice in enumerate(cut):
         if choice not in m.choices():
-            return schedule
+            return schedule, violation
         m.apply(choice)
         if m.violation is not None:
-            return cut[:i + 1]
-    return schedule
+            return cut[:i + 1], m.violation
+    return schedule, violation
 
 
 def _enabled(m: ModelMachine) -> dict[int, Choice]:

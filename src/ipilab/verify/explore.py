@@ -785,16 +785,10 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                 path = _schedule_to(parent, sid)
                 if m is None:
                     m = replay(config, path)
-                    m.key()
+                    m.key()  # its CPUs' keys, which the replayed successors take over for the CPUs that do not move
                 moves = [choice for choice in m.choices() if choice[1] not in sleep]
                 taken: dict[int, tuple] = {}
-                for i, choice in enumerate(moves):
-                    if i < len(moves) - 1:
-                        child = replay(config, path)
-                        child.stack_keys = list(m.stack_keys)
-                    else:
-                        child = m
-                    child.apply(choice)
+                for choice, child in _successors(config, path, m, moves):
                     fp = footprint()
                     child_sleep = {q: f for q, f in (sleep | taken).items() if independent(f, fp)}
                     taken[choice[1]] = fp

@@ -4,10 +4,10 @@ N threads of one process each write their own region sequentially, one new page 
 page fault, a zeroed page, the thread's 4 KB write. Once RAM is full (`phase="reclaim"`, the steady
 state this models), every allocation below the node's min watermark reclaims first, and kswapd (one
 per node) reclaims in the background: pages are deactivated, added to swap, unmapped with a TLB
-shootdown to every CPU the process runs on, written to the swap device and freed. Pages are allocated
-from and freed to per-CPU lists behind each node's zone->lock (kernel/page_alloc.py), and a socket's
-page writes share its memory bandwidth. `phase="fill"` models the run's start, while free memory lasts:
-the same threads without reclaim.
+shootdown to every CPU the process runs on, written to the swap device and freed. A socket's
+page writes share its memory bandwidth; with `zone_lock`, pages are allocated from and freed to
+per-CPU lists behind each node's zone->lock (kernel/page_alloc.py). `phase="fill"` models the run's
+start, while free memory lasts: the same threads without reclaim.
 
 Threads are placed as the scheduler spreads them: one per core first, alternating sockets, then on
 the second hyperthreads; each node's kswapd runs on an idle CPU of that node. With `kswapd=false`
