@@ -884,9 +884,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             # reclaimed pages reach the free list only after their TLB flush completed.
             if node[FREE] > 0:
                 node[FREE] -= 1
-            g[MM_PAGES_ALLOCATED] += 1
-            g[MM_ALLOC_DIRECT_RECLAIM] += x[L_RECLAIMED_FIRST]
-            _return(x)
+            x[PC] = AL_TAKEN
         elif pc == AL_TAKEN:
             g[MM_PAGES_ALLOCATED] += 1
             g[MM_ALLOC_DIRECT_RECLAIM] += x[L_RECLAIMED_FIRST]
