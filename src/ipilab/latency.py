@@ -37,7 +37,8 @@ class LatencyHistogram:
     """Latencies in ns (SmpStats.call_latencies_ns): `append` one, `extend` many, `percentiles()`."""
 
     def __init__(self) -> None:
-        self.counts = np.zeros(NBINS, np.int64)
+        # Made at the first value: most machines the model checker builds (thousands a second) record none.
+        self.counts: np.ndarray | None = None
         self.max_ns = -1
         self._pending: list[int] = []
 
@@ -53,7 +54,8 @@ class LatencyHistogram:
         low, high = int(ns.min()), int(ns.max())
         if low < 0 or high >= 1 << LIMIT_BITS:
             raise ValueError(f"a latency of {low if low < 0 else high} ns is outside [0, 2^{LIMIT_BITS})")
-        self.counts += np.bincount(bin_index(ns), minlength=NBINS)
+        binned = np.bincount(bin_index(ns), minlength=NBINS)
+        self.counts = binned if self.counts is None else self.counts + binned
         self.max_ns = max(self.max_ns, high)
 
     def _fold(self) -> None:
@@ -61,17 +63,19 @@ class LatencyHistogram:
         self.extend(np.array(pending, np.int64))
 
     def clear(self) -> None:
-        self.counts[:] = 0
+        self.counts = None
         self.max_ns = -1
         self._pending = []
 
     def __len__(self) -> int:
-        return int(self.counts.sum()) + len(self._pending)
+        return (0 if self.counts is None else int(self.counts.sum())) + len(self._pending)
 
     def percentiles(self) -> dict[str, int | None]:
         """count, p50, p90, p99 (each the lowest value of the bin holding numpy's inverted_cdf percentile)
         and max (exact), in ns; None when there is no sample."""
         self._fold()
+        if self.counts is None:
+            return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
         cum = np.cumsum(self.counts)
         n = int(cum[-1])
         if n == 0:

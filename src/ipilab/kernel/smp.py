@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, FUNCTION_CALL_CALLBACK
@@ -58,10 +59,12 @@ class Csd:
     info: Any = None
     locked: bool = False
     sync: bool = False  # CSD_TYPE_SYNC: the sender waits, the receiver unlocks after the function
-    pointer: str = field(init=False)  # the csd= value in traces: a stable fake kernel address
 
-    def __post_init__(self) -> None:
-        self.pointer = f"{0xFFFF888100000000 + 64 * self.ident:016x}"
+    @cached_property
+    def pointer(self) -> str:
+        """The csd= value in traces: a stable fake kernel address (made when first traced: the model
+        checker builds thousands of CSDs a second and traces few)."""
+        return f"{0xFFFF888100000000 + 64 * self.ident:016x}"
 
 
 LOCAL_CSD_POINTER = "0000000000000000"  # how 6.x traces a function it runs locally, without a CSD

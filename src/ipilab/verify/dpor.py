@@ -60,6 +60,7 @@ from ipilab.verify.explore import (
     independent,
     replay,
     shorten,
+    without_cycle_collection,
 )
 
 
@@ -87,7 +88,8 @@ class _Node:
     sleep: dict[int, tuple[frozenset, frozenset]] = field(default_factory=dict)
     slept: frozenset = frozenset()  # the CPUs asleep on arrival (what the visited set records)
     summary: int = 0
-    revisit: bool = False  # reached before with more CPUs asleep: only those are tried now
+    revisit: bool = False
+    stack_keys: list | None = None  # the state's ModelMachine.stack_keys, which a machine replayed to it takes over  # reached before with more CPUs asleep: only those are tried now
 
 
 class _Bits:
@@ -126,6 +128,7 @@ class _Bits:
         return [q for q, mask in enumerate(self.cpu_masks) if bits & mask]
 
 
+@without_cycle_collection()
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
                  keep_terminal_keys: bool = False, progress: Progress | None = None,
                  shortest_seconds: float | None = None) -> Result:
@@ -149,6 +152,7 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
     return res
 
 
+@without_cycle_collection()
 def shorter_runs(res: Result, max_states: int, seconds: float | None = None,
                  progress: Progress | None = None) -> None:
     """Look on for violating runs shorter than res's counterexample, for at most `seconds`: the search
@@ -174,7 +178,7 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
     n = config.ncpus
     bits = _Bits(n)
     m: ModelMachine | None = ModelMachine(config)
-    root = _Node(m.key(), _enabled(m))
+    root = _Node(m.key(), _enabled(m), stack_keys=list(m.stack_keys))
     root.backtrack.add(min(root.enabled))
     # Finished states: key -> (every access made from them, the CPUs that slept when they were expanded).
     visited: dict[int, tuple[int, frozenset]] = {}
@@ -192,6 +196,8 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
                 visited[node.key] = (node.summary, node.slept)
             if moves:
                 nodes[-1].summary |= moves.pop().bits | node.summary
+            if m is not None:
+                m.dispose()
             m = None  # the machine stands past this state: the next move from an earlier state replays
             continue
         if deadline is not None and res.transitions % 100 == 0 and time.perf_counter() > deadline:
@@ -199,7 +205,7 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
         cpu = min(todo)
         node.done.add(cpu)
         if m is None:
-            m = replay(config, [mv.choice for mv in moves])
+            m = replay(config, [mv.choice for mv in moves], stack_keys=node.stack_keys)
         m.apply(node.enabled[cpu])
         res.transitions += 1
         move = _new_move(moves, cpu, node.enabled[cpu], *footprint(), n)
@@ -218,10 +224,12 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             node.summary |= move.bits | summary
             if slept <= sleep.keys():
                 moves.pop()
+                m.dispose()
                 m = None
                 continue
             # It was expanded with CPUs asleep that are awake now: try those from it.
-            child = _Node(key, _enabled(m), sleep=sleep, slept=frozenset(sleep), revisit=True)
+            child = _Node(key, _enabled(m), sleep=sleep, slept=frozenset(sleep), revisit=True,
+                          stack_keys=list(m.stack_keys))
             child.backtrack = set(slept - sleep.keys()) & child.enabled.keys()
             nodes.append(child)
             continue
@@ -251,7 +259,7 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             res.executions += 1
             res.add_terminal(m, key)
         elif limit is None or len(moves) < limit:
-            child = _Node(key, enabled, sleep=sleep, slept=frozenset(sleep))
+            child = _Node(key, enabled, sleep=sleep, slept=frozenset(sleep), stack_keys=list(m.stack_keys))
             awake = [c for c in enabled if c not in sleep]
             if awake:
                 child.backtrack.add(awake[0])
@@ -261,6 +269,7 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
         visited[key] = (0, frozenset())
         node.summary |= move.bits
         moves.pop()
+        m.dispose()
         m = None
 
 

@@ -80,6 +80,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -532,6 +533,35 @@ class ModelMachine:
         owed = tuple(tuple(sorted(o)) for o in self.owed)
         return hash((cpus, queues, csds, tuple(sorted(self.ran)), self.ipis, owed))
 
+    def dispose(self) -> None:
+        """Free the machine now, for a search that drops it: its code (generators whose frames refer back
+        to it) and its kernel model (whose platform is the machine) make reference cycles, which only the
+        cycle collector would free otherwise, and the searches run without it (`without_cycle_collection`)."""
+        if not self.__dict__:
+            return  # disposed already
+        for c in self.cpus:
+            for ctx in c.stack:
+                ctx.code.close()
+        self.smp.__dict__.clear()
+        self.__dict__.clear()
+
+    def adopt_keys(self, stack_keys: list[tuple]) -> None:
+        """Take over the stack keys another machine computed in this state (one that took the same
+        schedule): a replayed machine then recomputes, in key(), only the levels its next moves run, as
+        the machine it stands in for would, instead of every level of every CPU (most of a replay's cost)."""
+        for c, keys in zip(self.cpus, stack_keys, strict=True):
+            for ctx, key in zip(c.stack, keys, strict=True):
+                ctx.key = key
+                gen = ctx.code
+                for level in key[3]:  # as _gen_key walks the chain
+                    if gen is None or not hasattr(gen, "gi_frame") or gen.gi_frame is None:
+                        break
+                    inner = gen.gi_yieldfrom
+                    if inner is not None:
+                        self._levels[id(gen)] = (gen, inner, level)
+                    gen = inner
+        self.stack_keys = list(stack_keys)
+
     def _canon(self, v: Any) -> Any:
         t = type(v)
         if t is int or t is bool or v is None or t is str or t is float:
@@ -658,29 +688,48 @@ class StateLimitError(RuntimeError):
     """The search would exceed the state budget; the message says how far it got."""
 
 
-def replay(config: Config, schedule: list[Choice], record: bool = False) -> ModelMachine:
-    """A fresh machine taken along `schedule` from the initial state."""
+def replay(config: Config, schedule: list[Choice], record: bool = False,
+           stack_keys: list[tuple] | None = None) -> ModelMachine:
+    """A fresh machine taken along `schedule` from the initial state. `stack_keys`: the `stack_keys` of
+    the machine that took `schedule` before, which this one takes over (see `adopt_keys`)."""
     m = ModelMachine(config, record)
     for choice in schedule:
         m.apply(choice, check=False)
+    if stack_keys is not None:
+        m.adopt_keys(stack_keys)
     return m
 
 
 
 def _successors(config: Config, path: list[Choice], m: ModelMachine,
                 moves: list[Choice]) -> Iterator[tuple[Choice, ModelMachine]]:
-    """Each of `moves` applied to a machine of its own in the state `m` stands in (reached by `path`): a
-    replayed copy for all but the last move, which takes `m` itself (no replay)."""
+    """Each of `moves` applied to a machine of its own in the state `m` stands in (reached by `path`, its
+    key computed): a replayed copy for all but the last move, which takes `m` itself (no replay)."""
     keys = list(m.stack_keys)
     for i, choice in enumerate(moves):
         if i < len(moves) - 1:
-            child = replay(config, path)
-            child.stack_keys = list(keys)
+            child = replay(config, path, stack_keys=keys)
         else:
             child = m
         child.apply(choice)
         yield choice, child
 
+@contextmanager
+def without_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off for a search. A search makes and drops thousands of machines a second
+    while it holds hundreds of thousands of objects (the visited set, the machines it keeps), and the
+    collector's passes over them took a third of a search's time at 3 CPUs x 2 calls; every machine a
+    search drops is `dispose`d instead, which frees it without the collector."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@without_cycle_collection()
 def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
             progress: Progress | None = None, shortest_seconds: float | None = None) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
@@ -699,6 +748,7 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
             res.transitions += 1
             k = child.key()
             if k in visited:
+                child.dispose()
                 continue
             visited.add(k)
             parent.append((sid, choice))
@@ -718,6 +768,8 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
                 res.add_terminal(child, k)
             else:
                 todo.append((cid, child, child_moves))
+                continue
+            child.dispose()
     res.states = len(parent)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
@@ -747,12 +799,48 @@ def independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset]) 
     return not (wa & rb or wa & wb or ra & wb)
 
 
+def _check_moves(config: Config, path: list[Choice], m: ModelMachine, stack_keys: list,
+                 moves: list[Choice]) -> tuple[list[Choice], Violation] | None:
+    """Whether one of `moves`, taken in the state `m` stands in (reached by `path`), breaks a check: the
+    counterexample and its violation if so. For the last depth of the breadth-first search, whose states
+    are only checked. Instead of a machine per move (all but one replayed), one machine takes the moves
+    one after another as long as each is independent of those taken before it: such a move reads nothing
+    they wrote, so it does and checks what it would in `m`'s state, and it reaches no end state (the
+    first move's CPU can still move), so no end-of-run check is missed. A move that depends on one taken
+    before it waits for the next machine, replayed to `m`'s state; so does one that breaks a check after
+    others, so that every violation reported is one found in `m`'s state itself."""
+    waiting, machine = moves, m
+    while waiting:
+        taken: list[tuple[frozenset, frozenset]] = []
+        later = []
+        for choice in waiting:
+            if machine.violation is not None or (taken and choice not in machine.choices()):
+                later.append(choice)
+                continue
+            machine.apply(choice)
+            fp = footprint()
+            if taken and (machine.violation is not None or not all(independent(fp, f) for f in taken)):
+                later.append(choice)
+            elif not taken and (machine.violation is not None or not machine.choices()):
+                violation = machine.violation or machine.terminal_violation()
+                if violation is not None:
+                    machine.dispose()
+                    return path + [choice], violation
+            taken.append(fp)
+        machine.dispose()
+        waiting = later
+        if waiting:
+            machine = replay(config, path, stack_keys=stack_keys)
+    return None
+
+
 # Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
 # up to this many per depth; past it they are replayed from the initial state when expanded. A machine
 # holds about 80 KB (3 CPUs x 2 calls), so this bounds what they take to under 1 GB.
-_KEEP_MACHINES = 10_000
+_KEEP_MACHINES = 40_000
 
 
+@without_cycle_collection()
 def shorten(res: Result, max_states: int, seconds: float | None = None, progress: Progress | None = None) -> None:
     """Look for a counterexample shorter than `res`'s: breadth first over every state (no reduction of
     states), depth by depth, stopping at the first depth where some state violates a check, or when
@@ -772,21 +860,40 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
     root = ModelMachine(config)
     visited = {root.key()}
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
-    frontier: list[tuple[int, ModelMachine | None, dict[int, tuple]]] = [(0, root, {})]
+    # Per frontier state: its place in `parent`, the machine standing in it (or None: replay it), its
+    # stack keys (which a replay takes over) and its sleep set.
+    frontier: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = [(0, root, root.stack_keys, {})]
+    nxt: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = []
     depth = 0
+    unnamed = 0  # states of the last depth, checked without their key (see below)
     try:
         while frontier and depth + 1 < len(res.counterexample):
             depth += 1  # of the states made now; every shallower state is checked
-            nxt: list[tuple[int, ModelMachine | None, dict[int, tuple]]] = []
+            # The states of the last depth short of the counterexample in hand are only checked, never
+            # expanded, so they need no key (a third of a move's cost) and no place in the visited set.
+            last = depth + 1 == len(res.counterexample)
+            nxt = []
             at: dict[int, int] = {}  # key -> its place in nxt, for states met again at this depth
-            for sid, m, sleep in frontier:
+            for sid, m, keys, sleep in frontier:
                 if seconds is not None and time.perf_counter() - t0 > seconds:
                     return
                 path = _schedule_to(parent, sid)
                 if m is None:
-                    m = replay(config, path)
-                    m.key()  # its CPUs' keys, which the replayed successors take over for the CPUs that do not move
+                    m = replay(config, path, stack_keys=keys)
                 moves = [choice for choice in m.choices() if choice[1] not in sleep]
+                if not moves:
+                    m.dispose()
+                    continue
+                if last:
+                    found = _check_moves(config, path, m, keys, moves)
+                    before = len(parent) + unnamed
+                    unnamed += len(moves)
+                    if progress is not None and before // 1000 != (len(parent) + unnamed) // 1000:
+                        progress("breadth-first, for a shorter one", len(parent) + unnamed, depth)
+                    if found is not None:
+                        res.counterexample, res.counterexample_violation = found
+                        return
+                    continue
                 taken: dict[int, tuple] = {}
                 for choice, child in _successors(config, path, m, moves):
                     fp = footprint()
@@ -796,8 +903,9 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     if k in visited:
                         j = at.get(k)
                         if j is not None:
-                            cid, cm, cs = nxt[j]
-                            nxt[j] = (cid, cm, {q: f for q, f in cs.items() if q in child_sleep})
+                            cid, cm, ck, cs = nxt[j]
+                            nxt[j] = (cid, cm, ck, {q: f for q, f in cs.items() if q in child_sleep})
+                        child.dispose()
                         continue
                     visited.add(k)
                     parent.append((sid, choice))
@@ -810,17 +918,24 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     if violation is None and not child_moves:
                         violation = child.terminal_violation()
                     if violation is not None:
-                        res.counterexample = _schedule_to(parent, len(parent) - 1)
+                        res.counterexample = path + [choice]
                         res.counterexample_violation = violation
                         return
                     if child_moves:
                         at[k] = len(nxt)
-                        nxt.append((len(parent) - 1, child if len(nxt) < _KEEP_MACHINES else None, child_sleep))
+                        keep = len(nxt) < _KEEP_MACHINES
+                        nxt.append((len(parent) - 1, child if keep else None, list(child.stack_keys), child_sleep))
+                        if keep:
+                            continue
+                    child.dispose()
             frontier = nxt
         depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
     finally:
+        for _, m, _, _ in frontier + nxt:
+            if m is not None:
+                m.dispose()
         res.fewest_moves = depth
-        res.shortest_states += len(parent)
+        res.shortest_states += len(parent) + unnamed
         res.shortest_seconds += time.perf_counter() - t0
 
 
