@@ -88,8 +88,8 @@ class _Node:
     sleep: dict[int, tuple[frozenset, frozenset]] = field(default_factory=dict)
     slept: frozenset = frozenset()  # the CPUs asleep on arrival (what the visited set records)
     summary: int = 0
-    revisit: bool = False
-    stack_keys: list | None = None  # the state's ModelMachine.stack_keys, which a machine replayed to it takes over  # reached before with more CPUs asleep: only those are tried now
+    revisit: bool = False  # reached before with more CPUs asleep: only those are tried now
+    stack_keys: list | None = None  # its ModelMachine.stack_keys, taken over by a machine replayed to it
 
 
 class _Bits:
@@ -135,19 +135,20 @@ def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = T
     """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
     slept at its first expansion and are awake when it is reached again; see the module doc), stopping
     at the first violation: its run, cut to what its violation depends on (`causal_past`), is the
-    counterexample. With `shortest`, the search goes on for shorter violating runs (`shorter_runs`, a
-    quarter of `shortest_seconds`), then a breadth-first search of every state (`shorten`) looks for a
-    shortest one with the rest of the time: only it can prove a length, and it stops at the first depth
-    where a check fails, so the time goes to it."""
+    counterexample. With `shortest`, a breadth-first search of every state (`shorten`) then looks for a
+    shortest one, for three quarters of `shortest_seconds`: only it can prove a length, and it stops at
+    the first depth where a check fails. If it runs out of time first, the partial-order search goes on
+    for shorter violating runs (`shorter_runs`) with the rest."""
     t0 = time.perf_counter()
     res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
     _search(config, res, max_states, progress)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
         t1 = time.perf_counter()
-        shorter_runs(res, max_states, None if shortest_seconds is None else shortest_seconds / 4, progress)
-        left = None if shortest_seconds is None else max(0.0, shortest_seconds - (time.perf_counter() - t1))
-        shorten(res, max_states, left, progress)
+        shorten(res, max_states, None if shortest_seconds is None else shortest_seconds * 3 / 4, progress)
+        if not res.shortest:
+            left = None if shortest_seconds is None else max(0.0, shortest_seconds - (time.perf_counter() - t1))
+            shorter_runs(res, max_states, left, progress)
         res.seconds = time.perf_counter() - t0
     return res
 

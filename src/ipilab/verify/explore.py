@@ -707,10 +707,7 @@ def _successors(config: Config, path: list[Choice], m: ModelMachine,
     key computed): a replayed copy for all but the last move, which takes `m` itself (no replay)."""
     keys = list(m.stack_keys)
     for i, choice in enumerate(moves):
-        if i < len(moves) - 1:
-            child = replay(config, path, stack_keys=keys)
-        else:
-            child = m
+        child = replay(config, path, stack_keys=keys) if i < len(moves) - 1 else m
         child.apply(choice)
         yield choice, child
 
@@ -825,7 +822,7 @@ def _check_moves(config: Config, path: list[Choice], m: ModelMachine, stack_keys
                 violation = machine.violation or machine.terminal_violation()
                 if violation is not None:
                     machine.dispose()
-                    return path + [choice], violation
+                    return [*path, choice], violation
             taken.append(fp)
         machine.dispose()
         waiting = later
@@ -918,7 +915,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     if violation is None and not child_moves:
                         violation = child.terminal_violation()
                     if violation is not None:
-                        res.counterexample = path + [choice]
+                        res.counterexample = [*path, choice]
                         res.counterexample_violation = violation
                         return
                     if child_moves:
