@@ -37,9 +37,10 @@ What is not preserved is the number of intermediate states: `states` counts thos
 
 A violation ends the search: counting every violating state would take the whole search (minutes at 3
 CPUs), and the user wants the counterexample. Which run meets a violation first depends on the order
-CPUs are tried in, not on its length, so `shorter_runs` then searches again, abandoning runs as long as
-the shortest violating one found; that finds real counterexamples but proves nothing about length (an
-abandoned run hides its later races). Only explore.py's breadth-first `shorten` proves a length.
+CPUs are tried in, not on its length, so explore.py's breadth-first `shorten` then looks for a shortest
+one: only it proves a length. If it runs out of time, `shorter_runs` searches again, abandoning runs as
+long as the shortest violating one found; that finds real counterexamples but proves nothing about
+length (an abandoned run hides its later races).
 """
 
 from __future__ import annotations

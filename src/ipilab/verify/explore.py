@@ -833,7 +833,7 @@ def _check_moves(config: Config, path: list[Choice], m: ModelMachine, stack_keys
 
 # Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
 # up to this many per depth; past it they are replayed from the initial state when expanded. A machine
-# holds about 80 KB (3 CPUs x 2 calls), so this bounds what they take to under 1 GB.
+# holds about 48 KB (3 CPUs x 2 calls), so this bounds what they take to under 2 GB.
 _KEEP_MACHINES = 40_000
 
 
