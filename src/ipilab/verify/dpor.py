@@ -242,9 +242,7 @@ def _search(config: Config, res: Result, max_states: int, progress: Progress | N
             what = "partial-order search" if limit is None else f"partial-order search, runs < {limit + 1} moves"
             progress(what, res.states, len(moves))
         enabled = _enabled(m)
-        violation = m.violation
-        if violation is None and not enabled:
-            violation = m.terminal_violation()
+        violation = m.checks(enabled)
         if violation is not None:
             res.executions += 1
             if limit is None:

@@ -488,6 +488,11 @@ class ModelMachine:
                 self.fail("reuse-while-locked", f"CSD {_csd_label(name)} got call {d['info']} while "
                                                 f"still locked by call {info}")
 
+    def checks(self, moves: list[Choice] | dict) -> Violation | None:
+        """What the checks say of this state, whose moves are `moves`: the check the last move broke, else,
+        when no move is left, those of a run's end (terminal_violation)."""
+        return self.violation or (None if moves else self.terminal_violation())
+
     def terminal_violation(self) -> Violation | None:
         """Called in a state with no move: what the checks say about how the run ended."""
         for c, q in enumerate(self.smp.call_single_queue):
@@ -756,9 +761,7 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
                 raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
                                       f"--max-states")
             child_moves = child.choices()
-            violation = child.violation
-            if violation is None and not child_moves:
-                violation = child.terminal_violation()
+            violation = child.checks(child_moves)
             if violation is not None:
                 res.add_violation(violation, lambda cid=cid: _schedule_to(parent, cid))
             elif not child_moves:
@@ -818,8 +821,8 @@ def _check_moves(config: Config, path: list[Choice], m: ModelMachine, stack_keys
             fp = footprint()
             if taken and (machine.violation is not None or not all(independent(fp, f) for f in taken)):
                 later.append(choice)
-            elif not taken and (machine.violation is not None or not machine.choices()):
-                violation = machine.violation or machine.terminal_violation()
+            elif not taken:
+                violation = machine.checks(machine.choices())
                 if violation is not None:
                     machine.dispose()
                     return [*path, choice], violation
@@ -859,7 +862,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
     parent: list[tuple[int, Choice | None]] = [(-1, None)]
     # Per frontier state: its place in `parent`, the machine standing in it (or None: replay it), its
     # stack keys (which a replay takes over) and its sleep set.
-    frontier: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = [(0, root, root.stack_keys, {})]
+    frontier: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = [(0, root, list(root.stack_keys), {})]
     nxt: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = []
     depth = 0
     unnamed = 0  # states of the last depth, checked without their key (see below)
@@ -911,9 +914,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                     if progress is not None and len(parent) % 1000 == 0:
                         progress("breadth-first, for a shorter one", len(parent), depth)
                     child_moves = child.choices()
-                    violation = child.violation
-                    if violation is None and not child_moves:
-                        violation = child.terminal_violation()
+                    violation = child.checks(child_moves)
                     if violation is not None:
                         res.counterexample = [*path, choice]
                         res.counterexample_violation = violation

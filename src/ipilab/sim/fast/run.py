@@ -107,8 +107,7 @@ def _pin_helpers(state: E.State) -> None:
     if (not in_cache(E.run_until) and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
             and not multiprocessing.current_process().daemon):
         _compile_on_two_cores(helpers, kinds)
-    for f in helpers:  # after _compile_on_two_cores: the ones its child compiled load from numba's cache
-        _pin(f, kinds)
+    _pin_all(helpers, kinds)  # after _compile_on_two_cores: the ones its child compiled load from numba's cache
     _pinned.add(state_type)
 
 
