@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import multiprocessing
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ from test_cli import assert_user_error, ipilab
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.smp import Smp
+from ipilab.verify import shortest
 from ipilab.verify.dpor import causal_past, explore_dpor, shorter_runs
 from ipilab.verify.explore import (
     Call,
@@ -36,14 +38,13 @@ from ipilab.verify.explore import (
     ModelMachine,
     Result,
     Violation,
-    _check_moves,
     default_programs,
     explore,
     iter_steps,
     replay,
-    shorten,
 )
 from ipilab.verify.promela import promela_model, run_spin
+from ipilab.verify.shortest import _check_moves, shorten
 from ipilab.verify.variants import VARIANTS
 
 
@@ -290,6 +291,115 @@ def test_the_last_depth_checked_without_keys_finds_the_shortest_and_nothing_shor
             assert (m.violation or m.terminal_violation()).kind == kind
         else:
             assert res.counterexample_violation.kind == "placeholder"
+
+
+@pytest.fixture
+def pools(monkeypatch) -> list[int]:
+    """The breadth-first search shares out even a depth of 2 states among its workers (2,000 in use, which
+    a 2-CPU search never reaches); the list fills with the number of workers of every pool started."""
+    started: list[int] = []
+    real = shortest._Pool.__init__
+
+    def init(self, config, frontier, visited, workers):
+        started.append(workers)
+        real(self, config, frontier, visited, workers)
+
+    monkeypatch.setattr(shortest, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(shortest._Pool, "__init__", init)
+    return started
+
+
+@pytest.mark.parametrize(("variant", "kernel", "progs", "kind", "moves"), LAST_DEPTH_CASES)
+def test_the_search_in_several_processes_finds_what_one_finds(pools, variant, kernel, progs, kind, moves):
+    """The breadth-first search in 2 and 3 worker processes against itself in one (module doc of
+    shortest.py). Handed a run exactly as long as the shortest (CASES, by hand), each must check every
+    shorter schedule and find nothing, having made exactly as many distinct states and taken as many
+    moves: every state made once, at its least depth, sleeping the same moves, whichever worker made it.
+    Handed one 3 moves longer, each must find a run of the shortest length at a depth it expands (not
+    only checks), which a fresh machine confirms breaks the case's check."""
+    cfg = config(kernel, progs, variant)
+    for in_hand in (moves, moves + 3):
+        outcomes = []
+        for workers in (1, 2, 3):
+            res = Result(cfg, counterexample=[("run", 0)] * in_hand,
+                         counterexample_violation=Violation("placeholder", "a run of that many moves"))
+            taken = shorten(res, 1_000_000, workers=workers)
+            found = res.counterexample_violation.kind
+            outcomes.append((res.fewest_moves, len(res.counterexample), found,
+                             (res.shortest_states, taken) if in_hand == moves else None))
+            if in_hand > moves:
+                m = replay(cfg, res.counterexample[:-1])
+                m.apply(res.counterexample[-1])
+                assert (m.violation or m.terminal_violation()).kind == kind
+        assert outcomes[0][:3] == (moves, moves, kind if in_hand > moves else "placeholder")
+        assert outcomes[1:] == [outcomes[0]] * 2
+    assert sorted(set(pools)) == [2, 3]
+
+
+@pytest.mark.parametrize("kernel", ["v4.12", "v4.13", "v6.18"])
+def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_once(pools, kernel):
+    """2 CPUs x 2 calls of a correct kernel, searched to the end (no run is 200 moves long), in 1, 2 and
+    3 processes: every reachable state made once, as many as a plain breadth-first search (a second
+    implementation: no sleep sets, no workers, every state replayed) reaches. Some states there are
+    reached again at a greater depth (a polling idle loop that times out), possibly by another worker
+    than the one that made them: that one must know them (the merge's new keys) and not make them again.
+    The moves taken must agree too: the sleep sets, merged across workers, are those of one process."""
+    cfg = config(kernel, default_programs(2, 2))
+    truth = plain_bfs_states(cfg)
+    outcomes = []
+    for workers in (1, 2, 3):
+        res = Result(cfg, counterexample=[("run", 0)] * 200,
+                     counterexample_violation=Violation("placeholder", "longer than any run"))
+        taken = shorten(res, 1_000_000, workers=workers)
+        outcomes.append((res.shortest_states, taken))
+    assert outcomes[0][0] == truth
+    assert outcomes[1:] == [outcomes[0]] * 2
+    assert sorted(set(pools)) == [2, 3]
+
+
+def plain_bfs_states(cfg: Config) -> int:
+    """How many states a plain breadth-first search reaches: every move of every state, on a machine
+    replayed for it, no sleep sets."""
+    seen = {ModelMachine(cfg).key()}
+    level: list[list] = [[]]
+    while level:
+        deeper = []
+        for path in level:
+            for choice in replay(cfg, path).choices():
+                m = replay(cfg, path)
+                m.apply(choice)
+                if m.key() not in seen:
+                    seen.add(m.key())
+                    deeper.append([*path, choice])
+        level = deeper
+    return len(seen)
+
+
+def test_a_failing_worker_is_reported_and_none_is_left_running(pools, monkeypatch):
+    """A worker that raises ends the search with its traceback in the error, and no process stays."""
+    def broken(*args):
+        raise ValueError("a model bug, in the worker")
+
+    monkeypatch.setattr(shortest, "_check_moves", broken)  # runs only at the last depth: in the workers
+    progs, _, moves = CASES["check-then-add"]
+    res = Result(config("v4.13", progs, "check-then-add"), counterexample=[("run", 0)] * moves,
+                 counterexample_violation=Violation("placeholder", "a run of that many moves"))
+    with pytest.raises(RuntimeError, match=r"(?s)breadth-first worker \d failed.*a model bug, in the worker"):
+        shorten(res, 1_000_000, workers=2)
+    assert pools == [2]
+    assert multiprocessing.active_children() == []
+    assert res.fewest_moves == moves - 1  # every shorter depth but the last was checked
+
+
+def test_the_state_budget_stops_the_workers_with_a_true_bound(pools):
+    """Out of states part way, the search in workers keeps the run in hand and gives a bound that is
+    at most the true shortest (13, CASES)."""
+    progs, _, moves = CASES["check-then-add"]
+    res = Result(config("v4.13", progs, "check-then-add"), counterexample=[("run", 0)] * 20,
+                 counterexample_violation=Violation("placeholder", "a run of that many moves"))
+    shorten(res, 60, workers=2)
+    assert pools == [2]
+    assert res.counterexample_violation.kind == "placeholder" and 1 <= res.fewest_moves < moves
 
 
 @pytest.mark.parametrize("variant", sorted(CASES))

@@ -74,6 +74,8 @@ from ipilab.verify.explore import CALL_KINDS, MAX_CALLS, MAX_CPUS, Call, Config,
 from ipilab.verify.explore import Progress as SearchProgress
 from ipilab.verify.promela import PromelaError, promela_model, write_promela
 from ipilab.verify.report import print_report, run_verify, write_counterexample_trace
+from ipilab.verify.shortest import PARALLEL_FROM as _SHORTEST_PARALLEL_FROM
+from ipilab.verify.shortest import default_workers
 from ipilab.verify.variants import VARIANTS
 from ipilab.workloads import WORKLOADS, workload_from_settings
 
@@ -875,14 +877,17 @@ def report_cmd(source: Path, out: Path) -> None:
               help="Time allowed to look for a shortest counterexample (three quarters: a breadth-first search, "
                    "which stops as soon as it has one; the rest, if it did not: more partial-order runs); when it "
                    "runs out, the shortest found is shown with the fewest moves any counterexample can have.")
+@click.option("--workers", "-j", type=click.IntRange(1, 512), default=None,
+              help="Processes for the breadth-first search for a shortest counterexample, once a depth holds "
+                   f"{_SHORTEST_PARALLEL_FROM:,} states (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress still on stderr).")
 @click.option("--promela", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the same model (first kernel) as Promela for SPIN.")
 @click.option("--trace-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the first counterexample as ftrace text (`ipilab analyze` reads it).")
 def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: int, mix: str, search: str,
-               max_states: int, shortest_seconds: float, as_json: bool, promela: Path | None,
-               trace_out: Path | None) -> None:
+               max_states: int, shortest_seconds: float, workers: int | None, as_json: bool,
+               promela: Path | None, trace_out: Path | None) -> None:
     """Check the cross-call protocol on every interleaving of a few CPUs (a model checker).
 
     Each CPU runs a short program of smp_call_function_many()/_single() calls, with and without wait, and
@@ -934,7 +939,7 @@ def verify_cmd(kernel_specs: tuple[str, ...], variant: str, cpus: int, calls: in
     try:
         with _search_progress() as step:
             data, found = run_verify(kernels, programs, variant, max_states, search, progress=step,
-                                     shortest_seconds=shortest_seconds)
+                                     shortest_seconds=shortest_seconds, workers=workers or default_workers())
     except StateLimitError as e:
         fail(str(e))
     if model is not None:

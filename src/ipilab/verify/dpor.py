@@ -37,7 +37,7 @@ What is not preserved is the number of intermediate states: `states` counts thos
 
 A violation ends the search: counting every violating state would take the whole search (minutes at 3
 CPUs), and the user wants the counterexample. Which run meets a violation first depends on the order
-CPUs are tried in, not on its length, so explore.py's breadth-first `shorten` then looks for a shortest
+CPUs are tried in, not on its length, so shortest.py's breadth-first `shorten` then looks for a shortest
 one: only it proves a length. If it runs out of time, `shorter_runs` searches again, abandoning runs as
 long as the shortest violating one found; that finds real counterexamples but proves nothing about
 length (an abandoned run hides its later races).
@@ -60,9 +60,9 @@ from ipilab.verify.explore import (
     footprint,
     independent,
     replay,
-    shorten,
     without_cycle_collection,
 )
+from ipilab.verify.shortest import shorten
 
 
 @dataclass(slots=True)
@@ -132,21 +132,22 @@ class _Bits:
 @without_cycle_collection()
 def explore_dpor(config: Config, max_states: int = 3_000_000, shortest: bool = True,
                  keep_terminal_keys: bool = False, progress: Progress | None = None,
-                 shortest_seconds: float | None = None) -> Result:
+                 shortest_seconds: float | None = None, workers: int = 1) -> Result:
     """Every class of equivalent interleavings, each state expanded once (and again only for CPUs that
     slept at its first expansion and are awake when it is reached again; see the module doc), stopping
     at the first violation: its run, cut to what its violation depends on (`causal_past`), is the
     counterexample. With `shortest`, a breadth-first search of every state (`shorten`) then looks for a
     shortest one, for three quarters of `shortest_seconds`: only it can prove a length, and it stops at
     the first depth where a check fails. If it runs out of time first, the partial-order search goes on
-    for shorter violating runs (`shorter_runs`) with the rest."""
+    for shorter violating runs (`shorter_runs`) with the rest. `workers`: processes for `shorten`."""
     t0 = time.perf_counter()
     res = Result(config, search="dpor", terminal_keys=set() if keep_terminal_keys else None)
     _search(config, res, max_states, progress)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
         t1 = time.perf_counter()
-        shorten(res, max_states, None if shortest_seconds is None else shortest_seconds * 3 / 4, progress)
+        shorten(res, max_states, None if shortest_seconds is None else shortest_seconds * 3 / 4, progress,
+                workers)
         if not res.shortest:
             left = None if shortest_seconds is None else max(0.0, shortest_seconds - (time.perf_counter() - t1))
             shorter_runs(res, max_states, left, progress)

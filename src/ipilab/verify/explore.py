@@ -598,6 +598,10 @@ def _step_key(step: Step | None) -> Any:
     return (type(step).__name__, getattr(step, "what", ""))
 
 
+def _first(pair: tuple) -> Any:
+    return pair[0]
+
+
 def _gen_key(gen: Any, canon: Callable[[Any], Any], cache: dict[int, tuple] | None = None) -> tuple:
     """A generator chain's position: per `yield from` level, function, bytecode offset, locals and the
     iterators on its evaluation stack.
@@ -618,7 +622,9 @@ def _gen_key(gen: Any, canon: Callable[[Any], Any], cache: dict[int, tuple] | No
                 out.append(hit[2])
                 gen = inner
                 continue
-        local = tuple((k, canon(v)) for k, v in frame.f_locals.items() if k != "self")
+        # By name: f_locals keeps the order in which its snapshot first saw each variable bound, which
+        # depends on whether it was read before, so the same state would get different keys.
+        local = tuple((k, canon(v)) for k, v in sorted(frame.f_locals.items(), key=_first) if k != "self")
         stack = tuple(canon(r) for r in gc.get_referents(gen) if type(r) in _ITERATORS)
         level = (gen.gi_code.co_qualname, frame.f_lasti, local, stack)
         if cache is not None and inner is not None:
@@ -733,10 +739,11 @@ def without_cycle_collection() -> Iterator[None]:
 
 @without_cycle_collection()
 def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
-            progress: Progress | None = None, shortest_seconds: float | None = None) -> Result:
+            progress: Progress | None = None, shortest_seconds: float | None = None, workers: int = 1) -> Result:
     """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
     not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
-    search (`shorten`) then looks for a shortest counterexample, for at most `shortest_seconds`."""
+    search (`shortest.shorten`, in up to `workers` processes) then looks for a shortest counterexample,
+    for at most `shortest_seconds`."""
     t0 = time.perf_counter()
     res = Result(config, terminal_keys=set() if keep_terminal_keys else None)
     root = ModelMachine(config)
@@ -773,7 +780,9 @@ def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, 
     res.states = len(parent)
     res.seconds = time.perf_counter() - t0
     if res.violations and shortest:
-        shorten(res, max_states, shortest_seconds, progress)
+        from ipilab.verify.shortest import shorten  # it builds on this module
+
+        shorten(res, max_states, shortest_seconds, progress, workers)
     return res
 
 
@@ -797,144 +806,6 @@ def independent(a: tuple[frozenset, frozenset], b: tuple[frozenset, frozenset]) 
     reads or writes."""
     (ra, wa), (rb, wb) = a, b
     return not (wa & rb or wa & wb or ra & wb)
-
-
-def _check_moves(config: Config, path: list[Choice], m: ModelMachine, stack_keys: list,
-                 moves: list[Choice]) -> tuple[list[Choice], Violation] | None:
-    """Whether one of `moves`, taken in the state `m` stands in (reached by `path`), breaks a check: the
-    counterexample and its violation if so. For the last depth of the breadth-first search, whose states
-    are only checked. Instead of a machine per move (all but one replayed), one machine takes the moves
-    one after another as long as each is independent of those taken before it: such a move reads nothing
-    they wrote, so it does and checks what it would in `m`'s state, and it reaches no end state (the
-    first move's CPU can still move), so no end-of-run check is missed. A move that depends on one taken
-    before it waits for the next machine, replayed to `m`'s state; so does one that breaks a check after
-    others, so that every violation reported is one found in `m`'s state itself."""
-    waiting, machine = moves, m
-    while waiting:
-        taken: list[tuple[frozenset, frozenset]] = []
-        later = []
-        for choice in waiting:
-            if machine.violation is not None or (taken and choice not in machine.choices()):
-                later.append(choice)
-                continue
-            machine.apply(choice)
-            fp = footprint()
-            if taken and (machine.violation is not None or not all(independent(fp, f) for f in taken)):
-                later.append(choice)
-            elif not taken:
-                violation = machine.checks(machine.choices())
-                if violation is not None:
-                    machine.dispose()
-                    return [*path, choice], violation
-            taken.append(fp)
-        machine.dispose()
-        waiting = later
-        if waiting:
-            machine = replay(config, path, stack_keys=stack_keys)
-    return None
-
-
-# Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
-# up to this many per depth; past it they are replayed from the initial state when expanded. A machine
-# holds about 48 KB (3 CPUs x 2 calls), so this bounds what they take to under 2 GB.
-_KEEP_MACHINES = 40_000
-
-
-@without_cycle_collection()
-def shorten(res: Result, max_states: int, seconds: float | None = None, progress: Progress | None = None) -> None:
-    """Look for a counterexample shorter than `res`'s: breadth first over every state (no reduction of
-    states), depth by depth, stopping at the first depth where some state violates a check, or when
-    `seconds` run out (or the states pass `max_states`), or at the depth of the counterexample in hand.
-    Sets `res.fewest_moves` to one more than the deepest depth whose every state was checked, and
-    replaces the counterexample when a shorter one turns up.
-
-    Moves are saved with sleep sets (Godefroid 1996): after taking CPU q's move from a state, its
-    siblings' moves taken later sleep for q's move where they are independent of it, and stay asleep
-    down a path as long as each move on it is independent of theirs; a sleeping move is not taken, since
-    taking it there reaches, in as many moves, a state the earlier order reaches too. A state first met
-    at depth d by several moves sleeps only what sleeps in every one of them. Every state is still
-    reached at its least depth: the same depths, far fewer moves taken (and replays)."""
-    t0 = time.perf_counter()
-    config = res.config
-    assert res.counterexample is not None
-    root = ModelMachine(config)
-    visited = {root.key()}
-    parent: list[tuple[int, Choice | None]] = [(-1, None)]
-    # Per frontier state: its place in `parent`, the machine standing in it (or None: replay it), its
-    # stack keys (which a replay takes over) and its sleep set.
-    frontier: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = [(0, root, list(root.stack_keys), {})]
-    nxt: list[tuple[int, ModelMachine | None, list, dict[int, tuple]]] = []
-    depth = 0
-    unnamed = 0  # states of the last depth, checked without their key (see below)
-    try:
-        while frontier and depth + 1 < len(res.counterexample):
-            depth += 1  # of the states made now; every shallower state is checked
-            # The states of the last depth short of the counterexample in hand are only checked, never
-            # expanded, so they need no key (a third of a move's cost) and no place in the visited set.
-            last = depth + 1 == len(res.counterexample)
-            nxt = []
-            at: dict[int, int] = {}  # key -> its place in nxt, for states met again at this depth
-            for sid, m, keys, sleep in frontier:
-                if seconds is not None and time.perf_counter() - t0 > seconds:
-                    return
-                path = _schedule_to(parent, sid)
-                if m is None:
-                    m = replay(config, path, stack_keys=keys)
-                moves = [choice for choice in m.choices() if choice[1] not in sleep]
-                if not moves:
-                    m.dispose()
-                    continue
-                if last:
-                    found = _check_moves(config, path, m, keys, moves)
-                    before = len(parent) + unnamed
-                    unnamed += len(moves)
-                    if progress is not None and before // 1000 != (len(parent) + unnamed) // 1000:
-                        progress("breadth-first, for a shorter one", len(parent) + unnamed, depth)
-                    if found is not None:
-                        res.counterexample, res.counterexample_violation = found
-                        return
-                    continue
-                taken: dict[int, tuple] = {}
-                for choice, child in _successors(config, path, m, moves):
-                    fp = footprint()
-                    child_sleep = {q: f for q, f in (sleep | taken).items() if independent(f, fp)}
-                    taken[choice[1]] = fp
-                    k = child.key()
-                    if k in visited:
-                        j = at.get(k)
-                        if j is not None:
-                            cid, cm, ck, cs = nxt[j]
-                            nxt[j] = (cid, cm, ck, {q: f for q, f in cs.items() if q in child_sleep})
-                        child.dispose()
-                        continue
-                    visited.add(k)
-                    parent.append((sid, choice))
-                    if len(parent) > max_states:
-                        return
-                    if progress is not None and len(parent) % 1000 == 0:
-                        progress("breadth-first, for a shorter one", len(parent), depth)
-                    child_moves = child.choices()
-                    violation = child.checks(child_moves)
-                    if violation is not None:
-                        res.counterexample = [*path, choice]
-                        res.counterexample_violation = violation
-                        return
-                    if child_moves:
-                        at[k] = len(nxt)
-                        keep = len(nxt) < _KEEP_MACHINES
-                        nxt.append((len(parent) - 1, child if keep else None, list(child.stack_keys), child_sleep))
-                        if keep:
-                            continue
-                    child.dispose()
-            frontier = nxt
-        depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
-    finally:
-        for _, m, _, _ in frontier + nxt:
-            if m is not None:
-                m.dispose()
-        res.fewest_moves = depth
-        res.shortest_states += len(parent) + unnamed
-        res.shortest_seconds += time.perf_counter() - t0
 
 
 def iter_steps(config: Config, schedule: list[Choice]) -> Iterator[tuple[Choice, str, list[Event]]]:

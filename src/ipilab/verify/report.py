@@ -123,16 +123,17 @@ def print_report(data: dict[str, Any], console: Console) -> None:
 
 def run_verify(kernels: list[Kernel], programs: tuple[tuple[Call, ...], ...], variant: str,
                max_states: int, search: str = "dpor", progress: Callable[[str], Progress | None] | None = None,
-               shortest_seconds: float | None = None) -> tuple[dict[str, Any], list[Result]]:
+               shortest_seconds: float | None = None, workers: int = 1) -> tuple[dict[str, Any], list[Result]]:
     """Search every kernel with the same programs and variant; the results as plain data, and as found.
-    `progress(kernel name)` gives the progress callback for that kernel's search."""
+    `progress(kernel name)` gives the progress callback for that kernel's search; `workers`: processes
+    for the breadth-first search for a shortest counterexample."""
     smp_class = VARIANTS[variant].smp_class if variant != "none" else Smp
     search_fn = explore_dpor if search == "dpor" else explore
     results, found = {}, []
     for k in kernels:
         step = progress(k.name) if progress is not None else None
         r = search_fn(Config(k, programs, smp_class, variant), max_states=max_states, progress=step,
-                      shortest_seconds=shortest_seconds)
+                      shortest_seconds=shortest_seconds, workers=workers)
         found.append(r)
         results[k.name] = result_dict(r)
     return {
