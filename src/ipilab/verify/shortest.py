@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+import psutil
+
 from ipilab.verify.explore import (
     Choice,
     Config,
@@ -47,8 +49,11 @@ from ipilab.verify.explore import (
 
 # Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
 # up to this many per depth and process; past it they are replayed from the initial state when expanded.
-# A machine holds about 48 KB (3 CPUs x 2 calls), so this bounds what they take to under 2 GB per process.
+# A machine holds about 48 KB (3 CPUs x 2 calls), so this bounds what they take to under 2 GB per process;
+# fewer are kept when the processes' machines would take more than half the memory free at the start
+# (`_machines_to_keep`). Keeping 20,000 instead made the slowest search of docs/verify.md 27% slower.
 _KEEP_MACHINES = 40_000
+_MACHINE_BYTES = 48 * 1024
 
 # A depth with at least this many states is shared out among the workers: below it the fork and the
 # merges would cost more than they save (a 3-CPU search passes it by depth 10, a 2-CPU one barely).
@@ -201,6 +206,12 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _machines_to_keep(workers: int) -> int:
+    """Frontier machines each of `workers` processes keeps per depth (see _KEEP_MACHINES)."""
+    fits = int(psutil.virtual_memory().available / 2 / _MACHINE_BYTES / workers)
+    return max(1_000, min(_KEEP_MACHINES, fits))
+
+
 @without_cycle_collection()
 def shorten(res: Result, max_states: int, seconds: float | None = None, progress: Progress | None = None,
             workers: int = 1) -> int:
@@ -219,6 +230,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
     frontier: list[_Waiting] | None = [_Waiting((), root, list(root.stack_keys), {})]
     size, states, moves, depth = 1, 1, 0, 0
     pool: _Pool | None = None
+    keep = _machines_to_keep(1)
 
     def tick(n: int) -> bool:
         if progress is not None:
@@ -237,7 +249,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
                 size = pool.size
             else:
                 assert frontier is not None
-                out = _expand(config, frontier, visited, last, deadline, max_states - states, _KEEP_MACHINES, tick)
+                out = _expand(config, frontier, visited, last, deadline, max_states - states, keep, tick)
                 frontier = list(out.made.values())
                 size = len(frontier)
             states += out.states
@@ -264,13 +276,14 @@ class _Pool:
 
     def __init__(self, config: Config, frontier: list[_Waiting], visited: set[int], workers: int) -> None:
         ctx = multiprocessing.get_context("fork")  # the workers inherit the machines: they cannot be sent
+        keep = _machines_to_keep(workers)
         self.conns: list[Connection] = []
         self.procs = []
         self.size = len(frontier)
         for i in range(workers):
             mine, theirs = ctx.Pipe()
             share = frontier[i::workers]
-            p = ctx.Process(target=_worker, args=(theirs, config, share, visited), daemon=True)
+            p = ctx.Process(target=_worker, args=(theirs, config, share, visited, keep), daemon=True)
             p.start()
             theirs.close()
             self.conns.append(mine)
@@ -363,7 +376,7 @@ class _Pool:
             conn.close()
 
 
-def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited: set[int]) -> None:
+def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited: set[int], keep: int) -> None:
     """A worker's loop: expand its share of each depth when told, after applying the last merge."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
     try:
@@ -390,7 +403,7 @@ def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited:
                 conn.send(("tick", n))
                 return conn.poll() and conn.recv()[0] == "halt"
 
-            out = _expand(config, frontier, visited, last, deadline, budget, _KEEP_MACHINES, tick)
+            out = _expand(config, frontier, visited, last, deadline, budget, keep, tick)
             made = out.made
             conn.send(("done", out.found, out.stopped, out.states, out.moves,
                        [(k, sum(1 << q for q in w.sleep)) for k, w in made.items()] + [(k, None) for k in out.ended]))
