@@ -239,9 +239,10 @@ def test_dpor_catches_every_variant(variant: str):
     assert explore_dpor(config("v4.13", progs)).violations == 0
 
 
-def plain_bfs_shortest(cfg: Config) -> int:
-    """A second implementation of the shortest counterexample: breadth first over every schedule (each state
-    once, re-reached by replaying its whole schedule), the moves to the first state that violates a check."""
+def plain_bfs(cfg: Config) -> tuple[int | None, int]:
+    """A second implementation of the breadth-first search: over every schedule, each state once,
+    re-reached by replaying its whole schedule, no sleep sets, no workers. Returns the moves to the first
+    state that violates a check (None: none does) and the states reached (every state when none does)."""
     seen = {ModelMachine(cfg).key()}
     level: list[list] = [[]]
     while level:
@@ -255,11 +256,18 @@ def plain_bfs_shortest(cfg: Config) -> int:
                 seen.add(m.key())
                 moves = m.choices()
                 if m.violation is not None or (not moves and m.terminal_violation() is not None):
-                    return len(path) + 1
+                    return len(path) + 1, len(seen)
                 if moves:
                     deeper.append([*path, choice])
         level = deeper
-    raise AssertionError("no violation")
+    return None, len(seen)
+
+
+def plain_bfs_shortest(cfg: Config) -> int:
+    """The shortest counterexample's moves, by `plain_bfs`."""
+    shortest, _ = plain_bfs(cfg)
+    assert shortest is not None, "no violation"
+    return shortest
 
 
 LAST_DEPTH_CASES = [(v, "v4.13", progs, kind, moves) for v, (progs, kind, moves) in sorted(CASES.items())] + [
@@ -340,12 +348,13 @@ def test_the_search_in_several_processes_finds_what_one_finds(pools, variant, ke
 def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_once(pools, kernel):
     """2 CPUs x 2 calls of a correct kernel, searched to the end (no run is 200 moves long), in 1, 2 and
     3 processes: every reachable state made once, as many as a plain breadth-first search (a second
-    implementation: no sleep sets, no workers, every state replayed) reaches. Some states there are
+    implementation, `plain_bfs`) reaches. Some states there are
     reached again at a greater depth (a polling idle loop that times out), possibly by another worker
     than the one that made them: that one must know them (the merge's new keys) and not make them again.
     The moves taken must agree too: the sleep sets, merged across workers, are those of one process."""
     cfg = config(kernel, default_programs(2, 2))
-    truth = plain_bfs_states(cfg)
+    violation, truth = plain_bfs(cfg)
+    assert violation is None
     outcomes = []
     for workers in (1, 2, 3):
         res = Result(cfg, counterexample=[("run", 0)] * 200,
@@ -355,24 +364,6 @@ def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_o
     assert outcomes[0][0] == truth
     assert outcomes[1:] == [outcomes[0]] * 2
     assert sorted(set(pools)) == [2, 3]
-
-
-def plain_bfs_states(cfg: Config) -> int:
-    """How many states a plain breadth-first search reaches: every move of every state, on a machine
-    replayed for it, no sleep sets."""
-    seen = {ModelMachine(cfg).key()}
-    level: list[list] = [[]]
-    while level:
-        deeper = []
-        for path in level:
-            for choice in replay(cfg, path).choices():
-                m = replay(cfg, path)
-                m.apply(choice)
-                if m.key() not in seen:
-                    seen.add(m.key())
-                    deeper.append([*path, choice])
-        level = deeper
-    return len(seen)
 
 
 def test_a_failing_worker_is_reported_and_none_is_left_running(pools, monkeypatch):

@@ -27,7 +27,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
@@ -82,7 +82,7 @@ class _Depth:
     states: int = 0  # new states made (at the last depth: moves checked)
     moves: int = 0  # moves taken (each a transition, whether or not its state was new)
     found: tuple[list[Choice], Violation] | None = None
-    stopped: str | None = None  # "time" or "states": it did not finish
+    stopped: str | None = None  # "time", "states" or "halted" (another worker found one): it did not finish
 
 
 def _expand(config: Config, frontier: list[_Waiting], visited: set[int], last: bool, deadline: float | None,
@@ -159,8 +159,8 @@ def _expand_one(config: Config, w: _Waiting, m: ModelMachine, moves: list[Choice
         child.dispose()
 
 
-def _dispose_made(made: object) -> None:
-    for w in made:  # type: ignore[attr-defined]
+def _dispose_made(made: Iterable[_Waiting]) -> None:
+    for w in made:
         if w.machine is not None:
             w.machine.dispose()
             w.machine = None
