@@ -39,10 +39,10 @@ from ipilab.verify.explore import (
     Result,
     Violation,
     default_programs,
-    explore,
     iter_steps,
     replay,
 )
+from ipilab.verify.full import explore
 from ipilab.verify.promela import promela_model, run_spin
 from ipilab.verify.shortest import _check_moves, shorten
 from ipilab.verify.variants import VARIANTS

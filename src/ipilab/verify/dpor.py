@@ -30,7 +30,7 @@ moves: an access by CPU q comes after q's last move of the run, so only moves th
 that last move can race with it, and for each such race the state before it gets a CPU to try, as
 above (an initial among the run's own moves after it when there is one, else q, else every CPU in the
 summary). A state first expanded with CPUs asleep that are awake when it is reached again is expanded
-again for those CPUs. Tests hold the result to the full search's (explore.py): the same set of
+again for those CPUs. Tests hold the result to the full search's (full.py): the same set of
 terminal states, compared by their whole identity, on every kernel and on 2- and 3-CPU programs.
 
 What is not preserved is the number of intermediate states: `states` counts those the runs reached.

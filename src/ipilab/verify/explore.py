@@ -47,7 +47,7 @@ target, `data` by sender, on-stack ones by sender and how many it made before). 
 64-bit hashes of keys (hash compaction, as SPIN's -DHC): two distinct states collide with probability
 about n^2 / 2^65 for n states, i.e. below 1e-6 up to 6 million states.
 
-This search (`explore`) expands every reachable state. dpor.py expands fewer, on the same machine: it
+The full search (full.py, `explore`) expands every reachable state. dpor.py expands fewer, on the same machine: it
 runs one interleaving per class of interleavings that differ only in the order of independent moves,
 from the accesses each move records (`_accesses`).
 
@@ -78,7 +78,6 @@ What is checked (each a `Violation.kind`):
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -735,55 +734,6 @@ def without_cycle_collection() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-@without_cycle_collection()
-def explore(config: Config, max_states: int = 3_000_000, shortest: bool = True, keep_terminal_keys: bool = False,
-            progress: Progress | None = None, shortest_seconds: float | None = None, workers: int = 1) -> Result:
-    """Every interleaving, depth first, each state expanded once. A state with a violation is counted and
-    not expanded; terminal states give the IPI bounds. With violations and `shortest`, a breadth-first
-    search (`shortest.shorten`, in up to `workers` processes) then looks for a shortest counterexample,
-    for at most `shortest_seconds`."""
-    t0 = time.perf_counter()
-    res = Result(config, terminal_keys=set() if keep_terminal_keys else None)
-    root = ModelMachine(config)
-    visited = {root.key()}
-    parent: list[tuple[int, Choice | None]] = [(-1, None)]
-    todo = [(0, root, root.choices())]  # states to expand, each with a machine standing in it
-    while todo:
-        sid, m, moves = todo.pop()
-        path = _schedule_to(parent, sid) if len(moves) > 1 else []
-        for choice, child in _successors(config, path, m, moves):
-            res.transitions += 1
-            k = child.key()
-            if k in visited:
-                child.dispose()
-                continue
-            visited.add(k)
-            parent.append((sid, choice))
-            cid = len(parent) - 1
-            if progress is not None and cid % 1000 == 0:
-                progress("full search", cid, len(_schedule_to(parent, cid)))
-            if cid >= max_states:
-                raise StateLimitError(f"more than {max_states:,} states; use fewer CPUs or calls, or raise "
-                                      f"--max-states")
-            child_moves = child.choices()
-            violation = child.checks(child_moves)
-            if violation is not None:
-                res.add_violation(violation, lambda cid=cid: _schedule_to(parent, cid))
-            elif not child_moves:
-                res.add_terminal(child, k)
-            else:
-                todo.append((cid, child, child_moves))
-                continue
-            child.dispose()
-    res.states = len(parent)
-    res.seconds = time.perf_counter() - t0
-    if res.violations and shortest:
-        from ipilab.verify.shortest import shorten  # it builds on this module
-
-        shorten(res, max_states, shortest_seconds, progress, workers)
-    return res
 
 
 def _schedule_to(parent: list[tuple[int, Choice | None]], sid: int) -> list[Choice]:

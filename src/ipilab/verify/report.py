@@ -13,7 +13,8 @@ from ipilab.kernel.features import Kernel
 from ipilab.kernel.smp import Smp
 from ipilab.trace.ftrace import FtraceWriter, format_event
 from ipilab.verify.dpor import explore_dpor
-from ipilab.verify.explore import Call, Config, Progress, Result, explore, iter_steps
+from ipilab.verify.explore import Call, Config, Progress, Result, iter_steps
+from ipilab.verify.full import explore
 from ipilab.verify.variants import VARIANTS
 
 SEARCHES = {
