@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import json
 import multiprocessing
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -302,19 +304,26 @@ def test_the_last_depth_checked_without_keys_finds_the_shortest_and_nothing_shor
 
 
 @pytest.fixture
-def pools(monkeypatch) -> list[int]:
+def pools(monkeypatch) -> list:
     """The breadth-first search shares out even a depth of 2 states among its workers (2,000 in use, which
-    a 2-CPU search never reaches); the list fills with the number of workers of every pool started."""
-    started: list[int] = []
+    a 2-CPU search never reaches), and they report every new state (not every 1,000), so that a halt or a
+    stop reaches them in the middle of a depth; the list fills with every pool started."""
+    started: list = []
     real = shortest._Pool.__init__
 
     def init(self, config, frontier, visited, workers):
-        started.append(workers)
+        started.append(self)
         real(self, config, frontier, visited, workers)
 
     monkeypatch.setattr(shortest, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(shortest, "TICK", 1)
     monkeypatch.setattr(shortest._Pool, "__init__", init)
     return started
+
+
+def ended_cleanly(pools: list) -> bool:
+    """Every worker of every pool has ended by itself (exit 0), none killed."""
+    return all(p.exitcode == 0 for pool in pools for p in pool.procs)
 
 
 @pytest.mark.parametrize(("variant", "kernel", "progs", "kind", "moves"), LAST_DEPTH_CASES)
@@ -341,18 +350,18 @@ def test_the_search_in_several_processes_finds_what_one_finds(pools, variant, ke
                 assert (m.violation or m.terminal_violation()).kind == kind
         assert outcomes[0][:3] == (moves, moves, kind if in_hand > moves else "placeholder")
         assert outcomes[1:] == [outcomes[0]] * 2
-    assert sorted(set(pools)) == [2, 3]
+    assert sorted({len(pool.procs) for pool in pools}) == [2, 3] and ended_cleanly(pools)
 
 
-@pytest.mark.parametrize("kernel", ["v4.12", "v4.13", "v6.18"])
-def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_once(pools, kernel):
+@pytest.mark.parametrize(("kernel", "calls"), [("v4.12", 2), ("v4.13", 2), ("v6.18", 2)])
+def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_once(pools, kernel, calls):
     """2 CPUs x 2 calls of a correct kernel, searched to the end (no run is 200 moves long), in 1, 2 and
     3 processes: every reachable state made once, as many as a plain breadth-first search (a second
-    implementation, `plain_bfs`) reaches. Some states there are
-    reached again at a greater depth (a polling idle loop that times out), possibly by another worker
-    than the one that made them: that one must know them (the merge's new keys) and not make them again.
-    The moves taken must agree too: the sleep sets, merged across workers, are those of one process."""
-    cfg = config(kernel, default_programs(2, 2))
+    implementation, `plain_bfs`) reaches. Some states there are reached again at a greater depth (a
+    polling idle loop that times out), possibly by another worker than the one that made them: that one
+    must know them (the merge's new keys) and not make them again. The moves taken must agree too: the
+    sleep sets, merged across workers, are those of one process."""
+    cfg = config(kernel, default_programs(2, calls))
     violation, truth = plain_bfs(cfg)
     assert violation is None
     outcomes = []
@@ -363,34 +372,75 @@ def test_the_search_in_several_processes_makes_every_state_of_a_correct_kernel_o
         outcomes.append((res.shortest_states, taken))
     assert outcomes[0][0] == truth
     assert outcomes[1:] == [outcomes[0]] * 2
-    assert sorted(set(pools)) == [2, 3]
+    assert sorted({len(pool.procs) for pool in pools}) == [2, 3] and ended_cleanly(pools)
+
+
+def test_the_merge_of_one_depth_worked_by_hand():
+    """Two workers' new states at one depth, as the merge gets them (key, sleeping CPUs as a bit mask;
+    None: an end state). Worker 0 made A (cpu0 asleep) and the end state E; worker 1 made A (cpu0 and
+    cpu1 asleep), E and B (cpu1 asleep). A and E were made twice: 2 to take off the states counted.
+    A goes to worker 0, which has fewer states of its own (0 against B's 1); worker 1 drops it; A sleeps
+    what sleeps in both arrivals (cpu0); E, an end state, is nobody's to expand. Each learns the keys it
+    did not make: worker 0 A, E and B (all of worker 1's), worker 1 A and E. The next depth: A and B."""
+    pool = shortest._Pool.__new__(shortest._Pool)
+    A, B, E = 101, 202, 303
+    twice = pool._merge([[(A, 0b01), (E, None)], [(A, 0b11), (E, None), (B, 0b10)]])
+    assert twice == 2
+    assert pool.verdicts[0] == (set(), {A: 0b01}, [A, E, B])
+    assert pool.verdicts[1] == ({A}, {}, [A, E])
+    assert pool.size == 2
 
 
 def test_a_failing_worker_is_reported_and_none_is_left_running(pools, monkeypatch):
-    """A worker that raises ends the search with its traceback in the error, and no process stays."""
+    """A worker that raises ends the search with its traceback in the error; the others, told to stop
+    in the middle of their depth, end by themselves (none is left to be killed), and no process stays."""
     def broken(*args):
-        raise ValueError("a model bug, in the worker")
+        """Worker 0 (forked before any worker was listed) fails at once; the other checks slowly, so it
+        is in the middle of its depth when it is told to stop."""
+        if pools and not pools[0].procs:
+            raise ValueError("a model bug, in the worker")
+        time.sleep(0.05)
+        return real(*args)
 
+    real = shortest._check_moves
     monkeypatch.setattr(shortest, "_check_moves", broken)  # runs only at the last depth: in the workers
-    progs, _, moves = CASES["check-then-add"]
-    res = Result(config("v4.13", progs, "check-then-add"), counterexample=[("run", 0)] * moves,
+    variant, kernel, progs, _, moves = LAST_DEPTH_CASES[-1]  # 3 CPUs: a last depth of hundreds of states
+    res = Result(config(kernel, progs, variant), counterexample=[("run", 0)] * moves,
                  counterexample_violation=Violation("placeholder", "a run of that many moves"))
     with pytest.raises(RuntimeError, match=r"(?s)breadth-first worker \d failed.*a model bug, in the worker"):
         shorten(res, 1_000_000, workers=2)
-    assert pools == [2]
+    assert len(pools) == 1 and ended_cleanly(pools)
     assert multiprocessing.active_children() == []
     assert res.fewest_moves == moves - 1  # every shorter depth but the last was checked
 
 
 def test_the_state_budget_stops_the_workers_with_a_true_bound(pools):
-    """Out of states part way, the search in workers keeps the run in hand and gives a bound that is
-    at most the true shortest (13, CASES)."""
-    progs, _, moves = CASES["check-then-add"]
-    res = Result(config("v4.13", progs, "check-then-add"), counterexample=[("run", 0)] * 20,
+    """Out of states part way, the search in workers keeps the run in hand and gives a bound that is at
+    most the true shortest (12, LAST_DEPTH_CASES); the parent halts the workers when their states together pass the
+    budget, so it overshoots by at most what the workers made before the halt reached them."""
+    variant, kernel, progs, _, moves = LAST_DEPTH_CASES[-1]  # 3 CPUs: depths of hundreds of states
+    res = Result(config(kernel, progs, variant), counterexample=[("run", 0)] * 20,
                  counterexample_violation=Violation("placeholder", "a run of that many moves"))
-    shorten(res, 60, workers=2)
-    assert pools == [2]
+    shorten(res, 500, workers=2)
+    assert len(pools) == 1 and ended_cleanly(pools)
     assert res.counterexample_violation.kind == "placeholder" and 1 <= res.fewest_moves < moves
+    assert res.shortest_states <= 500 + 10
+
+
+def test_running_out_of_time_in_the_workers_gives_a_true_bound(pools, monkeypatch):
+    """A clock that moves one second per reading (so when the time runs out does not depend on the
+    machine; the workers inherit it, each with its own count): the search stops part way through, in
+    the workers, and must neither claim the run in hand is a shortest (it is 3 moves longer than the
+    true one, CASES) nor give a bound above the truth."""
+    ticks = itertools.count()
+    monkeypatch.setattr(shortest.time, "perf_counter", lambda: float(next(ticks)))
+    progs, _, moves = CASES["check-then-add"]
+    res = Result(config("v4.13", progs, "check-then-add"), counterexample=[("run", 0)] * (moves + 3),
+                 counterexample_violation=Violation("placeholder", "a run of that many moves"))
+    shorten(res, 1_000_000, seconds=40, workers=2)
+    assert len(pools) == 1 and ended_cleanly(pools)
+    assert res.counterexample_violation.kind == "placeholder" and not res.shortest
+    assert 2 < res.fewest_moves <= moves
 
 
 @pytest.mark.parametrize("variant", sorted(CASES))
@@ -633,6 +683,7 @@ def test_verify_workers_prove_the_same_shortest_counterexample_as_one_process():
         assert proc.returncode == 1, proc.stderr
         ce = json.loads(proc.stdout)["kernels"]["v4.12"]["counterexample"]
         outcomes.append((ce["violation"], ce["moves"], ce["fewest_moves"], ce["shortest"]))
+        assert ce["shortest_workers"] == int(workers)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == "lost-wakeup" and outcomes[0][1] == outcomes[0][2] and outcomes[0][3]
 

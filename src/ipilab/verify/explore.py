@@ -668,6 +668,7 @@ class Result:
     fewest_moves: int | None = None
     shortest_states: int = 0
     shortest_seconds: float = 0.0
+    shortest_workers: int = 1  # processes the breadth-first search ran in (shortest.py)
 
     @property
     def shortest(self) -> bool:

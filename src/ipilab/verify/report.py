@@ -15,6 +15,7 @@ from ipilab.trace.ftrace import FtraceWriter, format_event
 from ipilab.verify.dpor import explore_dpor
 from ipilab.verify.explore import Call, Config, Progress, Result, iter_steps
 from ipilab.verify.full import explore
+from ipilab.verify.shortest import PARALLEL_FROM
 from ipilab.verify.variants import VARIANTS
 
 SEARCHES = {
@@ -48,6 +49,8 @@ COUNTEREXAMPLE_DOCS: dict[str, str] = {
     "shortest_states": "states reached looking for a shorter counterexample (partial-order runs and the "
                        "breadth-first search)",
     "shortest_seconds": "wall-clock time spent looking for a shorter counterexample (at most --shortest-seconds)",
+    "shortest_workers": "processes the breadth-first search ran in (--workers, once a depth held "
+                        f"{PARALLEL_FROM:,} states; 1 when none did)",
 }
 
 
@@ -69,6 +72,7 @@ def result_dict(r: Result) -> dict[str, Any]:
                                  "fewest_moves": r.fewest_moves, "shortest": r.shortest,
                                  "shortest_states": r.shortest_states,
                                  "shortest_seconds": round(r.shortest_seconds, 3),
+                                 "shortest_workers": r.shortest_workers,
                                  "docs": COUNTEREXAMPLE_DOCS, "steps": steps, "ftrace": ftrace}
     return out
 

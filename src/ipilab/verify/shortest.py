@@ -25,6 +25,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ from ipilab.verify.explore import (
 # Frontier states keep the machine standing in them (so expanding one replays nothing for its last move)
 # up to this many per depth and process; past it they are replayed from the initial state when expanded.
 # A machine holds about 48 KB (3 CPUs x 2 calls), so this bounds what they take to under 2 GB per process;
-# fewer are kept when the processes' machines would take more than half the memory free at the start
+# fewer are kept when the processes' machines would take more than half the memory free when they start
 # (`_machines_to_keep`). Keeping 20,000 instead made the slowest search of docs/verify.md 27% slower.
 _KEEP_MACHINES = 40_000
 _MACHINE_BYTES = 48 * 1024
@@ -60,6 +61,9 @@ _MACHINE_BYTES = 48 * 1024
 PARALLEL_FROM = 2_000
 
 _PHASE = "breadth-first, for a shorter one"
+
+# Progress is reported (and a worker hears whether to stop) every this many new states.
+TICK = 1000
 
 
 @dataclass(slots=True)
@@ -90,8 +94,8 @@ def _expand(config: Config, frontier: list[_Waiting], visited: set[int], last: b
     """Expand `frontier`'s states (each of the same depth) by one move, in order: a violating new state
     ends it. At the `last` depth (one move short of the counterexample in hand) the moves are only
     checked (`_check_moves`): those states would never be expanded, so they need no key (a third of a
-    move's cost) and no place in the visited set. `tick(states)` is called every 1000 new states and
-    returns whether to stop (another worker found a counterexample)."""
+    move's cost) and no place in the visited set. `tick(states)` is called every TICK new states and
+    returns whether to stop (another worker found a counterexample, or the states ran out)."""
     out = _Depth()
     for w in frontier:
         if deadline is not None and time.perf_counter() > deadline:
@@ -112,7 +116,7 @@ def _expand(config: Config, frontier: list[_Waiting], visited: set[int], last: b
             _expand_one(config, w, m, moves, visited, keep, out)
         if out.found is not None:
             break
-        if out.states // 1000 != before // 1000 and tick(out.states):
+        if out.states // TICK != before // TICK and tick(out.states):
             out.stopped = "halted"
             break
         if out.states > budget:
@@ -148,6 +152,8 @@ def _expand_one(config: Config, w: _Waiting, m: ModelMachine, moves: list[Choice
         if violation is not None:
             out.found = ([*w.path, choice], violation)
             child.dispose()
+            if child is not m:
+                m.dispose()  # it was to take the last move
             return
         if child_moves:
             kept = len(out.made) < keep
@@ -209,7 +215,7 @@ def default_workers() -> int:
 def _machines_to_keep(workers: int) -> int:
     """Frontier machines each of `workers` processes keeps per depth (see _KEEP_MACHINES)."""
     fits = int(psutil.virtual_memory().available / 2 / _MACHINE_BYTES / workers)
-    return max(1_000, min(_KEEP_MACHINES, fits))
+    return min(_KEEP_MACHINES, fits)
 
 
 @without_cycle_collection()
@@ -244,6 +250,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
             if pool is None and workers > 1 and size >= PARALLEL_FROM and frontier is not None:
                 pool = _Pool(config, frontier, visited, workers)
                 frontier = None
+                res.shortest_workers = workers
             if pool is not None:
                 out = pool.expand(last, deadline, max_states - states, tick)
                 size = pool.size
@@ -257,7 +264,7 @@ def shorten(res: Result, max_states: int, seconds: float | None = None, progress
             if out.found is not None:
                 res.counterexample, res.counterexample_violation = out.found
                 return moves
-            if out.stopped is not None:
+            if out.stopped is not None or states > max_states:
                 return moves
         depth = len(res.counterexample)  # every shorter schedule checked: the one in hand is a shortest
     finally:
@@ -282,11 +289,14 @@ class _Pool:
         self.size = len(frontier)
         for i in range(workers):
             mine, theirs = ctx.Pipe()
+            self.conns.append(mine)
             share = frontier[i::workers]
-            p = ctx.Process(target=_worker, args=(theirs, config, share, visited, keep), daemon=True)
+            # The child closes the parent's ends it inherits (its own and the earlier workers'), so that
+            # its pipe ends, and it with it, when the parent does.
+            p = ctx.Process(target=_worker, args=(theirs, list(self.conns), config, share, visited, keep),
+                            daemon=True)
             p.start()
             theirs.close()
-            self.conns.append(mine)
             self.procs.append(p)
         _dispose_made(frontier)  # the workers have their own copies
         self.verdicts: list[tuple[set[int], dict[int, int], list[int]]] = [(set(), {}, []) for _ in range(workers)]
@@ -294,30 +304,37 @@ class _Pool:
     def expand(self, last: bool, deadline: float | None, budget: int, tick: Callable[[int], bool]) -> _Depth:
         """One depth, every worker its share: their new states merged (module doc)."""
         n = len(self.conns)
-        for conn, (drop, sleep, learn) in zip(self.conns, self.verdicts, strict=True):
-            conn.send(("expand", last, deadline, budget // n, drop, sleep, learn))
+        for i, (drop, sleep, learn) in enumerate(self.verdicts):
+            self._send(i, ("expand", last, deadline, budget, drop, sleep, learn))
         made = [0] * n
         done: dict[int, tuple] = {}
         out = _Depth()
+
+        def halt_others() -> None:  # their work at this depth is moot now
+            for j in range(n):
+                if j not in done:
+                    self._send(j, ("halt",))
+
         while len(done) < n:
             for conn in wait([c for i, c in enumerate(self.conns) if i not in done]):
                 i = self.conns.index(conn)
                 try:
                     msg = conn.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     raise RuntimeError(f"breadth-first worker {i} ended without a word (killed?)") from None
                 if msg[0] == "error":
                     raise RuntimeError(f"breadth-first worker {i} failed:\n{msg[1]}")
                 if msg[0] == "tick":
                     made[i] = msg[1]
                     tick(sum(made))
+                    if sum(made) > budget and out.stopped is None:
+                        out.stopped = "states"
+                        halt_others()
                     continue
                 done[i] = msg
                 if msg[1] is not None and out.found is None:
                     out.found = msg[1]
-                    for j, other in enumerate(self.conns):  # the others' work at this depth is moot now
-                        if j not in done:
-                            other.send(("halt",))
+                    halt_others()
         for i in range(n):
             _, _, stopped, states, moves, _ = done[i]
             out.states += states
@@ -363,12 +380,22 @@ class _Pool:
         self.size = sum(counts)
         return twice + sum(len(where) - 1 for _, where in shared)
 
+    def _send(self, i: int, msg: tuple) -> None:
+        try:
+            self.conns[i].send(msg)
+        except OSError:
+            raise RuntimeError(f"breadth-first worker {i} ended without a word (killed?)") from None
+
     def close(self) -> None:
+        """Stop the workers: each stops at its next tick if it is in the middle of a depth; any still
+        running after 5 s (all together) is killed."""
         for conn in self.conns:
             with contextlib.suppress(OSError):  # it ended already
                 conn.send(("stop",))
+        until = time.monotonic() + 5
         for p in self.procs:
-            p.join(timeout=5)
+            p.join(timeout=max(0.0, until - time.monotonic()))
+        for p in self.procs:
             if p.is_alive():
                 p.kill()
                 p.join()
@@ -376,9 +403,17 @@ class _Pool:
             conn.close()
 
 
-def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited: set[int], keep: int) -> None:
-    """A worker's loop: expand its share of each depth when told, after applying the last merge."""
+def _worker(conn: Connection, parents: list[Connection], config: Config, frontier: list[_Waiting],
+            visited: set[int], keep: int) -> None:
+    """A worker's loop: expand its share of each depth when told, after applying the last merge. It
+    ends when told to stop, or when the parent is gone (its pipe ends), quietly: the parent reports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
+    for end in parents:
+        end.close()
+    # The parent may have had a thread writing to these at the fork (a live progress display): their
+    # locks could be held forever here, and the exit flushes them. The worker writes nothing anyway.
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    stopping = False
     try:
         made: dict[int, _Waiting] | None = None  # what the last depth made (None: `frontier` is the first)
         while True:
@@ -386,7 +421,7 @@ def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited:
             if msg[0] == "stop":
                 return
             if msg[0] == "halt":
-                continue  # came after it finished the depth
+                continue  # came after it finished the depth, or after it stopped on its own
             _, last, deadline, budget, drop, sleep, learn = msg
             if made is not None:
                 for key in drop:
@@ -400,12 +435,21 @@ def _worker(conn: Connection, config: Config, frontier: list[_Waiting], visited:
             visited.update(learn)
 
             def tick(n: int) -> bool:
+                nonlocal stopping
                 conn.send(("tick", n))
-                return conn.poll() and conn.recv()[0] == "halt"
+                if not conn.poll():
+                    return False
+                stopping = conn.recv()[0] == "stop"  # else "halt"
+                return True
 
             out = _expand(config, frontier, visited, last, deadline, budget, keep, tick)
+            if stopping:
+                return
             made = out.made
             conn.send(("done", out.found, out.stopped, out.states, out.moves,
                        [(k, sum(1 << q for q in w.sleep)) for k, w in made.items()] + [(k, None) for k in out.ended]))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
