@@ -81,6 +81,7 @@ import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ipilab.events import Event
@@ -597,10 +598,6 @@ def _step_key(step: Step | None) -> Any:
     return (type(step).__name__, getattr(step, "what", ""))
 
 
-def _first(pair: tuple) -> Any:
-    return pair[0]
-
-
 def _gen_key(gen: Any, canon: Callable[[Any], Any], cache: dict[int, tuple] | None = None) -> tuple:
     """A generator chain's position: per `yield from` level, function, bytecode offset, locals and the
     iterators on its evaluation stack.
@@ -623,7 +620,7 @@ def _gen_key(gen: Any, canon: Callable[[Any], Any], cache: dict[int, tuple] | No
                 continue
         # By name: f_locals keeps the order in which its snapshot first saw each variable bound, which
         # depends on whether it was read before, so the same state would get different keys.
-        local = tuple((k, canon(v)) for k, v in sorted(frame.f_locals.items(), key=_first) if k != "self")
+        local = tuple((k, canon(v)) for k, v in sorted(frame.f_locals.items(), key=itemgetter(0)) if k != "self")
         stack = tuple(canon(r) for r in gc.get_referents(gen) if type(r) in _ITERATORS)
         level = (gen.gi_code.co_qualname, frame.f_lasti, local, stack)
         if cache is not None and inner is not None:
