@@ -10,6 +10,9 @@ import math
 import pytest
 from test_cli import assert_user_error, ipilab
 
+from ipilab.orchestration.runconfig import build_run
+from ipilab.reproduce import seed as seed_exp
+
 # Without the per-CPU page lists' zone->lock: its start-up transient (the lists fill from empty before pages
 # reach the buddy lists, several ms) outlasts these windows; tests/test_page_alloc.py and the differential test
 # cover it.
@@ -121,6 +124,38 @@ def test_same_seed_same_numbers_and_explain_lists_every_cost(seed_run: tuple[dic
             assert 0 < row[factor]["ipi_reduction"] < 1
     # Halving the interrupt entry cost changes the v4.12 run: the sweep really moves the cost.
     assert rows["irq_entry"]["x0.5"] != rows["irq_entry"]["x1.5"]
+    # The absolute check's lock table has a row per published lock; zone->lock is off in these runs.
+    locks = {row["lock"]: row for row in e["absolute"]["locks"]}
+    assert set(locks) == {"zone_lock", "si_lock", "lru_lock", "swap_cache_lock", "swap_avail_lock"}
+    assert locks["zone_lock"]["model_pct"] is None and locks["zone_lock"]["published_pct"] == 11.12
+    assert 0 < locks["si_lock"]["model_pct"] < 100
+
+
+def _swap_w_seq(**settings: str) -> dict:
+    cfg = build_run(seed_exp.MACHINE, "v4.12", "swap-w-seq", {"threads": "32", **settings}, seconds=0.002,
+                    warmup=0.002, intervals=2, seed=1)
+    return cfg.simulate()
+
+
+def test_the_absolute_checks_lock_profile_is_its_runs_spinning() -> None:
+    """The model's column of the absolute check's lock table is each lock's spinning in the engine's time use,
+    over the reclaiming CPUs' busy time. The locks' own counters (SpinLock.spin_ns, kept apart from the time
+    use) must tell the same story; a lock the run does not take has no row; a longer si->lock hold shows."""
+    run = _swap_w_seq(zone_lock="true")
+    pct = seed_exp.lock_spin_pct(run)
+    assert set(pct) == {"lru_lock", "swap_avail_lock", "si_lock", "swap_cache_lock", "zone_lock"}
+    cpus = [c for c in run["per_cpu"] if c["comm"] in ("usemem", "kswapd0", "kswapd1")]
+    assert len(cpus) == 34  # 32 processes and one kswapd per node
+    busy = sum(run["sim_seconds"] * 1e9 - c["time_ns"]["idle"] for c in cpus)
+    wc = run["workload_counts"]
+    for prefix, share in pct.items():
+        by_counters = 100 * wc[f"{prefix}_spin_ns"] / busy
+        if by_counters >= 0.5:  # lru_lock and si->lock here; the time use also counts pulling the line
+            assert share == pytest.approx(by_counters, rel=0.1), prefix
+    without = seed_exp.lock_spin_pct(_swap_w_seq(zone_lock="false"))
+    assert "zone_lock" not in without
+    longer = seed_exp.lock_spin_pct(_swap_w_seq(zone_lock="false", swap_slot_scan="200"))
+    assert longer["si_lock"] > 4 * without["si_lock"] > 0
 
 
 def test_a_window_too_short_to_write_a_page_says_so() -> None:

@@ -629,7 +629,7 @@ def reproduce() -> None:
                    "table: every cost lognormal with p90 = 1, 1.25, 1.5, 2 and 3 x median (about 120 more short "
                    "simulations), the ablation table (each modelling change added in turn, on the main window) and "
                    "the absolute check (the model as swap-w-seq with 32 processes against a published swap-out "
-                   "rate): about 5 minutes on 2 cores at the default windows.")
+                   "rate and that run's lock profile): about 5 minutes on 2 cores at the default windows.")
 @click.option("--sensitivity-seconds", type=click.FloatRange(0.0005, MAX_SECONDS),
               default=seed_exp.SENSITIVITY_SECONDS, show_default=True,
               help="Window of each sensitivity simulation (after a warm-up of "

@@ -292,6 +292,18 @@ def print_absolute(a: dict[str, Any], console: Console) -> None:
         f"KB/s, so the model is {a['model_over_published']:.1f}x as fast. Measured by {a['source']}. Not the same "
         f"setup: {a['caveats']}. Nothing is fitted to it: a factor far from 1 says the per-page costs of the reclaim "
         f"path (docs/reproduce.md) are off, not that a cost should be tuned until it agrees.", highlight=False)
+    t = Table(title="the same run's locks: published % of cycles (perf, all CPUs) against the model's spinning, % "
+                    "of its usemem and kswapd CPUs' busy time", title_justify="left")
+    t.add_column("lock", no_wrap=True)
+    t.add_column("published", justify="right")
+    t.add_column("model", justify="right")
+    t.add_column("published entry")
+    for row in a["locks"]:
+        t.add_row(row["lock"], "-" if row["published_pct"] is None else f"{row['published_pct']:.2f}%",
+                  "not in this run" if row["model_pct"] is None else f"{row['model_pct']:.2f}%",
+                  row["published_what"])
+    console.print(t)
+    console.print(f"  Not modelled: {a['unmodelled']}.", highlight=False)
 
 
 def print_sensitivity(rows: list[dict[str, Any]], window: dict[str, float], console: Console) -> None:
