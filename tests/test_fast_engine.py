@@ -161,7 +161,8 @@ NAMED = {
     "reclaim-2-nodes": ("broadwell-ep-2s-88t", {"cores_per_socket": "4"}, "v4.12", "swap-w-seq-mt",
                         {"threads": "12", "ram_gb": "0.05", "memory_gb": "1", "zone_lock": "true"},
                         ("ipis_to_nonempty_queue", "apic_merged", "pcp_refills", "pcp_bulk_frees",
-                         "zone_lock_contended", "zone_lock_spin_ns")),
+                         "zone_lock_contended", "zone_lock_spin_ns", "pcp_drains", "pcp_drain_skips",
+                         "pcp_drained_pages", "resched_ipis")),
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipilab.kernel.locking import SpinLock, spin_lock_irq, spin_unlock_irq
-from ipilab.kernel.page_alloc import Zone, rmqueue_pcplist
+from ipilab.kernel.page_alloc import PcpDrain, Zone, drain_all_pages, rmqueue_pcplist
 from ipilab.kernel.steps import Busy, KernelCode, Platform
 from ipilab.machine.costs import CostId
 
@@ -110,6 +110,7 @@ class Memory:
     mm: MmStruct
     stats: MmStats = field(default_factory=MmStats)
     pagevec: dict[int, list[Page]] = field(default_factory=dict)  # per-CPU lru_add pagevec
+    pcp_drain: PcpDrain = field(default_factory=PcpDrain)  # drain_all_pages' mutex and progress
 
 
 def __pagevec_lru_add(p: Platform, cpu: int, pgdat: PgData, pages: list[Page]) -> KernelCode:
@@ -146,6 +147,10 @@ def __alloc_pages(p: Platform, cpu: int, mem: Memory, pgdat: PgData,
             break
         reclaimed_first = True
         yield from direct_reclaim(p, cpu, mem, pgdat)
+        if pgdat.zone is not None and pgdat.nr_free() <= pgdat.min_wmark:
+            # __alloc_pages_direct_reclaim: the pages just freed may sit on per-CPU lists the watermark does
+            # not count; drain them all, then try again.
+            yield from drain_all_pages(p, cpu, mem.nodes, mem.pcp_drain)
     if pgdat.zone is not None:
         page = yield from rmqueue_pcplist(p, cpu, pgdat)
     else:

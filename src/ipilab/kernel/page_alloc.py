@@ -23,7 +23,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from ipilab.kernel.locking import SpinLock, spin_lock, spin_unlock
-from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform
+from ipilab.kernel.steps import IRQS_OFF, IRQS_ON, Busy, KernelCode, Platform, SpinUntil
 from ipilab.machine.costs import CostId
 
 if TYPE_CHECKING:
@@ -118,3 +118,52 @@ def free_hot_cold_page_list(p: Platform, cpu: int, pgdat: PgData, pages: list[Pa
             yield IRQS_OFF  # local_irq_save
             yield from free_pcppages_bulk(p, cpu, pgdat, PCP_BATCH)
             yield IRQS_ON  # local_irq_restore
+
+
+class PcpDrain:
+    """drain_all_pages' state shared by every CPU: pcpu_drain_mutex, and the work items still to run."""
+
+    def __init__(self) -> None:
+        self.busy = False  # pcpu_drain_mutex is held
+        self.left = 0  # queued drains not yet done (flush_work waits for 0)
+        self.done = object()  # watch: a drain finished
+        self.drains = 0  # drain_all_pages calls that drained
+        self.skipped = 0  # calls that found the mutex held and returned at once
+        self.pages = 0  # pages the drains moved to the buddy lists
+
+
+def drain_local_pages(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDrain) -> KernelCode:
+    """The drain's work item on `cpu` (drain_local_pages_wq, zone NULL): each zone's list of this CPU goes back to
+    the buddy lists in one bulk free. Interrupts are off (local_irq_save in drain_pages_zone)."""
+    for pgdat in pgdats:
+        n = len(pgdat.zone.pcp_list(cpu))
+        if n:
+            yield from free_pcppages_bulk(p, cpu, pgdat, n)
+            drain.pages += n
+    drain.left -= 1
+    p.notify(drain.done)
+
+
+def drain_all_pages(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDrain) -> KernelCode:
+    """Empty every CPU's lists (zone NULL: all zones), as a direct reclaimer does when its allocation still fails
+    after reclaiming. Another drain under way makes it return at once (mutex_trylock). Each CPU with pages on a list
+    gets a work item (queue_work_on, kernel/sched.py); this CPU's own runs after the others are queued, as its
+    worker would once the caller sleeps in flush_work, which waits for all of them."""
+    if drain.busy:
+        drain.skipped += 1
+        return
+    drain.busy = True
+    drain.drains += 1
+    cpus = sorted({c for pgdat in pgdats for c, pcp in pgdat.zone.pcp.items() if pcp})
+    drain.left = len(cpus)
+    for c in cpus:
+        if c != cpu:
+            yield from p.queue_work_on(cpu, c, lambda on: drain_local_pages(p, on, pgdats, drain))
+    if cpu in cpus:
+        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+        yield IRQS_OFF
+        yield from drain_local_pages(p, cpu, pgdats, drain)
+        yield IRQS_ON
+        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+    yield SpinUntil(lambda: drain.left == 0, drain.done, "flush_work")
+    drain.busy = False

@@ -51,6 +51,7 @@ class CostId(IntEnum):
     SWAP_SLOT_SCAN = 25
     ZONE_PAGE = 26
     MEM_WRITE_PAGE = 27
+    CONTEXT_SWITCH = 28
 
     @property
     def key(self) -> str:

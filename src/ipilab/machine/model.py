@@ -57,6 +57,7 @@ RECLAIM_COST_FIELDS: dict[str, str] = {
     "swap_slot_scan": "scan_swap_map_slots' work per slot handed out, under si->lock (interrupts on)",
     "zone_page": "one page moved between the buddy lists and a per-CPU list under zone->lock (rmqueue_bulk, "
                  "free_pcppages_bulk; interrupts off)",
+    "context_switch": "one switch between a task and a kernel worker (the drain's kworker), either way",
     "mem_write_page": "4 KB of DRAM writes at a socket's whole memory bandwidth: n pages written at once on a socket "
                       "take n times this each",
 }

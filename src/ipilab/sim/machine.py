@@ -14,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, LOCAL_TIMER_VECTOR, Event
+from ipilab.events import (
+    CALL_FUNCTION_SINGLE_VECTOR,
+    CALL_FUNCTION_VECTOR,
+    LOCAL_TIMER_VECTOR,
+    RESCHEDULE_VECTOR,
+    Event,
+)
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.idle import IdleState, do_idle
+from ipilab.kernel.sched import Work, Workqueue, queue_work_on, scheduler_ipi
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
 from ipilab.kernel.time import local_timer_interrupt, tick_phases
@@ -86,6 +93,7 @@ class SimMachine:
         self.ncpus = machine.ncpus
         self.cpus = [SimCpu(i) for i in range(self.ncpus)]
         self.smp = Smp(kernel, self.ncpus, machine.apic(kernel.has("ipi_shorthand")), self)
+        self.workqueue = Workqueue(self.ncpus)
         self.stats = MachineStats()
         self._watchers: dict[int, tuple[object, list[tuple[SimCpu, int]]]] = {}
         self.costs = RunCosts(machine, seed)
@@ -187,6 +195,9 @@ class SimMachine:
         flags = irq_flags(not top.irqs_on, c.idle.need_resched, in_irq)
         comm, pid = (c.comm, c.pid) if c.stack[1:2] and c.stack[1].kind == "task" else ("<idle>", 0)
         self.tracer(Event(self.engine.now, cpu, name, comm, pid, flags, fields))
+
+    def queue_work_on(self, src: int, dst: int, work: Work) -> KernelCode:
+        return queue_work_on(self, self.workqueue, src, dst, work)
 
     def set_nr_if_polling(self, cpu: int) -> bool:
         c = self.cpus[cpu]
@@ -388,7 +399,7 @@ class SimMachine:
         c.irqs_taken += 1
         if vector == LOCAL_TIMER_VECTOR:
             self.stats.ticks += 1
-        else:
+        elif vector != RESCHEDULE_VECTOR:
             c.interrupts += 1
         c.stack.append(Context(self._handler(c, vector), "irq", False, self.engine.now))
 
@@ -397,6 +408,8 @@ class SimMachine:
             yield from self.smp.sysvec_call_function(c.id, vector)
         elif vector == LOCAL_TIMER_VECTOR:
             yield from local_timer_interrupt(self, c.id)
+        elif vector == RESCHEDULE_VECTOR:
+            yield from scheduler_ipi(self, self.workqueue, c.id)
         else:
             raise ValueError(f"no handler for vector {vector}")
 

@@ -35,7 +35,8 @@ class Use(IntEnum):
     SPIN_SWAP_CACHE_LOCK = 13  # the swap cache's address_space tree_lock (interrupts off)
     SPIN_ZONE_LOCK = 14  # zone->lock behind the per-CPU page lists (interrupts off)
     MEM_BANDWIDTH = 15  # a page write's wait for the socket's memory bandwidth beyond its own CPU time
-    OTHER = 16  # steps of code outside the kernel model's own (a test's, a replayed trace's)
+    PCP_DRAIN = 16  # drain_all_pages: waking the CPUs' workers, context switches, waiting in flush_work
+    OTHER = 17  # steps of code outside the kernel model's own (a test's, a replayed trace's)
 
     @property
     def key(self) -> str:
@@ -55,6 +56,7 @@ _BUSY = {
     "try_to_unmap": Use.RECLAIM, "swap_writepage": Use.RECLAIM, "__remove_mapping": Use.RECLAIM,
     "free_hot_cold_page_list": Use.RECLAIM, "free_pcppages_bulk": Use.RECLAIM, "rmqueue_bulk": Use.PAGE_FAULT,
     "memory bandwidth": Use.MEM_BANDWIDTH,
+    "try_to_wake_up": Use.PCP_DRAIN, "smp_send_reschedule": Use.PCP_DRAIN, "context_switch": Use.PCP_DRAIN,
     "llist_add": Use.SHOOTDOWN_SEND, "icr_write": Use.SHOOTDOWN_SEND, "csd_lock_wait": Use.SHOOTDOWN_SEND,
     "irq_entry": Use.IRQ_ENTRY_EXIT, "irq_exit": Use.IRQ_ENTRY_EXIT,
     "csd_unlock": Use.IRQ_FUNCTIONS, "llist_del_all": Use.IRQ_FUNCTIONS, "synthetic_func": Use.IRQ_FUNCTIONS,
@@ -63,7 +65,8 @@ _BUSY = {
     "poll_notice": Use.IDLE,
     "vcpu descheduled": Use.STOLEN,
 }
-_SPIN = {"csd_lock_wait": Use.SHOOTDOWN_WAIT, "poll_idle": Use.IDLE, "kswapd sleep": Use.IDLE}
+_SPIN = {"csd_lock_wait": Use.SHOOTDOWN_WAIT, "poll_idle": Use.IDLE, "kswapd sleep": Use.IDLE,
+         "flush_work": Use.PCP_DRAIN}
 
 
 def lock_use(name: str) -> Use:

@@ -25,6 +25,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from ipilab.kernel.locking import SpinLock, lock_counters
 from ipilab.kernel.mm import SWAP_CLUSTER_MAX, Memory, MmStruct, PgData, do_anonymous_page
+from ipilab.kernel.sched import Workqueue
 from ipilab.kernel.steps import Busy, KernelCode
 from ipilab.kernel.swapfile import GB, SwapDevice, swap_trees
 from ipilab.kernel.vmscan import Reclaim
@@ -64,6 +65,10 @@ class SwapRun:
     mms: dict[int, MmStruct] | None = None  # swap-w-seq: each CPU's process (None: one process for all)
     writing: list[bool] | None = None  # per CPU, whether it is in a page write (None: bandwidth not modelled)
     socket_cpus: list[list[int]] | None = None  # per socket, its usemem CPUs
+    workqueue: Workqueue | None = None  # the machine's, for its reschedule IPIs
+
+    def resched_ipis(self) -> int:
+        return self.workqueue.resched_ipis if self.workqueue else 0
 
 
 class SwapWSeqMt(Workload):
@@ -156,7 +161,8 @@ class SwapWSeqMt(Workload):
         run = self._run = SwapRun(mem, Reclaim(sim.smp, mem, flush=self.flush, batch=self.batch, swap=swap),
                                   [0] * len(usemem), usemem, kswapd, mms,
                                   [False] * m.ncpus if self.mem_bandwidth else None,
-                                  [[c for c in usemem if m.socket_of(c) == k] for k in range(m.topology.sockets)])
+                                  [[c for c in usemem if m.socket_of(c) == k] for k in range(m.topology.sockets)],
+                                  sim.workqueue)
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
@@ -218,6 +224,10 @@ class SwapWSeqMt(Workload):
             "swap_slot_refills": run.reclaim.swap.refills if run.reclaim.swap else 0,
             "pcp_refills": sum(n.zone.bulk_allocs for n in run.mem.nodes if n.zone),
             "pcp_bulk_frees": sum(n.zone.bulk_frees for n in run.mem.nodes if n.zone),
+            "pcp_drains": run.mem.pcp_drain.drains,
+            "pcp_drain_skips": run.mem.pcp_drain.skipped,
+            "pcp_drained_pages": run.mem.pcp_drain.pages,
+            "resched_ipis": run.resched_ipis(),
             **lock_counters(self.locks()),
         }
 

@@ -40,7 +40,13 @@ from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.typed_passes import NopythonRewrites
 from numba.core.untyped_passes import InlineClosureLikes
 
-from ipilab.events import CALL_FUNCTION_SINGLE_VECTOR, CALL_FUNCTION_VECTOR, CPU_IDLE_EXIT, LOCAL_TIMER_VECTOR
+from ipilab.events import (
+    CALL_FUNCTION_SINGLE_VECTOR,
+    CALL_FUNCTION_VECTOR,
+    CPU_IDLE_EXIT,
+    LOCAL_TIMER_VECTOR,
+    RESCHEDULE_VECTOR,
+)
 
 
 class Lean(CompilerBase):
@@ -62,7 +68,7 @@ inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper
                pipeline_class=Lean)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 70
+NG = 76
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -72,18 +78,21 @@ NG = 70
  MM_ALLOC_DIRECT_RECLAIM, MM_KSWAPD_WAKEUPS, MM_PAGES_DEACTIVATED, MM_PAGES_SCANNED, MM_PAGES_RECLAIMED,
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
  M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS, SWAP_TREES,
- ZONE_LOCKS, MEM_BANDWIDTH, PCP_REFILLS, PCP_BULK_FREES) = range(NG)
+ ZONE_LOCKS, MEM_BANDWIDTH, PCP_REFILLS, PCP_BULK_FREES, DRAIN_BUSY, DRAIN_LEFT, PCP_DRAINS, PCP_DRAIN_SKIPS,
+ PCP_DRAINED_PAGES, RESCHED_IPIS) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 # (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
 # swap_slots_cache; PCP: the count of its per-CPU page list, kernel/page_alloc.py; SOCKET: its socket; WRITING: in a
-# page write, workloads/swap.py SwapRun.writing)
-NCPU = 54
+# page write, workloads/swap.py SwapRun.writing; WORK_PENDING, RES_PENDING: kernel/sched.py Workqueue; DRAIN_TARGET:
+# in the running drain_all_pages' set of CPUs)
+NCPU = 57
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
  NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
- IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET, WRITING) = range(NCPU)
+ IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET, WRITING, WORK_PENDING,
+ RES_PENDING, DRAIN_TARGET) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
 NCTX = 36
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
@@ -122,7 +131,7 @@ S_NONE, S_BUSY, S_SPIN, S_HALT, S_VALUE = 0, 1, 2, 3, 4
 # Steps a context yields (kernel/steps.py), and the end of a handler (StopIteration)
 ST_BUSY, ST_SPIN, ST_IRQS_OFF, ST_IRQS_ON, ST_HALT, ST_RETURN = 0, 1, 2, 3, 4, 5
 # What a SpinUntil waits for: its cond() and watch
-COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE = 0, 1, 2, 3
+COND_CSD_UNLOCKED, COND_NEED_RESCHED, COND_TICKET, COND_KSWAPD_AWAKE, COND_DRAIN_DONE = 0, 1, 2, 3, 4
 # Engine timers: the SimMachine method each one calls
 EV_RUN, EV_BUSY_DONE, EV_SPIN_TIMEOUT, EV_SPIN_CHECK, EV_IPI_ARRIVES, EV_WOKEN, EV_TICK, EV_DESCHEDULE = range(8)
 EV_CPU_SHIFT, EV_ARG_SHIFT = 3, 14  # a timer packs kind | cpu << 3 | arg << 14 (cpu < 2048, arg >= 0)
@@ -140,7 +149,7 @@ CALLSITES = ("on_each_cpu_cond_mask+0x20/0x60", "native_flush_tlb_others+0x0/0x0
 TLB_FLUSH_ALL = -1
 TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 PAGEVEC_SIZE = 14
-IRR_SINGLE, IRR_MANY, IRR_TIMER = 1, 2, 4  # bits of the IRR for vectors 251, 252 and 236
+IRR_SINGLE, IRR_MANY, IRR_TIMER, IRR_RESCHED = 1, 2, 4, 8  # bits of the IRR for vectors 251, 252, 236 and 253
 
 # Costs, by id: machine/costs.py CostId, written out here because numba's cache notices changes to this file
 # only (fast/run.py checks at import that the two agree).
@@ -148,22 +157,22 @@ COST_NAMES = ("icr_write", "ipi_latency_same_socket", "ipi_latency_cross_socket"
               "idle_exit", "poll_notice", "cacheline_smt", "cacheline_same_socket", "cacheline_cross_socket",
               "invlpg", "tlb_flush_full", "page_fault", "madvise_syscall", "user_write_page", "lru_page",
               "page_referenced", "add_to_swap", "try_to_unmap", "swap_writepage", "remove_mapping", "free_page",
-              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan", "zone_page", "mem_write_page")
+              "tick", "vcpu_run", "vcpu_preempt", "swap_slot_scan", "zone_page", "mem_write_page", "context_switch")
 NCOSTS = len(COST_NAMES)
 (C_ICR_WRITE, C_IPI_LATENCY_SAME_SOCKET, C_IPI_LATENCY_CROSS_SOCKET, C_IRQ_ENTRY, C_IRQ_EXIT, C_IDLE_EXIT,
  C_POLL_NOTICE, C_CACHELINE_SMT, C_CACHELINE_SAME_SOCKET, C_CACHELINE_CROSS_SOCKET, C_INVLPG, C_TLB_FLUSH_FULL,
  C_PAGE_FAULT, C_MADVISE_SYSCALL, C_USER_WRITE_PAGE, C_LRU_PAGE, C_PAGE_REFERENCED, C_ADD_TO_SWAP, C_TRY_TO_UNMAP,
  C_SWAP_WRITEPAGE, C_REMOVE_MAPPING, C_FREE_PAGE, C_TICK, C_VCPU_RUN, C_VCPU_PREEMPT, C_SWAP_SLOT_SCAN, C_ZONE_PAGE,
- C_MEM_WRITE_PAGE) = range(NCOSTS)
+ C_MEM_WRITE_PAGE, C_CONTEXT_SWITCH) = range(NCOSTS)
 
 # What time is spent on: sim/timeuse.py Use, written out here for the same reason (run.py checks them too)
 USE_NAMES = ("user", "page_fault", "reclaim", "shootdown_send", "shootdown_wait", "irq_entry_exit", "irq_functions",
              "tick", "idle", "stolen", "spin_lru_lock", "spin_swap_avail_lock", "spin_si_lock",
-             "spin_swap_cache_lock", "spin_zone_lock", "mem_bandwidth", "other")
+             "spin_swap_cache_lock", "spin_zone_lock", "mem_bandwidth", "pcp_drain", "other")
 NUSES = len(USE_NAMES)
 (U_USER, U_PAGE_FAULT, U_RECLAIM, U_SHOOTDOWN_SEND, U_SHOOTDOWN_WAIT, U_IRQ_ENTRY_EXIT, U_IRQ_FUNCTIONS, U_TICK,
  U_IDLE, U_STOLEN, U_SPIN_LRU_LOCK, U_SPIN_SWAP_AVAIL_LOCK, U_SPIN_SI_LOCK, U_SPIN_SWAP_CACHE_LOCK,
- U_SPIN_ZONE_LOCK, U_MEM_BANDWIDTH, U_OTHER) = range(NUSES)
+ U_SPIN_ZONE_LOCK, U_MEM_BANDWIDTH, U_PCP_DRAIN, U_OTHER) = range(NUSES)
 U_BY_LOCK = -1  # a lock's acquisition: the use of the lock in x[L_LOCK]
 
 # Trace records: one row per tracepoint hit
@@ -221,7 +230,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 163  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 185  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -242,6 +251,11 @@ NPC = 163  # one state per piece of code between two yields, grouped by the func
  RQ_START, RQ_CHECK, RQ_LOCKED, RQ_BULKED, RQ_TAKE, RQ_DONE, AL_TAKEN,  # advance's, so before FT_START
  FP_NEXT, FP_ADDED, FP_BULK, FP_LOCKED, FP_MOVED, FP_UNLOCKED, FP_DONE,
  UM_WROTE, UM_STALLED,
+ AL_RECLAIMED,
+ DR_START, DR_NEXT, DR_WOKEN, DR_ICR, DR_RAISE, DR_SELF, DR_SELF_OFF, DR_SELF_WORK, DR_SELF_ON, DR_SELF_OUT,
+ DR_WAIT, DR_DONE,
+ DW_START, DW_LOCKED, DW_MOVED, DW_END,
+ RS_ENTRY, RS_BODY, RS_WORK, RS_OUT, RS_DONE,
  FT_START, FT_OTHERS, FT_DONE,
  MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT, MC_WAIT, MC_WAIT_NEXT, MC_WAITED,
  MC_LOCAL_LAST, MC_RET,
@@ -281,6 +295,9 @@ def busy_use_table() -> np.ndarray:
         RQ_BULKED: U_PAGE_FAULT, FP_ADDED: U_RECLAIM, FP_MOVED: U_RECLAIM,
         UM_WROTE: U_USER, UM_STALLED: U_MEM_BANDWIDTH,
         VS_DONE: U_STOLEN,
+        DR_WOKEN: U_PCP_DRAIN, DR_RAISE: U_PCP_DRAIN, DR_SELF_OFF: U_PCP_DRAIN, DR_WAIT: U_PCP_DRAIN,
+        DW_MOVED: U_RECLAIM,
+        RS_BODY: U_IRQ_ENTRY_EXIT, RS_WORK: U_PCP_DRAIN, RS_OUT: U_PCP_DRAIN, RS_DONE: U_IRQ_ENTRY_EXIT,
     }
     for pc, use in by_resume.items():
         t[pc] = use
@@ -396,6 +413,12 @@ def w_idle(s: State, c: int) -> int:
 @helper
 def w_kswapd(s: State, node: int) -> int:
     return len(s.csd) + s.g[NCPUS] + node
+
+
+@helper
+def w_drain(s: State) -> int:
+    """PcpDrain.done: after every lock's tickets."""
+    return len(s.watch_head) - 1
 
 
 @helper
@@ -526,6 +549,8 @@ def cond_holds(s: State, cond: int, a: int, b: int) -> bool:
         return s.cpu[a, NEED_RESCHED] != 0
     if cond == COND_TICKET:
         return s.lock[a, LK_SERVING] == b
+    if cond == COND_DRAIN_DONE:
+        return s.g[DRAIN_LEFT] == 0
     return s.node[a, KSWAPD_AWAKE] != 0
 
 
@@ -875,7 +900,7 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 take = node[FREE] > node[MIN_WMARK]
             if not take:
                 x[L_RECLAIMED_FIRST] = 1
-                _call(x, SN_START, AL_CHECK)  # try_to_free_pages, then try again
+                _call(x, SN_START, AL_RECLAIMED)  # try_to_free_pages, then try again
                 continue
             if g[ZONE_LOCKS]:
                 _call(x, RQ_START, AL_TAKEN)
@@ -914,6 +939,111 @@ def advance(s: State, c: int, k: int, value: int) -> int:
             return _step(x, ST_IRQS_ON, RQ_DONE)  # local_irq_restore
         elif pc == RQ_DONE:
             _return(x)
+        elif pc == AL_RECLAIMED:
+            node = s.node[cpu[PGDAT]]
+            if g[ZONE_LOCKS] and node[FREE] <= node[MIN_WMARK]:
+                _call(x, DR_START, AL_CHECK)  # the freed pages may sit on per-CPU lists: drain them all
+            else:
+                x[PC] = AL_CHECK
+        # --- kernel/page_alloc.py drain_all_pages, with kernel/sched.py queue_work_on ----------------------
+        elif pc == DR_START:
+            if g[DRAIN_BUSY]:
+                g[PCP_DRAIN_SKIPS] += 1
+                _return(x)
+                continue
+            g[DRAIN_BUSY] = 1
+            g[PCP_DRAINS] += 1
+            n = 0
+            for o in range(g[NCPUS]):
+                has = s.cpu[o, PCP] > 0
+                s.cpu[o, DRAIN_TARGET] = has
+                n += has
+            g[DRAIN_LEFT] = n
+            x[L_I] = 0
+            x[PC] = DR_NEXT
+        elif pc == DR_NEXT:
+            o = x[L_I]
+            while o < g[NCPUS] and (o == c or not s.cpu[o, DRAIN_TARGET]):
+                o += 1
+            if o == g[NCPUS]:
+                x[PC] = DR_SELF
+                continue
+            x[L_TARGET] = o
+            x[L_I] = o + 1
+            s.cpu[o, WORK_PENDING] += 1
+            return _busy(cpu, x, cost(s, c, s.cacheline[c, o]), DR_WOKEN)  # try_to_wake_up
+        elif pc == DR_WOKEN:
+            o = x[L_TARGET]
+            if s.cpu[o, RES_PENDING]:
+                x[PC] = DR_NEXT
+                continue
+            s.cpu[o, RES_PENDING] = 1
+            g[RESCHED_IPIS] += 1
+            return _step(x, ST_IRQS_OFF, DR_ICR)
+        elif pc == DR_ICR:
+            return _busy(cpu, x, cost(s, c, C_ICR_WRITE), DR_RAISE)  # smp_send_reschedule
+        elif pc == DR_RAISE:
+            raise_ipi(s, c, x[L_TARGET], RESCHEDULE_VECTOR)
+            return _step(x, ST_IRQS_ON, DR_NEXT)
+        elif pc == DR_SELF:
+            mine = s.cpu[c, DRAIN_TARGET]
+            for o in range(g[NCPUS]):
+                s.cpu[o, DRAIN_TARGET] = 0
+            if mine:
+                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_SELF_OFF)
+            x[PC] = DR_WAIT
+        elif pc == DR_SELF_OFF:
+            return _step(x, ST_IRQS_OFF, DR_SELF_WORK)
+        elif pc == DR_SELF_WORK:
+            _call(x, DW_START, DR_SELF_ON)
+        elif pc == DR_SELF_ON:
+            return _step(x, ST_IRQS_ON, DR_SELF_OUT)
+        elif pc == DR_SELF_OUT:
+            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_WAIT)
+        elif pc == DR_WAIT:
+            return _spin(cpu, x, COND_DRAIN_DONE, 0, 0, w_drain(s), -1, DR_DONE)  # flush_work
+        elif pc == DR_DONE:
+            g[DRAIN_BUSY] = 0
+            _return(x)
+        # --- kernel/page_alloc.py drain_local_pages: this CPU's list back to the buddy lists ----------------
+        elif pc == DW_START:
+            if cpu[PCP] > 0:
+                x[L_PAGES] = cpu[PCP]
+                x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+                _call(x, SL_START, DW_LOCKED)
+            else:
+                x[PC] = DW_END
+        elif pc == DW_LOCKED:
+            return _busy(cpu, x, x[L_PAGES] * cost(s, c, C_ZONE_PAGE), DW_MOVED)  # free_pcppages_bulk
+        elif pc == DW_MOVED:
+            cpu[PCP] -= x[L_PAGES]
+            s.node[cpu[PGDAT], FREE] += x[L_PAGES]
+            g[PCP_BULK_FREES] += 1
+            g[PCP_DRAINED_PAGES] += x[L_PAGES]
+            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+            _call(x, SU_START, DW_END)
+        elif pc == DW_END:
+            g[DRAIN_LEFT] -= 1
+            notify(s, w_drain(s))
+            _return(x)
+        # --- kernel/sched.py scheduler_ipi: the reschedule interrupt and the worker it lets run -------------
+        elif pc == RS_ENTRY:
+            return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), RS_BODY)
+        elif pc == RS_BODY:
+            cpu[RES_PENDING] = 0
+            if cpu[WORK_PENDING]:
+                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_WORK)
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
+        elif pc == RS_WORK:
+            if cpu[WORK_PENDING]:
+                cpu[WORK_PENDING] -= 1
+                _call(x, DW_START, RS_WORK)
+                continue
+            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_OUT)
+        elif pc == RS_OUT:
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
+        elif pc == RS_DONE:
+            return ST_RETURN
         # --- kernel/mm.py __pagevec_lru_add ----------------------------------------------------------------
         elif pc == PV_START:
             x[L_LOCK] = cpu[PGDAT]
@@ -1555,6 +1685,8 @@ def _spin_use(s: State, cond: int, a: int) -> int:
         return U_SHOOTDOWN_WAIT
     if cond == COND_TICKET:
         return s.lock[a, LK_USE]
+    if cond == COND_DRAIN_DONE:
+        return U_PCP_DRAIN  # flush_work
     return U_IDLE  # polling idle, kswapd asleep
 
 
@@ -1592,7 +1724,11 @@ def take_interrupt(s: State, c: int) -> None:
     cpu = s.cpu[c]
     x = s.ctx[c, IRQ]
     x[PC] = SV_ENTRY
-    if cpu[IRR] & IRR_MANY:
+    if cpu[IRR] & IRR_RESCHED:
+        vector = RESCHEDULE_VECTOR
+        cpu[IRR] &= ~IRR_RESCHED
+        x[PC] = RS_ENTRY
+    elif cpu[IRR] & IRR_MANY:
         vector = CALL_FUNCTION_VECTOR
         cpu[IRR] &= ~IRR_MANY
     elif cpu[IRR] & IRR_SINGLE:
@@ -1604,7 +1740,7 @@ def take_interrupt(s: State, c: int) -> None:
         x[PC] = TK_ENTRY
     if vector == LOCAL_TIMER_VECTOR:
         s.g[M_TICKS] += 1
-    else:
+    elif vector != RESCHEDULE_VECTOR:
         cpu[INTERRUPTS] += 1
     cpu[IRQS_TAKEN] += 1
     cpu[IN_IRQ] = 1
@@ -1788,7 +1924,11 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
     else:  # EV_IPI_ARRIVES
         s.g[M_IPIS_DELIVERED] += 1
         cpu[IN_FLIGHT] -= 1
-        bit = IRR_SINGLE if arg == CALL_FUNCTION_SINGLE_VECTOR else IRR_MANY
+        bit = IRR_MANY
+        if arg == CALL_FUNCTION_SINGLE_VECTOR:
+            bit = IRR_SINGLE
+        elif arg == RESCHEDULE_VECTOR:
+            bit = IRR_RESCHED
         if cpu[IRR] & bit:
             s.g[M_APIC_MERGED] += 1
             cpu[APIC_MERGED] += 1

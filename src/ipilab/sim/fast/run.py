@@ -278,7 +278,7 @@ class FastSim:
         trees = workload.swap_trees(n) if isinstance(workload, SwapWSeqMt) else 1
         # lru_lock per node, swap_avail_lock, si->lock, the swap cache trees', zone->lock per node
         nlocks = nodes + 2 + trees + nodes
-        nwatch = ncsd + n + nodes + nlocks * (n + 1)
+        nwatch = ncsd + n + nodes + nlocks * (n + 1) + 1  # the last: the page lists' drain (w_drain)
         cap = 8 * n + 1024
         s = self.s = E.State(
             g=np.zeros(E.NG, np.int64), cpu=np.zeros((n, E.NCPU), np.int64),
@@ -612,6 +612,10 @@ class FastSim:
             "swap_slot_refills": int(g[E.SWAP_REFILLS]),
             "pcp_refills": int(g[E.PCP_REFILLS]),
             "pcp_bulk_frees": int(g[E.PCP_BULK_FREES]),
+            "pcp_drains": int(g[E.PCP_DRAINS]),
+            "pcp_drain_skips": int(g[E.PCP_DRAIN_SKIPS]),
+            "pcp_drained_pages": int(g[E.PCP_DRAINED_PAGES]),
+            "resched_ipis": int(g[E.RESCHED_IPIS]),
             **self._lock_counters(),
         }
 
