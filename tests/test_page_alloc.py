@@ -1,5 +1,6 @@
 """Litmus cases for the per-CPU page lists and zone->lock (kernel/page_alloc.py): when a free or an allocation
-goes to the buddy lists, how many pages move, and that interrupts wait while a CPU spins on or holds zone->lock.
+goes to the buddy lists, how many pages move, that interrupts wait while a CPU spins on or holds zone->lock, and
+how drain_all_pages empties every CPU's list through its workers (kernel/sched.py).
 
 Costs are zero except the ones named, so every time below is worked out by hand from 4.12's pcp->batch = 31
 and pcp->high = 186.
@@ -11,7 +12,14 @@ from conftest import tiny_machine
 
 from ipilab.kernel.features import resolve_kernel
 from ipilab.kernel.mm import Page, PgData
-from ipilab.kernel.page_alloc import PCP_BATCH, PCP_HIGH, free_hot_cold_page_list, rmqueue_pcplist
+from ipilab.kernel.page_alloc import (
+    PCP_BATCH,
+    PCP_HIGH,
+    PcpDrain,
+    drain_all_pages,
+    free_hot_cold_page_list,
+    rmqueue_pcplist,
+)
 from ipilab.kernel.smp import SmpFunc
 from ipilab.kernel.steps import Busy
 from ipilab.sim.engine import Engine
@@ -109,3 +117,48 @@ def test_an_ipi_waits_while_its_target_spins_on_zone_lock_and_refills():
     assert ("allocated", 6250) in log  # the handler ran first, as interrupts came back on
     lock = node.zone.lock
     assert (lock.acquisitions, lock.contended, lock.spin_ns) == (2, 1, 3000)
+
+
+def test_drain_all_pages_empties_every_list_through_reschedule_ipis_worked_by_hand():
+    # CPU0 drains with 3 pages on its own list; CPU1 has 10 and CPU2 5, each busy in its task. zone_page 10,
+    # context_switch 100, icr_write 5, ipi latency 50, irq entry and exit 20 each; cache lines free.
+    # CPU0 queues CPU1's work and sends its reschedule IPI (0-5, arrives 55), then CPU2's (5-10, arrives 60), then
+    # runs its own worker: switch 10-110, its 3 pages under zone->lock 110-140, switch back 140-240, then waits
+    # in flush_work. CPU1: entry 55-75, switch 75-175, lock free, 10 pages 175-275, switch 275-375, exit 375-395.
+    # CPU2: entry 60-80, switch 80-180, spins for the lock 180-275, 5 pages 275-325: the last drain ends, so CPU0
+    # returns at 325; CPU2's switch and exit end at 445. The tasks lose 55-395 and 60-445 of their 10,000 ns.
+    sim = SimMachine(tiny_machine(4, zone_page=10, context_switch=100, icr_write=5, ipi_latency_same_socket=50,
+                                  irq_entry=20, irq_exit=20), resolve_kernel("v4.12"), Engine())
+    node = _node(0)
+    for cpu, n in ((0, 3), (1, 10), (2, 5)):
+        node.zone.pcp_list(cpu).extend(Page(1000 * cpu + i, 0) for i in range(n))
+    drain = PcpDrain()
+    log: list[tuple[str, int]] = []
+
+    def drainer():
+        yield from drain_all_pages(sim, 0, [node], drain)
+        log.append(("drained", sim.now))
+
+    def worker(cpu: int):
+        yield Busy(10_000, "work")
+        log.append((f"cpu{cpu} done", sim.now))
+
+    def late_drainer():  # CPU3 asks for a drain while CPU0's is under way: it returns at once
+        yield Busy(20, "before")
+        yield from drain_all_pages(sim, 3, [node], drain)
+        log.append(("skipped", sim.now))
+
+    sim.start(0, drainer())
+    sim.start(1, worker(1))
+    sim.start(2, worker(2))
+    sim.start(3, late_drainer())
+    sim.engine.run(20_000)
+    assert sorted(log, key=lambda e: e[1]) == [("skipped", 20), ("drained", 325), ("cpu1 done", 10_340),
+                                                ("cpu2 done", 10_385)]
+    assert node.nr_free() == 18 and all(not pcp for pcp in node.zone.pcp.values())
+    assert (drain.drains, drain.skipped, drain.pages, drain.left, drain.busy) == (1, 1, 18, 0, False)
+    assert sim.workqueue.resched_ipis == 2
+    lock = node.zone.lock
+    assert (lock.acquisitions, lock.contended, lock.spin_ns) == (3, 1, 95)
+    # A reschedule interrupt is taken, but it is not a function-call interrupt.
+    assert [c.irqs_taken for c in sim.cpus] == [0, 1, 1, 0] and [c.interrupts for c in sim.cpus] == [0] * 4

@@ -11,9 +11,11 @@ but both callers take it inside local_irq_save: a CPU waiting for it, or holding
 IPI sent to it waits in its APIC until the bulk move is done.
 
 The watermarks (`zone_watermark_fast`) count the buddy lists' free pages only (NR_FREE_PAGES): pages on per-CPU
-lists are neither free to the watermark check nor in use. Left out: `drain_all_pages`, which a direct reclaimer
-runs when its allocation still fails after reclaiming (it has each CPU's list emptied by a work item on that
-CPU, which needs a model of the scheduler); the per-migratetype lists (every page here is MIGRATE_MOVABLE).
+lists are neither free to the watermark check nor in use. So a direct reclaimer whose allocation still fails after
+reclaiming runs `drain_all_pages` (__alloc_pages_direct_reclaim): one drain at a time (pcpu_drain_mutex, taken
+with a trylock: a second caller returns at once), which empties every CPU's lists through a work item on each CPU
+(mm_percpu_wq, kernel/sched.py) and waits for all of them (flush_work). Left out: the per-migratetype lists (every
+page here is MIGRATE_MOVABLE).
 """
 
 from __future__ import annotations

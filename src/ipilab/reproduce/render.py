@@ -71,6 +71,11 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
     rate("apic_merged", "APIC-merged IPIs", "IPIs that found the same vector pending in the target's APIC")
     plain("CSDs per interrupt", before["csds_per_interrupt"], after["csds_per_interrupt"], ".1f",
           "queued calls one interrupt served")
+    plain("page list drains", before["pcp_drains_per_second"], after["pcp_drains_per_second"], ",.0f",
+          "drain_all_pages calls that emptied every CPU's per-CPU page lists (a direct reclaimer's allocation still "
+          "failing)")
+    plain("RES IPIs", before["resched_ipis_per_second"], after["resched_ipis_per_second"], ",.0f",
+          "reschedule IPIs that woke the drains' kworkers (the RES row of /proc/interrupts; not counted as CAL)")
     rate("tlb_flushes", "TLB shootdowns", "try_to_unmap_flush() calls: one per dirty page reclaimed, waited for")
     rate("pages_reclaimed", "pages reclaimed", "unmapped, flushed and written to swap")
     plain("CAL per page", before["cal_per_page"], after["cal_per_page"], ".2f",
@@ -114,8 +119,9 @@ def print_seed(r: dict[str, Any], console: Console) -> None:
 
 USE_DOCS = {
     "user": "usemem's own page writes",
-    "page_fault": "fault entry, allocation (with zone_lock on, rmqueue_bulk's hold), zeroing, LRU add",
-    "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing",
+    "page_fault": "fault entry, allocation (rmqueue_bulk's hold), zeroing, LRU add",
+    "reclaim": "reclaim work outside spins: LRU moves, page_referenced, add_to_swap, unmap, swap-out, freeing "
+               "(free_pcppages_bulk's holds, a drain's too)",
     "shootdown_send": "queueing the flush on each target, ICR writes, the local flush",
     "shootdown_wait": "csd_lock_wait: until the last target has run the flush",
     "irq_entry_exit": "interrupt entry and exit paths (200 ns a time here)",
@@ -127,6 +133,8 @@ USE_DOCS = {
     "spin_swap_cache_lock": "waiting for a swap cache tree_lock (interrupts off)",
     "spin_zone_lock": "waiting for zone->lock: rmqueue_bulk, free_pcppages_bulk (interrupts off)",
     "mem_bandwidth": "a page write waiting for the socket's memory bandwidth beyond its CPU time",
+    "pcp_drain": "drain_all_pages: waking each CPU's worker (reschedule IPIs), the context switches to and from it, "
+                 "and the caller's wait in flush_work",
     "other": "steps outside the kernel model",
 }
 LOCK_NAMES = {"lru_lock": "pgdat->lru_lock", "swap_avail_lock": "swap_avail_lock", "si_lock": "si->lock",

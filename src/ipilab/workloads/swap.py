@@ -5,8 +5,9 @@ page fault, a zeroed page, the thread's 4 KB write. Once RAM is full (`phase="re
 state this models), every allocation below the node's min watermark reclaims first, and kswapd (one
 per node) reclaims in the background: pages are deactivated, added to swap, unmapped with a TLB
 shootdown to every CPU the process runs on, written to the swap device and freed. A socket's
-page writes share its memory bandwidth; with `zone_lock`, pages are allocated from and freed to
-per-CPU lists behind each node's zone->lock (kernel/page_alloc.py). `phase="fill"` models the run's
+page writes share its memory bandwidth; pages are allocated from and freed to per-CPU lists behind
+each node's zone->lock, which drain_all_pages empties when a direct reclaimer's allocation still fails
+(kernel/page_alloc.py). `phase="fill"` models the run's
 start, while free memory lasts: the same threads without reclaim.
 
 Threads are placed as the scheduler spreads them: one per core first, alternating sockets, then on
@@ -98,11 +99,11 @@ class SwapWSeqMt(Workload):
                              "updated under its tree_lock (interrupts off), as 4.12 does; false: that work as "
                              "plain CPU time (an ablation)")
 
-    zone_lock: bool = Field(False, description="true: pages are allocated from and freed to per-CPU lists, refilled "
-                            "and drained pcp->batch=31 at a time under the node's zone->lock with interrupts off (free "
-                            "at pcp->high=186), as 4.12 does, but without drain_all_pages, so pages pile up on the "
-                            "lists unseen by the watermarks and reclaim comes in bursts 4.12 does not have (off by "
-                            "default until it is modelled); false: straight from and to the free pages")
+    zone_lock: bool = Field(True, description="true: pages are allocated from and freed to per-CPU lists, refilled "
+                            "and drained pcp->batch=31 at a time under the node's zone->lock with interrupts off "
+                            "(free at pcp->high=186), and a direct reclaimer whose allocation still fails empties "
+                            "every CPU's lists through drain_all_pages (a worker on each CPU, woken by a reschedule "
+                            "IPI), as 4.12 does; false: straight from and to the free pages (an ablation)")
     mem_bandwidth: bool = Field(True, description="true: a page write waits for its socket's memory bandwidth "
                                 "(cost mem_write_page per page, times the CPUs of the socket writing at once); false: "
                                 "it costs its CPU time only (an ablation)")
