@@ -83,6 +83,11 @@ class Platform(Protocol):
         """A tracepoint fires on `cpu` now."""
         ...
 
+    def queue_work_on(self, src: int, dst: int, work: Callable[[int], KernelCode]) -> KernelCode:
+        """Code for `src` that queues `work` for `dst`'s kernel worker and wakes it (kernel/sched.py; only the
+        simulator runs code that needs it)."""
+        ...
+
     def set_nr_if_polling(self, cpu: int) -> bool:
         """If `cpu` is idle and polling, set its NEED_RESCHED and return True (it needs no IPI)."""
         ...
