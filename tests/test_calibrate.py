@@ -45,7 +45,8 @@ KNOWN = {
 FIXED = {"irq_entry": 200, "irq_exit": 200, "poll_notice": 300, "cacheline_smt": 0, "cacheline_same_socket": 0,
          "cacheline_cross_socket": 0, "page_fault": 3_000, "madvise_syscall": 2_000, "user_write_page": 800,
          "lru_page": 70, "page_referenced": 1_300, "add_to_swap": 300, "try_to_unmap": 400, "swap_writepage": 1_200,
-         "remove_mapping": 200, "free_page": 100, "swap_slot_scan": 50, "zone_page": 110, "mem_write_page": 73}
+         "remove_mapping": 200, "free_page": 100, "swap_slot_scan": 50, "zone_page": 110, "mem_write_page": 73,
+         "context_switch": 550}
 
 
 def known_machine() -> Machine:

@@ -34,7 +34,7 @@ MAY_BE_ZERO = {"icr_write", "irq_entry", "irq_exit", "cacheline_smt", "free_page
                "add_to_swap", "tlb_flush_full", "poll_notice", "invlpg", "zone_page", "mem_write_page"}
 
 
-ADDED_LAST = ("zone_page", "mem_write_page")
+ADDED_LAST = ("zone_page", "mem_write_page", "context_switch")
 
 
 def random_machine(rng: random.Random, added_last: bool = True) -> Machine:
