@@ -124,7 +124,8 @@ def test_same_seed_same_numbers_and_explain_lists_every_cost(seed_run: tuple[dic
     locks = {row["lock"]: row for row in e["absolute"]["locks"]}
     assert set(locks) == {"zone_lock", "si_lock", "lru_lock", "swap_cache_lock", "swap_avail_lock"}
     assert locks["zone_lock"]["model_pct"] > 0 and locks["zone_lock"]["published_pct"] == 11.12
-    assert 0 < locks["si_lock"]["model_pct"] < 100
+    assert all(locks[k]["model_pct"] > 0 for k in ("zone_lock", "si_lock", "lru_lock"))
+    assert sum(row["model_pct"] for row in locks.values()) < 100
 
 
 def _swap_w_seq(**settings: str) -> dict:
@@ -144,10 +145,13 @@ def test_the_absolute_checks_lock_profile_is_its_runs_spinning() -> None:
     assert len(cpus) == 34  # 32 processes and one kswapd per node
     busy = sum(run["sim_seconds"] * 1e9 - c["time_ns"]["idle"] for c in cpus)
     wc = run["workload_counts"]
+    compared = set()
     for prefix, share in pct.items():
         by_counters = 100 * wc[f"{prefix}_spin_ns"] / busy
-        if by_counters >= 0.5:  # lru_lock and si->lock here; the time use also counts pulling the line
+        if by_counters >= 0.5:  # below, pulling the line (which only the time use counts) weighs too much
             assert share == pytest.approx(by_counters, rel=0.1), prefix
+            compared.add(prefix)
+    assert {"lru_lock", "si_lock"} <= compared
     without = seed_exp.lock_spin_pct(_swap_w_seq(zone_lock="false"))
     assert "zone_lock" not in without
     longer = seed_exp.lock_spin_pct(_swap_w_seq(zone_lock="false", swap_slot_scan="200"))

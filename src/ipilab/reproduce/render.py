@@ -288,8 +288,8 @@ def print_ablation(rows: list[dict[str, Any]], console: Console) -> None:
                   _pct(_neg(row["ipi_reduction"]), row["ipi_reduction_ci95"]), _gain(row), row["why"])
     console.print(t)
     console.print("  A change is in the model because the kernel or the machine does it, never because it moves a "
-                  "ratio toward the paper's -88% / +15%. The rows off by default are assumptions or incomplete (each "
-                  "says why): `--set` turns each on (the settings are in --json).", highlight=False)
+                  "ratio toward the paper's -88% / +15%. The rows off by default are assumptions (each says why): "
+                  "`--set` turns each on (the settings are in --json).", highlight=False)
 
 
 def print_absolute(a: dict[str, Any], console: Console) -> None:

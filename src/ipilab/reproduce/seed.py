@@ -441,7 +441,8 @@ ABSOLUTE = {
 # not list has no figure. Keys are the model's lock counter prefixes (kernel/locking.py).
 ABSOLUTE_LOCKS = (
     ("zone_lock", round(8.56 + 2.56, 2), "_raw_spin_lock in get_page_from_freelist: 8.56 from the fault's fast path "
-                               "(alloc_pages_vma) + 2.56 from __alloc_pages_slowpath"),
+                               "(alloc_pages_vma) + 2.56 from __alloc_pages_slowpath; the allocation side only, where "
+                               "the model's figure also counts the frees' and drains' waits (free_pcppages_bulk)"),
     ("si_lock", 2.47, "_raw_spin_lock in get_swap_pages (get_swap_page, add_to_swap, shrink_page_list)"),
     ("lru_lock", None, "not among the mail's four entries (its smallest is 2.47)"),
     ("swap_cache_lock", None, "not among the mail's four entries (its smallest is 2.47)"),
