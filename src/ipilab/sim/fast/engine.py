@@ -252,10 +252,6 @@ NPC = 185  # one state per piece of code between two yields, grouped by the func
  FP_NEXT, FP_ADDED, FP_BULK, FP_LOCKED, FP_MOVED, FP_UNLOCKED, FP_DONE,
  UM_WROTE, UM_STALLED,
  AL_RECLAIMED,
- DR_START, DR_NEXT, DR_WOKEN, DR_ICR, DR_RAISE, DR_SELF, DR_SELF_OFF, DR_SELF_WORK, DR_SELF_ON, DR_SELF_OUT,
- DR_WAIT, DR_DONE,
- DW_START, DW_LOCKED, DW_MOVED, DW_END,
- RS_ENTRY, RS_BODY, RS_WORK, RS_OUT, RS_DONE,
  FT_START, FT_OTHERS, FT_DONE,
  MC_START, MC_SHORTCUT_DONE, MC_NEXT, MC_LOCKED, MC_QUEUED, MC_SEND, MC_SENT, MC_WAIT, MC_WAIT_NEXT, MC_WAITED,
  MC_LOCAL_LAST, MC_RET,
@@ -273,7 +269,11 @@ NPC = 185  # one state per piece of code between two yields, grouped by the func
  SY_GAP, SY_CALL, SY_DONE,
  BL_LOOP,
  TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE,
- VS_START, VS_DONE) = range(NPC)
+ VS_START, VS_DONE,
+ DR_START, DR_NEXT, DR_WOKEN, DR_ICR, DR_RAISE, DR_SELF, DR_SELF_OFF, DR_SELF_WORK, DR_SELF_ON, DR_SELF_OUT,
+ DR_WAIT, DR_DONE,
+ DW_START, DW_LOCKED, DW_MOVED, DW_END,
+ RS_ENTRY, RS_BODY, RS_WORK, RS_OUT, RS_DONE) = range(NPC)
 
 
 def busy_use_table() -> np.ndarray:
@@ -945,105 +945,6 @@ def advance(s: State, c: int, k: int, value: int) -> int:
                 _call(x, DR_START, AL_CHECK)  # the freed pages may sit on per-CPU lists: drain them all
             else:
                 x[PC] = AL_CHECK
-        # --- kernel/page_alloc.py drain_all_pages, with kernel/sched.py queue_work_on ----------------------
-        elif pc == DR_START:
-            if g[DRAIN_BUSY]:
-                g[PCP_DRAIN_SKIPS] += 1
-                _return(x)
-                continue
-            g[DRAIN_BUSY] = 1
-            g[PCP_DRAINS] += 1
-            n = 0
-            for o in range(g[NCPUS]):
-                has = s.cpu[o, PCP] > 0
-                s.cpu[o, DRAIN_TARGET] = has
-                n += has
-            g[DRAIN_LEFT] = n
-            x[L_I] = 0
-            x[PC] = DR_NEXT
-        elif pc == DR_NEXT:
-            o = x[L_I]
-            while o < g[NCPUS] and (o == c or not s.cpu[o, DRAIN_TARGET]):
-                o += 1
-            if o == g[NCPUS]:
-                x[PC] = DR_SELF
-                continue
-            x[L_TARGET] = o
-            x[L_I] = o + 1
-            s.cpu[o, WORK_PENDING] += 1
-            return _busy(cpu, x, cost(s, c, s.cacheline[c, o]), DR_WOKEN)  # try_to_wake_up
-        elif pc == DR_WOKEN:
-            o = x[L_TARGET]
-            if s.cpu[o, RES_PENDING]:
-                x[PC] = DR_NEXT
-                continue
-            s.cpu[o, RES_PENDING] = 1
-            g[RESCHED_IPIS] += 1
-            return _step(x, ST_IRQS_OFF, DR_ICR)
-        elif pc == DR_ICR:
-            return _busy(cpu, x, cost(s, c, C_ICR_WRITE), DR_RAISE)  # smp_send_reschedule
-        elif pc == DR_RAISE:
-            raise_ipi(s, c, x[L_TARGET], RESCHEDULE_VECTOR)
-            return _step(x, ST_IRQS_ON, DR_NEXT)
-        elif pc == DR_SELF:
-            mine = s.cpu[c, DRAIN_TARGET]
-            for o in range(g[NCPUS]):
-                s.cpu[o, DRAIN_TARGET] = 0
-            if mine:
-                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_SELF_OFF)
-            x[PC] = DR_WAIT
-        elif pc == DR_SELF_OFF:
-            return _step(x, ST_IRQS_OFF, DR_SELF_WORK)
-        elif pc == DR_SELF_WORK:
-            _call(x, DW_START, DR_SELF_ON)
-        elif pc == DR_SELF_ON:
-            return _step(x, ST_IRQS_ON, DR_SELF_OUT)
-        elif pc == DR_SELF_OUT:
-            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_WAIT)
-        elif pc == DR_WAIT:
-            return _spin(cpu, x, COND_DRAIN_DONE, 0, 0, w_drain(s), -1, DR_DONE)  # flush_work
-        elif pc == DR_DONE:
-            g[DRAIN_BUSY] = 0
-            _return(x)
-        # --- kernel/page_alloc.py drain_local_pages: this CPU's list back to the buddy lists ----------------
-        elif pc == DW_START:
-            if cpu[PCP] > 0:
-                x[L_PAGES] = cpu[PCP]
-                x[L_LOCK] = zone_lock(s, cpu[PGDAT])
-                _call(x, SL_START, DW_LOCKED)
-            else:
-                x[PC] = DW_END
-        elif pc == DW_LOCKED:
-            return _busy(cpu, x, x[L_PAGES] * cost(s, c, C_ZONE_PAGE), DW_MOVED)  # free_pcppages_bulk
-        elif pc == DW_MOVED:
-            cpu[PCP] -= x[L_PAGES]
-            s.node[cpu[PGDAT], FREE] += x[L_PAGES]
-            g[PCP_BULK_FREES] += 1
-            g[PCP_DRAINED_PAGES] += x[L_PAGES]
-            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
-            _call(x, SU_START, DW_END)
-        elif pc == DW_END:
-            g[DRAIN_LEFT] -= 1
-            notify(s, w_drain(s))
-            _return(x)
-        # --- kernel/sched.py scheduler_ipi: the reschedule interrupt and the worker it lets run -------------
-        elif pc == RS_ENTRY:
-            return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), RS_BODY)
-        elif pc == RS_BODY:
-            cpu[RES_PENDING] = 0
-            if cpu[WORK_PENDING]:
-                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_WORK)
-            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
-        elif pc == RS_WORK:
-            if cpu[WORK_PENDING]:
-                cpu[WORK_PENDING] -= 1
-                _call(x, DW_START, RS_WORK)
-                continue
-            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_OUT)
-        elif pc == RS_OUT:
-            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
-        elif pc == RS_DONE:
-            return ST_RETURN
         # --- kernel/mm.py __pagevec_lru_add ----------------------------------------------------------------
         elif pc == PV_START:
             x[L_LOCK] = cpu[PGDAT]
@@ -1652,6 +1553,105 @@ def advance_tail(s: State, c: int, k: int, value: int) -> int:
         elif pc == VS_START:
             return _busy(cpu, x, x[L_N], VS_DONE)
         elif pc == VS_DONE:
+            return ST_RETURN
+        # --- kernel/page_alloc.py drain_all_pages, with kernel/sched.py queue_work_on ----------------------
+        elif pc == DR_START:
+            if g[DRAIN_BUSY]:
+                g[PCP_DRAIN_SKIPS] += 1
+                _return(x)
+                continue
+            g[DRAIN_BUSY] = 1
+            g[PCP_DRAINS] += 1
+            n = 0
+            for o in range(g[NCPUS]):
+                has = s.cpu[o, PCP] > 0
+                s.cpu[o, DRAIN_TARGET] = has
+                n += has
+            g[DRAIN_LEFT] = n
+            x[L_I] = 0
+            x[PC] = DR_NEXT
+        elif pc == DR_NEXT:
+            o = x[L_I]
+            while o < g[NCPUS] and (o == c or not s.cpu[o, DRAIN_TARGET]):
+                o += 1
+            if o == g[NCPUS]:
+                x[PC] = DR_SELF
+                continue
+            x[L_TARGET] = o
+            x[L_I] = o + 1
+            s.cpu[o, WORK_PENDING] += 1
+            return _busy(cpu, x, cost(s, c, s.cacheline[c, o]), DR_WOKEN)  # try_to_wake_up
+        elif pc == DR_WOKEN:
+            o = x[L_TARGET]
+            if s.cpu[o, RES_PENDING]:
+                x[PC] = DR_NEXT
+                continue
+            s.cpu[o, RES_PENDING] = 1
+            g[RESCHED_IPIS] += 1
+            return _step(x, ST_IRQS_OFF, DR_ICR)
+        elif pc == DR_ICR:
+            return _busy(cpu, x, cost(s, c, C_ICR_WRITE), DR_RAISE)  # smp_send_reschedule
+        elif pc == DR_RAISE:
+            raise_ipi(s, c, x[L_TARGET], RESCHEDULE_VECTOR)
+            return _step(x, ST_IRQS_ON, DR_NEXT)
+        elif pc == DR_SELF:
+            mine = s.cpu[c, DRAIN_TARGET]
+            for o in range(g[NCPUS]):
+                s.cpu[o, DRAIN_TARGET] = 0
+            if mine:
+                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_SELF_OFF)
+            x[PC] = DR_WAIT
+        elif pc == DR_SELF_OFF:
+            return _step(x, ST_IRQS_OFF, DR_SELF_WORK)
+        elif pc == DR_SELF_WORK:
+            _call(x, DW_START, DR_SELF_ON)
+        elif pc == DR_SELF_ON:
+            return _step(x, ST_IRQS_ON, DR_SELF_OUT)
+        elif pc == DR_SELF_OUT:
+            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_WAIT)
+        elif pc == DR_WAIT:
+            return _spin(cpu, x, COND_DRAIN_DONE, 0, 0, w_drain(s), -1, DR_DONE)  # flush_work
+        elif pc == DR_DONE:
+            g[DRAIN_BUSY] = 0
+            _return(x)
+        # --- kernel/page_alloc.py drain_local_pages: this CPU's list back to the buddy lists ----------------
+        elif pc == DW_START:
+            if cpu[PCP] > 0:
+                x[L_PAGES] = cpu[PCP]
+                x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+                _call(x, SL_START, DW_LOCKED)
+            else:
+                x[PC] = DW_END
+        elif pc == DW_LOCKED:
+            return _busy(cpu, x, x[L_PAGES] * cost(s, c, C_ZONE_PAGE), DW_MOVED)  # free_pcppages_bulk
+        elif pc == DW_MOVED:
+            cpu[PCP] -= x[L_PAGES]
+            s.node[cpu[PGDAT], FREE] += x[L_PAGES]
+            g[PCP_BULK_FREES] += 1
+            g[PCP_DRAINED_PAGES] += x[L_PAGES]
+            x[L_LOCK] = zone_lock(s, cpu[PGDAT])
+            _call(x, SU_START, DW_END)
+        elif pc == DW_END:
+            g[DRAIN_LEFT] -= 1
+            notify(s, w_drain(s))
+            _return(x)
+        # --- kernel/sched.py scheduler_ipi: the reschedule interrupt and the worker it lets run -------------
+        elif pc == RS_ENTRY:
+            return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), RS_BODY)
+        elif pc == RS_BODY:
+            cpu[RES_PENDING] = 0
+            if cpu[WORK_PENDING]:
+                return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_WORK)
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
+        elif pc == RS_WORK:
+            if cpu[WORK_PENDING]:
+                cpu[WORK_PENDING] -= 1
+                _call(x, DW_START, RS_WORK)
+                continue
+            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_OUT)
+        elif pc == RS_OUT:
+            return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
+        elif pc == RS_DONE:
             return ST_RETURN
         else:
             raise RuntimeError("fast engine: unknown program counter")
