@@ -229,7 +229,13 @@ def _results(sim: Any, machine: Machine, kernel: Kernel, workload: Workload,
                   "lowest value of the log bin (under 1/128 of the value wide, exact below 256 ns) that holds the "
                   "exact percentile (ipilab/latency.py)",
                   "rates": "per simulated second, with the half-width of a 95% confidence interval "
-                  "(t-distribution over the intervals; null with fewer than 2)"},
+                  "(t-distribution over the intervals; null with fewer than 2)",
+                  "workload_counts": "the workload's own counts in the window; swap-w-seq(-mt): pages written, "
+                  "faulted, deactivated, scanned and reclaimed, TLB shootdowns and their wait (ns), swap slot "
+                  "refills, per-CPU page list refills and bulk frees, page list drains (pcp_drains; pcp_drain_skips: "
+                  "calls that found one under way) and the pages they moved, the reschedule IPIs that woke the "
+                  "drains' workers (resched_ipis: the RES row, not CAL), and per kind of lock its acquisitions, "
+                  "waits, spin and hold ns and holds with an interrupt inside"},
         "metrics": METRIC_DOCS,
         "costs": {c.key: sim.costs.describe(c) for c in CostId if c.key in machine.costs},
     }
