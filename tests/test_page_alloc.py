@@ -162,3 +162,42 @@ def test_drain_all_pages_empties_every_list_through_reschedule_ipis_worked_by_ha
     assert (lock.acquisitions, lock.contended, lock.spin_ns) == (3, 1, 95)
     # A reschedule interrupt is taken, but it is not a function-call interrupt.
     assert [c.irqs_taken for c in sim.cpus] == [0, 1, 1, 0] and [c.interrupts for c in sim.cpus] == [0] * 4
+
+
+def test_with_cfs_a_worker_that_ran_lately_waits_for_the_slice_worked_by_hand():
+    # 4 CPUs: 4.12's scaling factor is 1 + log2(4) = 3, so the wakeup granularity is 3 ms and the sleeper credit and
+    # a slice 9 ms. CPU1's worker last ran at 1 ms; CPU2's never has. CPU0, with an empty list, drains at 2 ms.
+    # CPU1's worker slept 1 ms, not past 3 ms: no preemption and, on the same socket, no IPI; it runs when CPU1's
+    # task has had its 9 ms slice since then, at 10 ms: entry 20, switch to 10,000,120, 10 pages to 10,000,220 (the
+    # drainer returns), switch and exit to 10,000,340. CPU2's worker preempts at once: IPI 2,000,000-2,000,005,
+    # arrives 2,000,055, entry, switch, 5 pages to 2,000,225, switch, exit at 2,000,345.
+    sim = SimMachine(tiny_machine(4, zone_page=10, context_switch=100, icr_write=5, ipi_latency_same_socket=50,
+                                  irq_entry=20, irq_exit=20), resolve_kernel("v4.12"), Engine())
+    sim.workqueue.cfs = True
+    assert (sim.workqueue.wakeup_granularity, sim.workqueue.slice) == (3_000_000, 9_000_000)
+    sim.workqueue.last_ran[1] = 1_000_000
+    node = _node(0)
+    for cpu, n in ((1, 10), (2, 5)):
+        node.zone.pcp_list(cpu).extend(Page(1000 * cpu + i, 0) for i in range(n))
+    drain = PcpDrain()
+    log: list[tuple[str, int]] = []
+
+    def drainer():
+        yield Busy(2_000_000, "before")
+        yield from drain_all_pages(sim, 0, [node], drain)
+        log.append(("drained", sim.now))
+
+    def worker(cpu: int):
+        yield Busy(20_000_000, "work")
+        log.append((f"cpu{cpu} done", sim.now))
+
+    sim.start(0, drainer())
+    sim.start(1, worker(1))
+    sim.start(2, worker(2))
+    sim.engine.run(30_000_000)
+    assert sorted(log, key=lambda e: e[1]) == [("drained", 10_000_220), ("cpu2 done", 20_000_290),
+                                                ("cpu1 done", 20_000_340)]
+    wq = sim.workqueue
+    assert (wq.resched_ipis, wq.worker_waits) == (1, 1)
+    assert wq.last_ran[1:3] == [10_000_320, 2_000_325] and not any(wq.resched_pending)
+    assert node.nr_free() == 15 and [c.irqs_taken for c in sim.cpus] == [0, 1, 1, 0]

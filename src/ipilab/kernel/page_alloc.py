@@ -146,6 +146,13 @@ def drain_local_pages(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDra
     p.notify(drain.done)
 
 
+def _drain_local_pages_irqsave(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDrain) -> KernelCode:
+    """drain_local_pages from a worker's own context, where interrupts are on: drain_pages_zone turns them off."""
+    yield IRQS_OFF
+    yield from drain_local_pages(p, cpu, pgdats, drain)
+    yield IRQS_ON
+
+
 def drain_all_pages(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDrain) -> KernelCode:
     """Empty every CPU's lists (zone NULL: all zones), as a direct reclaimer does when its allocation still fails
     after reclaiming. Another drain under way makes it return at once (mutex_trylock). Each CPU with pages on a list
@@ -162,10 +169,6 @@ def drain_all_pages(p: Platform, cpu: int, pgdats: list[PgData], drain: PcpDrain
         if c != cpu:
             yield from p.queue_work_on(cpu, c, lambda on: drain_local_pages(p, on, pgdats, drain))
     if cpu in cpus:
-        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
-        yield IRQS_OFF
-        yield from drain_local_pages(p, cpu, pgdats, drain)
-        yield IRQS_ON
-        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+        yield from p.run_work_here(cpu, lambda on: _drain_local_pages_irqsave(p, on, pgdats, drain))
     yield SpinUntil(lambda: drain.left == 0, drain.done, "flush_work")
     drain.busy = False

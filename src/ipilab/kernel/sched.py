@@ -27,24 +27,55 @@ from ipilab.machine.costs import CostId
 
 Work = Callable[[int], KernelCode]  # a work item's function, given the CPU it runs on
 
+# kernel/sched/fair.c (4.12): sysctl_sched_latency and sysctl_sched_wakeup_granularity before scaling; both
+# scale by 1 + log2 of the CPUs, at most 8 (SCHED_TUNABLESCALING_LOG, get_update_sysctl_factor).
+SCHED_LATENCY_NS = 6_000_000
+SCHED_WAKEUP_GRANULARITY_NS = 1_000_000
+NEVER = -(1 << 50)  # a worker that has not run yet: it slept long enough for anything
+
 
 class Workqueue:
     """Each CPU's queued work items, and whether its worker is woken and yet to run (TIF_NEED_RESCHED set, its
-    reschedule IPI not yet taken)."""
+    reschedule IPI not yet taken). With `cfs`, a wakeup preempts only as 4.12's CFS lets it (see queue_work_on)."""
 
-    def __init__(self, ncpus: int) -> None:
+    def __init__(self, ncpus: int, cfs: bool = False) -> None:
         self.pending: list[list[Work]] = [[] for _ in range(ncpus)]
         self.resched_pending = [False] * ncpus
         self.resched_ipis = 0  # reschedule IPIs sent (the RES row of /proc/interrupts)
+        self.worker_waits = 0  # wakeups that did not preempt: the worker waited for the task's slice to end
+        self.cfs = cfs
+        factor = 1 + (min(ncpus, 8).bit_length() - 1)
+        self.wakeup_granularity = SCHED_WAKEUP_GRANULARITY_NS * factor
+        # place_entity's sleeper credit (GENTLE_FAIR_SLEEPERS: half the latency), and a task's slice when it
+        # shares the CPU with one woken worker of the same weight (sched_slice: half the latency period).
+        self.sleeper_credit = self.slice = SCHED_LATENCY_NS * factor // 2
+        self.last_ran = [NEVER] * ncpus  # when each CPU's worker last went back to sleep
+        self.run_at = [0] * ncpus  # when a woken worker may run
 
 
-def queue_work_on(p: Platform, wq: Workqueue, src: int, dst: int, work: Work) -> KernelCode:
-    """Queue `work` on `dst` from `src` and wake its worker: the target runqueue's line, then one reschedule IPI
-    (smp_send_reschedule: one ICR write, interrupts off) unless one is already on its way."""
+def queue_work_on(p: Platform, wq: Workqueue, src: int, dst: int, work: Work, same_socket: bool) -> KernelCode:
+    """Queue `work` on `dst` from `src` and wake its worker: the target runqueue's line, then, if the worker
+    preempts, one reschedule IPI (smp_send_reschedule: one ICR write, interrupts off).
+
+    Without `cfs` every wakeup preempts. With it, as 4.12: the woken worker's vruntime trails the running task's
+    by the time it slept, capped at the sleeper credit, and it preempts only past the wakeup granularity
+    (wakeup_preempt_entity); otherwise it runs at the tick that ends the task's slice, counted from the worker's
+    last run (check_preempt_tick; taken here at that instant, not at the next tick). A wakeup that does not
+    preempt sends an IPI only across sockets (ttwu_queue_remote: CPUs that share no cache), whose handler then
+    finds nothing to run yet."""
     wq.pending[dst].append(work)
     yield Busy(p.cacheline(src, dst), "try_to_wake_up")
-    if not wq.resched_pending[dst]:
-        wq.resched_pending[dst] = True
+    if wq.resched_pending[dst]:
+        return
+    wq.resched_pending[dst] = True
+    preempt = not wq.cfs or min(p.now - wq.last_ran[dst], wq.sleeper_credit) > wq.wakeup_granularity
+    if preempt:
+        wq.run_at[dst] = p.now
+    else:
+        wq.worker_waits += 1
+        wq.run_at[dst] = wq.last_ran[dst] + wq.slice
+        p.raise_at(dst, wq.run_at[dst], RESCHEDULE_VECTOR)
+    if preempt or not same_socket:
         wq.resched_ipis += 1
         yield IRQS_OFF
         yield Busy(p.cost(CostId.ICR_WRITE, src), "smp_send_reschedule")
@@ -52,14 +83,20 @@ def queue_work_on(p: Platform, wq: Workqueue, src: int, dst: int, work: Work) ->
         yield IRQS_ON
 
 
-def scheduler_ipi(p: Platform, wq: Workqueue, cpu: int) -> KernelCode:
-    """The reschedule interrupt, and the worker it lets run: every work item queued on `cpu` so far."""
-    yield Busy(p.cost(CostId.IRQ_ENTRY, cpu), "irq_entry")
+def run_worker(p: Platform, wq: Workqueue, cpu: int) -> KernelCode:
+    """The worker's turn on `cpu`: a switch to it, every work item queued so far, a switch back."""
     wq.resched_pending[cpu] = False
-    if wq.pending[cpu]:
-        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
-        while wq.pending[cpu]:
-            work = wq.pending[cpu].pop(0)
-            yield from work(cpu)
-        yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+    yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+    while wq.pending[cpu]:
+        work = wq.pending[cpu].pop(0)
+        yield from work(cpu)
+    yield Busy(p.cost(CostId.CONTEXT_SWITCH, cpu), "context_switch")
+    wq.last_ran[cpu] = p.now
+
+
+def scheduler_ipi(p: Platform, wq: Workqueue, cpu: int) -> KernelCode:
+    """The reschedule interrupt (or the tick that ends a slice), and the worker it lets run if its time has come."""
+    yield Busy(p.cost(CostId.IRQ_ENTRY, cpu), "irq_entry")
+    if wq.pending[cpu] and p.now >= wq.run_at[cpu]:
+        yield from run_worker(p, wq, cpu)
     yield Busy(p.cost(CostId.IRQ_EXIT, cpu), "irq_exit")

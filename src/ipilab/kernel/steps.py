@@ -88,6 +88,14 @@ class Platform(Protocol):
         simulator runs code that needs it)."""
         ...
 
+    def run_work_here(self, cpu: int, work: Callable[[int], KernelCode]) -> KernelCode:
+        """Code for `cpu` that runs `work` in its own worker at once, as when the caller goes to sleep."""
+        ...
+
+    def raise_at(self, cpu: int, ns: int, vector: int) -> None:
+        """`vector` becomes pending on `cpu` at time `ns` (a local interrupt, not an IPI), unless it already is."""
+        ...
+
     def set_nr_if_polling(self, cpu: int) -> bool:
         """If `cpu` is idle and polling, set its NEED_RESCHED and return True (it needs no IPI)."""
         ...

@@ -23,7 +23,7 @@ from ipilab.events import (
 )
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.idle import IdleState, do_idle
-from ipilab.kernel.sched import Work, Workqueue, queue_work_on, scheduler_ipi
+from ipilab.kernel.sched import Work, Workqueue, queue_work_on, run_worker, scheduler_ipi
 from ipilab.kernel.smp import Smp
 from ipilab.kernel.steps import Busy, Halt, KernelCode, LocalIrq, SpinUntil
 from ipilab.kernel.time import local_timer_interrupt, tick_phases
@@ -197,7 +197,16 @@ class SimMachine:
         self.tracer(Event(self.engine.now, cpu, name, comm, pid, flags, fields))
 
     def queue_work_on(self, src: int, dst: int, work: Work) -> KernelCode:
-        return queue_work_on(self, self.workqueue, src, dst, work)
+        same_socket = self.machine.socket_of(src) == self.machine.socket_of(dst)
+        return queue_work_on(self, self.workqueue, src, dst, work, same_socket)
+
+    def run_work_here(self, cpu: int, work: Work) -> KernelCode:
+        self.workqueue.pending[cpu].append(work)
+        return run_worker(self, self.workqueue, cpu)
+
+    def raise_at(self, cpu: int, ns: int, vector: int) -> None:
+        c = self.cpus[cpu]
+        self.engine.at(ns, lambda: None if vector in c.irr else self._raise(c, vector))
 
     def set_nr_if_polling(self, cpu: int) -> bool:
         c = self.cpus[cpu]

@@ -66,10 +66,7 @@ class SwapRun:
     mms: dict[int, MmStruct] | None = None  # swap-w-seq: each CPU's process (None: one process for all)
     writing: list[bool] | None = None  # per CPU, whether it is in a page write (None: bandwidth not modelled)
     socket_cpus: list[list[int]] | None = None  # per socket, its usemem CPUs
-    workqueue: Workqueue | None = None  # the machine's, for its reschedule IPIs
-
-    def resched_ipis(self) -> int:
-        return self.workqueue.resched_ipis if self.workqueue else 0
+    workqueue: Workqueue | None = None  # the machine's, for its reschedule IPIs and workers' waits
 
 
 class SwapWSeqMt(Workload):
@@ -104,6 +101,11 @@ class SwapWSeqMt(Workload):
                             "(free at pcp->high=186), and a direct reclaimer whose allocation still fails empties "
                             "every CPU's lists through drain_all_pages (a worker on each CPU, woken by a reschedule "
                             "IPI), as 4.12 does; false: straight from and to the free pages (an ablation)")
+    worker_wakeup: Literal["immediate", "cfs"] = Field("immediate", description="how the page list drain's "
+                                                      "kworkers get their CPU: immediate: every wakeup preempts the "
+                                                      "running task at once; cfs: as 4.12's CFS, only a worker that "
+                                                      "slept past the wakeup granularity (4 ms on 8+ CPUs) preempts, "
+                                                      "the others run when the task's 12 ms slice ends")
     mem_bandwidth: bool = Field(True, description="true: a page write waits for its socket's memory bandwidth "
                                 "(cost mem_write_page per page, times the CPUs of the socket writing at once); false: "
                                 "it costs its CPU time only (an ablation)")
@@ -164,6 +166,7 @@ class SwapWSeqMt(Workload):
                                   [False] * m.ncpus if self.mem_bandwidth else None,
                                   [[c for c in usemem if m.socket_of(c) == k] for k in range(m.topology.sockets)],
                                   sim.workqueue)
+        sim.workqueue.cfs = self.worker_wakeup == "cfs"
         if self.swap_gb_s is not None:
             sim.costs.pin(CostId.SWAP_WRITEPAGE, round(PAGE_SIZE / self.swap_gb_s))
         # Threads start at random points of their cycle (seeded): real threads never move in lock-step.
@@ -228,7 +231,8 @@ class SwapWSeqMt(Workload):
             "pcp_drains": run.mem.pcp_drain.drains,
             "pcp_drain_skips": run.mem.pcp_drain.skipped,
             "pcp_drained_pages": run.mem.pcp_drain.pages,
-            "resched_ipis": run.resched_ipis(),
+            "resched_ipis": run.workqueue.resched_ipis if run.workqueue else 0,
+            "worker_waits": run.workqueue.worker_waits if run.workqueue else 0,
             **lock_counters(self.locks()),
         }
 

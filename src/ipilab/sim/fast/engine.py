@@ -68,7 +68,7 @@ inlined = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper
                pipeline_class=Lean)
 
 # --- g: the machine's scalars (Engine, SmpStats, MmStats, machine-wide settings) ----------------------
-NG = 76
+NG = 81
 (NOW, SEQ, EVENTS, HEAP_N, DRAW_LOW, W_NFREE, TRACE_ON, TRACE_N, TMASK_N, LAT_N, NCPUS, NNODES, NUSEMEM, NEXT_CSD,
  STACK_CSD0, CSD_DATA0, APIC_MODE, USE_SHORTHAND, HALT_POLL_NS, F_SINGLE_IPI_IF_EMPTY, F_MANY_SINGLE_SHORTCUT,
  F_COALESCE_MANY, F_TLB_SKIP_LAZY, F_SYNC_FIRST_FLUSH, F_SKIP_POLLING_IDLE, F_LOCAL_AFTER_SEND, F_SINGLE_IPI_FOR_ONE,
@@ -79,20 +79,21 @@ NG = 76
  MM_RECLAIMED_BY_KSWAPD, MM_TLB_FLUSHES, MM_FLUSH_WAIT_NS, MM_PAGES_WRITTEN, GAP_LOW, DRAW_MARK, TICK_PERIOD,
  M_TICKS, M_VCPU_PREEMPTIONS, M_STOLEN_NS, SWAP_LOCKS, NEXT_CLUSTER, SWAP_REFILLS, SWAP_TREES,
  ZONE_LOCKS, MEM_BANDWIDTH, PCP_REFILLS, PCP_BULK_FREES, DRAIN_BUSY, DRAIN_LEFT, PCP_DRAINS, PCP_DRAIN_SKIPS,
- PCP_DRAINED_PAGES, RESCHED_IPIS) = range(NG)
+ PCP_DRAINED_PAGES, RESCHED_IPIS, WORKER_CFS, WAKEUP_GRANULARITY, SLEEPER_CREDIT, SLICE, WORKER_WAITS) = range(NG)
 # --- cpu: one row per SimCpu (and its IdleState, call_single_queue and per-CPU kernel data) ------------
 # (WAIT_SPARE is free: it held the timer to cancel, before timers were recognised by their generation)
 # (IRQS_TAKEN: interrupts of any vector; USE, USE_SINCE: sim/timeuse.py; CL_*: si->percpu_cluster; SC_*: the
 # swap_slots_cache; PCP: the count of its per-CPU page list, kernel/page_alloc.py; SOCKET: its socket; WRITING: in a
 # page write, workloads/swap.py SwapRun.writing; WORK_PENDING, RES_PENDING: kernel/sched.py Workqueue; DRAIN_TARGET:
-# in the running drain_all_pages' set of CPUs)
-NCPU = 57
+# in the running drain_all_pages' set of CPUs; LAST_RAN, RUN_AT: Workqueue.last_ran, run_at)
+NEVER = -(1 << 50)  # kernel/sched.py NEVER
+NCPU = 59
 (WAIT_KIND, WAIT_END, WAIT_SPARE, WAIT_COND, WAIT_A, WAIT_B, WAIT_WATCH, WAIT_DEADLINE, WAIT_GEN, IRR, IRQ_NS,
  INTERRUPTS, APIC_MERGED, IN_FLIGHT, USER_MM, HAS_TASK, IN_IRQ, PROGRAM, NEED_RESCHED, POLLING, Q_HEAD, Q_TAIL,
  NONEMPTY_SINCE, PVEC, PGDAT, START_NS, FUNC_NS, IN_MM, SYNTH_WAIT, UBC_FLUSH_REQUIRED, UBC_WRITABLE, NTARGETS,
  NQUEUED, NIPI, NGROUPS, GAP_POS, GAP_N, STEP_NS, STEP_COND, STEP_A, STEP_B, STEP_WATCH, STEP_TIMEOUT,
  IN_STEAL, IRQS_TAKEN, USE, USE_SINCE, CL_NEXT, CL_LEFT, SC_NEXT, SC_LEFT, PCP, SOCKET, WRITING, WORK_PENDING,
- RES_PENDING, DRAIN_TARGET) = range(NCPU)
+ RES_PENDING, DRAIN_TARGET, LAST_RAN, RUN_AT) = range(NCPU)
 # --- ctx: one row per (CPU, context): 0 the idle loop, 1 the task, 2 an interrupt handler ------------
 NCTX = 36
 (IRQS_ON, SAVED_KIND, SAVED_END, SAVED_COND, SAVED_A, SAVED_B, SAVED_WATCH, SAVED_DEADLINE, STARTED, PC, SP, L_RET,
@@ -230,7 +231,7 @@ class State(NamedTuple):
 
 
 # --- program counters: each kernel function's states, in the order its code runs ---------------------
-NPC = 185  # one state per piece of code between two yields, grouped by the function they mirror
+NPC = 186  # one state per piece of code between two yields, grouped by the function they mirror
 (ID_TOP, ID_POLLED, ID_HALT, ID_WOKE, ID_NOTICED, ID_FLUSH, ID_FLUSHED, ID_FLUSH_DONE,
  SV_ENTRY, SV_FLUSH, SV_FLUSHED, SV_DONE,
  FL_START, FL_DETACH, FL_NEXT, FL_SYNC_RAN, FL_SYNC_UNLOCKED, FL_ASYNC_UNLOCKED, FL_ASYNC_RAN,
@@ -271,7 +272,7 @@ NPC = 185  # one state per piece of code between two yields, grouped by the func
  TK_ENTRY, TK_BODY, TK_EXIT, TK_DONE,
  VS_START, VS_DONE,
  DR_START, DR_NEXT, DR_WOKEN, DR_ICR, DR_RAISE, DR_SELF, DR_SELF_OFF, DR_SELF_WORK, DR_SELF_ON, DR_SELF_OUT,
- DR_WAIT, DR_DONE,
+ DR_SELF_RAN, DR_WAIT, DR_DONE,
  DW_START, DW_LOCKED, DW_MOVED, DW_END,
  RS_ENTRY, RS_BODY, RS_WORK, RS_OUT, RS_DONE) = range(NPC)
 
@@ -295,7 +296,7 @@ def busy_use_table() -> np.ndarray:
         RQ_BULKED: U_PAGE_FAULT, FP_ADDED: U_RECLAIM, FP_MOVED: U_RECLAIM,
         UM_WROTE: U_USER, UM_STALLED: U_MEM_BANDWIDTH,
         VS_DONE: U_STOLEN,
-        DR_WOKEN: U_PCP_DRAIN, DR_RAISE: U_PCP_DRAIN, DR_SELF_OFF: U_PCP_DRAIN, DR_WAIT: U_PCP_DRAIN,
+        DR_WOKEN: U_PCP_DRAIN, DR_RAISE: U_PCP_DRAIN, DR_SELF_OFF: U_PCP_DRAIN, DR_SELF_RAN: U_PCP_DRAIN,
         DW_MOVED: U_RECLAIM,
         RS_BODY: U_IRQ_ENTRY_EXIT, RS_WORK: U_PCP_DRAIN, RS_OUT: U_PCP_DRAIN, RS_DONE: U_IRQ_ENTRY_EXIT,
     }
@@ -1587,6 +1588,18 @@ def advance_tail(s: State, c: int, k: int, value: int) -> int:
                 x[PC] = DR_NEXT
                 continue
             s.cpu[o, RES_PENDING] = 1
+            preempts = True
+            if g[WORKER_CFS]:
+                preempts = min(g[NOW] - s.cpu[o, LAST_RAN], g[SLEEPER_CREDIT]) > g[WAKEUP_GRANULARITY]
+            if preempts:
+                s.cpu[o, RUN_AT] = g[NOW]
+            else:  # the tick that ends the task's slice (kernel/sched.py queue_work_on)
+                g[WORKER_WAITS] += 1
+                s.cpu[o, RUN_AT] = s.cpu[o, LAST_RAN] + g[SLICE]
+                at(s, s.cpu[o, RUN_AT], EV_TICK, o, 1)
+            if not preempts and s.cpu[o, SOCKET] == cpu[SOCKET]:
+                x[PC] = DR_NEXT
+                continue
             g[RESCHED_IPIS] += 1
             return _step(x, ST_IRQS_OFF, DR_ICR)
         elif pc == DR_ICR:
@@ -1608,7 +1621,10 @@ def advance_tail(s: State, c: int, k: int, value: int) -> int:
         elif pc == DR_SELF_ON:
             return _step(x, ST_IRQS_ON, DR_SELF_OUT)
         elif pc == DR_SELF_OUT:
-            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_WAIT)
+            return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), DR_SELF_RAN)
+        elif pc == DR_SELF_RAN:
+            cpu[LAST_RAN] = g[NOW]
+            x[PC] = DR_WAIT
         elif pc == DR_WAIT:
             return _spin(cpu, x, COND_DRAIN_DONE, 0, 0, w_drain(s), -1, DR_DONE)  # flush_work
         elif pc == DR_DONE:
@@ -1639,8 +1655,8 @@ def advance_tail(s: State, c: int, k: int, value: int) -> int:
         elif pc == RS_ENTRY:
             return _busy(cpu, x, cost(s, c, C_IRQ_ENTRY), RS_BODY)
         elif pc == RS_BODY:
-            cpu[RES_PENDING] = 0
-            if cpu[WORK_PENDING]:
+            if cpu[WORK_PENDING] and g[NOW] >= cpu[RUN_AT]:
+                cpu[RES_PENDING] = 0
                 return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_WORK)
             return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
         elif pc == RS_WORK:
@@ -1650,6 +1666,7 @@ def advance_tail(s: State, c: int, k: int, value: int) -> int:
                 continue
             return _busy(cpu, x, cost(s, c, C_CONTEXT_SWITCH), RS_OUT)
         elif pc == RS_OUT:
+            cpu[LAST_RAN] = g[NOW]
             return _busy(cpu, x, cost(s, c, C_IRQ_EXIT), RS_DONE)
         elif pc == RS_DONE:
             return ST_RETURN
@@ -1915,7 +1932,12 @@ def dispatch(s: State, kind: int, c: int, arg: int) -> tuple[bool, int]:
         x[SP] = 0
         x[L_N] = off
         return True, -1
-    if kind == EV_TICK:
+    if kind == EV_TICK and arg == 1:
+        # SimMachine.raise_at (kernel/sched.py): the tick that ends a task's slice, for a woken worker.
+        if cpu[IRR] & IRR_RESCHED:
+            return False, -1
+        cpu[IRR] |= IRR_RESCHED
+    elif kind == EV_TICK:
         # SimMachine._tick: the next tick first; none while the CPU idles (NO_HZ idle), then _raise.
         at(s, s.g[NOW] + s.g[TICK_PERIOD], EV_TICK, c, 0)
         if top_ctx(s, c) == IDLE or cpu[IRR] & IRR_TIMER:

@@ -28,6 +28,7 @@ from ipilab.events import FUNCTION_CALL_CALLBACK, Event
 from ipilab.kernel.features import Kernel
 from ipilab.kernel.locking import LOCK_COUNTER_PREFIXES, LOCK_STATS
 from ipilab.kernel.page_alloc import PCP_BATCH, PCP_HIGH
+from ipilab.kernel.sched import NEVER, Workqueue
 from ipilab.kernel.smp import LOCAL_CSD_POINTER, SmpStats
 from ipilab.kernel.swapfile import CLUSTERS_PER_TREE, SWAP_ADDRESS_SPACE_SHIFT, SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER
 from ipilab.kernel.time import tick_phases
@@ -63,6 +64,8 @@ if tuple(c.key for c in CostId) != E.COST_NAMES:
     raise ImportError("sim/fast/engine.py COST_NAMES and machine/costs.py CostId disagree")
 if tuple(u.key for u in Use) != E.USE_NAMES:
     raise ImportError("sim/fast/engine.py USE_NAMES and sim/timeuse.py Use disagree")
+if E.NEVER != NEVER:
+    raise ImportError("sim/fast/engine.py NEVER and kernel/sched.py NEVER disagree")
 if (E.SWAP_SLOTS_CACHE_SIZE, E.SWAPFILE_CLUSTER, E.SWAP_ADDRESS_SPACE_SHIFT, E.CLUSTERS_PER_TREE) != (
         SWAP_SLOTS_CACHE_SIZE, SWAPFILE_CLUSTER, SWAP_ADDRESS_SPACE_SHIFT, CLUSTERS_PER_TREE):
     raise ImportError("sim/fast/engine.py and kernel/swapfile.py disagree on the swap constants")
@@ -331,6 +334,7 @@ class FastSim:
         s.cpu[:, E.Q_HEAD] = -1
         s.cpu[:, E.Q_TAIL] = -1
         s.cpu[:, E.USE] = E.U_IDLE
+        s.cpu[:, E.LAST_RAN] = E.NEVER
         # The locks as the kernel model names them (sim/timeuse.py LOCK_USES), and whether taken with _irq.
         kinds = ["lru_lock"] * nodes + ["swap_avail_lock", "si->lock"] + ["swap_cache"] * trees + ["zone->lock"] * nodes
         g[E.SWAP_TREES] = trees
@@ -394,6 +398,11 @@ class FastSim:
         s.g[E.BATCH] = w.batch
         s.g[E.SWAP_LOCKS] = w.swap_locks
         s.g[E.ZONE_LOCKS] = w.zone_lock
+        wq = Workqueue(m.ncpus, w.worker_wakeup == "cfs")  # the reference's constants, for the same ncpus
+        s.g[E.WORKER_CFS] = wq.cfs
+        s.g[E.WAKEUP_GRANULARITY] = wq.wakeup_granularity
+        s.g[E.SLEEPER_CREDIT] = wq.sleeper_credit
+        s.g[E.SLICE] = wq.slice
         s.g[E.MEM_BANDWIDTH] = w.mem_bandwidth
         s.g[E.NEXT_CLUSTER] = 1
         s.g[E.PER_PAGE_FLUSH] = w.flush == "per-page"
@@ -616,6 +625,7 @@ class FastSim:
             "pcp_drain_skips": int(g[E.PCP_DRAIN_SKIPS]),
             "pcp_drained_pages": int(g[E.PCP_DRAINED_PAGES]),
             "resched_ipis": int(g[E.RESCHED_IPIS]),
+            "worker_waits": int(g[E.WORKER_WAITS]),
             **self._lock_counters(),
         }
 
