@@ -7,9 +7,11 @@ preempts the running task that ends in resched_curr -> smp_send_reschedule, a RE
 the task resumes.
 
 Approximations, each bounded in docs/reproduce.md ("zone->lock, the per-CPU page lists and drain_all_pages"):
-- Every wakeup preempts, at once. 4.12's CFS preempts only a worker that slept longer than the wakeup
-  granularity (kernel/sched/fair.c wakeup_preempt_entity: 4 ms on 8+ CPUs; place_entity caps the sleeper's
-  credit at 12 ms); one woken sooner waits for the tick that ends the task's 12 ms slice.
+- By default every wakeup preempts, at once. With `cfs` (the workload's worker_wakeup=cfs) a wakeup preempts
+  as 4.12's CFS lets it: only a worker that slept longer than the wakeup granularity (kernel/sched/fair.c
+  wakeup_preempt_entity: 4 ms on 8+ CPUs; place_entity caps the sleeper's credit at 12 ms); one woken sooner
+  waits for the task's 12 ms slice to end. It is not the default because what damps it in 4.12 is missing:
+  an allocation falls back to the other node's zone before it reclaims or drains.
 - The worker runs when the reschedule interrupt returns, even inside a spinlock's hold or a get_cpu() section,
   where no kernel switches; 4.12 with PREEMPT_VOLUNTARY switches at the task's next cond_resched() or return to
   user. It runs inside the interrupt's context, so other interrupts wait across its two context switches

@@ -404,6 +404,10 @@ ABLATION = (
      "4.12 refills and drains a CPU's page list 31 pages at a time under the zone's lock, interrupts off "
      "(mm/page_alloc.c rmqueue_bulk, free_pcppages_bulk at pcp->high 186), and a direct reclaimer whose allocation "
      "still fails empties every CPU's list (drain_all_pages: a kworker per CPU, woken by a reschedule IPI)"),
+    ("default + 4.12's CFS rules for the drains' workers", {"worker_wakeup": "cfs"}, False,
+     "a woken kworker preempts only if it slept past the wakeup granularity (4 ms), else it waits for the task's "
+     "12 ms slice to end (kernel/sched/fair.c); not in the default: without the fallback to the other node's zone "
+     "(not modelled) reclaim then stalls for milliseconds and the window's intervals grow tenfold"),
     ("default + timer tick, 250 Hz", {"tick_hz": "250"}, False,
      "every busy CPU takes the tick; 250 Hz is x86_64's default CONFIG_HZ (LKP's own setting: unknown)"),
     ("default + tick + every cost spread, p90 = 1.5 x median", {"tick_hz": "250", "spread": "1.5"}, False,
