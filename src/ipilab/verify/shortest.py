@@ -122,9 +122,7 @@ def _expand(config: Config, frontier: list[_Waiting], visited: set[int], last: b
         if out.states > budget:
             out.stopped = "states"
             break
-    for w in frontier:  # those not expanded (it stopped early)
-        if w.machine is not None:
-            w.machine.dispose()
+    _dispose_made(frontier)  # those not expanded (it stopped early)
     if out.found is not None or out.stopped is not None:
         _dispose_made(out.made.values())
     return out
