@@ -206,7 +206,12 @@ class SimMachine:
 
     def raise_at(self, cpu: int, ns: int, vector: int) -> None:
         c = self.cpus[cpu]
-        self.engine.at(ns, lambda: None if vector in c.irr else self._raise(c, vector))
+
+        def arrive() -> None:
+            if vector not in c.irr:
+                self._raise(c, vector)
+
+        self.engine.at(ns, arrive)
 
     def set_nr_if_polling(self, cpu: int) -> bool:
         c = self.cpus[cpu]
